@@ -1,0 +1,120 @@
+//! One connection to RabbitMQ, shared by every producer and consumer of a process.
+
+use std::sync::Arc;
+
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::{ConnectionProperties, ErrorKind};
+
+use crate::config::{Config, Host};
+use crate::error::{Error, Result};
+
+/// A connection to the first broker of [`Config::hosts`] that accepts the login. Clone it
+/// freely: clones share the one AMQP connection, and each producer or consumer opens its
+/// own channel on it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    amqp: lapin::Connection,
+    config: Config,
+    host: Host,
+}
+
+impl Connection {
+    /// Connects with the `POSTAGE_*` environment (see [`Config::from_env`]).
+    pub async fn from_env() -> Result<Self> {
+        Self::connect(&Config::from_env()?).await
+    }
+
+    /// Connects to the first host of `config` that answers, trying them in turn. A login
+    /// the broker refuses stops at once with [`Error::AccessRefused`]; when no host
+    /// answers, [`Error::ConnectionFailed`] lists why for each.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        config.validate()?;
+        let mut attempts = Vec::new();
+        for host in &config.hosts {
+            let properties = ConnectionProperties::default()
+                .with_connection_name(connection_name().into());
+            match lapin::Connection::connect_uri(config.amqp_uri(host), properties).await {
+                Ok(amqp) => {
+                    tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
+                    return Ok(Self {
+                        inner: Arc::new(Inner {
+                            amqp,
+                            config: config.clone(),
+                            host: host.clone(),
+                        }),
+                    });
+                }
+                Err(error) if is_access_refused(&error) => {
+                    return Err(Error::AccessRefused {
+                        user: config.user.clone(),
+                        vhost: config.vhost.clone(),
+                        host: host.to_string(),
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(host = %host, %error, "RabbitMQ host did not accept the connection");
+                    attempts.push(format!("{host}: {error}"));
+                }
+            }
+        }
+        Err(Error::ConnectionFailed {
+            attempts: attempts.join("; "),
+        })
+    }
+
+    /// Opens a new channel.
+    pub async fn open_channel(&self) -> Result<lapin::Channel> {
+        self.inner
+            .amqp
+            .create_channel()
+            .await
+            .map_err(Error::amqp(format!("opening a channel on {}", self.inner.host)))
+    }
+
+    /// The settings this connection was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The broker this connection reached.
+    pub fn host(&self) -> &Host {
+        &self.inner.host
+    }
+
+    /// The underlying lapin connection, for anything postage does not wrap.
+    pub fn lapin(&self) -> &lapin::Connection {
+        &self.inner.amqp
+    }
+
+    /// Closes the connection, and with it every channel opened on it.
+    pub async fn close(&self) -> Result<()> {
+        self.inner
+            .amqp
+            .close(200, "postage: closed by the application".into())
+            .await
+            .map_err(Error::amqp("closing the connection"))
+    }
+}
+
+fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
+}
+
+/// `program (pid N)`, shown in the broker's connection list.
+fn connection_name() -> String {
+    let program = std::env::args()
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "postage".to_owned());
+    format!("{program} (pid {})", std::process::id())
+}

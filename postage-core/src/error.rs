@@ -1,0 +1,104 @@
+//! The framework's failures, with the context a user needs to act on them.
+
+use std::time::Duration;
+
+/// Everything postage itself can fail at. Handler failures are a separate type,
+/// [`HandlerError`](crate::HandlerError).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is wrong; `setting` names it (an environment variable or a field).
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidConfig {
+        /// The environment variable or field that holds the wrong value.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No configured host accepted a connection.
+    #[error("cannot connect to RabbitMQ: {attempts}")]
+    ConnectionFailed {
+        /// One `host:port: reason` entry per host tried, credentials left out.
+        attempts: String,
+    },
+    /// The broker refused the user name or password.
+    #[error("RabbitMQ refused the login of user {user:?} on virtual host {vhost:?} at {host}")]
+    AccessRefused {
+        /// The user name that was refused.
+        user: String,
+        /// The virtual host asked for.
+        vhost: String,
+        /// The `host:port` that refused.
+        host: String,
+    },
+    /// An AMQP operation failed on an open connection.
+    #[error("{operation} failed: {source}")]
+    Amqp {
+        /// What postage was doing, with the names involved.
+        operation: String,
+        /// The client library's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A body that is not a Postage message.
+    #[error("malformed message: {0}")]
+    MalformedMessage(String),
+    /// A value could not be turned into or out of a message payload.
+    #[error("payload of {what} does not fit: {source}")]
+    Payload {
+        /// Which message or handler was involved.
+        what: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The broker could not route a mandatory message to any queue.
+    #[error("no queue is bound to exchange {exchange:?} with routing key {routing_key:?}")]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key used.
+        routing_key: String,
+    },
+    /// The broker refused a published message (a negative publisher confirm).
+    #[error("the broker refused a message for exchange {exchange:?} with routing key {routing_key:?}")]
+    PublishRefused {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key used.
+        routing_key: String,
+    },
+    /// No reply came to an RPC call.
+    #[error("RPC {command:?} to routing key {routing_key:?} got no reply in {attempts} attempts of {timeout:?}")]
+    RpcTimeout {
+        /// The command called.
+        command: String,
+        /// The routing key it was sent with.
+        routing_key: String,
+        /// How many times it was sent.
+        attempts: u32,
+        /// How long each attempt waited.
+        timeout: Duration,
+    },
+    /// The producer or consumer was closed while an operation waited on it.
+    #[error("{0} is closed")]
+    Closed(&'static str),
+}
+
+impl Error {
+    /// Wraps a lapin error with a description of what was being done.
+    pub(crate) fn amqp(operation: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let operation = operation.into();
+        move |source| Self::Amqp { operation, source }
+    }
+
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The result of a postage operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,59 @@
+//! Typed, async components that talk over AMQP 0-9-1 through RabbitMQ, on the wire
+//! format of Python Postage.
+//!
+//! A component sends [`Message`]s with a [`Producer`] and reads them with a
+//! [`Consumer`]; both share one [`Connection`] made from a [`Config`].
+//!
+//! ```no_run
+//! use postage_core::{Connection, Consumer, Exchange, Fingerprint, Producer, Queue};
+//!
+//! const ECHO: Exchange = Exchange::new("echo-exchange");
+//!
+//! # async fn demo() -> postage_core::Result<()> {
+//! let connection = Connection::from_env().await?;
+//! let mut consumer = Consumer::builder(&connection)
+//!     .bind(ECHO, Queue::new("echo-queue"), "echo-rk")
+//!     .build()
+//!     .await?;
+//! consumer.start().await?;
+//!
+//! let producer = Producer::builder(&connection)
+//!     .destination(ECHO, "echo-rk")
+//!     .fingerprint(Fingerprint::new("echo_send", "application"))
+//!     .build()
+//!     .await?;
+//! producer.command("echo", "A test message").await?;
+//!
+//! if let Some(delivery) = consumer.next().await {
+//!     let delivery = delivery?;
+//!     let text: String = delivery.message()?.parameters()?;
+//!     println!("{text}");
+//!     delivery.ack().await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod connection;
+mod consumer;
+mod encoder;
+mod error;
+mod exchange;
+mod fingerprint;
+mod message;
+mod producer;
+mod queue;
+mod rpc;
+
+pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password};
+pub use connection::Connection;
+pub use consumer::{Binding, Consumer, ConsumerBuilder, Delivery};
+pub use encoder::{Encoder, JsonEncoder};
+pub use error::{Error, Result};
+pub use exchange::{Exchange, ExchangeKind};
+pub use fingerprint::Fingerprint;
+pub use message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};
+pub use producer::{Producer, ProducerBuilder, Route};
+
+/// The AMQP client postage is built on, re-exported so its types always match.
+pub use lapin;

@@ -1,0 +1,333 @@
+//! Sending messages: a producer with default destinations, per-call overrides, and typed
+//! command APIs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::connection::Connection;
+use crate::encoder::{Encoder, JsonEncoder};
+use crate::error::{Error, Result};
+use crate::exchange::Exchange;
+use crate::fingerprint::Fingerprint;
+use crate::message::Message;
+
+/// Where a message goes: the producer's defaults, one routing key on its first exchange
+/// (Postage's `_key`), or an explicit list of (exchange, routing key) pairs (`_eks`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Route {
+    /// Every (exchange, key) pair the producer was built with.
+    #[default]
+    Default,
+    /// The producer's first exchange with this routing key.
+    Key(String),
+    /// These pairs instead of the defaults.
+    Pairs(Vec<(Exchange, String)>),
+}
+
+impl Route {
+    /// The producer's first exchange with routing key `key`.
+    pub fn key(key: impl Into<String>) -> Self {
+        Self::Key(key.into())
+    }
+
+    /// Exactly these (exchange, routing key) pairs.
+    pub fn pairs<K: Into<String>>(pairs: impl IntoIterator<Item = (Exchange, K)>) -> Self {
+        Self::Pairs(pairs.into_iter().map(|(e, k)| (e, k.into())).collect())
+    }
+}
+
+impl From<&str> for Route {
+    fn from(key: &str) -> Self {
+        Self::key(key)
+    }
+}
+
+/// Publishes Postage messages, stamped with its fingerprint, to default (exchange,
+/// routing key) pairs or to a [`Route`] given per call. Clones share one channel.
+///
+/// ```no_run
+/// use postage_core::{Connection, Exchange, Fingerprint, Producer, Route};
+///
+/// const ECHO: Exchange = Exchange::new("echo-exchange");
+///
+/// # async fn demo() -> postage_core::Result<()> {
+/// let connection = Connection::from_env().await?;
+/// let producer = Producer::builder(&connection)
+///     .destination(ECHO, "echo-rk")
+///     .fingerprint(Fingerprint::new("echo_send", "application"))
+///     .build()
+///     .await?;
+/// producer.command("echo", "A test message").await?;
+/// producer.command_to(Route::key("echo-fanout-rk"), "echo", "to everyone").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connection: Connection,
+    channel: lapin::Channel,
+    destinations: Vec<(Exchange, String)>,
+    fingerprint: Fingerprint,
+    encoder: Arc<dyn Encoder>,
+    reliable: bool,
+    declared: Mutex<HashSet<String>>,
+    pub(crate) rpc: crate::rpc::RpcState,
+}
+
+/// Configures a [`Producer`]; made by [`Producer::builder`].
+#[derive(Debug)]
+pub struct ProducerBuilder {
+    connection: Connection,
+    destinations: Vec<(Exchange, String)>,
+    fingerprint: Option<Fingerprint>,
+    encoder: Arc<dyn Encoder>,
+    reliable: bool,
+    rpc: crate::rpc::RpcSettings,
+}
+
+impl ProducerBuilder {
+    /// Adds a default destination: every message sent with [`Route::Default`] goes to each.
+    /// The first one's exchange is also the exchange of [`Route::Key`] and of RPC calls.
+    #[must_use]
+    pub fn destination(mut self, exchange: Exchange, routing_key: impl Into<String>) -> Self {
+        self.destinations.push((exchange, routing_key.into()));
+        self
+    }
+
+    /// Sets the fingerprint stamped on every message (default: this process, no name).
+    #[must_use]
+    pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// Replaces the JSON encoder.
+    #[must_use]
+    pub fn encoder(mut self, encoder: impl Encoder) -> Self {
+        self.encoder = Arc::new(encoder);
+        self
+    }
+
+    /// Reliable mode: every publish is `mandatory` and waits for the broker's publisher
+    /// confirm, so a message no queue takes is [`Error::Unroutable`] and one the broker
+    /// could not store is [`Error::PublishRefused`], instead of a silent loss. Off by
+    /// default (fire-and-forget, as Postage).
+    #[must_use]
+    pub fn reliable(mut self, reliable: bool) -> Self {
+        self.reliable = reliable;
+        self
+    }
+
+    /// Sets the RPC defaults: how long to wait for each attempt and how many times to
+    /// re-send (Postage: 30 s and 4).
+    #[must_use]
+    pub fn rpc_defaults(mut self, timeout: std::time::Duration, max_retry: u32) -> Self {
+        self.rpc = crate::rpc::RpcSettings { timeout, max_retry };
+        self
+    }
+
+    /// Opens the producer's channel and declares its default exchanges.
+    pub async fn build(self) -> Result<Producer> {
+        let channel = self.connection.open_channel().await?;
+        if self.reliable {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(Error::amqp("enabling publisher confirms"))?;
+        }
+        let producer = Producer {
+            inner: Arc::new(Inner {
+                connection: self.connection,
+                channel,
+                destinations: self.destinations,
+                fingerprint: self.fingerprint.unwrap_or_default(),
+                encoder: self.encoder,
+                reliable: self.reliable,
+                declared: Mutex::new(HashSet::new()),
+                rpc: crate::rpc::RpcState::new(self.rpc),
+            }),
+        };
+        for (exchange, _) in &producer.inner.destinations {
+            producer.ensure_declared(exchange).await?;
+        }
+        Ok(producer)
+    }
+}
+
+impl Producer {
+    /// Starts configuring a producer on `connection`.
+    pub fn builder(connection: &Connection) -> ProducerBuilder {
+        ProducerBuilder {
+            connection: connection.clone(),
+            destinations: Vec::new(),
+            fingerprint: None,
+            encoder: Arc::new(JsonEncoder),
+            reliable: false,
+            rpc: crate::rpc::RpcSettings::default(),
+        }
+    }
+
+    /// Sends the command `name` with `parameters` to every default destination.
+    pub async fn command(&self, name: &str, parameters: impl Serialize) -> Result<()> {
+        self.publish(Message::command(name, parameters)?, &Route::Default)
+            .await
+    }
+
+    /// Sends the command `name` with `parameters` along `route`.
+    pub async fn command_to(
+        &self,
+        route: Route,
+        name: &str,
+        parameters: impl Serialize,
+    ) -> Result<()> {
+        self.publish(Message::command(name, parameters)?, &route)
+            .await
+    }
+
+    /// Sends a status message along `route`.
+    pub async fn status(&self, route: Route, status: &str) -> Result<()> {
+        self.publish(Message::status(status), &route).await
+    }
+
+    /// Sends a generic message (Postage's `producer.message(*args, **kwds)`) along `route`.
+    pub async fn generic(
+        &self,
+        route: Route,
+        args: Vec<Value>,
+        kwds: Map<String, Value>,
+    ) -> Result<()> {
+        self.publish(Message::generic(args, kwds), &route).await
+    }
+
+    /// Stamps `message` with this producer's fingerprint and sends it along `route`.
+    pub async fn publish(&self, message: Message, route: &Route) -> Result<()> {
+        let message = message.with_fingerprint(self.inner.fingerprint.clone());
+        self.forward(&message, route).await
+    }
+
+    /// Sends an already-built message unchanged, its fingerprint included.
+    pub async fn forward(&self, message: &Message, route: &Route) -> Result<()> {
+        let body = self.inner.encoder.encode(message)?;
+        let properties = self.properties();
+        for (exchange, key) in self.resolve(route)?.iter() {
+            self.ensure_declared(exchange).await?;
+            self.publish_body(exchange.name(), key, &body, properties.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The fingerprint this producer stamps on its messages.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.inner.fingerprint
+    }
+
+    /// The producer's channel, for anything postage does not wrap.
+    pub fn channel(&self) -> &lapin::Channel {
+        &self.inner.channel
+    }
+
+    /// The connection the producer publishes on.
+    pub fn connection(&self) -> &Connection {
+        &self.inner.connection
+    }
+
+    pub(crate) fn encoder(&self) -> &dyn Encoder {
+        self.inner.encoder.as_ref()
+    }
+
+    pub(crate) fn rpc_state(&self) -> &crate::rpc::RpcState {
+        &self.inner.rpc
+    }
+
+    pub(crate) fn properties(&self) -> BasicProperties {
+        BasicProperties::default().with_content_type(self.inner.encoder.content_type().into())
+    }
+
+    /// The (exchange, key) pairs a route stands for.
+    pub(crate) fn resolve<'a>(&'a self, route: &'a Route) -> Result<std::borrow::Cow<'a, [(Exchange, String)]>> {
+        use std::borrow::Cow;
+        match route {
+            Route::Default if self.inner.destinations.is_empty() => Err(Error::config(
+                "destination",
+                "the producer has no default destination; give a Route::Pairs",
+            )),
+            Route::Default => Ok(Cow::Borrowed(&self.inner.destinations)),
+            Route::Key(key) => match self.inner.destinations.first() {
+                Some((exchange, _)) => Ok(Cow::Owned(vec![(exchange.clone(), key.clone())])),
+                None => Err(Error::config(
+                    "destination",
+                    "Route::Key needs a default destination for its exchange",
+                )),
+            },
+            Route::Pairs(pairs) => Ok(Cow::Borrowed(pairs)),
+        }
+    }
+
+    async fn ensure_declared(&self, exchange: &Exchange) -> Result<()> {
+        let known = self
+            .inner
+            .declared
+            .lock()
+            .map_or(false, |set| set.contains(exchange.name()));
+        if !known {
+            exchange.declare(&self.inner.channel).await?;
+            if let Ok(mut set) = self.inner.declared.lock() {
+                set.insert(exchange.name().to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one body; in reliable mode waits for the confirm and reports a return.
+    pub(crate) async fn publish_body(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let reliable = self.inner.reliable;
+        let options = BasicPublishOptions {
+            mandatory: reliable,
+            immediate: false,
+        };
+        let operation = || format!("publishing to exchange {exchange:?} with key {routing_key:?}");
+        let confirm = self
+            .inner
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .await
+            .map_err(|source| Error::Amqp {
+                operation: operation(),
+                source,
+            })?;
+        if !reliable {
+            return Ok(());
+        }
+        let confirmation = confirm.await.map_err(|source| Error::Amqp {
+            operation: operation(),
+            source,
+        })?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) => Err(Error::PublishRefused {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+        }
+    }
+}

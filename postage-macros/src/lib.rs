@@ -1,0 +1,1 @@
+//! Handler attributes for postage processors.

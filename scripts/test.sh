@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: start the broker if needed, then every test of the workspace
+# (unit, integration against RabbitMQ, macro UI tests, doc tests, demos end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/broker.sh
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked --no-fail-fast -- --test-threads=4
