@@ -80,6 +80,36 @@ pub enum Error {
         /// How long each attempt waited.
         timeout: Duration,
     },
+    /// The remote handler answered with an error result.
+    #[error("RPC {command:?} failed: {message}")]
+    RemoteError {
+        /// The command called.
+        command: String,
+        /// The error message.
+        message: String,
+    },
+    /// The remote handler answered with an exception result.
+    #[error("RPC {command:?} raised {kind}: {message}")]
+    RemoteException {
+        /// The command called.
+        command: String,
+        /// The kind of exception.
+        kind: String,
+        /// The exception message.
+        message: String,
+    },
+    /// Two RPC handlers of one processor answer the same command.
+    #[error("{processor} has two RPC handlers for command {command:?}: {first} and {second}")]
+    DuplicateHandler {
+        /// The processor type.
+        processor: &'static str,
+        /// The command both answer.
+        command: &'static str,
+        /// The first handler and where it is.
+        first: String,
+        /// The second handler and where it is.
+        second: String,
+    },
     /// The producer or consumer was closed while an operation waited on it.
     #[error("{0} is closed")]
     Closed(&'static str),

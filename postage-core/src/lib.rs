@@ -40,7 +40,9 @@ mod encoder;
 mod error;
 mod exchange;
 mod fingerprint;
+mod handler;
 mod message;
+mod processor;
 mod producer;
 mod queue;
 mod rpc;
@@ -53,7 +55,22 @@ pub use error::{Error, Result};
 pub use exchange::{Exchange, ExchangeKind};
 pub use fingerprint::Fingerprint;
 pub use message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};
+pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
+pub use postage_macros::{message_handler, processor, rpc_handler};
+pub use processor::{Exit, Processor, ProcessorBuilder, ProcessorHandle};
 pub use producer::{Producer, ProducerBuilder, Route};
+pub use queue::Queue;
+pub use rpc::{PendingCall, RpcOptions};
 
 /// The AMQP client postage is built on, re-exported so its types always match.
 pub use lapin;
+
+/// What the handler attributes expand to; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::{
+        BoxFuture, FilterFn, HandlerCall, HandlerRegistration, MessageOutcome, Outcome,
+        RepliedOutcome, replied, rpc_raw, rpc_result, rpc_value,
+    };
+    pub use inventory;
+}

@@ -245,6 +245,10 @@ impl Producer {
         self.inner.encoder.as_ref()
     }
 
+    pub(crate) fn encoder_arc(&self) -> Arc<dyn Encoder> {
+        Arc::clone(&self.inner.encoder)
+    }
+
     pub(crate) fn rpc_state(&self) -> &crate::rpc::RpcState {
         &self.inner.rpc
     }

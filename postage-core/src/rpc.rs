@@ -1,6 +1,24 @@
-//! RPC calls from a producer: placeholder state, filled in with the RPC client.
+//! RPC calls from a producer, over RabbitMQ's direct reply-to: many calls in flight on one
+//! channel, each matched to its answer by correlation id.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OnceCell, oneshot};
+
+use crate::error::{Error, Result};
+use crate::message::{Message, RpcResult};
+use crate::producer::{Producer, Route};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// How long an RPC call waits and how often it is re-sent.
 #[derive(Debug, Clone, Copy)]
@@ -10,6 +28,7 @@ pub(crate) struct RpcSettings {
 }
 
 impl Default for RpcSettings {
+    /// Postage's defaults: 30 s, re-sent up to 4 times.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
@@ -18,13 +37,280 @@ impl Default for RpcSettings {
     }
 }
 
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+
+/// A producer's calls in flight and its reply consumer, started with the first call.
 #[derive(Debug)]
 pub(crate) struct RpcState {
-    pub(crate) settings: RpcSettings,
+    settings: RpcSettings,
+    waiters: Waiters,
+    consuming: OnceCell<()>,
+    prefix: String,
+    next_id: AtomicU64,
 }
 
 impl RpcState {
     pub(crate) fn new(settings: RpcSettings) -> Self {
-        Self { settings }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self {
+            settings,
+            waiters: Arc::default(),
+            consuming: OnceCell::new(),
+            prefix: format!("{:x}.{nanos:x}", std::process::id()),
+            next_id: AtomicU64::new(0),
+        }
     }
+}
+
+/// Per-call RPC settings: route, timeout and retries, each defaulting to the producer's.
+#[derive(Debug, Clone, Default)]
+pub struct RpcOptions {
+    route: Option<Route>,
+    timeout: Option<Duration>,
+    max_retry: Option<u32>,
+}
+
+impl RpcOptions {
+    /// The producer's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends the call along `route`; only its first (exchange, key) pair is used.
+    #[must_use]
+    pub fn route(mut self, route: Route) -> Self {
+        self.route = Some(route);
+        self
+    }
+
+    /// Sends the call with routing key `key` on the producer's first exchange.
+    #[must_use]
+    pub fn key(self, key: impl Into<String>) -> Self {
+        self.route(Route::Key(key.into()))
+    }
+
+    /// How long each attempt waits for the answer (Postage: 30 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How many times the call is re-sent after a timeout (Postage: 4).
+    #[must_use]
+    pub fn max_retry(mut self, max_retry: u32) -> Self {
+        self.max_retry = Some(max_retry);
+        self
+    }
+}
+
+impl Producer {
+    /// Calls the RPC command `name` with `parameters` and returns the answer as Postage
+    /// does: a success, error or exception result; after the last retry an exception of
+    /// kind `TimeoutError`.
+    pub async fn rpc(&self, name: &str, parameters: impl Serialize) -> Result<RpcResult> {
+        self.rpc_with(name, parameters, RpcOptions::new()).await
+    }
+
+    /// [`Producer::rpc`] with per-call options.
+    pub async fn rpc_with(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        options: RpcOptions,
+    ) -> Result<RpcResult> {
+        match self.rpc_deferred(name, parameters, options).await?.result().await {
+            Err(Error::RpcTimeout { attempts, timeout, .. }) => Ok(RpcResult::exception(
+                "TimeoutError",
+                format!("no answer in {attempts} attempts of {timeout:?}"),
+            )),
+            other => other,
+        }
+    }
+
+    /// Calls `name` and decodes a success into `T`; an error or exception result is
+    /// [`Error::RemoteError`] or [`Error::RemoteException`], no answer [`Error::RpcTimeout`].
+    pub async fn call<T: DeserializeOwned>(&self, name: &str, parameters: impl Serialize) -> Result<T> {
+        self.call_with(name, parameters, RpcOptions::new()).await
+    }
+
+    /// [`Producer::call`] with per-call options.
+    pub async fn call_with<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        options: RpcOptions,
+    ) -> Result<T> {
+        self.rpc_deferred(name, parameters, options).await?.value().await
+    }
+
+    /// Sends the call now and returns a [`PendingCall`] to await the answer later
+    /// (Postage's `_queue_only`).
+    pub async fn rpc_deferred(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        options: RpcOptions,
+    ) -> Result<PendingCall> {
+        let state = self.rpc_state();
+        state
+            .consuming
+            .get_or_try_init(|| start_reply_consumer(self.channel(), &state.waiters, self.encoder_arc()))
+            .await?;
+        let route = options.route.unwrap_or_default();
+        let (exchange, routing_key) = self
+            .resolve(&route)?
+            .first()
+            .map(|(e, k)| (e.name().to_owned(), k.clone()))
+            .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
+        let message = Message::rpc_command(name, parameters)?.with_fingerprint(self.fingerprint().clone());
+        let body = self.encoder().encode(&message)?;
+        let id = format!("{}.{}", state.prefix, state.next_id.fetch_add(1, Ordering::Relaxed));
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiters) = state.waiters.lock() {
+            waiters.insert(id.clone(), sender);
+        }
+        let call = PendingCall {
+            producer: self.clone(),
+            command: name.to_owned(),
+            exchange,
+            routing_key,
+            body,
+            correlation_id: id,
+            receiver,
+            timeout: options.timeout.unwrap_or(state.settings.timeout),
+            max_retry: options.max_retry.unwrap_or(state.settings.max_retry),
+        };
+        call.send().await?;
+        Ok(call)
+    }
+}
+
+/// An RPC call already sent, whose answer is awaited with [`PendingCall::result`] or
+/// [`PendingCall::value`]. Dropping it forgets the call.
+#[derive(Debug)]
+pub struct PendingCall {
+    producer: Producer,
+    command: String,
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    correlation_id: String,
+    receiver: oneshot::Receiver<Message>,
+    timeout: Duration,
+    max_retry: u32,
+}
+
+impl PendingCall {
+    async fn send(&self) -> Result<()> {
+        let properties = self
+            .producer
+            .properties()
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(self.correlation_id.as_str().into());
+        self.producer
+            .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
+            .await
+    }
+
+    /// The correlation id the call was sent with.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// Waits for the answer, re-sending after each timeout up to the retry count.
+    pub async fn result(mut self) -> Result<RpcResult> {
+        let mut attempts = 1;
+        loop {
+            match tokio::time::timeout(self.timeout, &mut self.receiver).await {
+                Ok(Ok(message)) => return Ok(message.to_result()),
+                Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
+                Err(_) if attempts <= self.max_retry => {
+                    tracing::debug!(command = %self.command, attempts, "RPC timed out; sending again");
+                    attempts += 1;
+                    self.send().await?;
+                }
+                Err(_) => {
+                    return Err(Error::RpcTimeout {
+                        command: self.command.clone(),
+                        routing_key: self.routing_key.clone(),
+                        attempts,
+                        timeout: self.timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits for the answer and decodes a success into `T`.
+    pub async fn value<T: DeserializeOwned>(self) -> Result<T> {
+        let command = self.command.clone();
+        match self.result().await? {
+            RpcResult::Success { value, .. } => T::deserialize(&value).map_err(|source| Error::Payload {
+                what: format!("answer to {command:?}"),
+                source,
+            }),
+            RpcResult::Error { message } => Err(Error::RemoteError { command, message }),
+            RpcResult::Exception { kind, message } => Err(Error::RemoteException { command, kind, message }),
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if let Ok(mut waiters) = self.producer.rpc_state().waiters.lock() {
+            waiters.remove(&self.correlation_id);
+        }
+    }
+}
+
+/// Consumes the direct reply-to pseudo-queue (no-ack, on the publishing channel, as
+/// RabbitMQ requires) and hands each answer to its waiting call. An answer without a
+/// correlation id (Python Postage receivers send none) goes to the only call waiting.
+async fn start_reply_consumer(
+    channel: &lapin::Channel,
+    waiters: &Waiters,
+    encoder: Arc<dyn crate::encoder::Encoder>,
+) -> Result<()> {
+    let mut replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp("consuming RPC answers"))?;
+    let waiters = Arc::clone(waiters);
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = replies.next().await {
+            let message = match encoder.decode(&delivery.data) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "dropping a malformed RPC answer");
+                    continue;
+                }
+            };
+            let Ok(mut waiting) = waiters.lock() else { break };
+            let waiter = match delivery.properties.correlation_id() {
+                Some(id) => waiting.remove(id.as_str()),
+                None if waiting.len() == 1 => waiting.keys().next().cloned().and_then(|k| waiting.remove(&k)),
+                None => None,
+            };
+            drop(waiting);
+            match waiter {
+                Some(waiter) => {
+                    let _ = waiter.send(message);
+                }
+                None => tracing::debug!("dropping an RPC answer nobody waits for"),
+            }
+        }
+        tracing::debug!("RPC answer consumer ended");
+    });
+    Ok(())
 }

@@ -1,1 +1,104 @@
-//! Shared helpers of the integration tests.
+//! Shared helpers of the integration tests: a connection to the broker that
+//! `scripts/broker.sh` runs, unique names, and reading state back with `rabbitmqctl`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use postage_core::{Config, Connection, Consumer, Delivery, Exchange, ExchangeKind};
+
+/// A name no other test (or earlier run) uses: `prefix-pid-n`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "test-{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A direct exchange the broker deletes once its last queue is unbound.
+pub fn exchange(prefix: &str) -> Exchange {
+    Exchange::named(unique(prefix))
+        .kind(ExchangeKind::Direct)
+        .auto_delete(true)
+        .durable(false)
+}
+
+/// Connects with the environment's settings (the local broker by default).
+pub async fn connect() -> Connection {
+    init_tracing();
+    let config = Config::from_env().expect("POSTAGE_* settings");
+    Connection::connect(&config)
+        .await
+        .expect("the broker from scripts/broker.sh answers")
+}
+
+/// Logs to the test output, once, filtered by `RUST_LOG` (default `warn`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The next delivery within `wait`, or `None`.
+pub async fn next_within(consumer: &mut Consumer, wait: Duration) -> Option<Delivery> {
+    match tokio::time::timeout(wait, consumer.next()).await {
+        Ok(Some(delivery)) => Some(delivery.expect("a delivery")),
+        _ => None,
+    }
+}
+
+/// Every delivery that arrives until `quiet` passes without one, each acknowledged,
+/// decoded to its command parameters as text.
+pub async fn drain(consumer: &mut Consumer, quiet: Duration) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Some(delivery) = next_within(consumer, quiet).await {
+        let message = delivery.message().expect("a Postage message");
+        seen.push(message.parameters::<String>().unwrap_or_default());
+        delivery.ack().await.expect("ack");
+    }
+    seen
+}
+
+/// Runs `rabbitmqctl` with `args` against the local node and returns its standard output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let node = std::env::var("RABBITMQ_NODENAME").unwrap_or_else(|_| "rabbit@localhost".into());
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "-n", &node])
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The routing keys binding `queue` to `exchange`, read back from the broker.
+pub fn binding_keys(exchange: &str, queue: &str) -> Vec<String> {
+    let listing = rabbitmqctl(&[
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ]);
+    let mut keys: Vec<String> = listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            match (fields.next(), fields.next(), fields.next()) {
+                (Some(s), Some(d), Some(k)) if s == exchange && d == queue => Some(k.to_owned()),
+                _ => None,
+            }
+        })
+        .collect();
+    keys.sort();
+    keys
+}

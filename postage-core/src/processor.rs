@@ -1,0 +1,567 @@
+//! Running a component: a processor consumes its queues and dispatches each message to
+//! the handlers its `#[processor]` impl blocks registered, per the Postage wire contract.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::FutureExt;
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::connection::Connection;
+use crate::consumer::{Consumer, ConsumerBuilder, Delivery};
+use crate::encoder::{Encoder, JsonEncoder};
+use crate::error::{Error, Result};
+use crate::exchange::Exchange;
+use crate::fingerprint::Fingerprint;
+use crate::handler::{
+    BoxFuture, Filtered, HandlerCall, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
+};
+use crate::message::{COMMAND, Category, Message, RpcResult};
+use crate::queue::Queue;
+
+/// Why [`Processor::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit {
+    /// A `quit` command arrived.
+    Quit,
+    /// [`ProcessorHandle::shutdown`] was called.
+    Shutdown,
+    /// The broker cancelled the consumer or closed its channel.
+    ConsumerClosed,
+}
+
+/// Stops a running processor from elsewhere: it stops taking deliveries, finishes the
+/// handlers in flight, and [`Processor::run`] returns [`Exit::Shutdown`].
+#[derive(Debug, Clone)]
+pub struct ProcessorHandle {
+    stop: Arc<Notify>,
+}
+
+impl ProcessorHandle {
+    /// Asks the processor to stop.
+    pub fn shutdown(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Configures a [`Processor`]; made by [`Processor::builder`].
+#[derive(Debug)]
+pub struct ProcessorBuilder<P> {
+    connection: Connection,
+    state: P,
+    consumer: ConsumerBuilder,
+    concurrency: usize,
+    control_commands: bool,
+    fingerprint: Option<Fingerprint>,
+    encoder: Arc<dyn Encoder>,
+}
+
+impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
+    /// Binds `queue` to `exchange` with `routing_key`.
+    #[must_use]
+    pub fn bind(mut self, exchange: Exchange, queue: impl Into<Queue>, routing_key: impl Into<String>) -> Self {
+        self.consumer = self.consumer.bind(exchange, queue, routing_key);
+        self
+    }
+
+    /// Binds several (queue, routing key) pairs to one exchange (Postage's `eqk`).
+    #[must_use]
+    pub fn bindings<Q: Into<Queue>, K: Into<String>>(
+        mut self,
+        exchange: Exchange,
+        pairs: impl IntoIterator<Item = (Q, K)>,
+    ) -> Self {
+        self.consumer = self.consumer.bindings(exchange, pairs);
+        self
+    }
+
+    /// How many unacknowledged messages the broker may hand over at once (default 10).
+    #[must_use]
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.consumer = self.consumer.prefetch(prefetch);
+        self
+    }
+
+    /// How many messages may be in their handlers at once (default 1: one at a time, in
+    /// order).
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Whether the built-in `quit` and `restart` commands are served (default: yes).
+    #[must_use]
+    pub fn control_commands(mut self, enabled: bool) -> Self {
+        self.control_commands = enabled;
+        self
+    }
+
+    /// The fingerprint stamped on RPC answers (default: this process, no name).
+    #[must_use]
+    pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// Replaces the JSON encoder.
+    #[must_use]
+    pub fn encoder(mut self, encoder: impl Encoder + Clone) -> Self {
+        self.consumer = self.consumer.encoder(encoder.clone());
+        self.encoder = Arc::new(encoder);
+        self
+    }
+
+    /// Collects the handlers registered for `P` (an error names both places of two RPC
+    /// handlers for one command), then declares and binds the queues.
+    pub async fn build(self) -> Result<Processor<P>> {
+        let table = HandlerTable::for_type::<P>()?;
+        let consumer = self.consumer.build().await?;
+        Ok(Processor {
+            connection: self.connection,
+            shared: Arc::new(Shared {
+                state: Arc::new(self.state),
+                table,
+                channel: consumer.channel().clone(),
+                encoder: self.encoder,
+                fingerprint: self.fingerprint.unwrap_or_default(),
+            }),
+            consumer,
+            concurrency: self.concurrency,
+            control_commands: self.control_commands,
+            stop: Arc::new(Notify::new()),
+        })
+    }
+}
+
+/// A component: a value whose `#[processor]` impl blocks declare handlers, consuming its
+/// queues. Several processors run side by side on one runtime with `tokio::join!`.
+///
+/// ```no_run
+/// use postage_core::{processor, Connection, Exchange, HandlerError, Processor};
+///
+/// const ECHO: Exchange = Exchange::new("echo-exchange");
+///
+/// struct Echo;
+///
+/// #[processor]
+/// impl Echo {
+///     #[message_handler("command", "echo")]
+///     fn echo(&self, text: String) {
+///         println!("{text}");
+///     }
+///
+///     #[rpc_handler("command", "upper")]
+///     async fn upper(&self, text: String) -> Result<String, HandlerError> {
+///         Ok(text.to_uppercase())
+///     }
+/// }
+///
+/// # async fn demo() -> postage_core::Result<()> {
+/// let connection = Connection::from_env().await?;
+/// let echo = Processor::builder(&connection, Echo)
+///     .bind(ECHO, "echo-queue", "echo-rk")
+///     .build()
+///     .await?;
+/// echo.run().await?; // until a `quit` command
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Processor<P> {
+    connection: Connection,
+    shared: Arc<Shared<P>>,
+    consumer: Consumer,
+    concurrency: usize,
+    control_commands: bool,
+    stop: Arc<Notify>,
+}
+
+#[derive(Debug)]
+struct Shared<P> {
+    state: Arc<P>,
+    table: HandlerTable,
+    channel: lapin::Channel,
+    encoder: Arc<dyn Encoder>,
+    fingerprint: Fingerprint,
+}
+
+/// What the loop does with one delivery before handing it to the handlers.
+enum Control {
+    Quit,
+    Restart,
+}
+
+impl<P: Send + Sync + 'static> Processor<P> {
+    /// Starts configuring a processor with state `state` on `connection`.
+    pub fn builder(connection: &Connection, state: P) -> ProcessorBuilder<P> {
+        ProcessorBuilder {
+            connection: connection.clone(),
+            state,
+            consumer: Consumer::builder(connection).prefetch(10),
+            concurrency: 1,
+            control_commands: true,
+            fingerprint: None,
+            encoder: Arc::new(JsonEncoder),
+        }
+    }
+
+    /// A handle that stops [`Processor::run`] from another task.
+    pub fn handle(&self) -> ProcessorHandle {
+        ProcessorHandle {
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
+    /// The processor's consumer: bind and unbind queues at run time through it.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// The processor's state.
+    pub fn state(&self) -> &Arc<P> {
+        &self.shared.state
+    }
+
+    /// Consumes and dispatches until a `quit` command, a shutdown through a
+    /// [`ProcessorHandle`], or the end of the consumer; then finishes the handlers in
+    /// flight and returns. A `restart` command replaces the process with a new run of the
+    /// same executable and arguments (same pid) and so never returns.
+    pub async fn run(mut self) -> Result<Exit> {
+        self.consumer.start().await?;
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut in_flight = JoinSet::new();
+        let stop = Arc::clone(&self.stop);
+        let mut control = None;
+        let exit = loop {
+            while in_flight.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = stop.notified() => break Exit::Shutdown,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break Exit::Shutdown,
+                },
+            };
+            let delivery = tokio::select! {
+                () = stop.notified() => break Exit::Shutdown,
+                next = self.consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => {
+                        tracing::error!(%error, "consumer failed");
+                        break Exit::ConsumerClosed;
+                    }
+                    None => break Exit::ConsumerClosed,
+                },
+            };
+            let message = match delivery.message() {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(queue = delivery.queue(), routing_key = delivery.routing_key(), %error, "rejecting a malformed message");
+                    reject(&delivery).await;
+                    continue;
+                }
+            };
+            if self.control_commands {
+                if let Some(command) = control_command(&message) {
+                    ack(&delivery).await;
+                    control = Some(command);
+                    break Exit::Quit;
+                }
+            }
+            let shared = Arc::clone(&self.shared);
+            in_flight.spawn(async move {
+                shared.dispatch(delivery, message).await;
+                drop(permit);
+            });
+        };
+        self.consumer.stop().await?;
+        while in_flight.join_next().await.is_some() {}
+        if let Some(Control::Restart) = control {
+            restart(&self.connection).await;
+        }
+        tracing::info!(?exit, "processor stopped");
+        Ok(exit)
+    }
+}
+
+fn control_command(message: &Message) -> Option<Control> {
+    if message.category != Category::Message || message.kind != COMMAND {
+        return None;
+    }
+    match message.name.as_str() {
+        "quit" => Some(Control::Quit),
+        "restart" => Some(Control::Restart),
+        _ => None,
+    }
+}
+
+/// Replaces the process with a new run of the same program and arguments.
+async fn restart(connection: &Connection) {
+    let _ = connection.close().await;
+    let program = std::env::current_exe()
+        .map(|p| {
+            let text = p.to_string_lossy();
+            text.strip_suffix(" (deleted)").map_or(p.clone(), Into::into)
+        })
+        .unwrap_or_default();
+    let to_c = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_encoded_bytes().to_vec()).ok();
+    let args: Option<Vec<_>> = std::env::args_os().map(|a| to_c(&a)).collect();
+    match (to_c(program.as_os_str()), args) {
+        (Some(program), Some(args)) => {
+            tracing::info!(program = ?program, "restarting");
+            let Err(error) = nix::unistd::execv(&program, &args);
+            tracing::error!(%error, "restart failed");
+        }
+        _ => tracing::error!("restart failed: the program path or an argument holds a NUL byte"),
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(error) = delivery.ack().await {
+        tracing::warn!(%error, "acknowledgement failed");
+    }
+}
+
+async fn reject(delivery: &Delivery) {
+    if let Err(error) = delivery.reject(false).await {
+        tracing::warn!(%error, "reject failed");
+    }
+}
+
+fn metadata(delivery: &Delivery) -> Metadata {
+    let properties = delivery.properties();
+    Metadata {
+        queue: delivery.queue().to_owned(),
+        exchange: delivery.exchange().to_owned(),
+        routing_key: delivery.routing_key().to_owned(),
+        redelivered: delivery.redelivered(),
+        headers: properties.headers().clone().unwrap_or_default(),
+        reply_to: properties.reply_to().as_ref().map(ToString::to_string),
+        correlation_id: properties.correlation_id().as_ref().map(ToString::to_string),
+    }
+}
+
+impl<P: Send + Sync + 'static> Shared<P> {
+    async fn dispatch(&self, delivery: Delivery, message: Message) {
+        let metadata = metadata(&delivery);
+        let ok = match message.category {
+            Category::Message => self.dispatch_message(&message, &metadata).await,
+            Category::Rpc => self.dispatch_rpc(&message, metadata).await,
+        };
+        if ok { ack(&delivery).await } else { reject(&delivery).await }
+    }
+
+    /// Runs every handler for the message; false when one failed or a filter rejected.
+    async fn dispatch_message(&self, message: &Message, metadata: &Metadata) -> bool {
+        let mut ok = true;
+        for handler in self.table.message_handlers(&message.kind, &message.name) {
+            let Some(copy) = filter(handler, message.clone()) else {
+                continue;
+            };
+            let copy = match copy {
+                Ok(copy) => copy,
+                Err(()) => {
+                    ok = false;
+                    continue;
+                }
+            };
+            let call = HandlerCall {
+                message: copy,
+                metadata: metadata.clone(),
+                reply: None,
+            };
+            match self.call(handler, call).await {
+                Outcome::Failed(reason) => {
+                    tracing::warn!(handler = handler.method, at = handler.location, kind = %message.kind, name = %message.name, %reason, "message handler failed; rejecting");
+                    ok = false;
+                }
+                Outcome::Done | Outcome::Answer(_) | Outcome::Replied => {}
+            }
+        }
+        ok
+    }
+
+    /// Runs the RPC handler and answers; false when the delivery must be rejected.
+    async fn dispatch_rpc(&self, message: &Message, metadata: Metadata) -> bool {
+        if message.kind != COMMAND {
+            return true;
+        }
+        let Some(handler) = self.table.rpc_handler(&message.name) else {
+            tracing::debug!(name = %message.name, "no RPC handler; acknowledging");
+            return true;
+        };
+        let Some(reply_to) = metadata.reply_to.clone() else {
+            tracing::warn!(handler = handler.method, name = %message.name, "rejecting an RPC call without reply_to");
+            return false;
+        };
+        let copy = match filter(handler, message.clone()) {
+            None => return true,
+            Some(Err(())) => return false,
+            Some(Ok(copy)) => copy,
+        };
+        let sent = Arc::new(AtomicBool::new(false));
+        let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
+            channel: self.channel.clone(),
+            reply_to,
+            correlation_id: metadata.correlation_id.clone(),
+            encoder: Arc::clone(&self.encoder),
+            fingerprint: self.fingerprint.clone(),
+        });
+        let reply = Reply {
+            sender: Arc::clone(&sender),
+            sent: Arc::clone(&sent),
+        };
+        let call = HandlerCall {
+            message: copy,
+            metadata,
+            reply: Some(reply),
+        };
+        let (answer, ok) = match self.call(handler, call).await {
+            Outcome::Answer(result) => {
+                let ok = !matches!(result, RpcResult::Exception { .. });
+                (Some(result), ok)
+            }
+            Outcome::Replied | Outcome::Done => {
+                (Some(RpcResult::error("the handler finished without replying")), true)
+            }
+            Outcome::Failed(reason) => {
+                tracing::warn!(handler = handler.method, at = handler.location, name = %message.name, %reason, "RPC handler failed; answering with an exception");
+                (Some(RpcResult::exception("HandlerFailed", reason)), false)
+            }
+        };
+        if let Some(answer) = answer {
+            if !sent.swap(true, Ordering::SeqCst) {
+                if let Err(error) = sender.send(answer).await {
+                    tracing::warn!(%error, name = %message.name, "could not send the RPC answer");
+                }
+            }
+        }
+        ok
+    }
+
+    /// Calls one handler; a panic becomes a failure (answered with an exception in RPC).
+    async fn call(&self, handler: &'static HandlerRegistration, call: HandlerCall) -> Outcome {
+        let state: Arc<dyn Any + Send + Sync> = Arc::clone(&self.state) as _;
+        let rpc = call.reply.is_some();
+        match AssertUnwindSafe((handler.call)(state, call)).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(ToString::to_string)
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_owned());
+                tracing::error!(handler = handler.method, at = handler.location, panic = %text, "handler panicked");
+                if rpc {
+                    Outcome::Answer(RpcResult::exception("Panic", text))
+                } else {
+                    Outcome::Failed(format!("panicked: {text}"))
+                }
+            }
+        }
+    }
+}
+
+/// Runs the handler's filters: `None` to skip, `Some(Err)` to reject.
+fn filter(handler: &HandlerRegistration, mut message: Message) -> Option<Result<Message, ()>> {
+    for filter in handler.filters {
+        match filter(message) {
+            Filtered::Pass(next) => message = next,
+            Filtered::Skip => return None,
+            Filtered::Reject(reason) => {
+                tracing::warn!(handler = handler.method, %reason, "a filter rejected the message");
+                return Some(Err(()));
+            }
+        }
+    }
+    Some(Ok(message))
+}
+
+/// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange.
+#[derive(Debug)]
+struct ChannelReply {
+    channel: lapin::Channel,
+    reply_to: String,
+    correlation_id: Option<String>,
+    encoder: Arc<dyn Encoder>,
+    fingerprint: Fingerprint,
+}
+
+impl ReplySender for ChannelReply {
+    fn send(&self, result: RpcResult) -> BoxFuture<Result<()>> {
+        let message = Message::result(&result).with_fingerprint(self.fingerprint.clone());
+        let body = self.encoder.encode(&message);
+        let mut properties = BasicProperties::default().with_content_type(self.encoder.content_type().into());
+        if let Some(id) = &self.correlation_id {
+            properties = properties.with_correlation_id(id.as_str().into());
+        }
+        let channel = self.channel.clone();
+        let reply_to = self.reply_to.clone();
+        Box::pin(async move {
+            let body = body?;
+            channel
+                .basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), &body, properties)
+                .await
+                .map_err(Error::amqp(format!("answering on {reply_to:?}")))?;
+            Ok(())
+        })
+    }
+}
+
+/// The handlers registered for one processor type.
+#[derive(Debug, Default)]
+struct HandlerTable {
+    /// name -> type -> handlers, for fire-and-forget messages.
+    message: HashMap<&'static str, HashMap<&'static str, Vec<&'static HandlerRegistration>>>,
+    /// command name -> handler.
+    rpc: HashMap<&'static str, &'static HandlerRegistration>,
+}
+
+impl HandlerTable {
+    fn for_type<P: 'static>() -> Result<Self> {
+        let wanted = TypeId::of::<P>();
+        let mut table = Self::default();
+        for handler in inventory::iter::<HandlerRegistration> {
+            if (handler.processor)() != wanted {
+                continue;
+            }
+            match handler.category {
+                Category::Message => table
+                    .message
+                    .entry(handler.name)
+                    .or_default()
+                    .entry(handler.kind)
+                    .or_default()
+                    .push(handler),
+                Category::Rpc => {
+                    if let Some(first) = table.rpc.insert(handler.name, handler) {
+                        return Err(Error::DuplicateHandler {
+                            processor: handler.processor_name,
+                            command: handler.name,
+                            first: format!("{} at {}", first.method, first.location),
+                            second: format!("{} at {}", handler.method, handler.location),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    fn message_handlers(&self, kind: &str, name: &str) -> &[&'static HandlerRegistration] {
+        self.message
+            .get(name)
+            .and_then(|kinds| kinds.get(kind))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn rpc_handler(&self, name: &str) -> Option<&'static HandlerRegistration> {
+        self.rpc.get(name).copied()
+    }
+}
