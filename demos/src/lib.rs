@@ -1,1 +1,67 @@
-//! Demos.
+//! What the demos share, as `echo_shared.py` in Python Postage: the echo exchange, its
+//! queue and routing keys, so these demos and the Python ones talk to each other.
+
+use postage_core::{Connection, Exchange, Producer, Queue, producer_api};
+
+/// The demos' exchange: direct and durable, Postage's defaults.
+pub const ECHO_EXCHANGE: Exchange = Exchange::new("echo-exchange");
+/// The queue every receiver shares.
+pub const ECHO_QUEUE: &str = "echo-queue";
+/// The routing key of the shared queue (round robin between receivers).
+pub const ECHO_KEY: &str = "echo-rk";
+/// The routing key of each receiver's private queue (every receiver gets a copy).
+pub const ECHO_FANOUT_KEY: &str = "echo-fanout-rk";
+
+producer_api! {
+    /// The commands the echo receivers understand.
+    pub struct EchoProducer {
+        /// Sends `echo` with a text to print.
+        message message_echo(text: &str) = "echo";
+        /// Calls `echo` and returns the receiver's answer.
+        rpc rpc_echo(text: &str) -> String = "echo";
+        /// Asks receivers to stop.
+        message message_quit() = "quit";
+    }
+}
+
+/// Logs to stderr (`RUST_LOG`, default `warn`) and connects with the `POSTAGE_*` settings.
+pub async fn connect() -> postage_core::Result<Connection> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    Connection::from_env().await
+}
+
+/// A producer for the echo exchange with routing key `echo-rk`.
+pub async fn echo_producer(
+    connection: &Connection,
+    fingerprint: postage_core::Fingerprint,
+) -> postage_core::Result<EchoProducer> {
+    let producer = Producer::builder(connection)
+        .destination(ECHO_EXCHANGE, ECHO_KEY)
+        .fingerprint(fingerprint)
+        .build()
+        .await?;
+    Ok(EchoProducer::new(producer))
+}
+
+/// The shared queue, declared as Python Postage declares it.
+pub fn shared_queue() -> Queue {
+    Queue::new(ECHO_QUEUE)
+}
+
+/// True when the program was asked to send `quit` instead of its usual message.
+pub fn wants_quit() -> bool {
+    std::env::args().skip(1).any(|a| a == "--quit")
+}
+
+/// Prints a line and flushes, so a script reading the output sees it at once.
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -91,13 +91,23 @@ impl Connection {
         &self.inner.amqp
     }
 
-    /// Closes the connection, and with it every channel opened on it.
+    /// Closes the connection, and with it every channel opened on it. Closing a closed
+    /// connection does nothing.
     pub async fn close(&self) -> Result<()> {
-        self.inner
+        if !self.inner.amqp.status().connected() {
+            return Ok(());
+        }
+        match self
+            .inner
             .amqp
             .close(200, "postage: closed by the application".into())
             .await
-            .map_err(Error::amqp("closing the connection"))
+        {
+            // A channel whose last handle was just dropped is still closing; lapin reports
+            // that, yet the connection is torn down all the same.
+            Err(error) if matches!(error.kind(), ErrorKind::InvalidChannelState(..)) => Ok(()),
+            other => other.map_err(Error::amqp("closing the connection")),
+        }
     }
 }
 

@@ -317,6 +317,19 @@ impl Consumer {
         Ok(())
     }
 
+    /// Stops consuming and closes the consumer's channel; deliveries not acknowledged by
+    /// then go back to their queues.
+    pub async fn close(&self) -> Result<()> {
+        self.stop().await?;
+        if self.channel.status().connected() {
+            self.channel
+                .close(200, "postage: consumer closed".into())
+                .await
+                .map_err(Error::amqp("closing a consumer channel"))?;
+        }
+        Ok(())
+    }
+
     /// The consumer's channel, for anything postage does not wrap.
     pub fn channel(&self) -> &lapin::Channel {
         &self.channel

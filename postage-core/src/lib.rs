@@ -73,4 +73,5 @@ pub mod __private {
         RepliedOutcome, replied, rpc_raw, rpc_result, rpc_value,
     };
     pub use inventory;
+    pub use serde_json;
 }

@@ -282,6 +282,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
         };
         self.consumer.stop().await?;
         while in_flight.join_next().await.is_some() {}
+        self.consumer.close().await?;
         if let Some(Control::Restart) = control {
             restart(&self.connection).await;
         }

@@ -1,0 +1,29 @@
+//! Run with: `cargo run -p demos --bin basic_echo_receive`
+//!
+//! Waits for `echo` commands on `echo-queue` and prints their parameters, until a `quit`.
+
+use demos::{ECHO_EXCHANGE, ECHO_KEY, connect, say, shared_queue};
+use postage_core::{Processor, processor};
+
+struct EchoReceiveProcessor;
+
+#[processor]
+impl EchoReceiveProcessor {
+    #[message_handler("command", "echo")]
+    fn msg_echo(&self, text: serde_json::Value) {
+        say(text.as_str().map_or_else(|| text.to_string(), str::to_owned));
+    }
+}
+
+#[tokio::main]
+async fn main() -> postage_core::Result<()> {
+    let connection = connect().await?;
+    let receiver = Processor::builder(&connection, EchoReceiveProcessor)
+        .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)
+        .build()
+        .await?;
+    say("waiting for messages");
+    receiver.run().await?;
+    say("quit");
+    connection.close().await
+}

@@ -1,0 +1,34 @@
+//! Run with: `cargo run -p demos --bin rpc_echo_receive`
+//!
+//! Answers `echo` calls: prints the parameters, replies "RPC message received" first,
+//! then goes on working after the reply, as the Postage demo does.
+
+use demos::{ECHO_EXCHANGE, ECHO_KEY, connect, say, shared_queue};
+use postage_core::{Fingerprint, Processor, Reply, processor};
+
+struct EchoReceiveProcessor;
+
+#[processor]
+impl EchoReceiveProcessor {
+    #[rpc_handler("command", "echo")]
+    async fn msg_echo(&self, text: serde_json::Value, reply: Reply) -> postage_core::Result<()> {
+        say(text.as_str().map_or_else(|| text.to_string(), str::to_owned));
+        reply.success("RPC message received").await?;
+        say("replied");
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> postage_core::Result<()> {
+    let connection = connect().await?;
+    let receiver = Processor::builder(&connection, EchoReceiveProcessor)
+        .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)
+        .fingerprint(Fingerprint::new("echo_receive", "controller"))
+        .build()
+        .await?;
+    say("waiting for messages");
+    receiver.run().await?;
+    say("quit");
+    connection.close().await
+}

@@ -1,0 +1,118 @@
+//! Every demo pair, run end to end as real processes against the broker.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The demos share `echo-queue`, so they run one pair at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+struct Receiver {
+    child: Child,
+    lines: BufReader<ChildStdout>,
+}
+
+impl Receiver {
+    fn start(program: &str) -> Self {
+        let mut child = Command::new(program)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the demo starts");
+        let lines = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut receiver = Self { child, lines };
+        receiver.expect_line("waiting for messages");
+        receiver
+    }
+
+    /// Reads lines until one equals `wanted`; panics on end of output.
+    fn expect_line(&mut self, wanted: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read = self.lines.read_line(&mut line).expect("read the demo's output");
+            assert!(read > 0, "the demo ended before printing {wanted:?}; it printed {seen:?}");
+            let line = line.trim_end().to_owned();
+            if line == wanted {
+                return seen;
+            }
+            seen.push(line);
+        }
+    }
+
+    /// Waits for the process to exit by itself, within `limit`.
+    fn wait_exit(mut self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "the receiver exited with {status}");
+                return;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("the receiver did not stop after quit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().expect("the demo runs");
+    assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn basic_echo() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut receiver = Receiver::start(env!("CARGO_BIN_EXE_basic_echo_receive"));
+    run(env!("CARGO_BIN_EXE_basic_echo_send"), &[]);
+    receiver.expect_line("A test message");
+    run(env!("CARGO_BIN_EXE_basic_echo_send"), &["--quit"]);
+    receiver.expect_line("quit");
+    receiver.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn advanced_echo_shares_and_fans_out() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut first = Receiver::start(env!("CARGO_BIN_EXE_advanced_echo_receive"));
+    let mut second = Receiver::start(env!("CARGO_BIN_EXE_advanced_echo_receive"));
+    run(env!("CARGO_BIN_EXE_advanced_echo_send"), &[]);
+    // The shared message was sent before the fanout one; once both receivers printed the
+    // fanout, give the shared one a moment to be handled before asking them to quit.
+    let mut first_saw = first.expect_line("A fanout test message");
+    let mut second_saw = second.expect_line("A fanout test message");
+    std::thread::sleep(Duration::from_millis(300));
+    run(env!("CARGO_BIN_EXE_advanced_echo_send"), &["--quit"]);
+    first_saw.push("A fanout test message".into());
+    second_saw.push("A fanout test message".into());
+    first_saw.extend(first.expect_line("quit"));
+    second_saw.extend(second.expect_line("quit"));
+    let count = |seen: &[String], text: &str| seen.iter().filter(|l| *l == text).count();
+    for seen in [&first_saw, &second_saw] {
+        assert_eq!(count(seen, "A fanout test message"), 1, "every receiver gets the fanout: {seen:?}");
+        assert!(seen.iter().any(|l| l.starts_with("Message fingerprint: name=echo_send type=application")), "{seen:?}");
+    }
+    assert_eq!(
+        count(&first_saw, "A single test message") + count(&second_saw, "A single test message"),
+        1,
+        "the shared queue delivers once: {first_saw:?} {second_saw:?}"
+    );
+    first.wait_exit(Duration::from_secs(10));
+    second.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn rpc_echo() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut receiver = Receiver::start(env!("CARGO_BIN_EXE_rpc_echo_receive"));
+    let answer = run(env!("CARGO_BIN_EXE_rpc_echo_send"), &[]);
+    assert_eq!(answer.trim(), "RPC message received");
+    receiver.expect_line("RPC test message");
+    receiver.expect_line("replied");
+    run(env!("CARGO_BIN_EXE_rpc_echo_send"), &["--quit"]);
+    receiver.expect_line("quit");
+    receiver.wait_exit(Duration::from_secs(10));
+}
