@@ -116,3 +116,35 @@ fn rpc_echo() {
     receiver.expect_line("quit");
     receiver.wait_exit(Duration::from_secs(10));
 }
+
+/// Sends one command to the echo receivers with postage itself.
+fn send_command(name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let connection = postage_core::Connection::from_env().await.expect("broker");
+        let producer = demos::echo_producer(&connection, postage_core::Fingerprint::new("test", "test"))
+            .await
+            .expect("producer");
+        producer.producer().command(name, serde_json::json!({})).await.expect("sent");
+        connection.close().await.expect("closed");
+    });
+}
+
+#[test]
+fn restart_replaces_the_process_in_place() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut receiver = Receiver::start(env!("CARGO_BIN_EXE_rpc_echo_receive"));
+    let pid = receiver.child.id();
+    let started = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    send_command("restart");
+    // The same process (same pid, same pipe) prints its start-up line again: a new run.
+    receiver.expect_line("waiting for messages");
+    assert!(receiver.child.try_wait().expect("wait").is_none(), "still running");
+    let now = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    assert_eq!(started.split(' ').nth(21), now.split(' ').nth(21), "same process, not a new one");
+    let answer = run(env!("CARGO_BIN_EXE_rpc_echo_send"), &[]);
+    assert_eq!(answer.trim(), "RPC message received");
+    send_command("quit");
+    receiver.expect_line("quit");
+    receiver.wait_exit(Duration::from_secs(10));
+}
