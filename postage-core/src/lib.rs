@@ -62,6 +62,11 @@ pub use producer::{Producer, ProducerBuilder, Route};
 pub use queue::Queue;
 pub use rpc::{PendingCall, RpcOptions};
 
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// The AMQP client postage is built on, re-exported so its types always match.
 pub use lapin;
 
