@@ -30,8 +30,14 @@ impl Receiver {
         let mut seen = Vec::new();
         loop {
             let mut line = String::new();
-            let read = self.lines.read_line(&mut line).expect("read the demo's output");
-            assert!(read > 0, "the demo ended before printing {wanted:?}; it printed {seen:?}");
+            let read = self
+                .lines
+                .read_line(&mut line)
+                .expect("read the demo's output");
+            assert!(
+                read > 0,
+                "the demo ended before printing {wanted:?}; it printed {seen:?}"
+            );
             let line = line.trim_end().to_owned();
             if line == wanted {
                 return seen;
@@ -58,8 +64,15 @@ impl Receiver {
 }
 
 fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().expect("the demo runs");
-    assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .expect("the demo runs");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -92,8 +105,16 @@ fn advanced_echo_shares_and_fans_out() {
     second_saw.extend(second.expect_line("quit"));
     let count = |seen: &[String], text: &str| seen.iter().filter(|l| *l == text).count();
     for seen in [&first_saw, &second_saw] {
-        assert_eq!(count(seen, "A fanout test message"), 1, "every receiver gets the fanout: {seen:?}");
-        assert!(seen.iter().any(|l| l.starts_with("Message fingerprint: name=echo_send type=application")), "{seen:?}");
+        assert_eq!(
+            count(seen, "A fanout test message"),
+            1,
+            "every receiver gets the fanout: {seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|l| l.starts_with("Message fingerprint: name=echo_send type=application")),
+            "{seen:?}"
+        );
     }
     assert_eq!(
         count(&first_saw, "A single test message") + count(&second_saw, "A single test message"),
@@ -119,13 +140,21 @@ fn rpc_echo() {
 
 /// Sends one command to the echo receivers with postage itself.
 fn send_command(name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let connection = postage_core::Connection::from_env().await.expect("broker");
-        let producer = demos::echo_producer(&connection, postage_core::Fingerprint::new("test", "test"))
+        let producer =
+            demos::echo_producer(&connection, postage_core::Fingerprint::new("test", "test"))
+                .await
+                .expect("producer");
+        producer
+            .producer()
+            .command(name, serde_json::json!({}))
             .await
-            .expect("producer");
-        producer.producer().command(name, serde_json::json!({})).await.expect("sent");
+            .expect("sent");
         connection.close().await.expect("closed");
     });
 }
@@ -139,9 +168,16 @@ fn restart_replaces_the_process_in_place() {
     send_command("restart");
     // The same process (same pid, same pipe) prints its start-up line again: a new run.
     receiver.expect_line("waiting for messages");
-    assert!(receiver.child.try_wait().expect("wait").is_none(), "still running");
+    assert!(
+        receiver.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
     let now = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    assert_eq!(started.split(' ').nth(21), now.split(' ').nth(21), "same process, not a new one");
+    assert_eq!(
+        started.split(' ').nth(21),
+        now.split(' ').nth(21),
+        "same process, not a new one"
+    );
     let answer = run(env!("CARGO_BIN_EXE_rpc_echo_send"), &[]);
     assert_eq!(answer.trim(), "RPC message received");
     send_command("quit");

@@ -337,13 +337,21 @@ fn parse_seconds(text: &str, setting: &'static str) -> Result<Duration> {
     text.trim()
         .parse::<u16>()
         .map(|s| Duration::from_secs(s.into()))
-        .map_err(|_| Error::config(setting, format!("{text:?} is not a number of seconds (0-65535)")))
+        .map_err(|_| {
+            Error::config(
+                setting,
+                format!("{text:?} is not a number of seconds (0-65535)"),
+            )
+        })
 }
 
 fn parse_flag(text: &str, setting: &'static str) -> Result<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => Err(Error::config(setting, format!("{text:?} is neither true nor false"))),
+        _ => Err(Error::config(
+            setting,
+            format!("{text:?} is neither true nor false"),
+        )),
     }
 }

@@ -36,8 +36,8 @@ impl Connection {
         config.validate()?;
         let mut attempts = Vec::new();
         for host in &config.hosts {
-            let properties = ConnectionProperties::default()
-                .with_connection_name(connection_name().into());
+            let properties =
+                ConnectionProperties::default().with_connection_name(connection_name().into());
             match lapin::Connection::connect_uri(config.amqp_uri(host), properties).await {
                 Ok(amqp) => {
                     tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
@@ -73,7 +73,10 @@ impl Connection {
             .amqp
             .create_channel()
             .await
-            .map_err(Error::amqp(format!("opening a channel on {}", self.inner.host)))
+            .map_err(Error::amqp(format!(
+                "opening a channel on {}",
+                self.inner.host
+            )))
     }
 
     /// The settings this connection was made with.

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-    BasicRejectOptions, QueueBindOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    QueueBindOptions,
 };
 use lapin::types::FieldTable;
 use tokio::sync::mpsc;
@@ -163,7 +163,12 @@ impl Consumer {
     /// Declares `exchange` and `queue` and binds them with `routing_key`, now. When the
     /// consumer is already consuming, a queue it did not read yet is consumed too.
     /// Returns the queue's name (the broker's choice for an unnamed queue).
-    pub async fn bind(&self, exchange: &Exchange, queue: &Queue, routing_key: &str) -> Result<String> {
+    pub async fn bind(
+        &self,
+        exchange: &Exchange,
+        queue: &Queue,
+        routing_key: &str,
+    ) -> Result<String> {
         exchange.declare(&self.channel).await?;
         let name = queue.declare(&self.channel).await?;
         self.channel
@@ -184,7 +189,7 @@ impl Consumer {
         } else {
             Queue::new(name.clone())
         };
-        let consuming = self.consuming.lock().map_or(false, |c| c.is_some());
+        let consuming = self.consuming.lock().is_ok_and(|c| c.is_some());
         if let Ok(mut bindings) = self.bindings.lock() {
             let binding = Binding {
                 exchange: exchange.clone(),
@@ -248,10 +253,11 @@ impl Consumer {
     }
 
     async fn consume(&self, queue: &str) -> Result<()> {
-        let fresh = self
-            .consuming
-            .lock()
-            .map_or(false, |mut c| c.get_or_insert_with(Consuming::default).queues.insert(queue.to_owned()));
+        let fresh = self.consuming.lock().is_ok_and(|mut c| {
+            c.get_or_insert_with(Consuming::default)
+                .queues
+                .insert(queue.to_owned())
+        });
         if !fresh {
             return Ok(());
         }
@@ -387,7 +393,10 @@ impl Delivery {
             .ack(BasicAckOptions::default())
             .await
             .map(drop)
-            .map_err(Error::amqp(format!("acknowledging a message from {:?}", self.queue)))
+            .map_err(Error::amqp(format!(
+                "acknowledging a message from {:?}",
+                self.queue
+            )))
     }
 
     /// Rejects the message; with `requeue` the broker delivers it again, otherwise it is
@@ -398,7 +407,10 @@ impl Delivery {
             .reject(BasicRejectOptions { requeue })
             .await
             .map(drop)
-            .map_err(Error::amqp(format!("rejecting a message from {:?}", self.queue)))
+            .map_err(Error::amqp(format!(
+                "rejecting a message from {:?}",
+                self.queue
+            )))
     }
 
     /// The lapin delivery, for anything postage does not wrap.

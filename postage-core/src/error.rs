@@ -61,7 +61,9 @@ pub enum Error {
         routing_key: String,
     },
     /// The broker refused a published message (a negative publisher confirm).
-    #[error("the broker refused a message for exchange {exchange:?} with routing key {routing_key:?}")]
+    #[error(
+        "the broker refused a message for exchange {exchange:?} with routing key {routing_key:?}"
+    )]
     PublishRefused {
         /// The exchange published to.
         exchange: String,
@@ -69,7 +71,9 @@ pub enum Error {
         routing_key: String,
     },
     /// No reply came to an RPC call.
-    #[error("RPC {command:?} to routing key {routing_key:?} got no reply in {attempts} attempts of {timeout:?}")]
+    #[error(
+        "RPC {command:?} to routing key {routing_key:?} got no reply in {attempts} attempts of {timeout:?}"
+    )]
     RpcTimeout {
         /// The command called.
         command: String,

@@ -43,6 +43,10 @@ pub type FilterFn = fn(Message) -> Filtered;
 
 /// What a [`FilterFn`] decided.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the message passes by value from filter to filter"
+)]
 pub enum Filtered {
     /// Hand this message (the original or a rewritten one) to the next filter or the handler.
     Pass(Message),
@@ -240,7 +244,9 @@ pub fn rpc_value<T: Serialize>(value: T) -> Outcome {
 
 /// An RPC handler returned a `Result`.
 #[doc(hidden)]
-pub fn rpc_result<T: Serialize, E: Into<HandlerError>>(result: std::result::Result<T, E>) -> Outcome {
+pub fn rpc_result<T: Serialize, E: Into<HandlerError>>(
+    result: std::result::Result<T, E>,
+) -> Outcome {
     match result {
         Ok(value) => rpc_value(value),
         Err(e) => Outcome::Answer(e.into().into_result()),

@@ -110,7 +110,11 @@ impl Message {
         Self::with_parameters(name.into(), Category::Rpc, parameters)
     }
 
-    fn with_parameters(name: String, category: Category, parameters: impl Serialize) -> Result<Self> {
+    fn with_parameters(
+        name: String,
+        category: Category,
+        parameters: impl Serialize,
+    ) -> Result<Self> {
         let parameters = serde_json::to_value(parameters).map_err(|source| Error::Payload {
             what: format!("parameters of command {name:?}"),
             source,
@@ -185,7 +189,9 @@ impl Message {
     /// reason.
     pub fn from_json(body: &[u8]) -> Result<Self> {
         if let Err(e) = std::str::from_utf8(body) {
-            return Err(Error::MalformedMessage(format!("body is not UTF-8 text: {e}")));
+            return Err(Error::MalformedMessage(format!(
+                "body is not UTF-8 text: {e}"
+            )));
         }
         let message: Self = serde_json::from_slice(body)
             .map_err(|e| Error::MalformedMessage(format!("not a Postage message: {e}")))?;
@@ -270,7 +276,9 @@ impl RpcResult {
             Self::Success { value, message } => {
                 json!({ "type": "success", "value": value, "message": message })
             }
-            Self::Error { message } => json!({ "type": "error", "value": null, "message": message }),
+            Self::Error { message } => {
+                json!({ "type": "error", "value": null, "message": message })
+            }
             Self::Exception { kind, message } => {
                 json!({ "type": "exception", "value": kind, "message": message })
             }

@@ -66,7 +66,12 @@ pub struct ProcessorBuilder<P> {
 impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// Binds `queue` to `exchange` with `routing_key`.
     #[must_use]
-    pub fn bind(mut self, exchange: Exchange, queue: impl Into<Queue>, routing_key: impl Into<String>) -> Self {
+    pub fn bind(
+        mut self,
+        exchange: Exchange,
+        queue: impl Into<Queue>,
+        routing_key: impl Into<String>,
+    ) -> Self {
         self.consumer = self.consumer.bind(exchange, queue, routing_key);
         self
     }
@@ -267,12 +272,14 @@ impl<P: Send + Sync + 'static> Processor<P> {
                     continue;
                 }
             };
-            if self.control_commands {
-                if let Some(command) = control_command(&message) {
-                    ack(&delivery).await;
-                    control = Some(command);
-                    break Exit::Quit;
-                }
+            let command = self
+                .control_commands
+                .then(|| control_command(&message))
+                .flatten();
+            if let Some(command) = command {
+                ack(&delivery).await;
+                control = Some(command);
+                break Exit::Quit;
             }
             let shared = Arc::clone(&self.shared);
             in_flight.spawn(async move {
@@ -308,7 +315,8 @@ async fn restart(connection: &Connection) {
     let program = std::env::current_exe()
         .map(|p| {
             let text = p.to_string_lossy();
-            text.strip_suffix(" (deleted)").map_or(p.clone(), Into::into)
+            text.strip_suffix(" (deleted)")
+                .map_or(p.clone(), Into::into)
         })
         .unwrap_or_default();
     let to_c = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_encoded_bytes().to_vec()).ok();
@@ -344,7 +352,10 @@ fn metadata(delivery: &Delivery) -> Metadata {
         redelivered: delivery.redelivered(),
         headers: properties.headers().clone().unwrap_or_default(),
         reply_to: properties.reply_to().as_ref().map(ToString::to_string),
-        correlation_id: properties.correlation_id().as_ref().map(ToString::to_string),
+        correlation_id: properties
+            .correlation_id()
+            .as_ref()
+            .map(ToString::to_string),
     }
 }
 
@@ -355,7 +366,11 @@ impl<P: Send + Sync + 'static> Shared<P> {
             Category::Message => self.dispatch_message(&message, &metadata).await,
             Category::Rpc => self.dispatch_rpc(&message, metadata).await,
         };
-        if ok { ack(&delivery).await } else { reject(&delivery).await }
+        if ok {
+            ack(&delivery).await
+        } else {
+            reject(&delivery).await
+        }
     }
 
     /// Runs every handler for the message; false when one failed or a filter rejected.
@@ -423,25 +438,22 @@ impl<P: Send + Sync + 'static> Shared<P> {
             metadata,
             reply: Some(reply),
         };
-        let (answer, ok) = match self.call(handler, call).await {
-            Outcome::Answer(result) => {
-                let ok = !matches!(result, RpcResult::Exception { .. });
-                (Some(result), ok)
-            }
+        let answer = match self.call(handler, call).await {
+            Outcome::Answer(result) => result,
             Outcome::Replied | Outcome::Done => {
-                (Some(RpcResult::error("the handler finished without replying")), true)
+                RpcResult::error("the handler finished without replying")
             }
             Outcome::Failed(reason) => {
                 tracing::warn!(handler = handler.method, at = handler.location, name = %message.name, %reason, "RPC handler failed; answering with an exception");
-                (Some(RpcResult::exception("HandlerFailed", reason)), false)
+                RpcResult::exception("HandlerFailed", reason)
             }
         };
-        if let Some(answer) = answer {
-            if !sent.swap(true, Ordering::SeqCst) {
-                if let Err(error) = sender.send(answer).await {
-                    tracing::warn!(%error, name = %message.name, "could not send the RPC answer");
-                }
-            }
+        let ok = !matches!(answer, RpcResult::Exception { .. });
+        // An answer the handler already sent through its Reply stands.
+        if !sent.swap(true, Ordering::SeqCst)
+            && let Err(error) = sender.send(answer).await
+        {
+            tracing::warn!(%error, name = %message.name, "could not send the RPC answer");
         }
         ok
     }
@@ -450,7 +462,10 @@ impl<P: Send + Sync + 'static> Shared<P> {
     async fn call(&self, handler: &'static HandlerRegistration, call: HandlerCall) -> Outcome {
         let state: Arc<dyn Any + Send + Sync> = Arc::clone(&self.state) as _;
         let rpc = call.reply.is_some();
-        match AssertUnwindSafe((handler.call)(state, call)).catch_unwind().await {
+        match AssertUnwindSafe((handler.call)(state, call))
+            .catch_unwind()
+            .await
+        {
             Ok(outcome) => outcome,
             Err(panic) => {
                 let text = panic
@@ -498,7 +513,8 @@ impl ReplySender for ChannelReply {
     fn send(&self, result: RpcResult) -> BoxFuture<Result<()>> {
         let message = Message::result(&result).with_fingerprint(self.fingerprint.clone());
         let body = self.encoder.encode(&message);
-        let mut properties = BasicProperties::default().with_content_type(self.encoder.content_type().into());
+        let mut properties =
+            BasicProperties::default().with_content_type(self.encoder.content_type().into());
         if let Some(id) = &self.correlation_id {
             properties = properties.with_correlation_id(id.as_str().into());
         }
@@ -507,7 +523,13 @@ impl ReplySender for ChannelReply {
         Box::pin(async move {
             let body = body?;
             channel
-                .basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), &body, properties)
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
                 .await
                 .map_err(Error::amqp(format!("answering on {reply_to:?}")))?;
             Ok(())

@@ -258,7 +258,10 @@ impl Producer {
     }
 
     /// The (exchange, key) pairs a route stands for.
-    pub(crate) fn resolve<'a>(&'a self, route: &'a Route) -> Result<std::borrow::Cow<'a, [(Exchange, String)]>> {
+    pub(crate) fn resolve<'a>(
+        &'a self,
+        route: &'a Route,
+    ) -> Result<std::borrow::Cow<'a, [(Exchange, String)]>> {
         use std::borrow::Cow;
         match route {
             Route::Default if self.inner.destinations.is_empty() => Err(Error::config(
@@ -282,7 +285,7 @@ impl Producer {
             .inner
             .declared
             .lock()
-            .map_or(false, |set| set.contains(exchange.name()));
+            .is_ok_and(|set| set.contains(exchange.name()));
         if !known {
             exchange.declare(&self.inner.channel).await?;
             if let Ok(mut set) = self.inner.declared.lock() {
@@ -309,7 +312,13 @@ impl Producer {
         let confirm = self
             .inner
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await
             .map_err(|source| Error::Amqp {
                 operation: operation(),

@@ -121,8 +121,15 @@ impl Producer {
         parameters: impl Serialize,
         options: RpcOptions,
     ) -> Result<RpcResult> {
-        match self.rpc_deferred(name, parameters, options).await?.result().await {
-            Err(Error::RpcTimeout { attempts, timeout, .. }) => Ok(RpcResult::exception(
+        match self
+            .rpc_deferred(name, parameters, options)
+            .await?
+            .result()
+            .await
+        {
+            Err(Error::RpcTimeout {
+                attempts, timeout, ..
+            }) => Ok(RpcResult::exception(
                 "TimeoutError",
                 format!("no answer in {attempts} attempts of {timeout:?}"),
             )),
@@ -132,7 +139,11 @@ impl Producer {
 
     /// Calls `name` and decodes a success into `T`; an error or exception result is
     /// [`Error::RemoteError`] or [`Error::RemoteException`], no answer [`Error::RpcTimeout`].
-    pub async fn call<T: DeserializeOwned>(&self, name: &str, parameters: impl Serialize) -> Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+    ) -> Result<T> {
         self.call_with(name, parameters, RpcOptions::new()).await
     }
 
@@ -143,7 +154,10 @@ impl Producer {
         parameters: impl Serialize,
         options: RpcOptions,
     ) -> Result<T> {
-        self.rpc_deferred(name, parameters, options).await?.value().await
+        self.rpc_deferred(name, parameters, options)
+            .await?
+            .value()
+            .await
     }
 
     /// Sends the call now and returns a [`PendingCall`] to await the answer later
@@ -157,7 +171,9 @@ impl Producer {
         let state = self.rpc_state();
         state
             .consuming
-            .get_or_try_init(|| start_reply_consumer(self.channel(), &state.waiters, self.encoder_arc()))
+            .get_or_try_init(|| {
+                start_reply_consumer(self.channel(), &state.waiters, self.encoder_arc())
+            })
             .await?;
         let route = options.route.unwrap_or_default();
         let (exchange, routing_key) = self
@@ -165,9 +181,14 @@ impl Producer {
             .first()
             .map(|(e, k)| (e.name().to_owned(), k.clone()))
             .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
-        let message = Message::rpc_command(name, parameters)?.with_fingerprint(self.fingerprint().clone());
+        let message =
+            Message::rpc_command(name, parameters)?.with_fingerprint(self.fingerprint().clone());
         let body = self.encoder().encode(&message)?;
-        let id = format!("{}.{}", state.prefix, state.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}.{}",
+            state.prefix,
+            state.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let (sender, receiver) = oneshot::channel();
         if let Ok(mut waiters) = state.waiters.lock() {
             waiters.insert(id.clone(), sender);
@@ -248,12 +269,18 @@ impl PendingCall {
     pub async fn value<T: DeserializeOwned>(self) -> Result<T> {
         let command = self.command.clone();
         match self.result().await? {
-            RpcResult::Success { value, .. } => T::deserialize(&value).map_err(|source| Error::Payload {
-                what: format!("answer to {command:?}"),
-                source,
-            }),
+            RpcResult::Success { value, .. } => {
+                T::deserialize(&value).map_err(|source| Error::Payload {
+                    what: format!("answer to {command:?}"),
+                    source,
+                })
+            }
             RpcResult::Error { message } => Err(Error::RemoteError { command, message }),
-            RpcResult::Exception { kind, message } => Err(Error::RemoteException { command, kind, message }),
+            RpcResult::Exception { kind, message } => Err(Error::RemoteException {
+                command,
+                kind,
+                message,
+            }),
         }
     }
 }
@@ -296,10 +323,16 @@ async fn start_reply_consumer(
                     continue;
                 }
             };
-            let Ok(mut waiting) = waiters.lock() else { break };
+            let Ok(mut waiting) = waiters.lock() else {
+                break;
+            };
             let waiter = match delivery.properties.correlation_id() {
                 Some(id) => waiting.remove(id.as_str()),
-                None if waiting.len() == 1 => waiting.keys().next().cloned().and_then(|k| waiting.remove(&k)),
+                None if waiting.len() == 1 => waiting
+                    .keys()
+                    .next()
+                    .cloned()
+                    .and_then(|k| waiting.remove(&k)),
                 None => None,
             };
             drop(waiting);

@@ -9,19 +9,32 @@ use postage_core::{Config, Connection, Error, Host, Password};
 const SECRET: &str = "pa55-w0rd-zz";
 
 fn from(vars: &[(&str, &str)]) -> postage_core::Result<Config> {
-    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Config::from_lookup(|key| map.get(key).cloned())
 }
 
 fn host(name: &str, port: u16) -> Host {
-    Host { name: name.into(), port }
+    Host {
+        name: name.into(),
+        port,
+    }
 }
 
 #[test]
 fn defaults_are_postages() {
     let config = from(&[]).unwrap();
     assert_eq!(config.hosts, vec![host("localhost", 5672)]);
-    assert_eq!((config.user.as_str(), config.password.expose(), config.vhost.as_str()), ("guest", "guest", "/"));
+    assert_eq!(
+        (
+            config.user.as_str(),
+            config.password.expose(),
+            config.vhost.as_str()
+        ),
+        ("guest", "guest", "/")
+    );
 }
 
 #[test]
@@ -36,7 +49,14 @@ fn reads_every_variable() {
         ("POSTAGE_DEBUG_MODE", "true"),
     ])
     .unwrap();
-    assert_eq!(config.hosts, vec![host("rabbit-1", 5999), host("rabbit-2", 5673), host("::1", 5674)]);
+    assert_eq!(
+        config.hosts,
+        vec![
+            host("rabbit-1", 5999),
+            host("rabbit-2", 5673),
+            host("::1", 5674)
+        ]
+    );
     assert_eq!(config.vhost, "development");
     assert_eq!(config.user, "app");
     assert_eq!(config.password.expose(), SECRET);
@@ -46,22 +66,44 @@ fn reads_every_variable() {
 
 #[test]
 fn deprecated_variables_are_still_read() {
-    let config = from(&[("POSTAGE_RMQ_USER", "old"), ("POSTAGE_RMQ_PASSWORD", "oldpw")]).unwrap();
-    assert_eq!((config.user.as_str(), config.password.expose()), ("old", "oldpw"));
+    let config = from(&[
+        ("POSTAGE_RMQ_USER", "old"),
+        ("POSTAGE_RMQ_PASSWORD", "oldpw"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (config.user.as_str(), config.password.expose()),
+        ("old", "oldpw")
+    );
     let newer = from(&[("POSTAGE_RMQ_USER", "old"), ("POSTAGE_USER", "new")]).unwrap();
     assert_eq!(newer.user, "new");
 }
 
 #[test]
 fn url_gives_everything_and_variables_override_it() {
-    let config = from(&[("POSTAGE_URL", &format!("amqps://app:{SECRET}@broker.example:5999/prod%2Fa?heartbeat=3"))]).unwrap();
+    let config = from(&[(
+        "POSTAGE_URL",
+        &format!("amqps://app:{SECRET}@broker.example:5999/prod%2Fa?heartbeat=3"),
+    )])
+    .unwrap();
     assert!(config.tls);
     assert_eq!(config.hosts, vec![host("broker.example", 5999)]);
-    assert_eq!((config.user.as_str(), config.password.expose(), config.vhost.as_str()), ("app", SECRET, "prod/a"));
+    assert_eq!(
+        (
+            config.user.as_str(),
+            config.password.expose(),
+            config.vhost.as_str()
+        ),
+        ("app", SECRET, "prod/a")
+    );
     assert_eq!(config.heartbeat, Duration::from_secs(3));
     let tls_default = Config::from_url("amqps://broker").unwrap();
     assert_eq!(tls_default.hosts, vec![host("broker", 5671)]);
-    let overridden = from(&[("POSTAGE_URL", "amqp://a:b@h1/v"), ("POSTAGE_VHOST", "other")]).unwrap();
+    let overridden = from(&[
+        ("POSTAGE_URL", "amqp://a:b@h1/v"),
+        ("POSTAGE_VHOST", "other"),
+    ])
+    .unwrap();
     assert_eq!(overridden.vhost, "other");
     let ip = Config::from_url("amqp://127.0.0.1:5673").unwrap();
     assert_eq!(ip.hosts, vec![host("127.0.0.1", 5673)]);
@@ -77,23 +119,41 @@ fn wrong_settings_name_the_setting_and_hide_the_password() {
         (vec![("POSTAGE_HOST", "h:x")], "POSTAGE_HOST"),
         (vec![("POSTAGE_HEARTBEAT", "soon")], "POSTAGE_HEARTBEAT"),
         (vec![("POSTAGE_DEBUG_MODE", "maybe")], "POSTAGE_DEBUG_MODE"),
-        (vec![("POSTAGE_URL", "http://u:pa55-w0rd-zz@h/")], "POSTAGE_URL"),
-        (vec![("POSTAGE_URL", "amqp://u:pa55-w0rd-zz@[bad/")], "POSTAGE_URL"),
-        (vec![("POSTAGE_URL", "amqp://u:pa55-w0rd-zz@h/v?colour=red")], "POSTAGE_URL"),
+        (
+            vec![("POSTAGE_URL", "http://u:pa55-w0rd-zz@h/")],
+            "POSTAGE_URL",
+        ),
+        (
+            vec![("POSTAGE_URL", "amqp://u:pa55-w0rd-zz@[bad/")],
+            "POSTAGE_URL",
+        ),
+        (
+            vec![("POSTAGE_URL", "amqp://u:pa55-w0rd-zz@h/v?colour=red")],
+            "POSTAGE_URL",
+        ),
         (vec![("POSTAGE_URL", "pa55-w0rd-zz")], "POSTAGE_URL"),
     ];
     for (vars, setting) in cases {
         let error = from(&vars).expect_err(&format!("{vars:?} must fail"));
         let text = error.to_string();
-        assert!(matches!(error, Error::InvalidConfig { setting: s, .. } if s == setting), "{text}");
+        assert!(
+            matches!(error, Error::InvalidConfig { setting: s, .. } if s == setting),
+            "{text}"
+        );
         assert!(text.contains(setting), "{text} should name {setting}");
-        assert!(!text.contains(SECRET) && !format!("{error:?}").contains(SECRET), "{text} leaks the password");
+        assert!(
+            !text.contains(SECRET) && !format!("{error:?}").contains(SECRET),
+            "{text} leaks the password"
+        );
     }
 }
 
 #[test]
 fn debug_output_hides_the_password() {
-    let config = Config { password: Password::new(SECRET), ..Config::default() };
+    let config = Config {
+        password: Password::new(SECRET),
+        ..Config::default()
+    };
     let shown = format!("{config:?} {config:#?}");
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(shown.contains("***"));
@@ -101,11 +161,19 @@ fn debug_output_hides_the_password() {
 
 #[tokio::test]
 async fn wrong_password_is_refused_clearly() {
-    let config = Config { password: Password::new(SECRET), ..Config::from_env().unwrap() };
-    let error = Connection::connect(&config).await.expect_err("guest with a wrong password");
+    let config = Config {
+        password: Password::new(SECRET),
+        ..Config::from_env().unwrap()
+    };
+    let error = Connection::connect(&config)
+        .await
+        .expect_err("guest with a wrong password");
     let text = error.to_string();
     assert!(matches!(error, Error::AccessRefused { .. }), "{text}");
-    assert!(text.contains("guest") && !text.contains(SECRET) && !format!("{error:?}").contains(SECRET), "{text}");
+    assert!(
+        text.contains("guest") && !text.contains(SECRET) && !format!("{error:?}").contains(SECRET),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -116,10 +184,15 @@ async fn unreachable_host_fails_clearly() {
         connection_timeout: Duration::from_secs(2),
         ..Config::default()
     };
-    let error = Connection::connect(&config).await.expect_err("nothing listens on port 1");
+    let error = Connection::connect(&config)
+        .await
+        .expect_err("nothing listens on port 1");
     let text = error.to_string();
     assert!(matches!(error, Error::ConnectionFailed { .. }), "{text}");
-    assert!(text.contains("127.0.0.1:1") && !text.contains(SECRET), "{text}");
+    assert!(
+        text.contains("127.0.0.1:1") && !text.contains(SECRET),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -128,6 +201,8 @@ async fn later_hosts_are_tried_in_turn() {
     let mut hosts = vec![host("127.0.0.1", 1)];
     hosts.extend(working.hosts.clone());
     let config = Config { hosts, ..working };
-    let connection = Connection::connect(&config).await.expect("the second host answers");
+    let connection = Connection::connect(&config)
+        .await
+        .expect("the second host answers");
     assert_eq!(connection.host(), &config.hosts[1]);
 }

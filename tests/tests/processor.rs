@@ -48,11 +48,19 @@ fn upper(mut message: Message) -> Filtered {
 }
 
 fn skip_secret(message: Message) -> Filtered {
-    if message.raw_parameters() == "SECRET" { Filtered::Skip } else { Filtered::Pass(message) }
+    if message.raw_parameters() == "SECRET" {
+        Filtered::Skip
+    } else {
+        Filtered::Pass(message)
+    }
 }
 
 fn reject_bad(message: Message) -> Filtered {
-    if message.raw_parameters() == "BAD" { Filtered::Reject("bad word".into()) } else { Filtered::Pass(message) }
+    if message.raw_parameters() == "BAD" {
+        Filtered::Reject("bad word".into())
+    } else {
+        Filtered::Pass(message)
+    }
 }
 
 #[processor]
@@ -69,7 +77,10 @@ impl Probe {
 
     #[message_handler("command", "body", full_body)]
     fn body(&self, message: Message) {
-        self.note(format!("body from {} pid {}", message.fingerprint.name, message.fingerprint.pid));
+        self.note(format!(
+            "body from {} pid {}",
+            message.fingerprint.name, message.fingerprint.pid
+        ));
     }
 
     #[message_handler("command", "filtered", filter = upper, filter = skip_secret, filter = reject_bad)]
@@ -107,7 +118,9 @@ impl Probe {
 impl Probe {
     #[rpc_handler("command", "sum")]
     async fn sum(&self, sum: Sum) -> Result<i64, HandlerError> {
-        sum.a.checked_add(sum.b).ok_or_else(|| HandlerError::error("overflow"))
+        sum.a
+            .checked_add(sum.b)
+            .ok_or_else(|| HandlerError::error("overflow"))
     }
 
     #[rpc_handler("command", "echo")]
@@ -149,21 +162,38 @@ async fn start(concurrency: usize) -> Harness {
     let key = unique("key");
     let dead_letters = exchange("dead");
     let dead_queue = Queue::new(unique("dlq")).auto_delete(true);
-    let mut dead = Consumer::builder(&connection).bind(dead_letters.clone(), dead_queue, "dead").build().await.unwrap();
-    dead.start().await.unwrap();
-    let queue = Queue::new(unique("proc-q"))
-        .auto_delete(true)
-        .argument("x-dead-letter-exchange", postage_core::lapin::types::LongString::from(dead_letters.name()))
-        .argument("x-dead-letter-routing-key", postage_core::lapin::types::LongString::from("dead"));
-    let (sender, events) = mpsc::unbounded_channel();
-    let processor = Processor::builder(&connection, Probe { events: sender, in_flight: AtomicUsize::new(0), most_in_flight: AtomicUsize::new(0) })
-        .bind(ex.clone(), queue, key.clone())
-        .concurrency(concurrency)
-        .prefetch(50)
-        .fingerprint(Fingerprint::new("probe", "test"))
+    let mut dead = Consumer::builder(&connection)
+        .bind(dead_letters.clone(), dead_queue, "dead")
         .build()
         .await
         .unwrap();
+    dead.start().await.unwrap();
+    let queue = Queue::new(unique("proc-q"))
+        .auto_delete(true)
+        .argument(
+            "x-dead-letter-exchange",
+            postage_core::lapin::types::LongString::from(dead_letters.name()),
+        )
+        .argument(
+            "x-dead-letter-routing-key",
+            postage_core::lapin::types::LongString::from("dead"),
+        );
+    let (sender, events) = mpsc::unbounded_channel();
+    let processor = Processor::builder(
+        &connection,
+        Probe {
+            events: sender,
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+        },
+    )
+    .bind(ex.clone(), queue, key.clone())
+    .concurrency(concurrency)
+    .prefetch(50)
+    .fingerprint(Fingerprint::new("probe", "test"))
+    .build()
+    .await
+    .unwrap();
     let handle = processor.handle();
     let probe = Arc::clone(processor.state());
     let run = tokio::spawn(processor.run());
@@ -175,7 +205,16 @@ async fn start(concurrency: usize) -> Harness {
         .await
         .unwrap();
     let _ = &mut dead;
-    Harness { producer, events, dead, handle, run, probe, exchange: ex, key }
+    Harness {
+        producer,
+        events,
+        dead,
+        handle,
+        run,
+        probe,
+        exchange: ex,
+        key,
+    }
 }
 
 impl Harness {
@@ -192,7 +231,12 @@ impl Harness {
     async fn rejected(&mut self) -> Vec<String> {
         let mut names = Vec::new();
         while let Some(delivery) = next_within(&mut self.dead, QUIET).await {
-            names.push(delivery.message().map(|m| m.name).unwrap_or_else(|_| "<malformed>".into()));
+            names.push(
+                delivery
+                    .message()
+                    .map(|m| m.name)
+                    .unwrap_or_else(|_| "<malformed>".into()),
+            );
             delivery.ack().await.unwrap();
         }
         names
@@ -206,7 +250,13 @@ impl Harness {
     async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
         self.producer
             .channel()
-            .basic_publish(self.exchange.name().into(), self.key.as_str().into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                self.exchange.name().into(),
+                self.key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
             .unwrap();
     }
@@ -217,7 +267,10 @@ async fn every_handler_for_a_message_runs() {
     let mut h = start(1).await;
     h.producer.command("twice", "hello").await.unwrap();
     let key = h.key.clone();
-    assert_eq!(h.events().await, vec!["first hello".to_owned(), format!("second hello via {key}")]);
+    assert_eq!(
+        h.events().await,
+        vec!["first hello".to_owned(), format!("second hello via {key}")]
+    );
     assert!(h.rejected().await.is_empty());
     h.stop().await;
 }
@@ -226,7 +279,10 @@ async fn every_handler_for_a_message_runs() {
 async fn full_body_handler_sees_the_fingerprint() {
     let mut h = start(1).await;
     h.producer.command("body", json!({})).await.unwrap();
-    assert_eq!(h.events().await, vec![format!("body from prober pid {}", std::process::id())]);
+    assert_eq!(
+        h.events().await,
+        vec![format!("body from prober pid {}", std::process::id())]
+    );
     h.stop().await;
 }
 
@@ -236,19 +292,39 @@ async fn filters_rewrite_skip_and_reject() {
     for text in ["quiet", "secret", "bad"] {
         h.producer.command("filtered", text).await.unwrap();
     }
-    assert_eq!(h.events().await, vec!["filtered QUIET"], "rewritten; secret skipped; bad rejected");
-    assert_eq!(h.rejected().await, vec!["filtered"], "only the rejected one is dead-lettered");
+    assert_eq!(
+        h.events().await,
+        vec!["filtered QUIET"],
+        "rewritten; secret skipped; bad rejected"
+    );
+    assert_eq!(
+        h.rejected().await,
+        vec!["filtered"],
+        "only the rejected one is dead-lettered"
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn unmatched_messages_are_acknowledged() {
     let mut h = start(1).await;
-    h.producer.command("nobody-handles-this", "x").await.unwrap();
-    h.producer.publish(Message::rpc_command("no-rpc-handler", 1).unwrap(), &Route::Default).await.unwrap();
+    h.producer
+        .command("nobody-handles-this", "x")
+        .await
+        .unwrap();
+    h.producer
+        .publish(
+            Message::rpc_command("no-rpc-handler", 1).unwrap(),
+            &Route::Default,
+        )
+        .await
+        .unwrap();
     h.producer.status(Route::Default, "online").await.unwrap();
     assert_eq!(h.events().await, vec!["online redelivered=false"]);
-    assert!(h.rejected().await.is_empty(), "unmatched messages are acknowledged, not rejected");
+    assert!(
+        h.rejected().await.is_empty(),
+        "unmatched messages are acknowledged, not rejected"
+    );
     h.stop().await;
 }
 
@@ -257,8 +333,12 @@ async fn failing_and_undecodable_messages_are_rejected_and_serving_goes_on() {
     let mut h = start(1).await;
     h.producer.command("fails", "once").await.unwrap();
     h.producer.command("typed", json!({"a": 1})).await.unwrap(); // lacks "b"
-    h.publish_raw(b"not json at all", BasicProperties::default()).await;
-    h.producer.command("typed", json!({"a": 1, "b": 2})).await.unwrap();
+    h.publish_raw(b"not json at all", BasicProperties::default())
+        .await;
+    h.producer
+        .command("typed", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap();
     assert_eq!(h.events().await, vec!["fails once", "typed 3"]);
     assert_eq!(h.rejected().await, vec!["fails", "typed", "<malformed>"]);
     h.stop().await;
@@ -267,26 +347,59 @@ async fn failing_and_undecodable_messages_are_rejected_and_serving_goes_on() {
 #[tokio::test]
 async fn rpc_answers_success_error_and_exceptions() {
     let mut h = start(1).await;
-    assert_eq!(h.producer.call::<i64>("sum", Sum { a: 2, b: 3 }).await.unwrap(), 5);
-    assert_eq!(h.producer.rpc("sum", Sum { a: i64::MAX, b: 1 }).await.unwrap(), RpcResult::error("overflow"));
-    match h.producer.call::<i64>("sum", Sum { a: i64::MAX, b: 1 }).await {
+    assert_eq!(
+        h.producer
+            .call::<i64>("sum", Sum { a: 2, b: 3 })
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        h.producer
+            .rpc("sum", Sum { a: i64::MAX, b: 1 })
+            .await
+            .unwrap(),
+        RpcResult::error("overflow")
+    );
+    match h
+        .producer
+        .call::<i64>("sum", Sum { a: i64::MAX, b: 1 })
+        .await
+    {
         Err(Error::RemoteError { message, .. }) => assert_eq!(message, "overflow"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.producer.rpc("explode", 0).await.unwrap(), RpcResult::exception("Error", "boom"));
+    assert_eq!(
+        h.producer.rpc("explode", 0).await.unwrap(),
+        RpcResult::exception("Error", "boom")
+    );
     match h.producer.rpc("panic", 0).await.unwrap() {
-        RpcResult::Exception { kind, message } => assert_eq!((kind.as_str(), message.as_str()), ("Panic", "panicked on purpose")),
+        RpcResult::Exception { kind, message } => assert_eq!(
+            (kind.as_str(), message.as_str()),
+            ("Panic", "panicked on purpose")
+        ),
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.producer.rpc("raw", 0).await.unwrap(), RpcResult::exception("KeyError", "made by hand"));
+    assert_eq!(
+        h.producer.rpc("raw", 0).await.unwrap(),
+        RpcResult::exception("KeyError", "made by hand")
+    );
     match h.producer.rpc("sum", "not a sum").await.unwrap() {
-        RpcResult::Exception { message, .. } => assert!(message.contains("does not decode"), "{message}"),
+        RpcResult::Exception { message, .. } => {
+            assert!(message.contains("does not decode"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     // Exceptions and panics reject their delivery; errors are answers like any other.
     assert_eq!(h.rejected().await, vec!["explode", "panic", "raw", "sum"]);
     // The processor survived the panic.
-    assert_eq!(h.producer.call::<Value>("echo", "still here").await.unwrap(), json!("still here"));
+    assert_eq!(
+        h.producer
+            .call::<Value>("echo", "still here")
+            .await
+            .unwrap(),
+        json!("still here")
+    );
     h.stop().await;
 }
 
@@ -295,11 +408,28 @@ async fn rpc_times_out_after_its_retries() {
     let connection = connect().await;
     let ex = exchange("silent");
     // A queue that takes the calls and never answers: it counts the attempts.
-    let mut silent = Consumer::builder(&connection).bind(ex.clone(), Queue::new(unique("silent")).auto_delete(true), "silent").build().await.unwrap();
+    let mut silent = Consumer::builder(&connection)
+        .bind(
+            ex.clone(),
+            Queue::new(unique("silent")).auto_delete(true),
+            "silent",
+        )
+        .build()
+        .await
+        .unwrap();
     silent.start().await.unwrap();
-    let producer = Producer::builder(&connection).destination(ex.clone(), "silent").build().await.unwrap();
-    let options = RpcOptions::new().timeout(Duration::from_millis(300)).max_retry(2);
-    match producer.call_with::<Value>("echo", 1, options.clone()).await {
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "silent")
+        .build()
+        .await
+        .unwrap();
+    let options = RpcOptions::new()
+        .timeout(Duration::from_millis(300))
+        .max_retry(2);
+    match producer
+        .call_with::<Value>("echo", 1, options.clone())
+        .await
+    {
         Err(Error::RpcTimeout { attempts, .. }) => assert_eq!(attempts, 3),
         other => panic!("{other:?}"),
     }
@@ -310,7 +440,9 @@ async fn rpc_times_out_after_its_retries() {
     }
     assert_eq!(sent, 3, "one send and two retries");
     match producer.rpc_with("echo", 1, options).await.unwrap() {
-        RpcResult::Exception { kind, .. } => assert_eq!(kind, "TimeoutError", "as Postage answers a timeout"),
+        RpcResult::Exception { kind, .. } => {
+            assert_eq!(kind, "TimeoutError", "as Postage answers a timeout")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -332,7 +464,11 @@ async fn two_hundred_concurrent_calls_each_get_their_answer() {
 #[tokio::test]
 async fn deferred_call_is_sent_now_and_awaited_later() {
     let h = start(1).await;
-    let pending = h.producer.rpc_deferred("sum", Sum { a: 20, b: 22 }, RpcOptions::new()).await.unwrap();
+    let pending = h
+        .producer
+        .rpc_deferred("sum", Sum { a: 20, b: 22 }, RpcOptions::new())
+        .await
+        .unwrap();
     assert!(!pending.correlation_id().is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(pending.value::<i64>().await.unwrap(), 42);
@@ -345,7 +481,15 @@ async fn a_call_written_as_python_postage_writes_it_is_answered_on_its_queue() {
     let channel = h.producer.channel();
     // Postage 1.x: a private exclusive queue per call, no correlation id.
     let reply_queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let body = br#"{"category": "rpc", "fingerprint": {"host": "py-host", "name": "echo_send", "pid": "1234", "type": "application", "user": "bob", "vhost": "/"}, "name": "sum", "content": {"parameters": {"a": 40, "b": 2}}, "version": "2", "_reserved": {}, "type": "command"}"#;
@@ -354,14 +498,32 @@ async fn a_call_written_as_python_postage_writes_it_is_answered_on_its_queue() {
         .with_reply_to(reply_queue.name().clone());
     h.publish_raw(body, properties).await;
     let mut replies = channel
-        .basic_consume(reply_queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            reply_queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap().unwrap();
-    assert!(reply.properties.correlation_id().is_none(), "none was sent, none comes back");
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        reply.properties.correlation_id().is_none(),
+        "none was sent, none comes back"
+    );
     let answer: Value = serde_json::from_slice(&reply.data).unwrap();
     assert_eq!(answer["type"], "result");
-    assert_eq!(answer["content"], json!({"type": "success", "value": 42, "message": ""}));
+    assert_eq!(
+        answer["content"],
+        json!({"type": "success", "value": 42, "message": ""})
+    );
     assert_eq!(answer["fingerprint"]["name"], "probe");
     h.stop().await;
 }
@@ -371,19 +533,39 @@ async fn an_answer_without_correlation_id_reaches_the_only_caller() {
     let connection = connect().await;
     let ex = exchange("pyrecv");
     // A receiver as Python Postage writes it: answers on reply_to, copies no correlation id.
-    let mut python = Consumer::builder(&connection).bind(ex.clone(), Queue::new(unique("py")).auto_delete(true), "py").build().await.unwrap();
+    let mut python = Consumer::builder(&connection)
+        .bind(ex.clone(), Queue::new(unique("py")).auto_delete(true), "py")
+        .build()
+        .await
+        .unwrap();
     python.start().await.unwrap();
     let answerer = connection.open_channel().await.unwrap();
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = python.next().await {
             let reply_to = delivery.properties().reply_to().clone().unwrap();
             let body = br#"{"type": "result", "name": "none", "category": "message", "version": "2", "fingerprint": {}, "content": {"type": "success", "value": "from python", "message": ""}, "_reserved": {}}"#;
-            answerer.basic_publish("".into(), reply_to, BasicPublishOptions::default(), body, BasicProperties::default()).await.unwrap();
+            answerer
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
             delivery.ack().await.unwrap();
         }
     });
-    let producer = Producer::builder(&connection).destination(ex, "py").build().await.unwrap();
-    assert_eq!(producer.call::<String>("echo", "hi").await.unwrap(), "from python");
+    let producer = Producer::builder(&connection)
+        .destination(ex, "py")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        producer.call::<String>("echo", "hi").await.unwrap(),
+        "from python"
+    );
 }
 
 #[tokio::test]
@@ -404,9 +586,17 @@ async fn quit_makes_run_return_after_in_flight_work() {
     h.producer.command("slow", 300).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     h.producer.command("quit", json!({})).await.unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(5), &mut h.run).await.unwrap().unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(5), &mut h.run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(exit, Exit::Quit);
-    assert_eq!(h.events().await, vec!["slow done"], "the handler in flight finished first");
+    assert_eq!(
+        h.events().await,
+        vec!["slow done"],
+        "the handler in flight finished first"
+    );
 }
 
 struct Quiet;
@@ -424,31 +614,76 @@ async fn several_processors_share_one_process_and_control_commands_can_be_off() 
     let connection = connect().await;
     let ex = exchange("multi");
     let (sender, mut events) = mpsc::unbounded_channel();
-    let probe = Processor::builder(&connection, Probe { events: sender, in_flight: AtomicUsize::new(0), most_in_flight: AtomicUsize::new(0) })
-        .bind(ex.clone(), Queue::new(unique("p")).auto_delete(true), "probe")
-        .build()
-        .await
-        .unwrap();
+    let probe = Processor::builder(
+        &connection,
+        Probe {
+            events: sender,
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+        },
+    )
+    .bind(
+        ex.clone(),
+        Queue::new(unique("p")).auto_delete(true),
+        "probe",
+    )
+    .build()
+    .await
+    .unwrap();
     let quiet = Processor::builder(&connection, Quiet)
-        .bind(ex.clone(), Queue::new(unique("q")).auto_delete(true), "quiet")
+        .bind(
+            ex.clone(),
+            Queue::new(unique("q")).auto_delete(true),
+            "quiet",
+        )
         .control_commands(false)
         .build()
         .await
         .unwrap();
     let quiet_handle = quiet.handle();
     let both = tokio::spawn(async move { tokio::join!(probe.run(), quiet.run()) });
-    let producer = Producer::builder(&connection).destination(ex.clone(), "probe").build().await.unwrap();
-    assert_eq!(producer.call_with::<String>("ping", 0, RpcOptions::new().key("quiet")).await.unwrap(), "pong");
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "probe")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        producer
+            .call_with::<String>("ping", 0, RpcOptions::new().key("quiet"))
+            .await
+            .unwrap(),
+        "pong"
+    );
     producer.command("twice", "x").await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().is_some());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .is_some()
+    );
     // quit stops the probe; the quiet one ignores it and keeps serving.
     producer.command("quit", json!({})).await.unwrap();
-    producer.command_to(Route::key("quiet"), "quit", json!({})).await.unwrap();
+    producer
+        .command_to(Route::key("quiet"), "quit", json!({}))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(producer.call_with::<String>("ping", 0, RpcOptions::new().key("quiet")).await.unwrap(), "pong");
+    assert_eq!(
+        producer
+            .call_with::<String>("ping", 0, RpcOptions::new().key("quiet"))
+            .await
+            .unwrap(),
+        "pong"
+    );
     quiet_handle.shutdown();
-    let (probe_exit, quiet_exit) = tokio::time::timeout(Duration::from_secs(5), both).await.unwrap().unwrap();
-    assert_eq!((probe_exit.unwrap(), quiet_exit.unwrap()), (Exit::Quit, Exit::Shutdown));
+    let (probe_exit, quiet_exit) = tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (probe_exit.unwrap(), quiet_exit.unwrap()),
+        (Exit::Quit, Exit::Shutdown)
+    );
 }
 
 #[derive(Debug)]
@@ -473,8 +708,23 @@ impl Twice {
 #[tokio::test]
 async fn two_rpc_handlers_for_one_command_fail_at_start_naming_both() {
     let connection = connect().await;
-    let error = Processor::builder(&connection, Twice).build().await.expect_err("conflicting handlers");
+    let error = Processor::builder(&connection, Twice)
+        .build()
+        .await
+        .expect_err("conflicting handlers");
     let text = error.to_string();
-    assert!(matches!(error, Error::DuplicateHandler { command: "same", .. }), "{text}");
-    assert!(text.contains("one at") && text.contains("two at") && text.contains("processor.rs"), "{text}");
+    assert!(
+        matches!(
+            error,
+            Error::DuplicateHandler {
+                command: "same",
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("one at") && text.contains("two at") && text.contains("processor.rs"),
+        "{text}"
+    );
 }

@@ -38,11 +38,20 @@ async fn default_destinations_each_get_the_command() {
         let message = delivery.message().unwrap();
         assert_eq!(message.parameters::<String>().unwrap(), "to both");
         assert_eq!(message.fingerprint.name, "sender");
-        routes.push((delivery.exchange().to_owned(), delivery.routing_key().to_owned()));
+        routes.push((
+            delivery.exchange().to_owned(),
+            delivery.routing_key().to_owned(),
+        ));
         delivery.ack().await.unwrap();
     }
     routes.sort();
-    assert_eq!(routes, vec![(first.name().to_owned(), "key-a".to_owned()), (second.name().to_owned(), "key-b".to_owned())]);
+    assert_eq!(
+        routes,
+        vec![
+            (first.name().to_owned(), "key-a".to_owned()),
+            (second.name().to_owned(), "key-b".to_owned())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -51,22 +60,47 @@ async fn key_and_pairs_overrides_reach_only_their_targets() {
     let (main, other) = (exchange("ovr-main"), exchange("ovr-other"));
     let (q_default, q_key, q_other) = (private("default"), private("key"), private("other"));
     let mut by_queue = Vec::new();
-    for (ex, queue, key) in [(&main, &q_default, "default"), (&main, &q_key, "special"), (&other, &q_other, "elsewhere")] {
-        let consumer = Consumer::builder(&connection).bind(ex.clone(), queue.clone(), key).build().await.unwrap();
+    for (ex, queue, key) in [
+        (&main, &q_default, "default"),
+        (&main, &q_key, "special"),
+        (&other, &q_other, "elsewhere"),
+    ] {
+        let consumer = Consumer::builder(&connection)
+            .bind(ex.clone(), queue.clone(), key)
+            .build()
+            .await
+            .unwrap();
         consumer.start().await.unwrap();
         by_queue.push(consumer);
     }
-    let producer = Producer::builder(&connection).destination(main.clone(), "default").build().await.unwrap();
+    let producer = Producer::builder(&connection)
+        .destination(main.clone(), "default")
+        .build()
+        .await
+        .unwrap();
 
-    producer.command_to(Route::key("special"), "echo", "by key").await.unwrap();
-    producer.command_to(Route::pairs([(other.clone(), "elsewhere")]), "echo", "by pairs").await.unwrap();
+    producer
+        .command_to(Route::key("special"), "echo", "by key")
+        .await
+        .unwrap();
+    producer
+        .command_to(
+            Route::pairs([(other.clone(), "elsewhere")]),
+            "echo",
+            "by pairs",
+        )
+        .await
+        .unwrap();
     producer.command("echo", "by default").await.unwrap();
 
     let mut seen = Vec::new();
     for consumer in &mut by_queue {
         seen.push(drain(consumer, QUIET).await);
     }
-    assert_eq!(seen, vec![vec!["by default"], vec!["by key"], vec!["by pairs"]]);
+    assert_eq!(
+        seen,
+        vec![vec!["by default"], vec!["by key"], vec!["by pairs"]]
+    );
 }
 
 #[tokio::test]
@@ -87,19 +121,43 @@ async fn shared_queue_splits_private_queues_copy() {
         c.start().await.unwrap();
         sharing.push(c);
     }
-    let producer = Producer::builder(&connection).destination(ex.clone(), "rr").build().await.unwrap();
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "rr")
+        .build()
+        .await
+        .unwrap();
     for i in 0..10 {
         producer.command("echo", format!("rr {i}")).await.unwrap();
-        producer.command_to(Route::key("fanout"), "echo", format!("all {i}")).await.unwrap();
+        producer
+            .command_to(Route::key("fanout"), "echo", format!("all {i}"))
+            .await
+            .unwrap();
     }
     for consumer in &mut sharing {
         copying.push(drain(consumer, QUIET).await);
     }
-    let round_robin: Vec<usize> = copying.iter().map(|seen| seen.iter().filter(|s| s.starts_with("rr")).count()).collect();
-    let fanout: Vec<usize> = copying.iter().map(|seen| seen.iter().filter(|s| s.starts_with("all")).count()).collect();
-    assert_eq!(round_robin.iter().sum::<usize>(), 10, "each shared message once");
-    assert!(round_robin.iter().all(|&n| n > 0), "both share: {round_robin:?}");
-    assert_eq!(fanout, vec![10, 10], "each private queue gets every message");
+    let round_robin: Vec<usize> = copying
+        .iter()
+        .map(|seen| seen.iter().filter(|s| s.starts_with("rr")).count())
+        .collect();
+    let fanout: Vec<usize> = copying
+        .iter()
+        .map(|seen| seen.iter().filter(|s| s.starts_with("all")).count())
+        .collect();
+    assert_eq!(
+        round_robin.iter().sum::<usize>(),
+        10,
+        "each shared message once"
+    );
+    assert!(
+        round_robin.iter().all(|&n| n > 0),
+        "both share: {round_robin:?}"
+    );
+    assert_eq!(
+        fanout,
+        vec![10, 10],
+        "each private queue gets every message"
+    );
 }
 
 #[tokio::test]
@@ -107,13 +165,24 @@ async fn bind_and_unbind_at_run_time() {
     let connection = connect().await;
     let ex = exchange("rebind");
     let queue = private("rebind");
-    let mut consumer = Consumer::builder(&connection).bind(ex.clone(), queue.clone(), "first").build().await.unwrap();
+    let mut consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), queue.clone(), "first")
+        .build()
+        .await
+        .unwrap();
     consumer.start().await.unwrap();
     assert_eq!(binding_keys(ex.name(), queue.name()), vec!["first"]);
 
     consumer.bind(&ex, &queue, "second").await.unwrap();
-    assert_eq!(binding_keys(ex.name(), queue.name()), vec!["first", "second"]);
-    let producer = Producer::builder(&connection).destination(ex.clone(), "second").build().await.unwrap();
+    assert_eq!(
+        binding_keys(ex.name(), queue.name()),
+        vec!["first", "second"]
+    );
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "second")
+        .build()
+        .await
+        .unwrap();
     producer.command("echo", "via second").await.unwrap();
     assert_eq!(drain(&mut consumer, QUIET).await, vec!["via second"]);
 
@@ -124,7 +193,10 @@ async fn bind_and_unbind_at_run_time() {
     // A queue bound while consuming is consumed too.
     let late = private("late");
     consumer.bind(&ex, &late, "third").await.unwrap();
-    producer.command_to(Route::key("third"), "echo", "via third").await.unwrap();
+    producer
+        .command_to(Route::key("third"), "echo", "via third")
+        .await
+        .unwrap();
     assert_eq!(drain(&mut consumer, QUIET).await, vec!["via third"]);
 }
 
@@ -132,7 +204,11 @@ async fn bind_and_unbind_at_run_time() {
 async fn status_generic_and_forwarded_messages() {
     let connection = connect().await;
     let ex = exchange("kinds");
-    let mut consumer = Consumer::builder(&connection).bind(ex.clone(), private("kinds"), "k").build().await.unwrap();
+    let mut consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), private("kinds"), "k")
+        .build()
+        .await
+        .unwrap();
     consumer.start().await.unwrap();
     let producer = Producer::builder(&connection)
         .destination(ex.clone(), "k")
@@ -141,29 +217,63 @@ async fn status_generic_and_forwarded_messages() {
         .await
         .unwrap();
     producer.status(Route::Default, "online").await.unwrap();
-    producer.generic(Route::Default, vec![json!(1)], json!({"x": 2}).as_object().unwrap().clone()).await.unwrap();
-    let original = Message::command("relay", "hop").unwrap().with_fingerprint(Fingerprint::new("origin", "test"));
+    producer
+        .generic(
+            Route::Default,
+            vec![json!(1)],
+            json!({"x": 2}).as_object().unwrap().clone(),
+        )
+        .await
+        .unwrap();
+    let original = Message::command("relay", "hop")
+        .unwrap()
+        .with_fingerprint(Fingerprint::new("origin", "test"));
     producer.forward(&original, &Route::Default).await.unwrap();
 
     let mut got = Vec::new();
     while let Some(delivery) = next_within(&mut consumer, QUIET).await {
-        assert_eq!(delivery.properties().content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(
+            delivery
+                .properties()
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("application/json")
+        );
         got.push(delivery.message().unwrap());
         delivery.ack().await.unwrap();
     }
     assert_eq!(got.len(), 3);
-    assert_eq!((got[0].kind.as_str(), got[0].name.as_str(), got[0].fingerprint.name.as_str()), ("status", "online", "me"));
+    assert_eq!(
+        (
+            got[0].kind.as_str(),
+            got[0].name.as_str(),
+            got[0].fingerprint.name.as_str()
+        ),
+        ("status", "online", "me")
+    );
     assert_eq!(got[1].content, json!({"args": [1], "kwds": {"x": 2}}));
-    assert_eq!(got[2], original, "forwarded unchanged, its own fingerprint kept");
+    assert_eq!(
+        got[2], original,
+        "forwarded unchanged, its own fingerprint kept"
+    );
 }
 
 #[tokio::test]
 async fn rejected_messages_come_back_only_when_requeued() {
     let connection = connect().await;
     let ex = exchange("reject");
-    let mut consumer = Consumer::builder(&connection).bind(ex.clone(), private("reject"), "k").build().await.unwrap();
+    let mut consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), private("reject"), "k")
+        .build()
+        .await
+        .unwrap();
     consumer.start().await.unwrap();
-    let producer = Producer::builder(&connection).destination(ex.clone(), "k").build().await.unwrap();
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "k")
+        .build()
+        .await
+        .unwrap();
     producer.command("echo", "again").await.unwrap();
 
     let first = next_within(&mut consumer, QUIET).await.expect("delivered");
@@ -172,16 +282,34 @@ async fn rejected_messages_come_back_only_when_requeued() {
     let second = next_within(&mut consumer, QUIET).await.expect("requeued");
     assert!(second.redelivered());
     second.reject(false).await.unwrap();
-    assert!(next_within(&mut consumer, QUIET).await.is_none(), "dropped for good");
+    assert!(
+        next_within(&mut consumer, QUIET).await.is_none(),
+        "dropped for good"
+    );
 }
 
 #[tokio::test]
 async fn reliable_producer_reports_unroutable_messages() {
     let connection = connect().await;
     let ex = exchange("reliable");
-    let _consumer = Consumer::builder(&connection).bind(ex.clone(), private("reliable"), "bound").build().await.unwrap();
-    let producer = Producer::builder(&connection).destination(ex.clone(), "bound").reliable(true).build().await.unwrap();
+    let _consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), private("reliable"), "bound")
+        .build()
+        .await
+        .unwrap();
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "bound")
+        .reliable(true)
+        .build()
+        .await
+        .unwrap();
     producer.command("echo", "routed").await.expect("confirmed");
-    let error = producer.command_to(Route::key("nobody"), "echo", "lost").await.expect_err("no queue has this key");
-    assert!(matches!(&error, Error::Unroutable { routing_key, .. } if routing_key == "nobody"), "{error}");
+    let error = producer
+        .command_to(Route::key("nobody"), "echo", "lost")
+        .await
+        .expect_err("no queue has this key");
+    assert!(
+        matches!(&error, Error::Unroutable { routing_key, .. } if routing_key == "nobody"),
+        "{error}"
+    );
 }

@@ -28,17 +28,28 @@ fn round_trip(message: &Message, expected: Value) {
     assert_eq!(written, expected);
     // Keys in Postage's order, so a person reading both sides sees the same text.
     let text = String::from_utf8(bytes.clone()).expect("UTF-8");
-    let order: Vec<usize> = ["\"type\"", "\"name\"", "\"category\"", "\"version\"", "\"fingerprint\"", "\"content\"", "\"_reserved\""]
-        .iter()
-        .map(|key| text.find(key).expect("key present"))
-        .collect();
+    let order: Vec<usize> = [
+        "\"type\"",
+        "\"name\"",
+        "\"category\"",
+        "\"version\"",
+        "\"fingerprint\"",
+        "\"content\"",
+        "\"_reserved\"",
+    ]
+    .iter()
+    .map(|key| text.find(key).expect("key present"))
+    .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "key order in {text}");
     assert_eq!(&Message::from_json(&bytes).expect("decodes"), message);
 }
 
 #[test]
 fn fingerprint_is_an_object_of_strings() {
-    assert_eq!(serde_json::to_value(fingerprint()).unwrap(), fingerprint_json());
+    assert_eq!(
+        serde_json::to_value(fingerprint()).unwrap(),
+        fingerprint_json()
+    );
 }
 
 #[test]
@@ -47,12 +58,17 @@ fn fingerprint_collects_the_process_identity() {
     assert_eq!(collected.pid, std::process::id().to_string());
     assert!(!collected.host.is_empty());
     assert!(!collected.user.is_empty());
-    assert_eq!(Fingerprint::default().name, "None", "Python writes None for no name");
+    assert_eq!(
+        Fingerprint::default().name,
+        "None",
+        "Python writes None for no name"
+    );
 }
 
 #[test]
 fn fingerprint_reads_python_variants() {
-    let python = json!({"name": "None", "type": "None", "pid": 77, "host": "h", "user": "u", "vhost": "/"});
+    let python =
+        json!({"name": "None", "type": "None", "pid": 77, "host": "h", "user": "u", "vhost": "/"});
     let read: Fingerprint = serde_json::from_value(python).unwrap();
     assert_eq!(read.pid, "77");
     assert_eq!(read.name, "None");
@@ -62,26 +78,71 @@ fn fingerprint_reads_python_variants() {
 
 #[test]
 fn command_message() {
-    let message = Message::command("echo", "A test message").unwrap().with_fingerprint(fingerprint());
-    round_trip(&message, body("command", "echo", "message", json!({"parameters": "A test message"})));
+    let message = Message::command("echo", "A test message")
+        .unwrap()
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &message,
+        body(
+            "command",
+            "echo",
+            "message",
+            json!({"parameters": "A test message"}),
+        ),
+    );
     assert_eq!(message.parameters::<String>().unwrap(), "A test message");
 }
 
 #[test]
 fn command_parameters_may_be_any_json() {
-    let message = Message::command("sum", json!({"a": 5, "b": 6})).unwrap().with_fingerprint(fingerprint());
-    round_trip(&message, body("command", "sum", "message", json!({"parameters": {"a": 5, "b": 6}})));
-    let list = Message::command("many", [1, 2, 3]).unwrap().with_fingerprint(fingerprint());
-    round_trip(&list, body("command", "many", "message", json!({"parameters": [1, 2, 3]})));
-    let none = Message::command("bare", json!({})).unwrap().with_fingerprint(fingerprint());
-    round_trip(&none, body("command", "bare", "message", json!({"parameters": {}})));
+    let message = Message::command("sum", json!({"a": 5, "b": 6}))
+        .unwrap()
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &message,
+        body(
+            "command",
+            "sum",
+            "message",
+            json!({"parameters": {"a": 5, "b": 6}}),
+        ),
+    );
+    let list = Message::command("many", [1, 2, 3])
+        .unwrap()
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &list,
+        body(
+            "command",
+            "many",
+            "message",
+            json!({"parameters": [1, 2, 3]}),
+        ),
+    );
+    let none = Message::command("bare", json!({}))
+        .unwrap()
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &none,
+        body("command", "bare", "message", json!({"parameters": {}})),
+    );
 }
 
 #[test]
 fn rpc_command_message() {
-    let message = Message::rpc_command("echo", "RPC test message").unwrap().with_fingerprint(fingerprint());
+    let message = Message::rpc_command("echo", "RPC test message")
+        .unwrap()
+        .with_fingerprint(fingerprint());
     assert_eq!(message.category, Category::Rpc);
-    round_trip(&message, body("command", "echo", "rpc", json!({"parameters": "RPC test message"})));
+    round_trip(
+        &message,
+        body(
+            "command",
+            "echo",
+            "rpc",
+            json!({"parameters": "RPC test message"}),
+        ),
+    );
 }
 
 #[test]
@@ -92,29 +153,76 @@ fn status_message() {
 
 #[test]
 fn result_messages() {
-    let success = Message::result(&RpcResult::success("RPC message received").unwrap()).with_fingerprint(fingerprint());
-    round_trip(&success, body("result", "none", "message",
-        json!({"type": "success", "value": "RPC message received", "message": ""})));
+    let success = Message::result(&RpcResult::success("RPC message received").unwrap())
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &success,
+        body(
+            "result",
+            "none",
+            "message",
+            json!({"type": "success", "value": "RPC message received", "message": ""}),
+        ),
+    );
     let error = Message::result(&RpcResult::error("no such file")).with_fingerprint(fingerprint());
-    round_trip(&error, body("result", "none", "message",
-        json!({"type": "error", "value": null, "message": "no such file"})));
-    let exception = Message::result(&RpcResult::exception("ValueError", "bad value")).with_fingerprint(fingerprint());
-    round_trip(&exception, body("result", "none", "message",
-        json!({"type": "exception", "value": "ValueError", "message": "bad value"})));
+    round_trip(
+        &error,
+        body(
+            "result",
+            "none",
+            "message",
+            json!({"type": "error", "value": null, "message": "no such file"}),
+        ),
+    );
+    let exception = Message::result(&RpcResult::exception("ValueError", "bad value"))
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &exception,
+        body(
+            "result",
+            "none",
+            "message",
+            json!({"type": "exception", "value": "ValueError", "message": "bad value"}),
+        ),
+    );
     for result in [success, error, exception] {
-        assert_eq!(Message::result(&result.to_result()), result.clone().with_fingerprint(Fingerprint::blank()));
+        assert_eq!(
+            Message::result(&result.to_result()),
+            result.clone().with_fingerprint(Fingerprint::blank())
+        );
     }
 }
 
 #[test]
 fn generic_message_writes_only_non_empty_keys() {
     let kwds = json!({"values": [1, 2, 3]}).as_object().unwrap().clone();
-    let full = Message::generic(vec![json!(1), json!("str")], kwds.clone()).with_fingerprint(fingerprint());
-    round_trip(&full, body("none", "none", "message", json!({"args": [1, "str"], "kwds": {"values": [1, 2, 3]}})));
-    let args_only = Message::generic(vec![json!(1)], Default::default()).with_fingerprint(fingerprint());
-    round_trip(&args_only, body("none", "none", "message", json!({"args": [1]})));
+    let full = Message::generic(vec![json!(1), json!("str")], kwds.clone())
+        .with_fingerprint(fingerprint());
+    round_trip(
+        &full,
+        body(
+            "none",
+            "none",
+            "message",
+            json!({"args": [1, "str"], "kwds": {"values": [1, 2, 3]}}),
+        ),
+    );
+    let args_only =
+        Message::generic(vec![json!(1)], Default::default()).with_fingerprint(fingerprint());
+    round_trip(
+        &args_only,
+        body("none", "none", "message", json!({"args": [1]})),
+    );
     let kwds_only = Message::generic(vec![], kwds).with_fingerprint(fingerprint());
-    round_trip(&kwds_only, body("none", "none", "message", json!({"kwds": {"values": [1, 2, 3]}})));
+    round_trip(
+        &kwds_only,
+        body(
+            "none",
+            "none",
+            "message",
+            json!({"kwds": {"values": [1, 2, 3]}}),
+        ),
+    );
 }
 
 #[test]
@@ -136,13 +244,24 @@ fn malformed_bodies_are_refused_with_a_reason() {
         (b"not json", "not a Postage message"),
         (b"[1, 2]", "not a Postage message"),
         (br#"{"name": "x", "category": "message"}"#, "type"),
-        (br#"{"type": "command", "name": "x", "category": "broadcast"}"#, "broadcast"),
-        (br#"{"type": "command", "name": 5, "category": "message"}"#, "not a Postage message"),
-        (br#"{"type": "command", "name": "x", "category": "message", "content": 3}"#, "not an object"),
+        (
+            br#"{"type": "command", "name": "x", "category": "broadcast"}"#,
+            "broadcast",
+        ),
+        (
+            br#"{"type": "command", "name": 5, "category": "message"}"#,
+            "not a Postage message",
+        ),
+        (
+            br#"{"type": "command", "name": "x", "category": "message", "content": 3}"#,
+            "not an object",
+        ),
     ];
     for (body, reason) in cases {
         match Message::from_json(body) {
-            Err(Error::MalformedMessage(text)) => assert!(text.contains(reason), "{text:?} should say {reason:?}"),
+            Err(Error::MalformedMessage(text)) => {
+                assert!(text.contains(reason), "{text:?} should say {reason:?}")
+            }
             other => panic!("{:?} gave {other:?}", String::from_utf8_lossy(body)),
         }
     }

@@ -13,7 +13,9 @@ struct EchoReceiveProcessor;
 impl EchoReceiveProcessor {
     #[message_handler("command", "echo")]
     fn msg_echo(&self, text: serde_json::Value) {
-        say(text.as_str().map_or_else(|| text.to_string(), str::to_owned));
+        say(text
+            .as_str()
+            .map_or_else(|| text.to_string(), str::to_owned));
     }
 
     #[message_handler("command", "echo", full_body)]
@@ -30,10 +32,16 @@ impl EchoReceiveProcessor {
 async fn main() -> postage_core::Result<()> {
     let connection = connect().await?;
     let fingerprint = Fingerprint::new("echo_receive", "controller");
-    let private_queue = Queue::new(format!("echo-queue-{}{}", fingerprint.pid, fingerprint.host))
-        .auto_delete(true);
+    let private_queue = Queue::new(format!(
+        "echo-queue-{}{}",
+        fingerprint.pid, fingerprint.host
+    ))
+    .auto_delete(true);
     let receiver = Processor::builder(&connection, EchoReceiveProcessor)
-        .bindings(ECHO_EXCHANGE, [(shared_queue(), ECHO_KEY), (private_queue, ECHO_FANOUT_KEY)])
+        .bindings(
+            ECHO_EXCHANGE,
+            [(shared_queue(), ECHO_KEY), (private_queue, ECHO_FANOUT_KEY)],
+        )
         .fingerprint(fingerprint)
         .build()
         .await?;

@@ -11,7 +11,9 @@ struct EchoReceiveProcessor;
 impl EchoReceiveProcessor {
     #[message_handler("command", "echo")]
     fn msg_echo(&self, text: serde_json::Value) {
-        say(text.as_str().map_or_else(|| text.to_string(), str::to_owned));
+        say(text
+            .as_str()
+            .map_or_else(|| text.to_string(), str::to_owned));
     }
 }
 

@@ -12,7 +12,9 @@ struct EchoReceiveProcessor;
 impl EchoReceiveProcessor {
     #[rpc_handler("command", "echo")]
     async fn msg_echo(&self, text: serde_json::Value, reply: Reply) -> postage_core::Result<()> {
-        say(text.as_str().map_or_else(|| text.to_string(), str::to_owned));
+        say(text
+            .as_str()
+            .map_or_else(|| text.to_string(), str::to_owned));
         reply.success("RPC message received").await?;
         say("replied");
         Ok(())
