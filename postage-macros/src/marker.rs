@@ -1,0 +1,220 @@
+//! The `#[message_handler(...)]` and `#[rpc_handler(...)]` markers: what their arguments
+//! say, and the error when one is used outside a `#[processor]` impl block.
+
+use proc_macro2::{Span, TokenStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, LitStr, Meta, Token};
+
+use crate::{Errors, Failure};
+
+/// The `type` every RPC handler answers.
+const COMMAND: &str = "command";
+
+/// Which marker: fire-and-forget or RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Category {
+    Message,
+    Rpc,
+}
+
+impl Category {
+    /// The category of `attr` if it is one of the markers, by the last segment of its path
+    /// so that `#[postage_core::rpc_handler(...)]` is recognised too.
+    pub(crate) fn of(attr: &Attribute) -> Option<Self> {
+        let last = attr.path().segments.last()?;
+        if last.ident == "message_handler" {
+            Some(Self::Message)
+        } else if last.ident == "rpc_handler" {
+            Some(Self::Rpc)
+        } else {
+            None
+        }
+    }
+
+    /// The marker's name, for messages.
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            Self::Message => "message_handler",
+            Self::Rpc => "rpc_handler",
+        }
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            Self::Message => "#[message_handler(\"command\", \"echo\")]",
+            Self::Rpc => "#[rpc_handler(\"command\", \"sum\")]",
+        }
+    }
+}
+
+/// What one marker says.
+pub(crate) struct Marker {
+    pub(crate) category: Category,
+    /// Where the marker is, for the registration's location.
+    pub(crate) span: Span,
+    /// The message `type`.
+    pub(crate) kind: LitStr,
+    pub(crate) name: LitStr,
+    /// The `full_body` flag, when given.
+    pub(crate) full_body: Option<Ident>,
+    pub(crate) filters: Vec<ExprPath>,
+}
+
+impl Marker {
+    /// Reads the arguments of `attr`, a marker of `category`.
+    pub(crate) fn parse(category: Category, attr: &Attribute) -> syn::Result<Self> {
+        let missing = || {
+            Error::new_spanned(
+                attr,
+                format!(
+                    "expected the message type and name, as in {}",
+                    category.usage()
+                ),
+            )
+        };
+        let Meta::List(list) = &attr.meta else {
+            return Err(missing());
+        };
+        let args = list.parse_args_with(Punctuated::<Expr, Token![,]>::parse_terminated)?;
+
+        let mut errors = Errors::default();
+        let mut args = args.into_iter();
+        let (kind, name) = match (args.next(), args.next()) {
+            (Some(kind), Some(name)) => (
+                errors.take(string(kind, "the message type, such as \"command\"")),
+                errors.take(string(name, "the handler name, such as \"echo\"")),
+            ),
+            _ => return Err(missing()),
+        };
+        if let Some(kind) = &kind {
+            if kind.value().is_empty() {
+                errors.push(Error::new_spanned(kind, "the message type cannot be empty"));
+            } else if category == Category::Rpc && kind.value() != COMMAND {
+                errors.push(Error::new_spanned(
+                    kind,
+                    "rpc handlers answer only \"command\" messages",
+                ));
+            }
+        }
+        if let Some(name) = &name
+            && name.value().is_empty()
+        {
+            errors.push(Error::new_spanned(name, "the handler name cannot be empty"));
+        }
+
+        let mut full_body = None;
+        let mut filters = Vec::new();
+        for arg in args {
+            match Setting::read(arg) {
+                Ok(Setting::FullBody(flag)) => {
+                    if category == Category::Rpc {
+                        errors.push(Error::new_spanned(
+                            &flag,
+                            "`full_body` applies only to #[message_handler]; \
+                             an rpc handler's payload is the command's parameters",
+                        ));
+                    } else if full_body.is_some() {
+                        errors.push(Error::new_spanned(&flag, "`full_body` is given twice"));
+                    } else {
+                        full_body = Some(flag);
+                    }
+                }
+                Ok(Setting::Filter(path)) => filters.push(path),
+                Err(error) => errors.push(error),
+            }
+        }
+
+        errors.finish()?;
+        let (Some(kind), Some(name)) = (kind, name) else {
+            // Not reached: a type or name that is not a string was reported above.
+            return Err(missing());
+        };
+        Ok(Self {
+            category,
+            span: attr.path().span(),
+            kind,
+            name,
+            full_body,
+            filters,
+        })
+    }
+}
+
+/// A string literal argument, or an error saying it should have been `what`.
+fn string(arg: Expr, what: &str) -> syn::Result<LitStr> {
+    match arg {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit),
+        other => Err(Error::new_spanned(
+            other,
+            format!("expected {what} as a string literal"),
+        )),
+    }
+}
+
+/// One option after the type and name.
+enum Setting {
+    FullBody(Ident),
+    Filter(ExprPath),
+}
+
+impl Setting {
+    const EXPECTED: &str = "expected `full_body` or `filter = path::to_fn`";
+
+    fn read(arg: Expr) -> syn::Result<Self> {
+        match arg {
+            Expr::Path(path) if path.attrs.is_empty() && path.qself.is_none() => {
+                match path.path.get_ident() {
+                    Some(ident) if ident == "full_body" => Ok(Self::FullBody(ident.clone())),
+                    Some(ident) => Err(Error::new_spanned(
+                        ident,
+                        format!("unknown flag `{ident}`; {}", Self::EXPECTED),
+                    )),
+                    None => Err(Error::new_spanned(path, Self::EXPECTED)),
+                }
+            }
+            Expr::Assign(assign) => {
+                let is_filter = matches!(
+                    &*assign.left,
+                    Expr::Path(left) if left.path.is_ident("filter")
+                );
+                if !is_filter {
+                    return Err(Error::new_spanned(
+                        &assign.left,
+                        format!("unknown option; {}", Self::EXPECTED),
+                    ));
+                }
+                match *assign.right {
+                    Expr::Path(path) if path.attrs.is_empty() => Ok(Self::Filter(path)),
+                    other => Err(Error::new_spanned(
+                        other,
+                        "expected the path of a filter function, such as `filters::only_admins`",
+                    )),
+                }
+            }
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            }) => Err(Error::new_spanned(
+                lit,
+                "unexpected string: the message type and name come first, once",
+            )),
+            other => Err(Error::new_spanned(other, Self::EXPECTED)),
+        }
+    }
+}
+
+/// A marker seen on its own: there is no `#[processor]` around it to read it.
+pub(crate) fn expand(category: Category, item: TokenStream) -> Result<TokenStream, Failure> {
+    Err(Failure {
+        error: Error::new(
+            Span::call_site(),
+            format!(
+                "#[{}] must be inside an impl block marked #[processor]",
+                category.attribute()
+            ),
+        ),
+        item,
+    })
+}

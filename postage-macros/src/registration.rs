@@ -1,0 +1,225 @@
+//! The code registered for one handler: a wrapper that decodes the call and invokes the
+//! method, and the `inventory` entry that names it.
+
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::{Attribute, ImplItemFn, Type};
+
+use crate::marker::{Category, Marker};
+use crate::signature::{Answer, Role, Signature};
+
+/// One `const _: () = { ... };` block registering `method` of `self_ty` as the handler
+/// `marker` describes.
+pub(crate) fn registration(
+    self_ty: &Type,
+    method: &ImplItemFn,
+    marker: &Marker,
+    signature: &Signature,
+) -> TokenStream {
+    let replies = matches!(signature.answer, Answer::Replied);
+    let uses_call = !signature.args.is_empty();
+
+    let mut prelude = TokenStream::new();
+    let mut args = Vec::new();
+    for arg in &signature.args {
+        match &arg.role {
+            Role::Payload(_) if marker.full_body.is_some() => {
+                prelude.extend(quote! { let payload = call.message.clone(); });
+                args.push(quote_spanned!(arg.span=> payload));
+            }
+            Role::Payload(ty) => {
+                let ty = replace_self(ty.to_token_stream(), self_ty);
+                // Spanned at the argument's type, so an undecodable type is reported there.
+                let decode = quote_spanned!(arg.span=> call.payload::<#ty>());
+                prelude.extend(quote! {
+                    let payload = match #decode {
+                        ::std::result::Result::Ok(payload) => payload,
+                        ::std::result::Result::Err(outcome) => return outcome,
+                    };
+                });
+                args.push(quote_spanned!(arg.span=> payload));
+            }
+            Role::Metadata => args.push(quote_spanned!(arg.span=> &call.metadata)),
+            Role::Reply => {
+                prelude.extend(quote! {
+                    let reply = match call.reply.take() {
+                        ::std::option::Option::Some(reply) => reply,
+                        ::std::option::Option::None => {
+                            return ::postage_core::__private::Outcome::no_reply_handle();
+                        }
+                    };
+                });
+                args.push(quote_spanned!(arg.span=> reply));
+            }
+        }
+    }
+
+    // Spanned at the return type, so a type the runtime cannot answer with is reported there.
+    let method_name = &method.sig.ident;
+    let mut invoke = quote_spanned!(signature.output_span=> this.#method_name(#(#args),*));
+    if signature.is_async {
+        invoke = quote_spanned!(signature.output_span=> #invoke.await);
+    }
+    let convert = match signature.answer {
+        Answer::Outcome => quote!(MessageOutcome::into_outcome),
+        Answer::Result => quote!(rpc_result),
+        Answer::Raw => quote!(rpc_raw),
+        Answer::Value => quote!(rpc_value),
+        Answer::Replied => quote!(replied),
+    };
+    let convert = respan(convert, signature.output_span);
+    let answer = quote_spanned! {signature.output_span=>
+        ::postage_core::__private::#convert(#invoke)
+    };
+
+    let call_param = match (uses_call, replies) {
+        (_, true) => quote!(mut call),
+        (true, false) => quote!(call),
+        (false, false) => quote!(_),
+    };
+    // Spanned at the method's name, so a future that is not `Send` is reported there.
+    let body = quote_spanned! {method_name.span()=>
+        ::std::boxed::Box::pin(async move {
+            let ::std::option::Option::Some(this) = processor.downcast_ref::<#self_ty>() else {
+                return ::postage_core::__private::Outcome::wrong_processor();
+            };
+            #prelude
+            #answer
+        })
+    };
+
+    let processor_name = type_name(self_ty);
+    let category = match marker.category {
+        Category::Message => quote!(::postage_core::Category::Message),
+        Category::Rpc => quote!(::postage_core::Category::Rpc),
+    };
+    let (kind, name) = (&marker.kind, &marker.name);
+    let full_body = marker.full_body.is_some();
+    let method_str = method_name.unraw().to_string();
+    // Spanned at the marker, so `line!()` and `file!()` name the marker's place.
+    let location = quote_spanned! {marker.span=>
+        ::std::concat!(::std::file!(), ":", ::std::line!())
+    };
+    let filters = marker.filters.iter().map(|filter| {
+        quote_spanned!(syn::spanned::Spanned::span(filter)=>
+            #filter as ::postage_core::__private::FilterFn)
+    });
+    let cfgs = method.attrs.iter().filter(|attr| is_cfg(attr));
+
+    quote! {
+        #(#cfgs)*
+        const _: () = {
+            fn __postage_call(
+                processor: ::std::sync::Arc<
+                    dyn ::std::any::Any + ::std::marker::Send + ::std::marker::Sync,
+                >,
+                #call_param: ::postage_core::__private::HandlerCall,
+            ) -> ::postage_core::__private::BoxFuture<::postage_core::__private::Outcome> {
+                #body
+            }
+
+            ::postage_core::__private::inventory::submit! {
+                ::postage_core::__private::HandlerRegistration {
+                    processor: || ::std::any::TypeId::of::<#self_ty>(),
+                    processor_name: #processor_name,
+                    category: #category,
+                    kind: #kind,
+                    name: #name,
+                    full_body: #full_body,
+                    method: #method_str,
+                    location: #location,
+                    filters: &[#(#filters),*],
+                    call: __postage_call,
+                }
+            }
+        };
+    }
+}
+
+/// A `#[cfg]` on the method applies to its registration too.
+fn is_cfg(attr: &Attribute) -> bool {
+    attr.path().is_ident("cfg")
+}
+
+/// `tokens` with every `Self` replaced by `self_ty`, for use outside the impl block.
+fn replace_self(tokens: TokenStream, self_ty: &Type) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tree| match tree {
+            TokenTree::Ident(ident) if ident == "Self" => {
+                let mut ty = self_ty.to_token_stream();
+                // Keep the user's span, for errors about the argument's type.
+                ty = respan(ty, ident.span());
+                TokenTree::Group(Group::new(Delimiter::None, ty))
+            }
+            TokenTree::Group(group) => {
+                let mut replaced =
+                    Group::new(group.delimiter(), replace_self(group.stream(), self_ty));
+                replaced.set_span(group.span());
+                TokenTree::Group(replaced)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}
+
+/// The processor's name for people: its type without the module path, spaced as a person
+/// would write it (`Echo` for `super::Echo`, `Pair<(u8, u16)>`). The runtime tells
+/// processors apart by `TypeId`; this is only for messages.
+fn type_name(ty: &Type) -> String {
+    let tokens = match ty {
+        Type::Path(path) if path.qself.is_none() => match path.path.segments.last() {
+            Some(last) => last.to_token_stream(),
+            None => ty.to_token_stream(),
+        },
+        _ => ty.to_token_stream(),
+    };
+    let mut name = String::new();
+    write_tokens(&mut name, tokens);
+    name
+}
+
+fn write_tokens(name: &mut String, tokens: TokenStream) {
+    let mut previous_word = false;
+    for tree in tokens {
+        let word = matches!(tree, TokenTree::Ident(_) | TokenTree::Literal(_));
+        if word && previous_word {
+            name.push(' ');
+        }
+        previous_word = word;
+        match tree {
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::Brace => ("{", "}"),
+                    Delimiter::None => ("", ""),
+                };
+                name.push_str(open);
+                write_tokens(name, group.stream());
+                name.push_str(close);
+            }
+            TokenTree::Punct(punct) if punct.as_char() == ',' => name.push_str(", "),
+            TokenTree::Punct(punct) if punct.as_char() == ';' => name.push_str("; "),
+            TokenTree::Punct(punct) if punct.as_char() == '+' => name.push_str(" + "),
+            other => name.push_str(&other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! What a handler method takes and returns, read from the shape of its signature: by
+//! value is the payload (and, for RPC, then the reply handle), by reference the metadata.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Error, FnArg, Ident, Receiver, ReturnType, Type};
+
+use crate::Errors;
+use crate::marker::Category;
+
+/// One argument after `&self`.
+pub(crate) enum Role {
+    /// The decoded payload, or the whole message with `full_body`.
+    Payload(Box<Type>),
+    /// `&Metadata`.
+    Metadata,
+    /// The RPC reply handle.
+    Reply,
+}
+
+/// One argument and where it is written, for errors about its type.
+pub(crate) struct Arg {
+    pub(crate) role: Role,
+    pub(crate) span: Span,
+}
+
+/// How the method's return value becomes the runtime's outcome.
+pub(crate) enum Answer {
+    /// A message handler: `()` or `Result<(), E>`.
+    Outcome,
+    /// An RPC handler returning `Result<T, E>`.
+    Result,
+    /// An RPC handler returning an `RpcResult` of its own.
+    Raw,
+    /// An RPC handler returning a plain value.
+    Value,
+    /// An RPC handler that answered through its reply handle.
+    Replied,
+}
+
+/// A handler method, classified.
+pub(crate) struct Signature {
+    pub(crate) is_async: bool,
+    /// The arguments after `&self`, in declared order.
+    pub(crate) args: Vec<Arg>,
+    pub(crate) answer: Answer,
+    /// Where the return type is written (or the signature, without one).
+    pub(crate) output_span: Span,
+}
+
+impl Signature {
+    /// Classifies `sig` as a handler of `category` (given the marker's `full_body` flag),
+    /// or says everything wrong with it.
+    pub(crate) fn classify(
+        sig: &syn::Signature,
+        category: Category,
+        full_body: Option<&Ident>,
+    ) -> syn::Result<Self> {
+        let mut errors = Errors::default();
+        let rpc = category == Category::Rpc;
+
+        if let Some(unsafety) = &sig.unsafety {
+            errors.push(Error::new_spanned(
+                unsafety,
+                "a handler cannot be an unsafe fn",
+            ));
+        }
+        if let Some(abi) = &sig.abi {
+            errors.push(Error::new_spanned(
+                abi,
+                "a handler cannot have an extern ABI",
+            ));
+        }
+        if !sig.generics.params.is_empty() {
+            errors.push(Error::new_spanned(
+                &sig.generics,
+                "a handler cannot be generic: the message decides its argument types",
+            ));
+        } else if let Some(where_clause) = &sig.generics.where_clause {
+            errors.push(Error::new_spanned(
+                where_clause,
+                "a handler cannot have a where clause",
+            ));
+        }
+
+        let mut inputs = sig.inputs.iter();
+        match inputs.next() {
+            Some(FnArg::Receiver(receiver)) => {
+                if let Err(error) = check_receiver(receiver) {
+                    errors.push(error);
+                }
+            }
+            Some(FnArg::Typed(arg)) => errors.push(Error::new_spanned(
+                arg,
+                "a handler is a method: its first argument is `&self`",
+            )),
+            None => errors.push(Error::new_spanned(
+                &sig.ident,
+                "a handler is a method: its first argument is `&self`",
+            )),
+        }
+
+        let mut args = Vec::new();
+        let (mut by_value, mut metadata) = (0, false);
+        for input in inputs {
+            // A receiver after the first argument is a syntax error syn already reports.
+            let FnArg::Typed(arg) = input else { continue };
+            let span = arg.ty.span();
+            let role = match peel(&arg.ty) {
+                Type::Reference(reference) if reference.mutability.is_some() => {
+                    errors.push(Error::new_spanned(
+                        &arg.ty,
+                        "a handler cannot take `&mut` arguments; \
+                         the metadata is borrowed as `&Metadata`",
+                    ));
+                    continue;
+                }
+                Type::Reference(_) if metadata => {
+                    errors.push(Error::new_spanned(
+                        &arg.ty,
+                        "a handler takes at most one reference argument, the `&Metadata`",
+                    ));
+                    continue;
+                }
+                Type::Reference(_) => {
+                    metadata = true;
+                    Role::Metadata
+                }
+                Type::ImplTrait(_) => {
+                    errors.push(Error::new_spanned(
+                        &arg.ty,
+                        "a handler cannot be generic: name the argument's type",
+                    ));
+                    continue;
+                }
+                _ => {
+                    by_value += 1;
+                    match by_value {
+                        1 => Role::Payload(arg.ty.clone()),
+                        2 if rpc => Role::Reply,
+                        _ => {
+                            let message = if rpc {
+                                "too many arguments by value: an rpc handler takes its payload, \
+                                 then optionally its `Reply`"
+                            } else {
+                                "too many arguments by value: a message handler takes \
+                                 one, its payload"
+                            };
+                            errors.push(Error::new_spanned(arg, message));
+                            continue;
+                        }
+                    }
+                }
+            };
+            args.push(Arg { role, span });
+        }
+
+        if let Some(flag) = full_body
+            && by_value == 0
+        {
+            errors.push(Error::new_spanned(
+                flag,
+                "`full_body` hands the whole `Message` to the handler, \
+                 but this method takes no argument by value",
+            ));
+        }
+
+        let replies = args.iter().any(|arg| matches!(arg.role, Role::Reply));
+        let output_span = match &sig.output {
+            ReturnType::Type(_, ty) => ty.span(),
+            ReturnType::Default => sig.ident.span(),
+        };
+        let answer = match category {
+            Category::Message => Answer::Outcome,
+            Category::Rpc if replies => Answer::Replied,
+            Category::Rpc => match rpc_answer(&sig.output) {
+                Some(answer) => answer,
+                None => {
+                    errors.push(Error::new_spanned(
+                        &sig.ident,
+                        "an rpc handler returns its answer, or takes a Reply",
+                    ));
+                    Answer::Value
+                }
+            },
+        };
+
+        errors.finish()?;
+        Ok(Self {
+            is_async: sig.asyncness.is_some(),
+            args,
+            answer,
+            output_span,
+        })
+    }
+}
+
+/// Accepts `&self` (or `self: &Self`), the only receiver a shared processor can offer.
+fn check_receiver(receiver: &Receiver) -> syn::Result<()> {
+    match peel(&receiver.ty) {
+        Type::Reference(reference) if reference.mutability.is_none() => Ok(()),
+        Type::Reference(_) => Err(Error::new_spanned(
+            receiver,
+            "a handler takes `&self`, not `&mut self`: \
+             handlers run concurrently on a shared processor",
+        )),
+        _ => Err(Error::new_spanned(
+            receiver,
+            "a handler takes `&self`, not `self` by value: the processor is shared by every call",
+        )),
+    }
+}
+
+/// How an RPC handler without a reply handle answers, from its return type; `None` when
+/// it returns nothing.
+fn rpc_answer(output: &ReturnType) -> Option<Answer> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    match peel(ty) {
+        Type::Tuple(tuple) if tuple.elems.is_empty() => None,
+        Type::Path(path) if path.qself.is_none() => match path.path.segments.last() {
+            Some(last) if last.ident == "Result" => Some(Answer::Result),
+            Some(last) if last.ident == "RpcResult" => Some(Answer::Raw),
+            _ => Some(Answer::Value),
+        },
+        _ => Some(Answer::Value),
+    }
+}
+
+/// `ty` without the parentheses and invisible groups (from `macro_rules!`) around it.
+fn peel(mut ty: &Type) -> &Type {
+    loop {
+        match ty {
+            Type::Paren(inner) => ty = &inner.elem,
+            Type::Group(inner) => ty = &inner.elem,
+            _ => return ty,
+        }
+    }
+}

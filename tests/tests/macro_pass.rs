@@ -1,0 +1,330 @@
+//! `#[processor]` on a well-formed processor: it compiles, every handler of each of its
+//! impl blocks is registered with what its marker says, and the registered wrappers
+//! decode the call and invoke the method. No broker needed.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use postage_core::__private::{HandlerCall, HandlerRegistration, Outcome, inventory};
+use postage_core::{Category, Filtered, HandlerError, Message, Metadata, RpcResult, processor};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Greeting {
+    text: String,
+}
+
+#[derive(Debug, Default)]
+struct Calculator;
+
+/// Another processor, whose handlers must not be mistaken for the calculator's.
+#[derive(Debug, Default)]
+struct Other;
+
+fn only_admins(message: Message) -> Filtered {
+    Filtered::Pass(message)
+}
+
+mod filters {
+    use postage_core::{Filtered, Message};
+
+    pub(crate) fn drop_all(_: Message) -> Filtered {
+        Filtered::Skip
+    }
+}
+
+#[processor]
+impl Calculator {
+    const GREET_LINE: u32 = line!() + 1;
+    #[message_handler("command", "greet")]
+    async fn greet(&self, greeting: Greeting, metadata: &Metadata) -> Result<(), String> {
+        if greeting.text.is_empty() {
+            return Err(format!("empty greeting on {}", metadata.routing_key));
+        }
+        Ok(())
+    }
+
+    #[rpc_handler("command", "sum")]
+    async fn sum(&self, numbers: Vec<i64>) -> Result<i64, HandlerError> {
+        numbers
+            .into_iter()
+            .try_fold(0_i64, i64::checked_add)
+            .ok_or_else(|| HandlerError::error("overflow"))
+    }
+
+    #[rpc_handler("command", "double")]
+    fn double(&self, n: i64) -> i64 {
+        n * 2
+    }
+
+    /// Not a handler: left alone.
+    fn helper(&self) -> u8 {
+        7
+    }
+}
+
+mod more_handlers {
+    use postage_core::{Message, Metadata, Reply, RpcResult, processor};
+
+    #[processor]
+    impl super::Calculator {
+        #[rpc_handler("command", "square")]
+        async fn square(
+            &self,
+            metadata: &Metadata,
+            n: i64,
+            reply: Reply,
+        ) -> Result<(), postage_core::HandlerError> {
+            let _ = &metadata.queue;
+            reply.success(n * n).await?;
+            Ok(())
+        }
+
+        #[rpc_handler("command", "version")]
+        fn version(&self) -> RpcResult {
+            RpcResult::Error {
+                message: "no version".to_owned(),
+            }
+        }
+
+        #[message_handler("status", "online", full_body)]
+        fn online(&self, message: Message) {
+            let _ = message.name;
+        }
+
+        #[message_handler("command", "audit", filter = super::only_admins, filter = super::filters::drop_all)]
+        async fn audit(&self) {}
+    }
+}
+
+#[processor]
+impl Other {
+    #[message_handler("command", "greet")]
+    fn greet(&self) {}
+}
+
+/// Less common shapes: several markers on one method, a payload naming `Self`, only the
+/// metadata, a raw identifier, a marker by its full path, a handler compiled out.
+#[derive(Debug, Deserialize)]
+struct Edge {
+    depth: u8,
+}
+
+#[processor]
+impl Edge {
+    #[message_handler("command", "start")]
+    #[message_handler("command", "restart")]
+    fn r#type(&self, _metadata: &Metadata) {}
+
+    #[rpc_handler("command", "nest")]
+    fn nest(&self, inner: Self) -> u8 {
+        inner.depth + self.depth
+    }
+
+    #[postage_core::message_handler("status", "idle")]
+    fn idle(&self) {}
+
+    #[cfg(any())]
+    #[message_handler("command", "never")]
+    fn never(&self) {}
+}
+
+fn registrations_of<T: 'static>() -> Vec<&'static HandlerRegistration> {
+    let mut found: Vec<_> = inventory::iter::<HandlerRegistration>
+        .into_iter()
+        .filter(|registration| (registration.processor)() == TypeId::of::<T>())
+        .collect();
+    found.sort_by_key(|registration| registration.name);
+    found
+}
+
+fn registration(name: &str) -> &'static HandlerRegistration {
+    let found = registrations_of::<Calculator>();
+    match found
+        .into_iter()
+        .find(|registration| registration.name == name)
+    {
+        Some(registration) => registration,
+        None => panic!("no handler {name:?} registered for Calculator"),
+    }
+}
+
+fn call(message: Message) -> HandlerCall {
+    let metadata = Metadata {
+        routing_key: "calc-rk".to_owned(),
+        ..Metadata::default()
+    };
+    HandlerCall {
+        message,
+        metadata,
+        reply: None,
+    }
+}
+
+fn calculator() -> Arc<dyn Any + Send + Sync> {
+    Arc::new(Calculator)
+}
+
+#[test]
+fn every_handler_of_both_impl_blocks_is_registered() {
+    let found: Vec<_> = registrations_of::<Calculator>()
+        .into_iter()
+        .map(|r| {
+            (
+                r.category,
+                r.kind,
+                r.name,
+                r.method,
+                r.full_body,
+                r.filters.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Category::Message, "command", "audit", "audit", false, 2),
+            (Category::Rpc, "command", "double", "double", false, 0),
+            (Category::Message, "command", "greet", "greet", false, 0),
+            (Category::Message, "status", "online", "online", true, 0),
+            (Category::Rpc, "command", "square", "square", false, 0),
+            (Category::Rpc, "command", "sum", "sum", false, 0),
+            (Category::Rpc, "command", "version", "version", false, 0),
+        ]
+    );
+    for registration in registrations_of::<Calculator>() {
+        assert_eq!(registration.processor_name, "Calculator");
+    }
+    assert_eq!(Calculator.helper(), 7);
+
+    let other: Vec<_> = registrations_of::<Other>()
+        .into_iter()
+        .map(|r| (r.processor_name, r.name, r.method))
+        .collect();
+    assert_eq!(other, [("Other", "greet", "greet")]);
+}
+
+#[test]
+fn uncommon_shapes_are_registered_too() {
+    let found: Vec<_> = registrations_of::<Edge>()
+        .into_iter()
+        .map(|r| (r.category, r.kind, r.name, r.method))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Category::Message, "status", "idle", "idle"),
+            (Category::Rpc, "command", "nest", "nest"),
+            (Category::Message, "command", "restart", "type"),
+            (Category::Message, "command", "start", "type"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_payload_may_name_self() {
+    let nest = registrations_of::<Edge>()
+        .into_iter()
+        .find(|registration| registration.name == "nest")
+        .expect("nest is registered");
+    let message =
+        Message::rpc_command("nest", serde_json::json!({"depth": 2})).expect("an edge encodes");
+    match (nest.call)(Arc::new(Edge { depth: 1 }), call(message)).await {
+        Outcome::Answer(result) => {
+            assert_eq!(result, RpcResult::success(3).expect("a number encodes"))
+        }
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_registration_points_at_its_marker() {
+    assert_eq!(
+        registration("greet").location,
+        format!("{}:{}", file!(), Calculator::GREET_LINE)
+    );
+}
+
+#[test]
+fn filters_are_registered_in_order() {
+    let filters = registration("audit").filters;
+    let message = Message::command("audit", ()).expect("an empty command encodes");
+    assert_eq!(filters[0](message.clone()), Filtered::Pass(message.clone()));
+    assert_eq!(filters[1](message), Filtered::Skip);
+}
+
+#[tokio::test]
+async fn the_wrapper_decodes_the_payload_and_answers() {
+    let sum = registration("sum");
+    let message = Message::rpc_command("sum", vec![1, 2, 3]).expect("numbers encode");
+    match (sum.call)(calculator(), call(message)).await {
+        Outcome::Answer(result) => {
+            assert_eq!(result, RpcResult::success(6).expect("a number encodes"))
+        }
+        other => panic!("expected an answer, got {other:?}"),
+    }
+
+    let double = registration("double");
+    let message = Message::rpc_command("double", 21).expect("a number encodes");
+    match (double.call)(calculator(), call(message)).await {
+        Outcome::Answer(result) => {
+            assert_eq!(result, RpcResult::success(42).expect("a number encodes"))
+        }
+        other => panic!("expected an answer, got {other:?}"),
+    }
+
+    let overflow = Message::rpc_command("sum", vec![i64::MAX, 1]).expect("numbers encode");
+    match (sum.call)(calculator(), call(overflow)).await {
+        Outcome::Answer(RpcResult::Error { message }) => assert_eq!(message, "overflow"),
+        other => panic!("expected an error result, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_wrapper_passes_the_metadata_and_the_handler_result() {
+    let greet = registration("greet");
+    let hello = Message::command("greet", serde_json::json!({"text": "hello"}))
+        .expect("a greeting encodes");
+    assert!(matches!(
+        (greet.call)(calculator(), call(hello)).await,
+        Outcome::Done
+    ));
+
+    let empty =
+        Message::command("greet", serde_json::json!({"text": ""})).expect("a greeting encodes");
+    match (greet.call)(calculator(), call(empty)).await {
+        Outcome::Failed(reason) => assert_eq!(reason, "empty greeting on calc-rk"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_wrapper_refuses_what_it_cannot_call() {
+    let sum = registration("sum");
+    let words = Message::rpc_command("sum", vec!["one", "two"]).expect("words encode");
+    assert!(matches!(
+        (sum.call)(calculator(), call(words)).await,
+        Outcome::Failed(_)
+    ));
+
+    let numbers = Message::rpc_command("sum", vec![1]).expect("numbers encode");
+    assert!(matches!(
+        (sum.call)(Arc::new(Other), call(numbers)).await,
+        Outcome::Failed(_)
+    ));
+
+    // The runtime hands a reply handle to every RPC call; without one the handler is not run.
+    let square = registration("square");
+    let message = Message::rpc_command("square", 3).expect("a number encodes");
+    assert!(matches!(
+        (square.call)(calculator(), call(message)).await,
+        Outcome::Failed(_)
+    ));
+}
+
+#[tokio::test]
+async fn full_body_hands_over_the_whole_message() {
+    let online = registration("online");
+    let outcome = (online.call)(calculator(), call(Message::status("online"))).await;
+    assert!(matches!(outcome, Outcome::Done));
+}
