@@ -272,6 +272,9 @@ impl<P: Send + Sync + 'static> Processor<P> {
                     continue;
                 }
             };
+            if self.connection.config().debug {
+                tracing::info!(queue = delivery.queue(), routing_key = delivery.routing_key(), kind = %message.kind, name = %message.name, category = message.category.as_str(), sender = %message.fingerprint.name, content = %message.content, "<-- received");
+            }
             let command = self
                 .control_commands
                 .then(|| control_command(&message))

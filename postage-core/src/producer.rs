@@ -218,8 +218,12 @@ impl Producer {
     pub async fn forward(&self, message: &Message, route: &Route) -> Result<()> {
         let body = self.inner.encoder.encode(message)?;
         let properties = self.properties();
+        let debug = self.inner.connection.config().debug;
         for (exchange, key) in self.resolve(route)?.iter() {
             self.ensure_declared(exchange).await?;
+            if debug {
+                tracing::info!(exchange = exchange.name(), routing_key = %key, kind = %message.kind, name = %message.name, category = message.category.as_str(), content = %message.content, "--> publish");
+            }
             self.publish_body(exchange.name(), key, &body, properties.clone())
                 .await?;
         }

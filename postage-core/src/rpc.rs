@@ -184,6 +184,9 @@ impl Producer {
         let message =
             Message::rpc_command(name, parameters)?.with_fingerprint(self.fingerprint().clone());
         let body = self.encoder().encode(&message)?;
+        if self.connection().config().debug {
+            tracing::info!(exchange = %exchange, routing_key = %routing_key, name, content = %message.content, "--> RPC call");
+        }
         let id = format!(
             "{}.{}",
             state.prefix,

@@ -313,3 +313,112 @@ async fn reliable_producer_reports_unroutable_messages() {
         "{error}"
     );
 }
+
+/// An encoder of one's own: Postage messages as JSON inside a one-byte envelope, with a
+/// content type of its own.
+#[derive(Debug, Clone, Copy)]
+struct Enveloped;
+
+impl postage_core::Encoder for Enveloped {
+    fn content_type(&self) -> &str {
+        "application/x-enveloped"
+    }
+
+    fn encode(&self, message: &Message) -> postage_core::Result<Vec<u8>> {
+        let mut body = vec![b'E'];
+        body.extend(message.to_json()?);
+        Ok(body)
+    }
+
+    fn decode(&self, body: &[u8]) -> postage_core::Result<Message> {
+        match body.split_first() {
+            Some((b'E', rest)) => Message::from_json(rest),
+            _ => Err(Error::MalformedMessage("no envelope".into())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_custom_encoder_replaces_json() {
+    let connection = connect().await;
+    let ex = exchange("encoder");
+    let mut consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), private("encoder"), "k")
+        .encoder(Enveloped)
+        .build()
+        .await
+        .unwrap();
+    consumer.start().await.unwrap();
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "k")
+        .encoder(Enveloped)
+        .build()
+        .await
+        .unwrap();
+    producer.command("echo", "wrapped").await.unwrap();
+    let delivery = next_within(&mut consumer, QUIET).await.expect("delivered");
+    assert_eq!(delivery.body()[0], b'E');
+    assert_eq!(
+        delivery
+            .properties()
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("application/x-enveloped")
+    );
+    assert_eq!(
+        delivery.message().unwrap().parameters::<String>().unwrap(),
+        "wrapped"
+    );
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn queue_flags_and_arguments_reach_the_broker() {
+    let connection = connect().await;
+    let ex = exchange("flags");
+    let durable = Queue::new(unique("durable"))
+        .durable(true)
+        .argument("x-max-length", 7i64);
+    let exclusive = Queue::new(unique("exclusive")).exclusive(true);
+    let consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), durable.clone(), "a")
+        .bind(ex.clone(), exclusive.clone(), "b")
+        .build()
+        .await
+        .unwrap();
+    let listing = postage_tests::rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "durable",
+        "exclusive",
+        "auto_delete",
+        "arguments",
+    ]);
+    let row = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let durable_row = row(durable.name());
+    assert!(
+        durable_row.starts_with(&format!("{}\ttrue\tfalse\tfalse", durable.name())),
+        "{durable_row}"
+    );
+    assert!(
+        durable_row.contains("x-max-length") && durable_row.contains('7'),
+        "{durable_row}"
+    );
+    assert!(
+        row(exclusive.name()).starts_with(&format!("{}\tfalse\ttrue\tfalse", exclusive.name())),
+        "{listing}"
+    );
+    // The durable queue outlives the test otherwise.
+    consumer
+        .channel()
+        .queue_delete(durable.name().into(), Default::default())
+        .await
+        .unwrap();
+}
