@@ -101,7 +101,7 @@ impl Signature {
         }
 
         let mut args = Vec::new();
-        let (mut by_value, mut metadata) = (0, false);
+        let (mut by_value, mut metadata, mut reply) = (0, false, false);
         for input in inputs {
             // A receiver after the first argument is a syntax error syn already reports.
             let FnArg::Typed(arg) = input else { continue };
@@ -133,11 +133,19 @@ impl Signature {
                     ));
                     continue;
                 }
+                // A `Reply` alone is the reply handle, not a payload: `fn ping(&self, reply: Reply)`.
+                ty if rpc && !reply && names_reply(ty) => {
+                    reply = true;
+                    Role::Reply
+                }
                 _ => {
                     by_value += 1;
                     match by_value {
                         1 => Role::Payload(arg.ty.clone()),
-                        2 if rpc => Role::Reply,
+                        2 if rpc && !reply => {
+                            reply = true;
+                            Role::Reply
+                        }
                         _ => {
                             let message = if rpc {
                                 "too many arguments by value: an rpc handler takes its payload, \
@@ -237,4 +245,10 @@ fn peel(mut ty: &Type) -> &Type {
             _ => return ty,
         }
     }
+}
+
+/// True for a type written `Reply` or `some::path::Reply`.
+fn names_reply(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none()
+        && path.path.segments.last().is_some_and(|s| s.ident == "Reply" && s.arguments.is_none()))
 }

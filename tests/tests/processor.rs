@@ -11,7 +11,7 @@ use postage_core::lapin::types::FieldTable;
 use postage_core::lapin::{BasicProperties, options::QueueDeclareOptions};
 use postage_core::{
     Consumer, Error, Exchange, Exit, Filtered, Fingerprint, HandlerError, Message, Metadata,
-    Processor, ProcessorHandle, Producer, Queue, Route, RpcOptions, RpcResult, processor,
+    Processor, ProcessorHandle, Producer, Queue, Reply, Route, RpcOptions, RpcResult, processor,
 };
 use postage_tests::{connect, exchange, next_within, unique};
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,12 @@ impl Probe {
     #[rpc_handler("command", "panic")]
     fn panics(&self, _value: Value) -> i64 {
         panic!("panicked on purpose")
+    }
+
+    #[rpc_handler("command", "later")]
+    async fn later(&self, reply: Reply) {
+        let _ = reply.success("answered first").await;
+        self.note("worked after the reply");
     }
 
     #[rpc_handler("command", "raw")]
@@ -400,6 +406,18 @@ async fn rpc_answers_success_error_and_exceptions() {
             .unwrap(),
         json!("still here")
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rpc_handler_replies_first_and_keeps_working() {
+    let mut h = start(1).await;
+    assert_eq!(
+        h.producer.call::<String>("later", json!({})).await.unwrap(),
+        "answered first"
+    );
+    assert_eq!(h.events().await, vec!["worked after the reply"]);
+    assert!(h.rejected().await.is_empty());
     h.stop().await;
 }
 
