@@ -1,6 +1,6 @@
 //! Receiving messages: queues bound to exchanges, consumed with explicit acknowledgement.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -54,19 +54,25 @@ pub struct Binding {
 /// ```
 #[derive(Debug)]
 pub struct Consumer {
-    channel: lapin::Channel,
-    encoder: Arc<dyn Encoder>,
-    bindings: Mutex<Vec<Binding>>,
-    consuming: Mutex<Option<Consuming>>,
-    sender: mpsc::Sender<Result<Delivery>>,
+    handle: ConsumerHandle,
     receiver: mpsc::Receiver<Result<Delivery>>,
 }
 
-/// The queues being consumed and their consumer tags.
-#[derive(Debug, Default)]
-struct Consuming {
-    queues: HashSet<String>,
-    tags: Vec<String>,
+/// A cheap, cloneable handle on a [`Consumer`]: binds, unbinds and stops consuming
+/// queues at run time from anywhere, a handler included, while the consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerHandle {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    channel: lapin::Channel,
+    encoder: Arc<dyn Encoder>,
+    bindings: Mutex<Vec<Binding>>,
+    /// Queue name -> consumer tag, once started (`None` before `start` and after `stop`).
+    consuming: Mutex<Option<HashMap<String, String>>>,
+    sender: mpsc::Sender<Result<Delivery>>,
 }
 
 /// Configures a [`Consumer`]; made by [`Consumer::builder`].
@@ -133,11 +139,15 @@ impl ConsumerBuilder {
             .map_err(Error::amqp(format!("setting prefetch {}", self.prefetch)))?;
         let (sender, receiver) = mpsc::channel(usize::from(self.prefetch.max(1)) + 1);
         let consumer = Consumer {
-            channel,
-            encoder: self.encoder,
-            bindings: Mutex::new(Vec::new()),
-            consuming: Mutex::new(None),
-            sender,
+            handle: ConsumerHandle {
+                inner: Arc::new(Shared {
+                    channel,
+                    encoder: self.encoder,
+                    bindings: Mutex::new(Vec::new()),
+                    consuming: Mutex::new(None),
+                    sender,
+                }),
+            },
             receiver,
         };
         for binding in self.bindings {
@@ -160,6 +170,59 @@ impl Consumer {
         }
     }
 
+    /// A handle to bind, unbind and stop queues while the consumer runs.
+    pub fn handle(&self) -> ConsumerHandle {
+        self.handle.clone()
+    }
+
+    /// The next delivery from any consumed queue; `None` once the consumer was stopped
+    /// and every delivery already received was handed out.
+    pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        self.receiver.recv().await
+    }
+
+    /// See [`ConsumerHandle::bind`].
+    pub async fn bind(
+        &self,
+        exchange: &Exchange,
+        queue: &Queue,
+        routing_key: &str,
+    ) -> Result<String> {
+        self.handle.bind(exchange, queue, routing_key).await
+    }
+
+    /// See [`ConsumerHandle::unbind`].
+    pub async fn unbind(&self, exchange: &Exchange, queue: &str, routing_key: &str) -> Result<()> {
+        self.handle.unbind(exchange, queue, routing_key).await
+    }
+
+    /// See [`ConsumerHandle::bindings`].
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.handle.bindings()
+    }
+
+    /// See [`ConsumerHandle::start`].
+    pub async fn start(&self) -> Result<()> {
+        self.handle.start().await
+    }
+
+    /// See [`ConsumerHandle::stop`].
+    pub async fn stop(&self) -> Result<()> {
+        self.handle.stop().await
+    }
+
+    /// See [`ConsumerHandle::close`].
+    pub async fn close(&self) -> Result<()> {
+        self.handle.close().await
+    }
+
+    /// The consumer's channel, for anything postage does not wrap.
+    pub fn channel(&self) -> &lapin::Channel {
+        &self.handle.inner.channel
+    }
+}
+
+impl ConsumerHandle {
     /// Declares `exchange` and `queue` and binds them with `routing_key`, now. When the
     /// consumer is already consuming, a queue it did not read yet is consumed too.
     /// Returns the queue's name (the broker's choice for an unnamed queue).
@@ -169,9 +232,10 @@ impl Consumer {
         queue: &Queue,
         routing_key: &str,
     ) -> Result<String> {
-        exchange.declare(&self.channel).await?;
-        let name = queue.declare(&self.channel).await?;
-        self.channel
+        exchange.declare(&self.inner.channel).await?;
+        let name = queue.declare(&self.inner.channel).await?;
+        self.inner
+            .channel
             .queue_bind(
                 name.as_str().into(),
                 exchange.name().into(),
@@ -189,8 +253,8 @@ impl Consumer {
         } else {
             Queue::new(name.clone())
         };
-        let consuming = self.consuming.lock().is_ok_and(|c| c.is_some());
-        if let Ok(mut bindings) = self.bindings.lock() {
+        let consuming = self.inner.consuming.lock().is_ok_and(|c| c.is_some());
+        if let Ok(mut bindings) = self.inner.bindings.lock() {
             let binding = Binding {
                 exchange: exchange.clone(),
                 queue,
@@ -208,7 +272,8 @@ impl Consumer {
 
     /// Removes the binding of `queue` to `exchange` with `routing_key`, now.
     pub async fn unbind(&self, exchange: &Exchange, queue: &str, routing_key: &str) -> Result<()> {
-        self.channel
+        self.inner
+            .channel
             .queue_unbind(
                 queue.into(),
                 exchange.name().into(),
@@ -220,7 +285,7 @@ impl Consumer {
                 "unbinding queue {queue:?} from exchange {:?} with key {routing_key:?}",
                 exchange.name()
             )))?;
-        if let Ok(mut bindings) = self.bindings.lock() {
+        if let Ok(mut bindings) = self.inner.bindings.lock() {
             bindings.retain(|b| {
                 !(b.exchange.name() == exchange.name()
                     && b.queue.name() == queue
@@ -232,13 +297,17 @@ impl Consumer {
 
     /// The bindings this consumer made, in order.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.bindings.lock().map(|b| b.clone()).unwrap_or_default()
+        self.inner
+            .bindings
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
     }
 
     /// Starts consuming every bound queue; deliveries then come from [`Consumer::next`].
     pub async fn start(&self) -> Result<()> {
-        if let Ok(mut consuming) = self.consuming.lock() {
-            consuming.get_or_insert_with(Consuming::default);
+        if let Ok(mut consuming) = self.inner.consuming.lock() {
+            consuming.get_or_insert_with(HashMap::new);
         }
         let mut queues: Vec<String> = Vec::new();
         for binding in self.bindings() {
@@ -252,16 +321,22 @@ impl Consumer {
         Ok(())
     }
 
+    /// Starts reading `queue` unless it is read already.
     async fn consume(&self, queue: &str) -> Result<()> {
-        let fresh = self.consuming.lock().is_ok_and(|mut c| {
-            c.get_or_insert_with(Consuming::default)
-                .queues
-                .insert(queue.to_owned())
+        // Claim the queue first (tag filled in below) so two binds cannot consume it twice.
+        let fresh = self.inner.consuming.lock().is_ok_and(|mut c| {
+            let queues = c.get_or_insert_with(HashMap::new);
+            if queues.contains_key(queue) {
+                return false;
+            }
+            queues.insert(queue.to_owned(), String::new());
+            true
         });
         if !fresh {
             return Ok(());
         }
         let mut stream = self
+            .inner
             .channel
             .basic_consume(
                 queue.into(),
@@ -271,14 +346,13 @@ impl Consumer {
             )
             .await
             .map_err(Error::amqp(format!("consuming queue {queue:?}")))?;
-        if let Ok(mut consuming) = self.consuming.lock() {
+        if let Ok(mut consuming) = self.inner.consuming.lock() {
             consuming
-                .get_or_insert_with(Consuming::default)
-                .tags
-                .push(stream.tag().to_string());
+                .get_or_insert_with(HashMap::new)
+                .insert(queue.to_owned(), stream.tag().to_string());
         }
-        let sender = self.sender.clone();
-        let encoder = Arc::clone(&self.encoder);
+        let sender = self.inner.sender.clone();
+        let encoder = Arc::clone(&self.inner.encoder);
         let queue: Arc<str> = Arc::from(queue);
         tokio::spawn(async move {
             while let Some(next) = stream.next().await {
@@ -298,27 +372,54 @@ impl Consumer {
         Ok(())
     }
 
-    /// The next delivery from any consumed queue; `None` once the consumer was stopped
-    /// and every delivery already received was handed out.
-    pub async fn next(&mut self) -> Option<Result<Delivery>> {
-        self.receiver.recv().await
+    /// Stops reading one queue, leaving its bindings in place; deliveries already received
+    /// from it can still be acknowledged. Binding the queue again reads it again.
+    pub async fn stop_consuming(&self, queue: &str) -> Result<()> {
+        let tag = self
+            .inner
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|mut c| c.as_mut().and_then(|queues| queues.remove(queue)));
+        match tag {
+            Some(tag) if !tag.is_empty() => self.cancel(&tag).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The queues being read now.
+    pub fn consumed_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .inner
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|q| q.keys().cloned().collect()))
+            .unwrap_or_default();
+        queues.sort();
+        queues
+    }
+
+    async fn cancel(&self, tag: &str) -> Result<()> {
+        self.inner
+            .channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await
+            .map_err(Error::amqp(format!("cancelling consumer {tag:?}")))
     }
 
     /// Stops consuming: the broker sends nothing more, and deliveries already received
     /// can still be read and acknowledged.
     pub async fn stop(&self) -> Result<()> {
-        let tags = self
+        let queues = self
+            .inner
             .consuming
             .lock()
             .ok()
             .and_then(|mut c| c.take())
-            .map(|c| c.tags)
             .unwrap_or_default();
-        for tag in tags {
-            self.channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-                .map_err(Error::amqp(format!("cancelling consumer {tag:?}")))?;
+        for tag in queues.into_values().filter(|t| !t.is_empty()) {
+            self.cancel(&tag).await?;
         }
         Ok(())
     }
@@ -327,8 +428,9 @@ impl Consumer {
     /// then go back to their queues.
     pub async fn close(&self) -> Result<()> {
         self.stop().await?;
-        if self.channel.status().connected() {
-            self.channel
+        if self.inner.channel.status().connected() {
+            self.inner
+                .channel
                 .close(200, "postage: consumer closed".into())
                 .await
                 .map_err(Error::amqp("closing a consumer channel"))?;
@@ -338,7 +440,7 @@ impl Consumer {
 
     /// The consumer's channel, for anything postage does not wrap.
     pub fn channel(&self) -> &lapin::Channel {
-        &self.channel
+        &self.inner.channel
     }
 }
 

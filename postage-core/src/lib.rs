@@ -49,7 +49,7 @@ mod rpc;
 
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password};
 pub use connection::Connection;
-pub use consumer::{Binding, Consumer, ConsumerBuilder, Delivery};
+pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use encoder::{Encoder, JsonEncoder};
 pub use error::{Error, Result};
 pub use exchange::{Exchange, ExchangeKind};
@@ -57,7 +57,7 @@ pub use fingerprint::Fingerprint;
 pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
 pub use message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};
 pub use postage_macros::{message_handler, processor, rpc_handler};
-pub use processor::{Exit, Processor, ProcessorBuilder, ProcessorHandle};
+pub use processor::{Exit, HandlerInfo, Processor, ProcessorBuilder, ProcessorHandle};
 pub use producer::{Producer, ProducerBuilder, Route};
 pub use queue::Queue;
 pub use rpc::{PendingCall, RpcOptions};

@@ -56,6 +56,7 @@ impl ProcessorHandle {
 pub struct ProcessorBuilder<P> {
     connection: Connection,
     state: P,
+    more_handlers: Vec<HandlerSet>,
     consumer: ConsumerBuilder,
     concurrency: usize,
     control_commands: bool,
@@ -102,6 +103,15 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         self
     }
 
+    /// Also serves the handlers of `other`'s `#[processor]` impls on this processor's
+    /// queues, with `other` as their `&self`: how a component adds its own handlers to a
+    /// ready-made one (a GenericApplication, say) without copying its code.
+    #[must_use]
+    pub fn handlers<Q: Send + Sync + 'static>(mut self, other: Q) -> Self {
+        self.more_handlers.push(HandlerSet::of(Arc::new(other)));
+        self
+    }
+
     /// Whether the built-in `quit` and `restart` commands are served (default: yes).
     #[must_use]
     pub fn control_commands(mut self, enabled: bool) -> Self {
@@ -127,12 +137,15 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// Collects the handlers registered for `P` (an error names both places of two RPC
     /// handlers for one command), then declares and binds the queues.
     pub async fn build(self) -> Result<Processor<P>> {
-        let table = HandlerTable::for_type::<P>()?;
+        let state = Arc::new(self.state);
+        let mut sets = vec![HandlerSet::of(Arc::clone(&state))];
+        sets.extend(self.more_handlers);
+        let table = HandlerTable::new(&sets)?;
         let consumer = self.consumer.build().await?;
         Ok(Processor {
             connection: self.connection,
             shared: Arc::new(Shared {
-                state: Arc::new(self.state),
+                state,
                 table,
                 channel: consumer.channel().clone(),
                 encoder: self.encoder,
@@ -209,6 +222,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
         ProcessorBuilder {
             connection: connection.clone(),
             state,
+            more_handlers: Vec::new(),
             consumer: Consumer::builder(connection).prefetch(10),
             concurrency: 1,
             control_commands: true,
@@ -232,6 +246,11 @@ impl<P: Send + Sync + 'static> Processor<P> {
     /// The processor's state.
     pub fn state(&self) -> &Arc<P> {
         &self.shared.state
+    }
+
+    /// Every message this processor answers to (its handlers', built-ins left out).
+    pub fn handlers(&self) -> Vec<HandlerInfo> {
+        self.shared.table.describe()
     }
 
     /// Consumes and dispatches until a `quit` command, a shutdown through a
@@ -379,7 +398,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
     /// Runs every handler for the message; false when one failed or a filter rejected.
     async fn dispatch_message(&self, message: &Message, metadata: &Metadata) -> bool {
         let mut ok = true;
-        for handler in self.table.message_handlers(&message.kind, &message.name) {
+        for entry in self.table.message_handlers(&message.kind, &message.name) {
+            let handler = entry.registration;
             let Some(copy) = filter(handler, message.clone()) else {
                 continue;
             };
@@ -395,7 +415,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 metadata: metadata.clone(),
                 reply: None,
             };
-            match self.call(handler, call).await {
+            match self.call(entry, call).await {
                 Outcome::Failed(reason) => {
                     tracing::warn!(handler = handler.method, at = handler.location, kind = %message.kind, name = %message.name, %reason, "message handler failed; rejecting");
                     ok = false;
@@ -411,10 +431,11 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if message.kind != COMMAND {
             return true;
         }
-        let Some(handler) = self.table.rpc_handler(&message.name) else {
+        let Some(entry) = self.table.rpc_handler(&message.name) else {
             tracing::debug!(name = %message.name, "no RPC handler; acknowledging");
             return true;
         };
+        let handler = entry.registration;
         let Some(reply_to) = metadata.reply_to.clone() else {
             tracing::warn!(handler = handler.method, name = %message.name, "rejecting an RPC call without reply_to");
             return false;
@@ -441,7 +462,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             metadata,
             reply: Some(reply),
         };
-        let answer = match self.call(handler, call).await {
+        let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
             Outcome::Replied | Outcome::Done => {
                 RpcResult::error("the handler finished without replying")
@@ -462,10 +483,10 @@ impl<P: Send + Sync + 'static> Shared<P> {
     }
 
     /// Calls one handler; a panic becomes a failure (answered with an exception in RPC).
-    async fn call(&self, handler: &'static HandlerRegistration, call: HandlerCall) -> Outcome {
-        let state: Arc<dyn Any + Send + Sync> = Arc::clone(&self.state) as _;
+    async fn call(&self, entry: &Entry, call: HandlerCall) -> Outcome {
+        let handler = entry.registration;
         let rpc = call.reply.is_some();
-        match AssertUnwindSafe((handler.call)(state, call))
+        match AssertUnwindSafe((handler.call)(Arc::clone(&entry.state), call))
             .catch_unwind()
             .await
         {
@@ -540,38 +561,76 @@ impl ReplySender for ChannelReply {
     }
 }
 
-/// The handlers registered for one processor type.
+/// One value whose `#[processor]` handlers a processor serves.
+#[derive(Debug)]
+struct HandlerSet {
+    type_id: TypeId,
+    state: Arc<dyn Any + Send + Sync>,
+}
+
+impl HandlerSet {
+    fn of<Q: Send + Sync + 'static>(state: Arc<Q>) -> Self {
+        Self {
+            type_id: TypeId::of::<Q>(),
+            state,
+        }
+    }
+}
+
+/// A registered handler and the value it is a method of.
+#[derive(Debug)]
+struct Entry {
+    registration: &'static HandlerRegistration,
+    state: Arc<dyn Any + Send + Sync>,
+}
+
+/// The handlers a processor serves, by message.
 #[derive(Debug, Default)]
 struct HandlerTable {
     /// name -> type -> handlers, for fire-and-forget messages.
-    message: HashMap<&'static str, HashMap<&'static str, Vec<&'static HandlerRegistration>>>,
+    message: HashMap<&'static str, HashMap<&'static str, Vec<Entry>>>,
     /// command name -> handler.
-    rpc: HashMap<&'static str, &'static HandlerRegistration>,
+    rpc: HashMap<&'static str, Entry>,
 }
 
 impl HandlerTable {
-    fn for_type<P: 'static>() -> Result<Self> {
-        let wanted = TypeId::of::<P>();
+    /// Collects the handlers of every set; two RPC handlers for one command are an error
+    /// naming both.
+    fn new(sets: &[HandlerSet]) -> Result<Self> {
         let mut table = Self::default();
-        for handler in inventory::iter::<HandlerRegistration> {
-            if (handler.processor)() != wanted {
+        for registration in inventory::iter::<HandlerRegistration> {
+            let id = (registration.processor)();
+            let Some(set) = sets.iter().find(|set| set.type_id == id) else {
                 continue;
-            }
-            match handler.category {
+            };
+            let entry = Entry {
+                registration,
+                state: Arc::clone(&set.state),
+            };
+            match registration.category {
                 Category::Message => table
                     .message
-                    .entry(handler.name)
+                    .entry(registration.name)
                     .or_default()
-                    .entry(handler.kind)
+                    .entry(registration.kind)
                     .or_default()
-                    .push(handler),
+                    .push(entry),
                 Category::Rpc => {
-                    if let Some(first) = table.rpc.insert(handler.name, handler) {
+                    if let Some(first) = table.rpc.insert(registration.name, entry) {
+                        let first = first.registration;
                         return Err(Error::DuplicateHandler {
-                            processor: handler.processor_name,
-                            command: handler.name,
-                            first: format!("{} at {}", first.method, first.location),
-                            second: format!("{} at {}", handler.method, handler.location),
+                            processor: registration.processor_name,
+                            command: registration.name,
+                            first: format!(
+                                "{}::{} at {}",
+                                first.processor_name, first.method, first.location
+                            ),
+                            second: format!(
+                                "{}::{} at {}",
+                                registration.processor_name,
+                                registration.method,
+                                registration.location
+                            ),
                         });
                     }
                 }
@@ -580,14 +639,44 @@ impl HandlerTable {
         Ok(table)
     }
 
-    fn message_handlers(&self, kind: &str, name: &str) -> &[&'static HandlerRegistration] {
+    fn message_handlers(&self, kind: &str, name: &str) -> &[Entry] {
         self.message
             .get(name)
             .and_then(|kinds| kinds.get(kind))
             .map_or(&[], Vec::as_slice)
     }
 
-    fn rpc_handler(&self, name: &str) -> Option<&'static HandlerRegistration> {
-        self.rpc.get(name).copied()
+    fn rpc_handler(&self, name: &str) -> Option<&Entry> {
+        self.rpc.get(name)
     }
+
+    /// Every (category, type, name) served, sorted: the processor's message API.
+    fn describe(&self) -> Vec<HandlerInfo> {
+        let mut handlers: Vec<HandlerInfo> = self
+            .message
+            .values()
+            .flat_map(|kinds| kinds.values().flatten())
+            .chain(self.rpc.values())
+            .map(|entry| HandlerInfo {
+                category: entry.registration.category,
+                kind: entry.registration.kind,
+                name: entry.registration.name,
+            })
+            .collect();
+        handlers.sort_by_key(|h| (h.category.as_str(), h.kind, h.name));
+        handlers.dedup();
+        handlers
+    }
+}
+
+/// One message a processor answers to: its category, type and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HandlerInfo {
+    /// Fire-and-forget or RPC.
+    pub category: Category,
+    /// The message type, such as `command`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The message name.
+    pub name: &'static str,
 }
