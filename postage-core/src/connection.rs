@@ -1,6 +1,8 @@
 //! One connection to RabbitMQ, shared by every producer and consumer of a process.
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{ConnectionProperties, ErrorKind};
@@ -21,6 +23,8 @@ struct Inner {
     amqp: lapin::Connection,
     config: Config,
     host: Host,
+    /// Closes of channels whose producer or consumer was dropped, still under way.
+    closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Connection {
@@ -46,6 +50,7 @@ impl Connection {
                             amqp,
                             config: config.clone(),
                             host: host.clone(),
+                            closing: Arc::default(),
                         }),
                     });
                 }
@@ -79,6 +84,15 @@ impl Connection {
             )))
     }
 
+    /// Opens a channel that is closed explicitly when dropped, and that
+    /// [`Connection::close`] waits for, so a close never races a channel still closing.
+    pub(crate) async fn lease_channel(&self) -> Result<ChannelLease> {
+        Ok(ChannelLease {
+            channel: self.open_channel().await?,
+            closing: Arc::clone(&self.inner.closing),
+        })
+    }
+
     /// The settings this connection was made with.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -100,6 +114,15 @@ impl Connection {
         if !self.inner.amqp.status().connected() {
             return Ok(());
         }
+        let closing = self
+            .inner
+            .closing
+            .lock()
+            .map(|mut tasks| std::mem::take(&mut *tasks))
+            .unwrap_or_default();
+        for task in closing {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         match self
             .inner
             .amqp
@@ -110,6 +133,41 @@ impl Connection {
             // that, yet the connection is torn down all the same.
             Err(error) if matches!(error.kind(), ErrorKind::InvalidChannelState(..)) => Ok(()),
             other => other.map_err(Error::amqp("closing the connection")),
+        }
+    }
+}
+
+/// A channel owned by a producer or consumer: when it is dropped the channel is closed
+/// explicitly, and the connection's close waits for that.
+#[derive(Debug)]
+pub(crate) struct ChannelLease {
+    channel: lapin::Channel,
+    closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Deref for ChannelLease {
+    type Target = lapin::Channel;
+
+    fn deref(&self) -> &lapin::Channel {
+        &self.channel
+    }
+}
+
+impl Drop for ChannelLease {
+    fn drop(&mut self) {
+        if !self.channel.status().connected() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let channel = self.channel.clone();
+        let task = runtime.spawn(async move {
+            let _ = channel.close(200, "postage: released".into()).await;
+        });
+        if let Ok(mut tasks) = self.closing.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
         }
     }
 }

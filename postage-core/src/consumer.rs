@@ -11,7 +11,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
-use crate::connection::Connection;
+use crate::connection::{ChannelLease, Connection};
 use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
@@ -67,7 +67,7 @@ pub struct ConsumerHandle {
 
 #[derive(Debug)]
 struct Shared {
-    channel: lapin::Channel,
+    channel: ChannelLease,
     encoder: Arc<dyn Encoder>,
     bindings: Mutex<Vec<Binding>>,
     /// Queue name -> consumer tag, once started (`None` before `start` and after `stop`).
@@ -132,7 +132,7 @@ impl ConsumerBuilder {
     /// Opens the consumer's channel, sets its prefetch and declares every exchange,
     /// queue and binding, so either side may start first.
     pub async fn build(self) -> Result<Consumer> {
-        let channel = self.connection.open_channel().await?;
+        let channel = self.connection.lease_channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await

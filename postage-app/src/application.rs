@@ -1,0 +1,267 @@
+//! The GenericApplication: a processor on the addressing scheme's queues, with the
+//! built-in `ping`, `describe`, `join_group` and `leave_group` commands.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
+
+use postage_core::{
+    Connection, ConsumerHandle, Exit, Fingerprint, HandlerError, HandlerInfo, Processor,
+    ProcessorBuilder, ProcessorHandle, Producer, processor,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::addresses::{Addresses, DISCOVERY_EXCHANGE, GENERIC_APPLICATION_EXCHANGE};
+
+/// What `describe` answers: who the application is, its groups, and every message it
+/// answers to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// The application's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The groups it belongs to now.
+    pub groups: Vec<String>,
+    /// Every (category, type, name) it handles.
+    pub handlers: Vec<serde_json::Value>,
+}
+
+/// The parameters of `join_group` and `leave_group`.
+#[derive(Debug, Deserialize)]
+struct GroupName {
+    group_name: String,
+}
+
+/// The state of the built-in handlers.
+#[derive(Debug)]
+struct Builtins {
+    fingerprint: Fingerprint,
+    addresses: Addresses,
+    groups: Mutex<BTreeSet<String>>,
+    consumer: OnceLock<ConsumerHandle>,
+    handlers: OnceLock<Vec<HandlerInfo>>,
+    logger: Option<Producer>,
+}
+
+impl Builtins {
+    fn consumer(&self) -> Result<&ConsumerHandle, HandlerError> {
+        self.consumer
+            .get()
+            .ok_or_else(|| HandlerError::error("the application is not running yet"))
+    }
+
+    async fn log(&self, line: String) {
+        tracing::info!(name = %self.fingerprint.name, "{line}");
+        if let Some(logger) = &self.logger {
+            if let Err(error) = logger.command("log", &line).await {
+                tracing::warn!(%error, "the logging producer failed");
+            }
+        }
+    }
+
+    fn groups(&self) -> Vec<String> {
+        self.groups
+            .lock()
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds or removes `group`; false when nothing changes.
+    fn mark(&self, group: &str, member: bool) -> bool {
+        self.groups.lock().is_ok_and(|mut groups| {
+            if member {
+                groups.insert(group.to_owned())
+            } else {
+                groups.remove(group)
+            }
+        })
+    }
+}
+
+#[processor]
+impl Builtins {
+    /// Answers the application's fingerprint.
+    #[rpc_handler("command", "ping")]
+    fn ping(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    /// Answers who the application is, its groups and its handlers.
+    #[rpc_handler("command", "describe")]
+    fn describe(&self) -> Result<Description, HandlerError> {
+        let handlers = self.handlers.get().map(Vec::as_slice).unwrap_or_default();
+        Ok(Description {
+            fingerprint: self.fingerprint.clone(),
+            groups: self.groups(),
+            handlers: handlers
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Joins a group: both its keys reach this application from now on.
+    #[message_handler("command", "join_group")]
+    async fn join_group(&self, group: GroupName) -> Result<(), HandlerError> {
+        let group = group.group_name;
+        if !self.mark(&group, true) {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        for (queue, key) in self.addresses.group_bindings(&group) {
+            consumer
+                .bind(&GENERIC_APPLICATION_EXCHANGE, &queue, &key)
+                .await?;
+        }
+        self.log(format!(
+            "Joining group {}",
+            self.addresses.group_key(&group)
+        ))
+        .await;
+        Ok(())
+    }
+
+    /// Leaves a group: neither of its keys reaches this application any more. The group's
+    /// shared queue keeps its binding for the other members.
+    #[message_handler("command", "leave_group")]
+    async fn leave_group(&self, group: GroupName) -> Result<(), HandlerError> {
+        let group = group.group_name;
+        if !self.mark(&group, false) {
+            return Ok(());
+        }
+        let consumer = self.consumer()?;
+        let uid = self.addresses.uid();
+        consumer
+            .unbind(
+                &GENERIC_APPLICATION_EXCHANGE,
+                uid.name(),
+                &self.addresses.group_key(&group),
+            )
+            .await?;
+        consumer
+            .stop_consuming(self.addresses.group_queue(&group).name())
+            .await?;
+        self.log(format!(
+            "Leaving group {}",
+            self.addresses.group_key(&group)
+        ))
+        .await;
+        Ok(())
+    }
+}
+
+/// Configures a [`GenericApplication`]; made by [`GenericApplication::builder`].
+#[derive(Debug)]
+pub struct GenericApplicationBuilder {
+    processor: ProcessorBuilder<Builtins>,
+    addresses: Addresses,
+    groups: Vec<String>,
+}
+
+impl GenericApplicationBuilder {
+    /// Joins `group` at start.
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.groups.push(group.into());
+        self
+    }
+
+    /// Serves the handlers of `handlers`' `#[processor]` impls on the application's
+    /// queues, besides the built-in ones.
+    #[must_use]
+    pub fn handlers<Q: Send + Sync + 'static>(mut self, handlers: Q) -> Self {
+        self.processor = self.processor.handlers(handlers);
+        self
+    }
+
+    /// How many messages may be in their handlers at once (default 1).
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.processor = self.processor.concurrency(concurrency);
+        self
+    }
+
+    /// Whether `quit` and `restart` are served (default: yes).
+    #[must_use]
+    pub fn control_commands(mut self, enabled: bool) -> Self {
+        self.processor = self.processor.control_commands(enabled);
+        self
+    }
+
+    /// Declares the application's queues and bindings, its groups' included.
+    pub async fn build(self) -> postage_core::Result<GenericApplication> {
+        let mut processor = self.processor;
+        for (queue, key) in self.addresses.bindings() {
+            processor = processor.bind(GENERIC_APPLICATION_EXCHANGE, queue, key);
+        }
+        for group in &self.groups {
+            for (queue, key) in self.addresses.group_bindings(group) {
+                processor = processor.bind(GENERIC_APPLICATION_EXCHANGE, queue, key);
+            }
+        }
+        processor = processor.bind(DISCOVERY_EXCHANGE, self.addresses.uid(), "");
+        let processor = processor.build().await?;
+        let builtins = processor.state();
+        let _ = builtins.consumer.set(processor.consumer().handle());
+        let _ = builtins.handlers.set(processor.handlers());
+        if let Ok(mut groups) = builtins.groups.lock() {
+            groups.extend(self.groups);
+        }
+        Ok(GenericApplication { processor })
+    }
+}
+
+/// A component reachable through the GenericApplication addressing scheme.
+#[derive(Debug)]
+pub struct GenericApplication {
+    processor: Processor<Builtins>,
+}
+
+impl GenericApplication {
+    /// Starts configuring the application `fingerprint` names on `connection`; its pid
+    /// and host (and so its addresses) come from the fingerprint too.
+    pub fn builder(connection: &Connection, fingerprint: Fingerprint) -> GenericApplicationBuilder {
+        Self::builder_with_logger(connection, fingerprint, None)
+    }
+
+    /// Like [`GenericApplication::builder`], with a producer that receives a `log` command
+    /// for each group joined or left (Postage's logging producer hook).
+    pub fn builder_with_logger(
+        connection: &Connection,
+        fingerprint: Fingerprint,
+        logger: Option<Producer>,
+    ) -> GenericApplicationBuilder {
+        let addresses = Addresses::of(&fingerprint);
+        let builtins = Builtins {
+            fingerprint: fingerprint.clone(),
+            addresses: addresses.clone(),
+            groups: Mutex::new(BTreeSet::new()),
+            consumer: OnceLock::new(),
+            handlers: OnceLock::new(),
+            logger,
+        };
+        GenericApplicationBuilder {
+            processor: Processor::builder(connection, builtins).fingerprint(fingerprint),
+            addresses,
+            groups: Vec::new(),
+        }
+    }
+
+    /// The application's addresses.
+    pub fn addresses(&self) -> &Addresses {
+        &self.processor.state().addresses
+    }
+
+    /// The groups it belongs to now.
+    pub fn groups(&self) -> Vec<String> {
+        self.processor.state().groups()
+    }
+
+    /// A handle that stops [`GenericApplication::run`] from another task.
+    pub fn handle(&self) -> ProcessorHandle {
+        self.processor.handle()
+    }
+
+    /// Serves until `quit` or a shutdown; `restart` re-executes the program.
+    pub async fn run(self) -> postage_core::Result<Exit> {
+        self.processor.run().await
+    }
+}

@@ -1,0 +1,402 @@
+//! `postage`: talk to any component from a shell.
+//!
+//! Reads the same connection settings as the library (`POSTAGE_*`, or `--url`). Exit
+//! codes: 0 done; 1 the component answered an error or exception; 2 bad usage; 3 no
+//! answer in time; 4 no queue is bound to the key; 5 the broker could not be reached or
+//! refused the settings.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use postage_app::{GENERIC_APPLICATION_EXCHANGE, components, gather};
+use postage_core::{
+    Config, Connection, Error, Exchange, Fingerprint, Message, Producer, RpcOptions, RpcResult,
+};
+use serde_json::{Value, json};
+
+/// Talk to postage components: send commands, call them, ping, list, control.
+#[derive(Debug, Parser)]
+#[command(name = "postage", version)]
+struct Cli {
+    /// Broker URL, `amqp[s]://user:pass@host:port/vhost` (default: the POSTAGE_* variables).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// One JSON object a line instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sends a fire-and-forget command.
+    Send {
+        /// Routing key, such as `name`, `name/rr`, `@host`, `pid@host`, `name#group`.
+        key: String,
+        /// Command name.
+        command: String,
+        /// Parameters as JSON (default `{}`).
+        #[arg(long)]
+        params: Option<String>,
+        /// Exchange (default `generic-application-exchange`).
+        #[arg(long)]
+        exchange: Option<String>,
+    },
+    /// Calls an RPC command and prints its result.
+    Rpc {
+        /// Routing key.
+        key: String,
+        /// Command name.
+        command: String,
+        /// Parameters as JSON (default `{}`).
+        #[arg(long)]
+        params: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Exchange (default `generic-application-exchange`).
+        #[arg(long)]
+        exchange: Option<String>,
+    },
+    /// Pings every application a key reaches and prints each fingerprint.
+    Ping {
+        /// Routing key.
+        key: String,
+        /// Seconds to collect answers.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+    },
+    /// Asks the applications a key reaches to quit.
+    Quit {
+        /// Routing key.
+        key: String,
+    },
+    /// Asks the applications a key reaches to restart in place.
+    Restart {
+        /// Routing key.
+        key: String,
+    },
+    /// Makes the applications a key reaches join a group.
+    JoinGroup {
+        /// Routing key.
+        key: String,
+        /// Group name.
+        group: String,
+    },
+    /// Makes the applications a key reaches leave a group.
+    LeaveGroup {
+        /// Routing key.
+        key: String,
+        /// Group name.
+        group: String,
+    },
+    /// Lists the live applications with their groups and handlers.
+    Components {
+        /// Seconds to collect answers.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    text: String,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let code = match &error {
+            Error::RpcTimeout { .. } => 3,
+            Error::Unroutable { .. } => 4,
+            Error::ConnectionFailed { .. }
+            | Error::AccessRefused { .. }
+            | Error::InvalidConfig { .. } => 5,
+            Error::RemoteError { .. } | Error::RemoteException { .. } => 1,
+            _ => 1,
+        };
+        Self {
+            code,
+            text: error.to_string(),
+        }
+    }
+}
+
+fn usage(text: String) -> Failure {
+    Failure { code: 2, text }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("postage: {}", failure.text);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| usage(format!("{flag} must be a positive number of seconds")))
+}
+
+fn parameters(params: Option<String>) -> Result<Value, Failure> {
+    match params {
+        None => Ok(json!({})),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| usage(format!("--params is not JSON: {e}")))
+        }
+    }
+}
+
+fn exchange(name: Option<String>) -> Exchange {
+    name.map_or(GENERIC_APPLICATION_EXCHANGE, Exchange::named)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let config = match &cli.url {
+        Some(url) => Config::from_url(url)?,
+        None => Config::from_env()?,
+    };
+    let connection = Connection::connect(&config).await?;
+    let result = execute(&connection, cli.command, cli.json).await;
+    let _ = connection.close().await;
+    result
+}
+
+/// A reliable producer: an unroutable key is an error, not a silent loss.
+async fn producer(
+    connection: &Connection,
+    exchange: Exchange,
+    key: &str,
+) -> Result<Producer, Failure> {
+    Ok(Producer::builder(connection)
+        .destination(exchange, key)
+        .fingerprint(Fingerprint::new("postage-cli", "tool"))
+        .reliable(true)
+        .build()
+        .await?)
+}
+
+async fn send(
+    connection: &Connection,
+    key: &str,
+    command: &str,
+    params: Value,
+    exchange: Exchange,
+) -> Result<(), Failure> {
+    producer(connection, exchange, key)
+        .await?
+        .command(command, params)
+        .await?;
+    Ok(())
+}
+
+async fn execute(connection: &Connection, command: Command, json: bool) -> Result<(), Failure> {
+    match command {
+        Command::Send {
+            key,
+            command,
+            params,
+            exchange: name,
+        } => {
+            send(
+                connection,
+                &key,
+                &command,
+                parameters(params)?,
+                exchange(name),
+            )
+            .await?;
+            report(
+                json,
+                json!({"sent": command, "key": key}),
+                format!("sent {command} to {key}"),
+            );
+        }
+        Command::Quit { key } => {
+            send(
+                connection,
+                &key,
+                "quit",
+                json!({}),
+                GENERIC_APPLICATION_EXCHANGE,
+            )
+            .await?;
+            report(
+                json,
+                json!({"sent": "quit", "key": key}),
+                format!("sent quit to {key}"),
+            );
+        }
+        Command::Restart { key } => {
+            send(
+                connection,
+                &key,
+                "restart",
+                json!({}),
+                GENERIC_APPLICATION_EXCHANGE,
+            )
+            .await?;
+            report(
+                json,
+                json!({"sent": "restart", "key": key}),
+                format!("sent restart to {key}"),
+            );
+        }
+        Command::JoinGroup { key, group } => {
+            send(
+                connection,
+                &key,
+                "join_group",
+                json!({"group_name": group}),
+                GENERIC_APPLICATION_EXCHANGE,
+            )
+            .await?;
+            report(
+                json,
+                json!({"sent": "join_group", "key": key, "group": group}),
+                format!("sent join_group {group} to {key}"),
+            );
+        }
+        Command::LeaveGroup { key, group } => {
+            send(
+                connection,
+                &key,
+                "leave_group",
+                json!({"group_name": group}),
+                GENERIC_APPLICATION_EXCHANGE,
+            )
+            .await?;
+            report(
+                json,
+                json!({"sent": "leave_group", "key": key, "group": group}),
+                format!("sent leave_group {group} to {key}"),
+            );
+        }
+        Command::Rpc {
+            key,
+            command,
+            params,
+            timeout,
+            exchange: name,
+        } => {
+            let producer = producer(connection, exchange(name), &key).await?;
+            let options = RpcOptions::new()
+                .timeout(seconds(timeout, "--timeout")?)
+                .max_retry(0);
+            let pending = producer
+                .rpc_deferred(&command, parameters(params)?, options)
+                .await?;
+            match pending.result().await? {
+                RpcResult::Success { value, .. } => {
+                    let text = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_owned);
+                    report(json, json!({"type": "success", "value": value}), text);
+                }
+                RpcResult::Error { message } => {
+                    return Err(Failure {
+                        code: 1,
+                        text: format!("{command} answered an error: {message}"),
+                    });
+                }
+                RpcResult::Exception { kind, message } => {
+                    return Err(Failure {
+                        code: 1,
+                        text: format!("{command} raised {kind}: {message}"),
+                    });
+                }
+            }
+        }
+        Command::Ping { key, wait } => {
+            let ask = Message::rpc_command("ping", json!({}))?;
+            let answers = gather(
+                connection,
+                &GENERIC_APPLICATION_EXCHANGE,
+                &key,
+                &ask,
+                seconds(wait, "--wait")?,
+            )
+            .await?;
+            if answers.is_empty() {
+                return Err(Failure {
+                    code: 3,
+                    text: format!("no application answered on {key} within {wait} s"),
+                });
+            }
+            for answer in answers {
+                if let RpcResult::Success { value, .. } = answer.to_result() {
+                    let f: Fingerprint = serde_json::from_value(value.clone())
+                        .unwrap_or_else(|_| Fingerprint::blank());
+                    report(
+                        json,
+                        value,
+                        format!(
+                            "{} {}@{} type={} user={} vhost={}",
+                            f.name, f.pid, f.host, f.kind, f.user, f.vhost
+                        ),
+                    );
+                }
+            }
+        }
+        Command::Components { wait } => {
+            let found = components(connection, seconds(wait, "--wait")?).await?;
+            if found.is_empty() {
+                return Err(Failure {
+                    code: 3,
+                    text: format!("no application answered within {wait} s"),
+                });
+            }
+            for component in found {
+                let f = &component.fingerprint;
+                let handlers: Vec<String> = component
+                    .handlers
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{}:{}/{}",
+                            h["category"].as_str().unwrap_or("?"),
+                            h["type"].as_str().unwrap_or("?"),
+                            h["name"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                let text = format!(
+                    "{} {}@{} groups=[{}] handlers=[{}]",
+                    f.name,
+                    f.pid,
+                    f.host,
+                    component.groups.join(","),
+                    handlers.join(" ")
+                );
+                report(
+                    json,
+                    serde_json::to_value(&component).unwrap_or_default(),
+                    text,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(json: bool, object: Value, text: String) {
+    if json {
+        println!("{object}");
+    } else {
+        println!("{text}");
+    }
+}
