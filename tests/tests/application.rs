@@ -1,0 +1,324 @@
+//! GenericApplication end to end: instances of the `group_app` demo as real processes,
+//! driven through the `postage` CLI and a producer, against the real broker.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postage_app::GENERIC_APPLICATION_EXCHANGE;
+use postage_core::{Producer, Route};
+use postage_tests::{connect, rabbitmqctl, unique};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A binary of the workspace, built by `cargo build --workspace` (scripts/test.sh does).
+fn binary(name: &str) -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|test| test.parent()?.parent().map(PathBuf::from))
+        .expect("the test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// One running `group_app`, its output collected line by line.
+struct App {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pid: String,
+    host: String,
+}
+
+impl App {
+    fn start(name: &str, groups: &[&str]) -> Self {
+        let mut command = Command::new(binary("group_app"));
+        command.args(["--name", name]).stdout(Stdio::piped()).stderr(Stdio::null());
+        for group in groups {
+            command.args(["--group", group]);
+        }
+        let mut child = command.spawn().expect("group_app starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut app = Self { child, lines, pid: String::new(), host: String::new() };
+        let ready = app.wait_line(|l| l.starts_with("ready ")).expect("the app gets ready");
+        let (pid, host) = ready["ready ".len()..].split_once('@').expect("pid@host");
+        app.pid = pid.to_owned();
+        app.host = host.to_owned();
+        app
+    }
+
+    /// `pid@host`: this instance's own address.
+    fn uid(&self) -> String {
+        format!("{}@{}", self.pid, self.host)
+    }
+
+    fn wait_line(&self, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| wanted(l)) {
+                return Some(line.clone());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| *l == line).count()
+    }
+
+    fn hellos(&self, prefix: &str) -> Vec<String> {
+        let wanted = format!("hello {prefix}");
+        self.lines.lock().unwrap().iter().filter(|l| l.starts_with(&wanted)).cloned().collect()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI; returns its exit code and standard output.
+fn cli(args: &[&str]) -> (i32, String) {
+    let output = Command::new(binary("postage")).args(args).output().expect("postage runs");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn cli_ok(args: &[&str]) -> String {
+    let (code, out) = cli(args);
+    assert_eq!(code, 0, "postage {args:?} failed");
+    out
+}
+
+/// Waits until `done` holds or the patience runs out, then says whether it held.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < PATIENCE {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Lets in-flight messages land before asserting that something did not arrive.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+async fn producer() -> Producer {
+    let connection = connect().await;
+    Producer::builder(&connection)
+        .destination(GENERIC_APPLICATION_EXCHANGE, "unused")
+        .reliable(true)
+        .build()
+        .await
+        .expect("producer")
+}
+
+async fn hello(producer: &Producer, key: &str, text: &str) {
+    producer.command_to(Route::key(key), "hello", text).await.expect("routed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_address_reaches_what_the_contract_says() {
+    let name = unique("app");
+    let apps: Vec<App> = (0..3).map(|_| App::start(&name, &[])).collect();
+    let host = apps[0].host.clone();
+    let producer = producer().await;
+
+    for i in 0..30 {
+        hello(&producer, &format!("{name}/rr"), &format!("rr-{i}")).await;
+    }
+    assert!(eventually(|| apps.iter().map(|a| a.hellos("rr-").len()).sum::<usize>() >= 30));
+    settle();
+    let mut all: Vec<String> = apps.iter().flat_map(|a| a.hellos("rr-")).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "every message handled exactly once");
+    assert_eq!(apps.iter().map(|a| a.hellos("rr-").len()).sum::<usize>(), 30, "no duplicates");
+    assert!(apps.iter().all(|a| !a.hellos("rr-").is_empty()), "each instance gets some");
+
+    for (key, text) in [(name.clone(), "fan-name"), (format!("@{host}"), "fan-host"), (format!("{name}@{host}"), "fan-name-host")] {
+        hello(&producer, &key, text).await;
+        assert!(eventually(|| apps.iter().all(|a| a.count(&format!("hello {text}")) == 1)), "{key} reaches all three");
+    }
+    hello(&producer, &format!("{name}@{host}/rr"), "rr-name-host").await;
+    assert!(eventually(|| apps.iter().map(|a| a.count("hello rr-name-host")).sum::<usize>() == 1));
+    hello(&producer, &apps[1].uid(), "only-you").await;
+    settle();
+    let got: Vec<usize> = apps.iter().map(|a| a.count("hello only-you")).collect();
+    assert_eq!(got, vec![0, 1, 0], "P@H reaches only that process");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_at_start_and_joined_and_left_at_run_time() {
+    let name = unique("grp");
+    let (a, b, c) = (App::start(&name, &["g"]), App::start(&name, &["g"]), App::start(&name, &[]));
+    let producer = producer().await;
+    let fanout = format!("{name}#g");
+    let round_robin = format!("{name}#g/rr");
+
+    hello(&producer, &fanout, "group-all").await;
+    assert!(eventually(|| a.count("hello group-all") == 1 && b.count("hello group-all") == 1));
+    hello(&producer, &round_robin, "group-one").await;
+    assert!(eventually(|| a.count("hello group-one") + b.count("hello group-one") == 1));
+    settle();
+    assert_eq!(c.count("hello group-all") + c.count("hello group-one"), 0, "not a member");
+
+    cli_ok(&["join-group", &c.uid(), "g"]);
+    assert!(c.wait_line(|l| l == "join_group g").is_some());
+    hello(&producer, &fanout, "joined-all").await;
+    assert!(eventually(|| [&a, &b, &c].iter().all(|x| x.count("hello joined-all") == 1)), "the fanout key reaches the new member");
+    for i in 0..12 {
+        hello(&producer, &round_robin, &format!("joined-rr-{i}")).await;
+    }
+    assert!(eventually(|| [&a, &b, &c].iter().map(|x| x.hellos("joined-rr-").len()).sum::<usize>() == 12));
+    assert!(!c.hellos("joined-rr-").is_empty(), "the round-robin key reaches the new member too");
+
+    cli_ok(&["leave-group", &c.uid(), "g"]);
+    assert!(c.wait_line(|l| l == "leave_group g").is_some());
+    hello(&producer, &fanout, "left-all").await;
+    for i in 0..12 {
+        hello(&producer, &round_robin, &format!("left-rr-{i}")).await;
+    }
+    assert!(eventually(|| a.count("hello left-all") == 1 && b.count("hello left-all") == 1));
+    assert!(eventually(|| a.hellos("left-rr-").len() + b.hellos("left-rr-").len() == 12), "the others keep serving the group");
+    settle();
+    assert_eq!(c.count("hello left-all") + c.hellos("left-rr-").len(), 0, "neither key reaches it after leaving");
+    drop((a, b, c));
+    rabbitmqctl(&["delete_queue", &fanout]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_and_components_list_every_instance() {
+    let name = unique("ping");
+    let apps: Vec<App> = (0..3).map(|_| App::start(&name, &["blue"])).collect();
+    let out = cli_ok(&["--json", "ping", &name, "--wait", "1"]);
+    let mut pids: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object a line")["pid"].as_str().unwrap().to_owned())
+        .collect();
+    pids.sort();
+    let mut expected: Vec<String> = apps.iter().map(|a| a.pid.clone()).collect();
+    expected.sort();
+    assert_eq!(pids, expected, "every instance answers the fanout ping");
+
+    let out = cli_ok(&["--json", "components", "--wait", "1"]);
+    let mine: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|c| c["fingerprint"]["name"] == name.as_str())
+        .collect();
+    assert_eq!(mine.len(), 3, "{out}");
+    for component in &mine {
+        assert_eq!(component["groups"], serde_json::json!(["blue"]));
+        let handlers: BTreeSet<String> = component["handlers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{}:{}/{}", h["category"].as_str().unwrap(), h["type"].as_str().unwrap(), h["name"].as_str().unwrap()))
+            .collect();
+        for expected in ["rpc:command/ping", "rpc:command/describe", "message:command/hello", "message:command/join_group"] {
+            assert!(handlers.contains(expected), "{expected} missing from {handlers:?}");
+        }
+    }
+    let text = cli_ok(&["components"]);
+    assert!(text.lines().filter(|l| l.starts_with(&format!("{name} "))).count() == 3, "{text}");
+    drop(apps);
+    rabbitmqctl(&["delete_queue", &format!("{name}#blue")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quit_stops_one_and_restart_brings_it_back_in_place() {
+    let name = unique("ctl");
+    let mut apps: Vec<App> = (0..3).map(|_| App::start(&name, &[])).collect();
+    cli_ok(&["quit", &apps[0].uid()]);
+    assert!(apps[0].wait_line(|l| l == "quit").is_some());
+    assert!(eventually(|| apps[0].child.try_wait().ok().flatten().is_some()), "the process ended");
+    let answers = cli_ok(&["ping", &name, "--wait", "1"]);
+    assert_eq!(answers.lines().count(), 2, "the other two keep serving: {answers}");
+
+    let before = apps[1].lines.lock().unwrap().iter().filter(|l| l.starts_with("ready ")).count();
+    cli_ok(&["restart", &apps[1].uid()]);
+    assert!(eventually(|| apps[1].lines.lock().unwrap().iter().filter(|l| l.starts_with("ready ")).count() == before + 1));
+    assert!(apps[1].child.try_wait().unwrap().is_none(), "the same process goes on");
+    let ready = apps[1].lines.lock().unwrap().iter().rev().find(|l| l.starts_with("ready ")).cloned().unwrap();
+    assert_eq!(ready, format!("ready {}", apps[1].uid()), "same pid after the restart");
+    let answers = cli_ok(&["--json", "ping", &apps[1].uid(), "--wait", "1"]);
+    assert_eq!(answers.lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_fails_clearly() {
+    let (code, _) = cli(&["send", &unique("nobody"), "hello"]);
+    assert_eq!(code, 4, "an unroutable key");
+    let (code, _) = cli(&["rpc", &unique("nobody"), "ping", "--timeout", "0.5"]);
+    assert_eq!(code, 4, "an unroutable call");
+    let (code, _) = cli(&["--url", "amqp://guest:guest@127.0.0.1:1/", "ping", "x"]);
+    assert_eq!(code, 5, "no broker there");
+    let (code, _) = cli(&["send", "k", "c", "--params", "{not json"]);
+    assert_eq!(code, 2, "bad parameters");
+    // A key that routes somewhere nobody answers: the call times out.
+    let name = unique("mute");
+    let app = App::start(&name, &[]);
+    let (code, _) = cli(&["rpc", &name, "no-such-rpc", "--timeout", "0.5"]);
+    assert_eq!(code, 3, "no answer in time");
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_and_bindings_are_the_contracts_table() {
+    let name = unique("tbl");
+    let app = App::start(&name, &["g"]);
+    let (p, h) = (&app.pid, &app.host);
+    let listing = rabbitmqctl(&["list_bindings", "source_name", "destination_name", "routing_key"]);
+    let mut mine: Vec<(String, String, String)> = listing
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let ours = [name.clone(), format!("{name}@{h}"), format!("{p}@{h}"), format!("{name}#g")];
+            (f.len() == 3 && ours.iter().any(|q| q == f[1])).then(|| (f[0].to_owned(), f[1].to_owned(), f[2].to_owned()))
+        })
+        .collect();
+    mine.sort();
+    let gae = "generic-application-exchange".to_owned();
+    let mut expected = vec![
+        (gae.clone(), name.clone(), format!("{name}/rr")),
+        (gae.clone(), format!("{name}@{h}"), format!("{name}@{h}/rr")),
+        (gae.clone(), format!("{p}@{h}"), name.clone()),
+        (gae.clone(), format!("{p}@{h}"), format!("@{h}")),
+        (gae.clone(), format!("{p}@{h}"), format!("{name}@{h}")),
+        (gae.clone(), format!("{p}@{h}"), format!("{p}@{h}")),
+        (gae.clone(), format!("{p}@{h}"), format!("{name}#g")),
+        (gae.clone(), format!("{name}#g"), format!("{name}#g/rr")),
+        // postage's one addition: discovery, on an exchange of its own.
+        ("postage-discovery".to_owned(), format!("{p}@{h}"), String::new()),
+    ];
+    // Every queue is also bound to the default exchange under its own name.
+    for queue in [name.clone(), format!("{name}@{h}"), format!("{p}@{h}"), format!("{name}#g")] {
+        expected.push((String::new(), queue.clone(), queue));
+    }
+    expected.sort();
+    assert_eq!(mine, expected);
+    let queues = rabbitmqctl(&["list_queues", "name", "auto_delete"]);
+    for (queue, auto_delete) in [(name.clone(), "true"), (format!("{name}@{h}"), "true"), (format!("{p}@{h}"), "true"), (format!("{name}#g"), "false")] {
+        assert!(queues.lines().any(|l| l == format!("{queue}\t{auto_delete}")), "{queue} auto_delete={auto_delete} in {queues}");
+    }
+    drop(app);
+    rabbitmqctl(&["delete_queue", &format!("{name}#g")]);
+}
