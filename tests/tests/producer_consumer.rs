@@ -292,7 +292,7 @@ async fn rejected_messages_come_back_only_when_requeued() {
 async fn reliable_producer_reports_unroutable_messages() {
     let connection = connect().await;
     let ex = exchange("reliable");
-    let _consumer = Consumer::builder(&connection)
+    let mut consumer = Consumer::builder(&connection)
         .bind(ex.clone(), private("reliable"), "bound")
         .build()
         .await
@@ -312,6 +312,8 @@ async fn reliable_producer_reports_unroutable_messages() {
         matches!(&error, Error::Unroutable { routing_key, .. } if routing_key == "nobody"),
         "{error}"
     );
+    consumer.start().await.unwrap();
+    assert_eq!(drain(&mut consumer, QUIET).await, vec!["routed"]);
 }
 
 /// An encoder of one's own: Postage messages as JSON inside a one-byte envelope, with a
