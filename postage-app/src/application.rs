@@ -38,7 +38,7 @@ struct Builtins {
     groups: Mutex<BTreeSet<String>>,
     consumer: OnceLock<ConsumerHandle>,
     handlers: OnceLock<Vec<HandlerInfo>>,
-    logger: Option<Producer>,
+    logger: OnceLock<Producer>,
 }
 
 impl Builtins {
@@ -50,10 +50,10 @@ impl Builtins {
 
     async fn log(&self, line: String) {
         tracing::info!(name = %self.fingerprint.name, "{line}");
-        if let Some(logger) = &self.logger {
-            if let Err(error) = logger.command("log", &line).await {
-                tracing::warn!(%error, "the logging producer failed");
-            }
+        if let Some(logger) = self.logger.get()
+            && let Err(error) = logger.command("log", &line).await
+        {
+            tracing::warn!(%error, "the logging producer failed");
         }
     }
 
@@ -154,6 +154,7 @@ pub struct GenericApplicationBuilder {
     processor: ProcessorBuilder<Builtins>,
     addresses: Addresses,
     groups: Vec<String>,
+    logger: Option<Producer>,
 }
 
 impl GenericApplicationBuilder {
@@ -176,6 +177,14 @@ impl GenericApplicationBuilder {
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.processor = self.processor.concurrency(concurrency);
+        self
+    }
+
+    /// A producer that receives a `log` command for each group joined or left: Postage's
+    /// logging producer hook.
+    #[must_use]
+    pub fn logger(mut self, logger: Producer) -> Self {
+        self.logger = Some(logger);
         self
     }
 
@@ -202,6 +211,9 @@ impl GenericApplicationBuilder {
         let builtins = processor.state();
         let _ = builtins.consumer.set(processor.consumer().handle());
         let _ = builtins.handlers.set(processor.handlers());
+        if let Some(logger) = self.logger {
+            let _ = builtins.logger.set(logger);
+        }
         if let Ok(mut groups) = builtins.groups.lock() {
             groups.extend(self.groups);
         }
@@ -219,16 +231,6 @@ impl GenericApplication {
     /// Starts configuring the application `fingerprint` names on `connection`; its pid
     /// and host (and so its addresses) come from the fingerprint too.
     pub fn builder(connection: &Connection, fingerprint: Fingerprint) -> GenericApplicationBuilder {
-        Self::builder_with_logger(connection, fingerprint, None)
-    }
-
-    /// Like [`GenericApplication::builder`], with a producer that receives a `log` command
-    /// for each group joined or left (Postage's logging producer hook).
-    pub fn builder_with_logger(
-        connection: &Connection,
-        fingerprint: Fingerprint,
-        logger: Option<Producer>,
-    ) -> GenericApplicationBuilder {
         let addresses = Addresses::of(&fingerprint);
         let builtins = Builtins {
             fingerprint: fingerprint.clone(),
@@ -236,12 +238,13 @@ impl GenericApplication {
             groups: Mutex::new(BTreeSet::new()),
             consumer: OnceLock::new(),
             handlers: OnceLock::new(),
-            logger,
+            logger: OnceLock::new(),
         };
         GenericApplicationBuilder {
             processor: Processor::builder(connection, builtins).fingerprint(fingerprint),
             addresses,
             groups: Vec::new(),
+            logger: None,
         }
     }
 
