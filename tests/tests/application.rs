@@ -22,7 +22,11 @@ fn binary(name: &str) -> PathBuf {
         .and_then(|test| test.parent()?.parent().map(PathBuf::from))
         .expect("the test binary lives in target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -37,7 +41,10 @@ struct App {
 impl App {
     fn start(name: &str, groups: &[&str]) -> Self {
         let mut command = Command::new(binary("group_app"));
-        command.args(["--name", name]).stdout(Stdio::piped()).stderr(Stdio::null());
+        command
+            .args(["--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         for group in groups {
             command.args(["--group", group]);
         }
@@ -50,8 +57,15 @@ impl App {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut app = Self { child, lines, pid: String::new(), host: String::new() };
-        let ready = app.wait_line(|l| l.starts_with("ready ")).expect("the app gets ready");
+        let mut app = Self {
+            child,
+            lines,
+            pid: String::new(),
+            host: String::new(),
+        };
+        let ready = app
+            .wait_line(|l| l.starts_with("ready "))
+            .expect("the app gets ready");
         let (pid, host) = ready["ready ".len()..].split_once('@').expect("pid@host");
         app.pid = pid.to_owned();
         app.host = host.to_owned();
@@ -75,12 +89,23 @@ impl App {
     }
 
     fn count(&self, line: &str) -> usize {
-        self.lines.lock().unwrap().iter().filter(|l| *l == line).count()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| *l == line)
+            .count()
     }
 
     fn hellos(&self, prefix: &str) -> Vec<String> {
         let wanted = format!("hello {prefix}");
-        self.lines.lock().unwrap().iter().filter(|l| l.starts_with(&wanted)).cloned().collect()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(&wanted))
+            .cloned()
+            .collect()
     }
 }
 
@@ -93,8 +118,14 @@ impl Drop for App {
 
 /// Runs the CLI; returns its exit code and standard output.
 fn cli(args: &[&str]) -> (i32, String) {
-    let output = Command::new(binary("postage")).args(args).output().expect("postage runs");
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+    let output = Command::new(binary("postage"))
+        .args(args)
+        .output()
+        .expect("postage runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 fn cli_ok(args: &[&str]) -> String {
@@ -131,7 +162,10 @@ async fn producer() -> Producer {
 }
 
 async fn hello(producer: &Producer, key: &str, text: &str) {
-    producer.command_to(Route::key(key), "hello", text).await.expect("routed");
+    producer
+        .command_to(Route::key(key), "hello", text)
+        .await
+        .expect("routed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,21 +178,43 @@ async fn every_address_reaches_what_the_contract_says() {
     for i in 0..30 {
         hello(&producer, &format!("{name}/rr"), &format!("rr-{i}")).await;
     }
-    assert!(eventually(|| apps.iter().map(|a| a.hellos("rr-").len()).sum::<usize>() >= 30));
+    assert!(eventually(|| apps
+        .iter()
+        .map(|a| a.hellos("rr-").len())
+        .sum::<usize>()
+        >= 30));
     settle();
     let mut all: Vec<String> = apps.iter().flat_map(|a| a.hellos("rr-")).collect();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 30, "every message handled exactly once");
-    assert_eq!(apps.iter().map(|a| a.hellos("rr-").len()).sum::<usize>(), 30, "no duplicates");
-    assert!(apps.iter().all(|a| !a.hellos("rr-").is_empty()), "each instance gets some");
+    assert_eq!(
+        apps.iter().map(|a| a.hellos("rr-").len()).sum::<usize>(),
+        30,
+        "no duplicates"
+    );
+    assert!(
+        apps.iter().all(|a| !a.hellos("rr-").is_empty()),
+        "each instance gets some"
+    );
 
-    for (key, text) in [(name.clone(), "fan-name"), (format!("@{host}"), "fan-host"), (format!("{name}@{host}"), "fan-name-host")] {
+    for (key, text) in [
+        (name.clone(), "fan-name"),
+        (format!("@{host}"), "fan-host"),
+        (format!("{name}@{host}"), "fan-name-host"),
+    ] {
         hello(&producer, &key, text).await;
-        assert!(eventually(|| apps.iter().all(|a| a.count(&format!("hello {text}")) == 1)), "{key} reaches all three");
+        assert!(
+            eventually(|| apps.iter().all(|a| a.count(&format!("hello {text}")) == 1)),
+            "{key} reaches all three"
+        );
     }
     hello(&producer, &format!("{name}@{host}/rr"), "rr-name-host").await;
-    assert!(eventually(|| apps.iter().map(|a| a.count("hello rr-name-host")).sum::<usize>() == 1));
+    assert!(eventually(|| apps
+        .iter()
+        .map(|a| a.count("hello rr-name-host"))
+        .sum::<usize>()
+        == 1));
     hello(&producer, &apps[1].uid(), "only-you").await;
     settle();
     let got: Vec<usize> = apps.iter().map(|a| a.count("hello only-you")).collect();
@@ -168,27 +224,51 @@ async fn every_address_reaches_what_the_contract_says() {
 #[tokio::test(flavor = "multi_thread")]
 async fn groups_at_start_and_joined_and_left_at_run_time() {
     let name = unique("grp");
-    let (a, b, c) = (App::start(&name, &["g"]), App::start(&name, &["g"]), App::start(&name, &[]));
+    let (a, b, c) = (
+        App::start(&name, &["g"]),
+        App::start(&name, &["g"]),
+        App::start(&name, &[]),
+    );
     let producer = producer().await;
     let fanout = format!("{name}#g");
     let round_robin = format!("{name}#g/rr");
 
     hello(&producer, &fanout, "group-all").await;
-    assert!(eventually(|| a.count("hello group-all") == 1 && b.count("hello group-all") == 1));
+    assert!(eventually(
+        || a.count("hello group-all") == 1 && b.count("hello group-all") == 1
+    ));
     hello(&producer, &round_robin, "group-one").await;
-    assert!(eventually(|| a.count("hello group-one") + b.count("hello group-one") == 1));
+    assert!(eventually(|| a.count("hello group-one")
+        + b.count("hello group-one")
+        == 1));
     settle();
-    assert_eq!(c.count("hello group-all") + c.count("hello group-one"), 0, "not a member");
+    assert_eq!(
+        c.count("hello group-all") + c.count("hello group-one"),
+        0,
+        "not a member"
+    );
 
     cli_ok(&["join-group", &c.uid(), "g"]);
     assert!(c.wait_line(|l| l == "join_group g").is_some());
     hello(&producer, &fanout, "joined-all").await;
-    assert!(eventually(|| [&a, &b, &c].iter().all(|x| x.count("hello joined-all") == 1)), "the fanout key reaches the new member");
+    assert!(
+        eventually(|| [&a, &b, &c]
+            .iter()
+            .all(|x| x.count("hello joined-all") == 1)),
+        "the fanout key reaches the new member"
+    );
     for i in 0..12 {
         hello(&producer, &round_robin, &format!("joined-rr-{i}")).await;
     }
-    assert!(eventually(|| [&a, &b, &c].iter().map(|x| x.hellos("joined-rr-").len()).sum::<usize>() == 12));
-    assert!(!c.hellos("joined-rr-").is_empty(), "the round-robin key reaches the new member too");
+    assert!(eventually(|| [&a, &b, &c]
+        .iter()
+        .map(|x| x.hellos("joined-rr-").len())
+        .sum::<usize>()
+        == 12));
+    assert!(
+        !c.hellos("joined-rr-").is_empty(),
+        "the round-robin key reaches the new member too"
+    );
 
     cli_ok(&["leave-group", &c.uid(), "g"]);
     assert!(c.wait_line(|l| l == "leave_group g").is_some());
@@ -196,10 +276,19 @@ async fn groups_at_start_and_joined_and_left_at_run_time() {
     for i in 0..12 {
         hello(&producer, &round_robin, &format!("left-rr-{i}")).await;
     }
-    assert!(eventually(|| a.count("hello left-all") == 1 && b.count("hello left-all") == 1));
-    assert!(eventually(|| a.hellos("left-rr-").len() + b.hellos("left-rr-").len() == 12), "the others keep serving the group");
+    assert!(eventually(
+        || a.count("hello left-all") == 1 && b.count("hello left-all") == 1
+    ));
+    assert!(
+        eventually(|| a.hellos("left-rr-").len() + b.hellos("left-rr-").len() == 12),
+        "the others keep serving the group"
+    );
     settle();
-    assert_eq!(c.count("hello left-all") + c.hellos("left-rr-").len(), 0, "neither key reaches it after leaving");
+    assert_eq!(
+        c.count("hello left-all") + c.hellos("left-rr-").len(),
+        0,
+        "neither key reaches it after leaving"
+    );
     drop((a, b, c));
     rabbitmqctl(&["delete_queue", &fanout]);
 }
@@ -211,7 +300,12 @@ async fn ping_and_components_list_every_instance() {
     let out = cli_ok(&["--json", "ping", &name, "--wait", "1"]);
     let mut pids: Vec<String> = out
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object a line")["pid"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("one JSON object a line")["pid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     pids.sort();
     let mut expected: Vec<String> = apps.iter().map(|a| a.pid.clone()).collect();
@@ -231,14 +325,35 @@ async fn ping_and_components_list_every_instance() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| format!("{}:{}/{}", h["category"].as_str().unwrap(), h["type"].as_str().unwrap(), h["name"].as_str().unwrap()))
+            .map(|h| {
+                format!(
+                    "{}:{}/{}",
+                    h["category"].as_str().unwrap(),
+                    h["type"].as_str().unwrap(),
+                    h["name"].as_str().unwrap()
+                )
+            })
             .collect();
-        for expected in ["rpc:command/ping", "rpc:command/describe", "message:command/hello", "message:command/join_group"] {
-            assert!(handlers.contains(expected), "{expected} missing from {handlers:?}");
+        for expected in [
+            "rpc:command/ping",
+            "rpc:command/describe",
+            "message:command/hello",
+            "message:command/join_group",
+        ] {
+            assert!(
+                handlers.contains(expected),
+                "{expected} missing from {handlers:?}"
+            );
         }
     }
     let text = cli_ok(&["components"]);
-    assert!(text.lines().filter(|l| l.starts_with(&format!("{name} "))).count() == 3, "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name} ")))
+            .count()
+            == 3,
+        "{text}"
+    );
     drop(apps);
     rabbitmqctl(&["delete_queue", &format!("{name}#blue")]);
 }
@@ -249,16 +364,51 @@ async fn quit_stops_one_and_restart_brings_it_back_in_place() {
     let mut apps: Vec<App> = (0..3).map(|_| App::start(&name, &[])).collect();
     cli_ok(&["quit", &apps[0].uid()]);
     assert!(apps[0].wait_line(|l| l == "quit").is_some());
-    assert!(eventually(|| apps[0].child.try_wait().ok().flatten().is_some()), "the process ended");
+    assert!(
+        eventually(|| apps[0].child.try_wait().ok().flatten().is_some()),
+        "the process ended"
+    );
     let answers = cli_ok(&["ping", &name, "--wait", "1"]);
-    assert_eq!(answers.lines().count(), 2, "the other two keep serving: {answers}");
+    assert_eq!(
+        answers.lines().count(),
+        2,
+        "the other two keep serving: {answers}"
+    );
 
-    let before = apps[1].lines.lock().unwrap().iter().filter(|l| l.starts_with("ready ")).count();
+    let before = apps[1]
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("ready "))
+        .count();
     cli_ok(&["restart", &apps[1].uid()]);
-    assert!(eventually(|| apps[1].lines.lock().unwrap().iter().filter(|l| l.starts_with("ready ")).count() == before + 1));
-    assert!(apps[1].child.try_wait().unwrap().is_none(), "the same process goes on");
-    let ready = apps[1].lines.lock().unwrap().iter().rev().find(|l| l.starts_with("ready ")).cloned().unwrap();
-    assert_eq!(ready, format!("ready {}", apps[1].uid()), "same pid after the restart");
+    assert!(eventually(|| apps[1]
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("ready "))
+        .count()
+        == before + 1));
+    assert!(
+        apps[1].child.try_wait().unwrap().is_none(),
+        "the same process goes on"
+    );
+    let ready = apps[1]
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("ready "))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        ready,
+        format!("ready {}", apps[1].uid()),
+        "same pid after the restart"
+    );
     let answers = cli_ok(&["--json", "ping", &apps[1].uid(), "--wait", "1"]);
     assert_eq!(answers.lines().count(), 1);
 }
@@ -286,13 +436,24 @@ async fn queues_and_bindings_are_the_contracts_table() {
     let name = unique("tbl");
     let app = App::start(&name, &["g"]);
     let (p, h) = (&app.pid, &app.host);
-    let listing = rabbitmqctl(&["list_bindings", "source_name", "destination_name", "routing_key"]);
+    let listing = rabbitmqctl(&[
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ]);
     let mut mine: Vec<(String, String, String)> = listing
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split('\t').collect();
-            let ours = [name.clone(), format!("{name}@{h}"), format!("{p}@{h}"), format!("{name}#g")];
-            (f.len() == 3 && ours.iter().any(|q| q == f[1])).then(|| (f[0].to_owned(), f[1].to_owned(), f[2].to_owned()))
+            let ours = [
+                name.clone(),
+                format!("{name}@{h}"),
+                format!("{p}@{h}"),
+                format!("{name}#g"),
+            ];
+            (f.len() == 3 && ours.iter().any(|q| q == f[1]))
+                .then(|| (f[0].to_owned(), f[1].to_owned(), f[2].to_owned()))
         })
         .collect();
     mine.sort();
@@ -307,18 +468,100 @@ async fn queues_and_bindings_are_the_contracts_table() {
         (gae.clone(), format!("{p}@{h}"), format!("{name}#g")),
         (gae.clone(), format!("{name}#g"), format!("{name}#g/rr")),
         // postage's one addition: discovery, on an exchange of its own.
-        ("postage-discovery".to_owned(), format!("{p}@{h}"), String::new()),
+        (
+            "postage-discovery".to_owned(),
+            format!("{p}@{h}"),
+            String::new(),
+        ),
     ];
     // Every queue is also bound to the default exchange under its own name.
-    for queue in [name.clone(), format!("{name}@{h}"), format!("{p}@{h}"), format!("{name}#g")] {
+    for queue in [
+        name.clone(),
+        format!("{name}@{h}"),
+        format!("{p}@{h}"),
+        format!("{name}#g"),
+    ] {
         expected.push((String::new(), queue.clone(), queue));
     }
     expected.sort();
     assert_eq!(mine, expected);
     let queues = rabbitmqctl(&["list_queues", "name", "auto_delete"]);
-    for (queue, auto_delete) in [(name.clone(), "true"), (format!("{name}@{h}"), "true"), (format!("{p}@{h}"), "true"), (format!("{name}#g"), "false")] {
-        assert!(queues.lines().any(|l| l == format!("{queue}\t{auto_delete}")), "{queue} auto_delete={auto_delete} in {queues}");
+    for (queue, auto_delete) in [
+        (name.clone(), "true"),
+        (format!("{name}@{h}"), "true"),
+        (format!("{p}@{h}"), "true"),
+        (format!("{name}#g"), "false"),
+    ] {
+        assert!(
+            queues
+                .lines()
+                .any(|l| l == format!("{queue}\t{auto_delete}")),
+            "{queue} auto_delete={auto_delete} in {queues}"
+        );
     }
     drop(app);
+    rabbitmqctl(&["delete_queue", &format!("{name}#g")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_logging_producer_hears_of_groups() {
+    use postage_app::GenericApplication;
+    use postage_core::{Consumer, Fingerprint, Queue};
+    use postage_tests::{drain, exchange};
+
+    let connection = connect().await;
+    let logs = exchange("logs");
+    let mut log_reader = Consumer::builder(&connection)
+        .bind(
+            logs.clone(),
+            Queue::new(unique("log")).auto_delete(true),
+            "log",
+        )
+        .build()
+        .await
+        .unwrap();
+    log_reader.start().await.unwrap();
+    let logger = Producer::builder(&connection)
+        .destination(logs, "log")
+        .build()
+        .await
+        .unwrap();
+    let name = unique("logged");
+    let fingerprint = Fingerprint::new(&name, "application").with_pid(unique("pid"));
+    let app = GenericApplication::builder(&connection, fingerprint)
+        .logger(logger)
+        .build()
+        .await
+        .unwrap();
+    let uid = app.addresses().uid().name().to_owned();
+    let handle = app.handle();
+    let running = tokio::spawn(app.run());
+    let producer = producer().await;
+    producer
+        .command_to(
+            Route::key(&uid),
+            "join_group",
+            serde_json::json!({"group_name": "g"}),
+        )
+        .await
+        .unwrap();
+    producer
+        .command_to(
+            Route::key(&uid),
+            "leave_group",
+            serde_json::json!({"group_name": "g"}),
+        )
+        .await
+        .unwrap();
+    let lines = drain(&mut log_reader, Duration::from_millis(800)).await;
+    assert_eq!(
+        lines,
+        vec![
+            format!("Joining group {name}#g"),
+            format!("Leaving group {name}#g")
+        ]
+    );
+    handle.shutdown();
+    running.await.unwrap().unwrap();
     rabbitmqctl(&["delete_queue", &format!("{name}#g")]);
 }
