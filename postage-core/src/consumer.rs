@@ -181,6 +181,15 @@ impl Consumer {
         self.receiver.recv().await
     }
 
+    /// Deliveries already received and not yet handed out by [`Consumer::next`].
+    pub(crate) fn take_buffered(&mut self) -> Vec<Delivery> {
+        let mut buffered = Vec::new();
+        while let Ok(item) = self.receiver.try_recv() {
+            buffered.extend(item.ok());
+        }
+        buffered
+    }
+
     /// See [`ConsumerHandle::bind`].
     pub async fn bind(
         &self,

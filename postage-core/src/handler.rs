@@ -35,6 +35,9 @@ pub struct Metadata {
     pub reply_to: Option<String>,
     /// The sender's correlation id, copied into the answer.
     pub correlation_id: Option<String>,
+    /// The AMQP `user_id` of the sender, when it set one; RabbitMQ checks that it is the
+    /// user the sender logged in as, so it can be trusted.
+    pub user_id: Option<String>,
 }
 
 /// A filter run before a handler on a copy of the message: it passes the message on

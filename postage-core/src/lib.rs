@@ -57,7 +57,10 @@ pub use fingerprint::Fingerprint;
 pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
 pub use message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};
 pub use postage_macros::{message_handler, processor, rpc_handler};
-pub use processor::{Exit, HandlerInfo, Processor, ProcessorBuilder, ProcessorHandle};
+pub use processor::{
+    ControlPolicy, DEFAULT_MAX_BODY, Exit, HandlerInfo, Processor, ProcessorBuilder,
+    ProcessorHandle,
+};
 pub use producer::{Producer, ProducerBuilder, Route};
 pub use queue::Queue;
 pub use rpc::{PendingCall, RpcOptions};

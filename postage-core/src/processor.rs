@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use lapin::BasicProperties;
@@ -59,10 +60,58 @@ pub struct ProcessorBuilder<P> {
     more_handlers: Vec<HandlerSet>,
     consumer: ConsumerBuilder,
     concurrency: usize,
-    control_commands: bool,
+    limits: Limits,
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
 }
+
+/// Who may send the control commands, how big a body may be, and how a stop goes.
+#[derive(Debug, Clone)]
+struct Limits {
+    control: ControlPolicy,
+    max_body: usize,
+    stop_on_signals: bool,
+    shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            control: ControlPolicy::Anyone,
+            max_body: DEFAULT_MAX_BODY,
+            stop_on_signals: false,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who may send `quit` and `restart` (and, in a GenericApplication, `join_group` and
+/// `leave_group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlPolicy {
+    /// Nobody: the commands are ignored (not even acknowledged as control commands;
+    /// handlers of the same name still run).
+    Off,
+    /// Any sender.
+    Anyone,
+    /// Only messages whose AMQP `user_id` (which RabbitMQ validates against the sender's
+    /// login) is one of these; others are acknowledged, ignored and logged.
+    Users(Vec<String>),
+}
+
+impl ControlPolicy {
+    /// Whether a message sent with `user_id` may control the component.
+    pub fn allows(&self, user_id: Option<&str>) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Anyone => true,
+            Self::Users(users) => user_id.is_some_and(|id| users.iter().any(|u| u == id)),
+        }
+    }
+}
+
+/// The largest body a processor accepts by default: 16 MiB.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 
 impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// Binds `queue` to `exchange` with `routing_key`.
@@ -115,7 +164,42 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// Whether the built-in `quit` and `restart` commands are served (default: yes).
     #[must_use]
     pub fn control_commands(mut self, enabled: bool) -> Self {
-        self.control_commands = enabled;
+        self.limits.control = if enabled {
+            ControlPolicy::Anyone
+        } else {
+            ControlPolicy::Off
+        };
+        self
+    }
+
+    /// Sets who may send the control commands (see [`ControlPolicy`]).
+    #[must_use]
+    pub fn control_policy(mut self, policy: ControlPolicy) -> Self {
+        self.limits.control = policy;
+        self
+    }
+
+    /// The largest body accepted (default [`DEFAULT_MAX_BODY`]); a bigger one is rejected
+    /// unread, with a log line.
+    #[must_use]
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.limits.max_body = bytes;
+        self
+    }
+
+    /// Stops the processor on SIGTERM or SIGINT as [`ProcessorHandle::shutdown`] does.
+    #[must_use]
+    pub fn stop_on_signals(mut self, enabled: bool) -> Self {
+        self.limits.stop_on_signals = enabled;
+        self
+    }
+
+    /// How long a stop waits for the handlers in flight (default 30 s); deliveries whose
+    /// handlers have not finished by then are left unacknowledged, so the broker delivers
+    /// them again.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.shutdown_timeout = timeout;
         self
     }
 
@@ -153,7 +237,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
             }),
             consumer,
             concurrency: self.concurrency,
-            control_commands: self.control_commands,
+            limits: self.limits,
             stop: Arc::new(Notify::new()),
         })
     }
@@ -197,7 +281,7 @@ pub struct Processor<P> {
     shared: Arc<Shared<P>>,
     consumer: Consumer,
     concurrency: usize,
-    control_commands: bool,
+    limits: Limits,
     stop: Arc<Notify>,
 }
 
@@ -225,7 +309,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
             more_handlers: Vec::new(),
             consumer: Consumer::builder(connection).prefetch(10),
             concurrency: 1,
-            control_commands: true,
+            limits: Limits::default(),
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
         }
@@ -262,6 +346,9 @@ impl<P: Send + Sync + 'static> Processor<P> {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut in_flight = JoinSet::new();
         let stop = Arc::clone(&self.stop);
+        if self.limits.stop_on_signals {
+            watch_signals(self.handle())?;
+        }
         let mut control = None;
         let exit = loop {
             while in_flight.try_join_next().is_some() {}
@@ -283,25 +370,21 @@ impl<P: Send + Sync + 'static> Processor<P> {
                     None => break Exit::ConsumerClosed,
                 },
             };
-            let message = match delivery.message() {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(queue = delivery.queue(), routing_key = delivery.routing_key(), %error, "rejecting a malformed message");
-                    reject(&delivery).await;
+            let Some(message) = self.admit(&delivery).await else {
+                continue;
+            };
+            if let Some(command) = control_command(&message) {
+                let user = delivery.properties().user_id().as_ref().map(|u| u.as_str());
+                if self.limits.control.allows(user) {
+                    ack(&delivery).await;
+                    control = Some(command);
+                    break Exit::Quit;
+                }
+                if self.limits.control != ControlPolicy::Off {
+                    tracing::warn!(command = %message.name, user = user.unwrap_or("<none>"), "ignoring a control command from a sender not allowed to send it");
+                    ack(&delivery).await;
                     continue;
                 }
-            };
-            if self.connection.config().debug {
-                tracing::info!(queue = delivery.queue(), routing_key = delivery.routing_key(), kind = %message.kind, name = %message.name, category = message.category.as_str(), sender = %message.fingerprint.name, content = %message.content, "<-- received");
-            }
-            let command = self
-                .control_commands
-                .then(|| control_command(&message))
-                .flatten();
-            if let Some(command) = command {
-                ack(&delivery).await;
-                control = Some(command);
-                break Exit::Quit;
             }
             let shared = Arc::clone(&self.shared);
             in_flight.spawn(async move {
@@ -310,7 +393,23 @@ impl<P: Send + Sync + 'static> Processor<P> {
             });
         };
         self.consumer.stop().await?;
-        while in_flight.join_next().await.is_some() {}
+        // Deliveries received but not started go straight back to their queue.
+        for delivery in self.consumer.take_buffered() {
+            if let Err(error) = delivery.reject(true).await {
+                tracing::warn!(%error, "could not hand a delivery back");
+            }
+        }
+        let finished = tokio::time::timeout(self.limits.shutdown_timeout, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                left = in_flight.len(),
+                "handlers still running at the shutdown timeout; their messages will be delivered again"
+            );
+            in_flight.abort_all();
+        }
         self.consumer.close().await?;
         if let Some(Control::Restart) = control {
             restart(&self.connection).await;
@@ -318,6 +417,65 @@ impl<P: Send + Sync + 'static> Processor<P> {
         tracing::info!(?exit, "processor stopped");
         Ok(exit)
     }
+
+    /// Decodes a delivery, or rejects it with a log line saying why: too big, a content
+    /// type of another encoding, not a message.
+    async fn admit(&self, delivery: &Delivery) -> Option<Message> {
+        let why = if delivery.body().len() > self.limits.max_body {
+            Some(format!(
+                "body of {} bytes exceeds the limit of {}",
+                delivery.body().len(),
+                self.limits.max_body
+            ))
+        } else {
+            match delivery.properties().content_type() {
+                Some(kind) if kind.as_str() != self.shared.encoder.content_type() => Some(format!(
+                    "content type {:?} is not {:?}",
+                    kind.as_str(),
+                    self.shared.encoder.content_type()
+                )),
+                _ => None,
+            }
+        };
+        let message = match why {
+            Some(why) => Err(why),
+            None => delivery.message().map_err(|e| e.to_string()),
+        };
+        match message {
+            Ok(message) => {
+                if self.connection.config().debug {
+                    tracing::info!(queue = delivery.queue(), routing_key = delivery.routing_key(), kind = %message.kind, name = %message.name, category = message.category.as_str(), sender = %message.fingerprint.name, content = %message.content, "<-- received");
+                }
+                Some(message)
+            }
+            Err(reason) => {
+                tracing::warn!(queue = delivery.queue(), routing_key = delivery.routing_key(), %reason, "rejecting a delivery");
+                reject(delivery).await;
+                None
+            }
+        }
+    }
+}
+
+/// Shuts the processor down on the first SIGTERM or SIGINT.
+fn watch_signals(handle: ProcessorHandle) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        signal(kind)
+            .map_err(|e| Error::config("stop_on_signals", format!("cannot listen to signals: {e}")))
+    };
+    let (mut term, mut int) = (
+        listen(SignalKind::terminate())?,
+        listen(SignalKind::interrupt())?,
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        handle.shutdown();
+    });
+    Ok(())
 }
 
 fn control_command(message: &Message) -> Option<Control> {
@@ -378,6 +536,7 @@ fn metadata(delivery: &Delivery) -> Metadata {
             .correlation_id()
             .as_ref()
             .map(ToString::to_string),
+        user_id: properties.user_id().as_ref().map(ToString::to_string),
     }
 }
 

@@ -1,9 +1,10 @@
 //! Queues: where a consumer reads from, with their declaration flags.
 
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::error::{Error, Result};
+use crate::exchange::Exchange;
 
 /// A queue's name, flags and arguments. The defaults are AMQP's and Python Postage's
 /// (not durable, not exclusive, not auto-delete), so both sides declare a shared queue
@@ -62,6 +63,29 @@ impl Queue {
     pub fn argument(mut self, key: &str, value: impl Into<AMQPValue>) -> Self {
         self.arguments.insert(ShortString::from(key), value.into());
         self
+    }
+
+    /// Sends messages rejected without requeue (and expired ones) to `exchange` with
+    /// `routing_key`, instead of dropping them.
+    #[must_use]
+    pub fn dead_letter(self, exchange: &Exchange, routing_key: &str) -> Self {
+        self.argument("x-dead-letter-exchange", LongString::from(exchange.name()))
+            .argument("x-dead-letter-routing-key", LongString::from(routing_key))
+    }
+
+    /// Makes it a quorum queue: replicated over the nodes of a cluster, durable.
+    #[must_use]
+    pub fn quorum(self) -> Self {
+        self.durable(true)
+            .argument("x-queue-type", LongString::from("quorum"))
+    }
+
+    /// Dead-letters (or drops) a message after it was delivered this many times, so a
+    /// message that always fails cannot loop forever. Quorum queues only; RabbitMQ 3.10
+    /// sets no limit by default.
+    #[must_use]
+    pub fn delivery_limit(self, deliveries: u32) -> Self {
+        self.argument("x-delivery-limit", i64::from(deliveries))
     }
 
     /// The queue's name.

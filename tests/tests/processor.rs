@@ -10,8 +10,9 @@ use postage_core::lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use postage_core::lapin::types::FieldTable;
 use postage_core::lapin::{BasicProperties, options::QueueDeclareOptions};
 use postage_core::{
-    Consumer, Error, Exchange, Exit, Filtered, Fingerprint, HandlerError, Message, Metadata,
-    Processor, ProcessorHandle, Producer, Queue, Reply, Route, RpcOptions, RpcResult, processor,
+    Consumer, ControlPolicy, Error, Exchange, Exit, Filtered, Fingerprint, HandlerError, Message,
+    Metadata, Processor, ProcessorBuilder, ProcessorHandle, Producer, Queue, Reply, Route,
+    RpcOptions, RpcResult, processor,
 };
 use postage_tests::{connect, exchange, next_within, unique};
 use serde::{Deserialize, Serialize};
@@ -163,6 +164,14 @@ struct Harness {
 }
 
 async fn start(concurrency: usize) -> Harness {
+    start_with(concurrency, |builder| builder).await
+}
+
+/// Like [`start`], with the processor builder adjusted by `adjust`.
+async fn start_with(
+    concurrency: usize,
+    adjust: impl FnOnce(ProcessorBuilder<Probe>) -> ProcessorBuilder<Probe>,
+) -> Harness {
     let connection = connect().await;
     let ex = exchange("proc");
     let key = unique("key");
@@ -176,16 +185,9 @@ async fn start(concurrency: usize) -> Harness {
     dead.start().await.unwrap();
     let queue = Queue::new(unique("proc-q"))
         .auto_delete(true)
-        .argument(
-            "x-dead-letter-exchange",
-            postage_core::lapin::types::LongString::from(dead_letters.name()),
-        )
-        .argument(
-            "x-dead-letter-routing-key",
-            postage_core::lapin::types::LongString::from("dead"),
-        );
+        .dead_letter(&dead_letters, "dead");
     let (sender, events) = mpsc::unbounded_channel();
-    let processor = Processor::builder(
+    let builder = Processor::builder(
         &connection,
         Probe {
             events: sender,
@@ -196,10 +198,8 @@ async fn start(concurrency: usize) -> Harness {
     .bind(ex.clone(), queue, key.clone())
     .concurrency(concurrency)
     .prefetch(50)
-    .fingerprint(Fingerprint::new("probe", "test"))
-    .build()
-    .await
-    .unwrap();
+    .fingerprint(Fingerprint::new("probe", "test"));
+    let processor = adjust(builder).build().await.unwrap();
     let handle = processor.handle();
     let probe = Arc::clone(processor.state());
     let run = tokio::spawn(processor.run());
@@ -745,4 +745,89 @@ async fn two_rpc_handlers_for_one_command_fail_at_start_naming_both() {
         text.contains("one at") && text.contains("two at") && text.contains("processor.rs"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_rejected_and_serving_goes_on() {
+    let mut h = start_with(1, |b| b.max_body_size(4096)).await;
+    let json = || BasicProperties::default().with_content_type("application/json".into());
+    let valid_call = |name: &str| {
+        format!(
+            r#"{{"type": "command", "name": "{name}", "category": "rpc", "version": "2", "fingerprint": {{}}, "content": {{"parameters": {{"a": 1, "b": 2}}}}, "_reserved": {{}}}}"#
+        )
+    };
+    let bad: Vec<(Vec<u8>, BasicProperties)> = vec![
+        (b"not json".to_vec(), json()),
+        (b"[1, 2, 3]".to_vec(), json()),
+        (vec![0xff, 0xfe, b'{'], json()),
+        (br#"{"name": "sum", "category": "message"}"#.to_vec(), json()),
+        (br#"{"type": "command", "name": ["sum"], "category": "message"}"#.to_vec(), json()),
+        (br#"{"type": "command", "name": "sum", "category": "broadcast"}"#.to_vec(), json()),
+        (valid_call("sum").into_bytes(), BasicProperties::default().with_content_type("text/plain".into())),
+        (valid_call("sum").into_bytes(), json()), // an RPC without reply_to
+        (format!(r#"{{"type": "command", "name": "typed", "category": "message", "content": {{"parameters": "{}"}}}}"#, "x".repeat(5000)).into_bytes(), json()),
+    ];
+    let count = bad.len();
+    for (body, properties) in bad {
+        h.publish_raw(&body, properties).await;
+    }
+    // An answer to a reply_to that no longer exists is dropped by the broker; serving goes on.
+    h.publish_raw(
+        valid_call("sum").as_bytes(),
+        json().with_reply_to("gone-long-ago".into()),
+    )
+    .await;
+    let rejected = h.rejected().await;
+    assert_eq!(
+        rejected.len(),
+        count,
+        "each bad delivery dead-lettered once: {rejected:?}"
+    );
+    assert_eq!(
+        h.producer
+            .call::<i64>("sum", Sum { a: 1, b: 1 })
+            .await
+            .unwrap(),
+        2,
+        "still serving"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn control_commands_obey_only_allowed_users() {
+    let h = start_with(1, |b| {
+        b.control_policy(ControlPolicy::Users(vec!["admin".into()]))
+    })
+    .await;
+    let quit = br#"{"type": "command", "name": "quit", "category": "message", "content": {"parameters": {}}}"#;
+    let json = BasicProperties::default().with_content_type("application/json".into());
+    // RabbitMQ lets a connection set only its own user name as user_id: here "guest".
+    h.publish_raw(quit, json.clone().with_user_id("guest".into()))
+        .await;
+    h.publish_raw(quit, json.clone()).await;
+    assert_eq!(
+        h.producer
+            .call::<i64>("sum", Sum { a: 2, b: 2 })
+            .await
+            .unwrap(),
+        4,
+        "an unauthorised quit is ignored"
+    );
+    assert!(!h.run.is_finished());
+    h.stop().await;
+
+    let mut allowed = start_with(1, |b| {
+        b.control_policy(ControlPolicy::Users(vec!["guest".into()]))
+    })
+    .await;
+    allowed
+        .publish_raw(quit, json.with_user_id("guest".into()))
+        .await;
+    let exit = tokio::time::timeout(Duration::from_secs(5), &mut allowed.run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, Exit::Quit);
 }
