@@ -243,20 +243,32 @@ impl ConsumerHandle {
     ) -> Result<String> {
         exchange.declare(&self.inner.channel).await?;
         let name = queue.declare(&self.inner.channel).await?;
-        self.inner
-            .channel
-            .queue_bind(
-                name.as_str().into(),
-                exchange.name().into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp(format!(
-                "binding queue {name:?} to exchange {:?} with key {routing_key:?}",
-                exchange.name()
-            )))?;
+        // The default exchange reaches every queue by its name and takes no bindings.
+        let implicit = exchange.name().is_empty();
+        if implicit && !routing_key.is_empty() && routing_key != name {
+            return Err(Error::config(
+                "routing_key",
+                format!(
+                    "the default exchange reaches queue {name:?} only by its own name, not {routing_key:?}"
+                ),
+            ));
+        }
+        if !implicit {
+            self.inner
+                .channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.name().into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(Error::amqp(format!(
+                    "binding queue {name:?} to exchange {:?} with key {routing_key:?}",
+                    exchange.name()
+                )))?;
+        }
         let queue = if name == queue.name() {
             queue.clone()
         } else {
