@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
 use postage_core::{
-    Connection, ConsumerHandle, Exit, Fingerprint, HandlerError, HandlerInfo, Processor,
-    ProcessorBuilder, ProcessorHandle, Producer, processor,
+    Connection, ConsumerHandle, ControlPolicy, Exit, Fingerprint, HandlerError, HandlerInfo,
+    Metadata, Processor, ProcessorBuilder, ProcessorHandle, Producer, processor,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,9 +39,24 @@ struct Builtins {
     consumer: OnceLock<ConsumerHandle>,
     handlers: OnceLock<Vec<HandlerInfo>>,
     logger: OnceLock<Producer>,
+    control: OnceLock<ControlPolicy>,
 }
 
 impl Builtins {
+    /// Whether the sender of a group command may send it; logs a refusal.
+    fn allowed(&self, command: &str, metadata: &Metadata) -> bool {
+        let user = metadata.user_id.as_deref();
+        let allowed = self.control.get().is_none_or(|policy| policy.allows(user));
+        if !allowed {
+            tracing::warn!(
+                command,
+                user = user.unwrap_or("<none>"),
+                "ignoring a group command from a sender not allowed to send it"
+            );
+        }
+        allowed
+    }
+
     fn consumer(&self) -> Result<&ConsumerHandle, HandlerError> {
         self.consumer
             .get()
@@ -100,9 +115,9 @@ impl Builtins {
 
     /// Joins a group: both its keys reach this application from now on.
     #[message_handler("command", "join_group")]
-    async fn join_group(&self, group: GroupName) -> Result<(), HandlerError> {
+    async fn join_group(&self, group: GroupName, metadata: &Metadata) -> Result<(), HandlerError> {
         let group = group.group_name;
-        if !self.mark(&group, true) {
+        if !self.allowed("join_group", metadata) || !self.mark(&group, true) {
             return Ok(());
         }
         let consumer = self.consumer()?;
@@ -122,9 +137,9 @@ impl Builtins {
     /// Leaves a group: neither of its keys reaches this application any more. The group's
     /// shared queue keeps its binding for the other members.
     #[message_handler("command", "leave_group")]
-    async fn leave_group(&self, group: GroupName) -> Result<(), HandlerError> {
+    async fn leave_group(&self, group: GroupName, metadata: &Metadata) -> Result<(), HandlerError> {
         let group = group.group_name;
-        if !self.mark(&group, false) {
+        if !self.allowed("leave_group", metadata) || !self.mark(&group, false) {
             return Ok(());
         }
         let consumer = self.consumer()?;
@@ -155,6 +170,7 @@ pub struct GenericApplicationBuilder {
     addresses: Addresses,
     groups: Vec<String>,
     logger: Option<Producer>,
+    control: Option<ControlPolicy>,
 }
 
 impl GenericApplicationBuilder {
@@ -188,10 +204,19 @@ impl GenericApplicationBuilder {
         self
     }
 
-    /// Whether `quit` and `restart` are served (default: yes).
+    /// Who may send `quit`, `restart`, `join_group` and `leave_group` (default: anyone).
     #[must_use]
-    pub fn control_commands(mut self, enabled: bool) -> Self {
-        self.processor = self.processor.control_commands(enabled);
+    pub fn control_policy(mut self, policy: ControlPolicy) -> Self {
+        self.processor = self.processor.control_policy(policy.clone());
+        self.control = Some(policy);
+        self
+    }
+
+    /// Stops the application on SIGTERM or SIGINT, finishing the handlers in flight
+    /// (default: yes).
+    #[must_use]
+    pub fn stop_on_signals(mut self, enabled: bool) -> Self {
+        self.processor = self.processor.stop_on_signals(enabled);
         self
     }
 
@@ -213,6 +238,9 @@ impl GenericApplicationBuilder {
         let _ = builtins.handlers.set(processor.handlers());
         if let Some(logger) = self.logger {
             let _ = builtins.logger.set(logger);
+        }
+        if let Some(policy) = self.control {
+            let _ = builtins.control.set(policy);
         }
         if let Ok(mut groups) = builtins.groups.lock() {
             groups.extend(self.groups);
@@ -239,12 +267,16 @@ impl GenericApplication {
             consumer: OnceLock::new(),
             handlers: OnceLock::new(),
             logger: OnceLock::new(),
+            control: OnceLock::new(),
         };
         GenericApplicationBuilder {
-            processor: Processor::builder(connection, builtins).fingerprint(fingerprint),
+            processor: Processor::builder(connection, builtins)
+                .fingerprint(fingerprint)
+                .stop_on_signals(true),
             addresses,
             groups: Vec::new(),
             logger: None,
+            control: None,
         }
     }
 

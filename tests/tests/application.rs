@@ -565,3 +565,66 @@ async fn the_logging_producer_hears_of_groups() {
     running.await.unwrap().unwrap();
     rabbitmqctl(&["delete_queue", &format!("{name}#g")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_commands_can_be_restricted_to_some_users() {
+    use postage_app::GenericApplication;
+    use postage_core::lapin::BasicProperties;
+    use postage_core::lapin::options::BasicPublishOptions;
+    use postage_core::{ControlPolicy, Fingerprint};
+
+    let connection = connect().await;
+    let name = unique("guarded");
+    let fingerprint = Fingerprint::new(&name, "application").with_pid(unique("pid"));
+    let app = GenericApplication::builder(&connection, fingerprint)
+        .control_policy(ControlPolicy::Users(vec!["admin".into()]))
+        .stop_on_signals(false)
+        .build()
+        .await
+        .unwrap();
+    let uid = app.addresses().uid().name().to_owned();
+    let handle = app.handle();
+    let running = tokio::spawn(app.run());
+    let producer = producer().await;
+    let publish = |name: &str, parameters: serde_json::Value| {
+        let body = serde_json::to_vec(&serde_json::json!({"type": "command", "name": name, "category": "message", "content": {"parameters": parameters}})).unwrap();
+        let channel = producer.channel().clone();
+        let uid = uid.clone();
+        async move {
+            channel
+                .basic_publish(
+                    GENERIC_APPLICATION_EXCHANGE.name().into(),
+                    uid.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_user_id("guest".into()),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    publish("join_group", serde_json::json!({"group_name": "g"})).await;
+    publish("quit", serde_json::json!({})).await;
+    let ping = producer
+        .call_with::<Value>(
+            "ping",
+            serde_json::json!({}),
+            postage_core::RpcOptions::new().key(&uid),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ping["name"],
+        name.as_str(),
+        "still serving after an unauthorised quit"
+    );
+    let out = cli_ok(&["--json", "rpc", &uid, "describe"]);
+    let description: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        description["value"]["groups"],
+        serde_json::json!([]),
+        "the unauthorised join was ignored"
+    );
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+}

@@ -43,6 +43,7 @@ async fn main() -> postage_core::Result<()> {
             [(shared_queue(), ECHO_KEY), (private_queue, ECHO_FANOUT_KEY)],
         )
         .fingerprint(fingerprint)
+        .stop_on_signals(true)
         .build()
         .await?;
     say("waiting for messages");

@@ -22,6 +22,7 @@ async fn main() -> postage_core::Result<()> {
     let connection = connect().await?;
     let receiver = Processor::builder(&connection, EchoReceiveProcessor)
         .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)
+        .stop_on_signals(true)
         .build()
         .await?;
     say("waiting for messages");

@@ -27,6 +27,7 @@ async fn main() -> postage_core::Result<()> {
     let receiver = Processor::builder(&connection, EchoReceiveProcessor)
         .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)
         .fingerprint(Fingerprint::new("echo_receive", "controller"))
+        .stop_on_signals(true)
         .build()
         .await?;
     say("waiting for messages");
