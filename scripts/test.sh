@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/broker.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads=4
+# The benchmark builds and runs as a smoke run; its timings are never asserted.
+POSTAGE_BENCH_QUICK=1 cargo bench -p postage-tests --locked --bench throughput

@@ -63,7 +63,7 @@ pub use processor::{
 };
 pub use producer::{Producer, ProducerBuilder, Route};
 pub use queue::Queue;
-pub use rpc::{PendingCall, RpcOptions};
+pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

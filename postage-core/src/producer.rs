@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::fingerprint::Fingerprint;
 use crate::message::Message;
+use crate::rpc::ReplyQueue;
 
 /// Where a message goes: the producer's defaults, one routing key on its first exchange
 /// (Postage's `_key`), or an explicit list of (exchange, routing key) pairs (`_eks`).
@@ -131,7 +132,16 @@ impl ProducerBuilder {
     /// re-send (Postage: 30 s and 4).
     #[must_use]
     pub fn rpc_defaults(mut self, timeout: std::time::Duration, max_retry: u32) -> Self {
-        self.rpc = crate::rpc::RpcSettings { timeout, max_retry };
+        self.rpc.timeout = timeout;
+        self.rpc.max_retry = max_retry;
+        self
+    }
+
+    /// Where RPC answers come back: RabbitMQ's direct reply-to (the default) or a private
+    /// reply queue declared once, with the first call. See [`ReplyQueue`].
+    #[must_use]
+    pub fn reply_queue(mut self, reply_queue: ReplyQueue) -> Self {
+        self.rpc.reply_queue = reply_queue;
         self
     }
 

@@ -1,5 +1,6 @@
-//! RPC calls from a producer, over RabbitMQ's direct reply-to: many calls in flight on one
-//! channel, each matched to its answer by correlation id.
+//! RPC calls from a producer: many calls in flight on one channel, each matched to its
+//! answer by correlation id, the answers coming back over RabbitMQ's direct reply-to or a
+//! private reply queue (see [`ReplyQueue`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OnceCell, oneshot};
@@ -20,19 +21,36 @@ use crate::producer::{Producer, Route};
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Where a producer's RPC answers come back; set with
+/// [`ProducerBuilder::reply_queue`](crate::ProducerBuilder::reply_queue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplyQueue {
+    /// RabbitMQ's direct reply-to pseudo-queue (`amq.rabbitmq.reply-to`): no queue to
+    /// declare, answers go straight to the caller's channel, at most once. The default.
+    #[default]
+    DirectReplyTo,
+    /// A private queue the broker names, declared once per producer with its first call
+    /// (exclusive, auto-delete: it goes away with the producer's connection) and consumed
+    /// without acknowledgements. Answers wait in it while the caller is busy.
+    Private,
+}
+
 /// How long an RPC call waits and how often it is re-sent.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RpcSettings {
     pub(crate) timeout: Duration,
     pub(crate) max_retry: u32,
+    pub(crate) reply_queue: ReplyQueue,
 }
 
 impl Default for RpcSettings {
-    /// Postage's defaults: 30 s, re-sent up to 4 times.
+    /// Postage's defaults: 30 s, re-sent up to 4 times; answers over direct reply-to.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
             max_retry: 4,
+            reply_queue: ReplyQueue::default(),
         }
     }
 }
@@ -44,7 +62,8 @@ type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 pub(crate) struct RpcState {
     settings: RpcSettings,
     waiters: Waiters,
-    consuming: OnceCell<()>,
+    /// The `reply_to` address, once the reply consumer runs.
+    reply_to: OnceCell<ShortString>,
     prefix: String,
     next_id: AtomicU64,
 }
@@ -57,7 +76,7 @@ impl RpcState {
         Self {
             settings,
             waiters: Arc::default(),
-            consuming: OnceCell::new(),
+            reply_to: OnceCell::new(),
             prefix: format!("{:x}.{nanos:x}", std::process::id()),
             next_id: AtomicU64::new(0),
         }
@@ -169,12 +188,18 @@ impl Producer {
         options: RpcOptions,
     ) -> Result<PendingCall> {
         let state = self.rpc_state();
-        state
-            .consuming
+        let reply_to = state
+            .reply_to
             .get_or_try_init(|| {
-                start_reply_consumer(self.channel(), &state.waiters, self.encoder_arc())
+                start_reply_consumer(
+                    self.channel(),
+                    state.settings.reply_queue,
+                    &state.waiters,
+                    self.encoder_arc(),
+                )
             })
-            .await?;
+            .await?
+            .clone();
         let route = options.route.unwrap_or_default();
         let (exchange, routing_key) = self
             .resolve(&route)?
@@ -202,6 +227,7 @@ impl Producer {
             exchange,
             routing_key,
             body,
+            reply_to,
             correlation_id: id,
             receiver,
             timeout: options.timeout.unwrap_or(state.settings.timeout),
@@ -221,6 +247,7 @@ pub struct PendingCall {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
+    reply_to: ShortString,
     correlation_id: String,
     receiver: oneshot::Receiver<Message>,
     timeout: Duration,
@@ -232,7 +259,7 @@ impl PendingCall {
         let properties = self
             .producer
             .properties()
-            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_reply_to(self.reply_to.clone())
             .with_correlation_id(self.correlation_id.as_str().into());
         self.producer
             .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
@@ -296,26 +323,45 @@ impl Drop for PendingCall {
     }
 }
 
-/// Consumes the direct reply-to pseudo-queue (no-ack, on the publishing channel, as
-/// RabbitMQ requires) and hands each answer to its waiting call. An answer without a
-/// correlation id (Python Postage receivers send none) goes to the only call waiting.
+/// Starts consuming the producer's answers, no-ack: direct reply-to on the publishing
+/// channel (as RabbitMQ requires), or a private queue declared now. Each answer goes to
+/// its waiting call; one without a correlation id (Python Postage receivers send none)
+/// goes to the only call waiting. Returns the `reply_to` address for the calls.
 async fn start_reply_consumer(
     channel: &lapin::Channel,
+    reply_queue: ReplyQueue,
     waiters: &Waiters,
     encoder: Arc<dyn crate::encoder::Encoder>,
-) -> Result<()> {
+) -> Result<ShortString> {
+    let queue: ShortString = match reply_queue {
+        ReplyQueue::DirectReplyTo => DIRECT_REPLY_TO.into(),
+        ReplyQueue::Private => {
+            let options = QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare("".into(), options, FieldTable::default())
+                .await
+                .map_err(Error::amqp("declaring the private RPC reply queue"))?
+                .name()
+                .clone()
+        }
+    };
     let mut replies = channel
         .basic_consume(
-            DIRECT_REPLY_TO.into(),
+            queue.clone(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
+                exclusive: reply_queue == ReplyQueue::Private,
                 ..BasicConsumeOptions::default()
             },
             FieldTable::default(),
         )
         .await
-        .map_err(Error::amqp("consuming RPC answers"))?;
+        .map_err(Error::amqp(format!("consuming RPC answers from {queue:?}")))?;
     let waiters = Arc::clone(waiters);
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = replies.next().await {
@@ -346,7 +392,11 @@ async fn start_reply_consumer(
                 None => tracing::debug!("dropping an RPC answer nobody waits for"),
             }
         }
+        // Calls still waiting learn at once that no answer can come.
+        if let Ok(mut waiting) = waiters.lock() {
+            waiting.clear();
+        }
         tracing::debug!("RPC answer consumer ended");
     });
-    Ok(())
+    Ok(queue)
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use postage_core::{Config, Connection, Consumer, Delivery, Exchange, ExchangeKind};
 
+pub mod bench;
+
 /// A name no other test (or earlier run) uses: `prefix-pid-n`.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

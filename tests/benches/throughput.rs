@@ -1,0 +1,1125 @@
+//! Postage beside raw lapin, against the local broker: publish rate, processor dispatch
+//! rate, RPC round trips (sequential and 64 in flight, over direct reply-to and over a
+//! private reply queue), resident memory, and time from process start to consuming.
+//!
+//! Run with: cargo bench -p postage-tests --bench throughput
+//!
+//! Each figure is printed as
+//! `<figure>: postage <value> <unit> | lapin <value> <unit> | ratio <postage/lapin>`,
+//! the median of several runs (the first line says how many), postage and lapin taking
+//! turns to go first. `POSTAGE_BENCH_QUICK=1` makes a smoke run: a few hundred messages,
+//! one run. `POSTAGE_URL` names another broker.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use postage_core::lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
+};
+use postage_core::lapin::types::{AMQPValue, FieldTable, ShortString};
+use postage_core::lapin::{self, BasicProperties, ConnectionProperties, ExchangeKind};
+use postage_core::{
+    Config, Connection, Exchange, Fingerprint, Processor, Producer, Queue, ReplyQueue, RpcOptions,
+    processor,
+};
+use postage_tests::bench::{
+    RawFingerprint, Reading, Receipt, broker_url, command_body, read_command, read_success,
+    resident_bytes, success_body,
+};
+use tokio::sync::Notify;
+
+/// Prefetch of every consumer, postage and lapin alike.
+const PREFETCH: u16 = 100;
+/// The batch-acking raw consumer acknowledges with `multiple` every this many messages.
+const ACK_BATCH: usize = PREFETCH as usize / 2;
+/// Calls in flight in the pipelined RPC figure.
+const WINDOW: usize = 64;
+/// Queues delete themselves after this long unused, should a run be interrupted.
+const EXPIRES_MS: i64 = 120_000;
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// How much work each figure does.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    quick: bool,
+    runs: usize,
+    publish: usize,
+    dispatch: usize,
+    rpc_sequential: usize,
+    rpc_pipelined: usize,
+    in_flight: usize,
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        let quick = std::env::var("POSTAGE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        if quick {
+            Self {
+                quick,
+                runs: 1,
+                publish: 300,
+                dispatch: 300,
+                rpc_sequential: 200,
+                rpc_pipelined: 300,
+                in_flight: 300,
+            }
+        } else {
+            Self {
+                quick,
+                runs: 5,
+                publish: 30_000,
+                dispatch: 20_000,
+                rpc_sequential: 3_000,
+                rpc_pipelined: 15_000,
+                in_flight: 10_000,
+            }
+        }
+    }
+}
+
+fn main() {
+    let plan = Plan::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    println!(
+        "# postage vs raw lapin {}, broker {}: medians of {} run(s){}; prefetch {PREFETCH}",
+        env!("CARGO_PKG_VERSION"),
+        redacted(&broker_url()),
+        plan.runs,
+        if plan.quick { " (quick smoke run)" } else { "" },
+    );
+    runtime.block_on(async {
+        let bench = Bench::connect().await;
+        bench.publish(plan).await;
+        bench.dispatch(plan).await;
+        for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
+            bench.rpc_sequential(plan, mode).await;
+        }
+        for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
+            bench.rpc_pipelined(plan, mode).await;
+        }
+        bench.close().await;
+    });
+    drop(runtime);
+    processes(plan);
+}
+
+/// The broker URL without its password.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// Prints one figure line from the runs of each side.
+fn figure(name: &str, unit: &str, postage: Vec<f64>, lapin: Vec<f64>) {
+    let (postage, lapin) = (median(postage), median(lapin));
+    println!(
+        "{name}: postage {} {unit} | lapin {} {unit} | ratio {:.2}",
+        format_value(postage),
+        format_value(lapin),
+        postage / lapin
+    );
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Runs `postage` and `lapin` `runs` times each, taking turns to go first, after one
+/// shorter warm-up of each (unless quick); returns their rates.
+async fn alternate<P, L>(plan: Plan, mut postage: P, mut lapin: L) -> (Vec<f64>, Vec<f64>)
+where
+    P: AsyncFnMut(bool) -> f64,
+    L: AsyncFnMut(bool) -> f64,
+{
+    if !plan.quick {
+        postage(true).await;
+        lapin(true).await;
+    }
+    let (mut p, mut l) = (Vec::new(), Vec::new());
+    for run in 0..plan.runs {
+        if run % 2 == 0 {
+            p.push(postage(false).await);
+            l.push(lapin(false).await);
+        } else {
+            l.push(lapin(false).await);
+            p.push(postage(false).await);
+        }
+    }
+    (p, l)
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared set-up
+
+struct Bench {
+    /// Postage's side: one connection for components, one for callers.
+    postage: Connection,
+    postage_callers: Connection,
+    /// The raw side, alike.
+    lapin: lapin::Connection,
+    lapin_callers: lapin::Connection,
+    /// Declares, fills and deletes queues; never measured.
+    admin: lapin::Channel,
+    fingerprint: Arc<RawFingerprint>,
+    names: AtomicUsize,
+}
+
+impl Bench {
+    async fn connect() -> Self {
+        let url = broker_url();
+        let config = Config::from_url(&url).expect("a valid POSTAGE_URL");
+        let postage = Connection::connect(&config)
+            .await
+            .expect("the broker from scripts/broker.sh answers");
+        let postage_callers = Connection::connect(&config).await.expect("a connection");
+        let lapin = lapin::Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("a lapin connection");
+        let lapin_callers = lapin::Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("a lapin connection");
+        let admin = lapin.create_channel().await.expect("a channel");
+        Self {
+            postage,
+            postage_callers,
+            lapin,
+            lapin_callers,
+            admin,
+            fingerprint: Arc::new(RawFingerprint::new("bench")),
+            names: AtomicUsize::new(0),
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.postage.close().await;
+        let _ = self.postage_callers.close().await;
+        let _ = self.lapin.close(200, "bench done".into()).await;
+        let _ = self.lapin_callers.close(200, "bench done".into()).await;
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!(
+            "bench-{what}-{}-{}",
+            std::process::id(),
+            self.names.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A fresh direct exchange (auto-delete) and a queue bound to it with `key`.
+    async fn topology(&self, what: &str, key: &str) -> (Exchange, Queue) {
+        let exchange = Exchange::named(self.name(what))
+            .durable(false)
+            .auto_delete(true);
+        let queue = Queue::new(self.name(what)).argument("x-expires", EXPIRES_MS);
+        self.admin
+            .exchange_declare(
+                exchange.name().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    auto_delete: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange declared");
+        self.admin
+            .queue_declare(
+                queue.name().into(),
+                QueueDeclareOptions::default(),
+                expires(),
+            )
+            .await
+            .expect("queue declared");
+        self.admin
+            .queue_bind(
+                queue.name().into(),
+                exchange.name().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue bound");
+        (exchange, queue)
+    }
+
+    async fn delete(&self, queue: &Queue) {
+        self.admin
+            .queue_delete(queue.name().into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue deleted");
+    }
+
+    /// Puts `count` command messages in `queue`, unmeasured, and waits until all are in.
+    async fn fill(&self, exchange: &Exchange, key: &str, queue: &Queue, count: usize) {
+        for seq in 0..count {
+            let body = command_body(
+                &self.fingerprint,
+                "message",
+                "reading",
+                &Reading::sample(seq as u64),
+            );
+            self.admin
+                .basic_publish(
+                    exchange.name().into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    json_properties(),
+                )
+                .await
+                .expect("published");
+        }
+        loop {
+            let declared = self
+                .admin
+                .queue_declare(
+                    queue.name().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue found");
+            if declared.message_count() as usize >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn expires() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
+    arguments
+}
+
+fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+/// Waits until the broker has handled everything sent on `channel` before: one round trip
+/// that queues behind the publishes.
+async fn flush(channel: &lapin::Channel, exchange: &Exchange) {
+    channel
+        .exchange_declare(
+            exchange.name().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange still there");
+}
+
+// ---------------------------------------------------------------------------------------
+// Fire-and-forget publish
+
+impl Bench {
+    async fn publish(&self, plan: Plan) {
+        let key = "reading";
+        let (exchange, queue) = self.topology("publish", key).await;
+        let producer = Producer::builder(&self.postage_callers)
+            .destination(exchange.clone(), key)
+            .fingerprint(Fingerprint::new("bench", "application"))
+            .build()
+            .await
+            .expect("a producer");
+        let channel = self
+            .lapin_callers
+            .create_channel()
+            .await
+            .expect("a channel");
+        let (p, l) = alternate(
+            plan,
+            async |warm_up| {
+                let n = if warm_up {
+                    plan.publish / 4
+                } else {
+                    plan.publish
+                };
+                let mut reading = Reading::sample(0);
+                let start = Instant::now();
+                for seq in 0..n {
+                    reading.seq = seq as u64;
+                    producer
+                        .command("reading", &reading)
+                        .await
+                        .expect("published");
+                }
+                flush(producer.channel(), &exchange).await;
+                let elapsed = start.elapsed();
+                self.purge(&queue).await;
+                rate(n, elapsed)
+            },
+            async |warm_up| {
+                let n = if warm_up {
+                    plan.publish / 4
+                } else {
+                    plan.publish
+                };
+                let mut reading = Reading::sample(0);
+                let start = Instant::now();
+                for seq in 0..n {
+                    reading.seq = seq as u64;
+                    let body = command_body(&self.fingerprint, "message", "reading", &reading);
+                    channel
+                        .basic_publish(
+                            exchange.name().into(),
+                            key.into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            json_properties(),
+                        )
+                        .await
+                        .expect("published");
+                }
+                flush(&channel, &exchange).await;
+                let elapsed = start.elapsed();
+                self.purge(&queue).await;
+                rate(n, elapsed)
+            },
+        )
+        .await;
+        figure("publish", "msg/s", p, l);
+        let _ = channel.close(200, "done".into()).await;
+        self.delete(&queue).await;
+    }
+
+    async fn purge(&self, queue: &Queue) {
+        self.admin
+            .queue_purge(queue.name().into(), QueuePurgeOptions::default())
+            .await
+            .expect("queue purged");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Processor dispatch
+
+/// A component whose handler decodes each reading and counts it.
+struct Sink {
+    seen: AtomicUsize,
+    target: usize,
+    done: Notify,
+}
+
+#[processor]
+impl Sink {
+    #[message_handler("command", "reading")]
+    fn reading(&self, reading: Reading) {
+        black_box(&reading);
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Acks {
+    Each,
+    Batch,
+}
+
+impl Bench {
+    async fn dispatch(&self, plan: Plan) {
+        let key = "reading";
+        let (exchange, queue) = self.topology("dispatch", key).await;
+        let postage = async |warm_up| {
+            let n = if warm_up {
+                plan.dispatch / 4
+            } else {
+                plan.dispatch
+            };
+            self.fill(&exchange, key, &queue, n).await;
+            let sink = Sink {
+                seen: AtomicUsize::new(0),
+                target: n,
+                done: Notify::new(),
+            };
+            let processor = Processor::builder(&self.postage, sink)
+                .bind(exchange.clone(), queue.clone(), key)
+                .prefetch(PREFETCH)
+                .build()
+                .await
+                .expect("a processor");
+            let (state, handle) = (Arc::clone(processor.state()), processor.handle());
+            let start = Instant::now();
+            let running = tokio::spawn(processor.run());
+            state.done.notified().await;
+            let elapsed = start.elapsed();
+            handle.shutdown();
+            running
+                .await
+                .expect("the processor task")
+                .expect("the processor ran");
+            rate(n, elapsed)
+        };
+        let mut postage = postage;
+        let (p, each) = alternate(plan, &mut postage, async |warm_up| {
+            self.raw_dispatch(plan, warm_up, &exchange, key, &queue, Acks::Each)
+                .await
+        })
+        .await;
+        let (p2, batch) = alternate(plan, &mut postage, async |warm_up| {
+            self.raw_dispatch(plan, warm_up, &exchange, key, &queue, Acks::Batch)
+                .await
+        })
+        .await;
+        let all: Vec<f64> = p.into_iter().chain(p2).collect();
+        figure(
+            "dispatch vs lapin acking in batches",
+            "msg/s",
+            all.clone(),
+            batch,
+        );
+        figure("dispatch vs lapin acking each", "msg/s", all, each);
+        self.delete(&queue).await;
+    }
+
+    async fn raw_dispatch(
+        &self,
+        plan: Plan,
+        warm_up: bool,
+        exchange: &Exchange,
+        key: &str,
+        queue: &Queue,
+        acks: Acks,
+    ) -> f64 {
+        let n = if warm_up {
+            plan.dispatch / 4
+        } else {
+            plan.dispatch
+        };
+        self.fill(exchange, key, queue, n).await;
+        let channel = self.lapin.create_channel().await.expect("a channel");
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .expect("prefetch set");
+        let start = Instant::now();
+        let mut deliveries = channel
+            .basic_consume(
+                queue.name().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming");
+        let mut seen = 0;
+        while let Some(delivery) = deliveries.next().await {
+            let delivery = delivery.expect("a delivery");
+            let message = read_command::<Reading>(&delivery.data).expect("a reading");
+            black_box(&message);
+            seen += 1;
+            match acks {
+                Acks::Each => {
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .expect("acked");
+                }
+                Acks::Batch if seen % ACK_BATCH == 0 || seen == n => {
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions { multiple: true })
+                        .await
+                        .expect("acked");
+                }
+                Acks::Batch => {}
+            }
+            if seen == n {
+                break;
+            }
+        }
+        let elapsed = start.elapsed();
+        channel
+            .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
+            .await
+            .expect("cancelled");
+        let _ = channel.close(200, "done".into()).await;
+        rate(n, elapsed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RPC
+
+/// The RPC component: answers each reading with a receipt.
+struct Echo;
+
+#[processor]
+impl Echo {
+    #[rpc_handler("command", "reading")]
+    fn reading(&self, reading: Reading) -> Receipt {
+        Receipt {
+            seq: reading.seq,
+            ok: true,
+        }
+    }
+}
+
+/// Two servers on one queue each: the postage processor and its raw lapin twin.
+struct Servers {
+    exchange: Exchange,
+    postage_queue: Queue,
+    lapin_queue: Queue,
+    postage: postage_core::ProcessorHandle,
+    postage_task: tokio::task::JoinHandle<postage_core::Result<postage_core::Exit>>,
+    lapin: lapin::Channel,
+    lapin_task: tokio::task::JoinHandle<()>,
+}
+
+const POSTAGE_KEY: &str = "postage";
+const LAPIN_KEY: &str = "lapin";
+
+impl Bench {
+    async fn servers(&self) -> Servers {
+        let exchange = Exchange::named(self.name("rpc"))
+            .durable(false)
+            .auto_delete(true);
+        let postage_queue = Queue::new(self.name("rpc-postage")).argument("x-expires", EXPIRES_MS);
+        let processor = Processor::builder(&self.postage, Echo)
+            .bind(exchange.clone(), postage_queue.clone(), POSTAGE_KEY)
+            .prefetch(PREFETCH)
+            .build()
+            .await
+            .expect("a processor");
+        let postage = processor.handle();
+        let postage_task = tokio::spawn(processor.run());
+
+        let (_, lapin_queue) = self.topology_on(&exchange, "rpc-lapin", LAPIN_KEY).await;
+        let channel = self.lapin.create_channel().await.expect("a channel");
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .expect("prefetch set");
+        let mut requests = channel
+            .basic_consume(
+                lapin_queue.name().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming");
+        let server = channel.clone();
+        let fingerprint = Arc::clone(&self.fingerprint);
+        let lapin_task = tokio::spawn(async move {
+            while let Some(Ok(delivery)) = requests.next().await {
+                let Ok(request) = read_command::<Reading>(&delivery.data) else {
+                    let _ = delivery.acker.reject(Default::default()).await;
+                    continue;
+                };
+                let receipt = Receipt {
+                    seq: request.content.parameters.seq,
+                    ok: true,
+                };
+                if let Some(reply_to) = delivery.properties.reply_to() {
+                    let mut properties = json_properties();
+                    if let Some(id) = delivery.properties.correlation_id() {
+                        properties = properties.with_correlation_id(id.clone());
+                    }
+                    let answered = server
+                        .basic_publish(
+                            "".into(),
+                            reply_to.clone(),
+                            BasicPublishOptions::default(),
+                            &success_body(&fingerprint, &receipt),
+                            properties,
+                        )
+                        .await;
+                    if answered.is_err() {
+                        break; // closed at the end of the figure
+                    }
+                }
+                if delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Servers {
+            exchange,
+            postage_queue,
+            lapin_queue,
+            postage,
+            postage_task,
+            lapin: channel,
+            lapin_task,
+        }
+    }
+
+    /// A queue bound to an existing exchange.
+    async fn topology_on(&self, exchange: &Exchange, what: &str, key: &str) -> (String, Queue) {
+        let queue = Queue::new(self.name(what)).argument("x-expires", EXPIRES_MS);
+        self.admin
+            .exchange_declare(
+                exchange.name().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    auto_delete: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange declared");
+        self.admin
+            .queue_declare(
+                queue.name().into(),
+                QueueDeclareOptions::default(),
+                expires(),
+            )
+            .await
+            .expect("queue declared");
+        self.admin
+            .queue_bind(
+                queue.name().into(),
+                exchange.name().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue bound");
+        (key.to_owned(), queue)
+    }
+
+    async fn stop(&self, servers: Servers) {
+        servers.postage.shutdown();
+        servers
+            .postage_task
+            .await
+            .expect("the processor task")
+            .expect("the processor ran");
+        let _ = servers.lapin.close(200, "done".into()).await;
+        let _ = servers.lapin_task.await;
+        self.delete(&servers.postage_queue).await;
+        self.delete(&servers.lapin_queue).await;
+    }
+
+    async fn producer(&self, exchange: &Exchange, mode: ReplyQueue) -> Producer {
+        Producer::builder(&self.postage_callers)
+            .destination(exchange.clone(), POSTAGE_KEY)
+            .fingerprint(Fingerprint::new("bench", "application"))
+            .reply_queue(mode)
+            .build()
+            .await
+            .expect("a producer")
+    }
+
+    /// A raw caller's channel, its reply consumer and the `reply_to` address.
+    async fn raw_caller(&self, mode: ReplyQueue) -> (lapin::Channel, lapin::Consumer, ShortString) {
+        let channel = self
+            .lapin_callers
+            .create_channel()
+            .await
+            .expect("a channel");
+        let reply_to: ShortString = match mode {
+            ReplyQueue::Private => channel
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("reply queue declared")
+                .name()
+                .clone(),
+            _ => DIRECT_REPLY_TO.into(),
+        };
+        let replies = channel
+            .basic_consume(
+                reply_to.clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming replies");
+        (channel, replies, reply_to)
+    }
+
+    async fn raw_call(
+        &self,
+        channel: &lapin::Channel,
+        exchange: &Exchange,
+        reply_to: &ShortString,
+        id: String,
+        reading: &Reading,
+    ) {
+        let body = command_body(&self.fingerprint, "rpc", "reading", reading);
+        channel
+            .basic_publish(
+                exchange.name().into(),
+                LAPIN_KEY.into(),
+                BasicPublishOptions::default(),
+                &body,
+                json_properties()
+                    .with_reply_to(reply_to.clone())
+                    .with_correlation_id(id.into()),
+            )
+            .await
+            .expect("call sent");
+    }
+
+    async fn rpc_sequential(&self, plan: Plan, mode: ReplyQueue) {
+        let servers = self.servers().await;
+        let producer = self.producer(&servers.exchange, mode).await;
+        let (channel, mut replies, reply_to) = self.raw_caller(mode).await;
+        let prefix = self.name("call");
+        let (p, l) = alternate(
+            plan,
+            async |warm_up| {
+                let n = if warm_up {
+                    plan.rpc_sequential / 4
+                } else {
+                    plan.rpc_sequential
+                };
+                let mut reading = Reading::sample(0);
+                let start = Instant::now();
+                for seq in 0..n {
+                    reading.seq = seq as u64;
+                    let receipt: Receipt =
+                        producer.call("reading", &reading).await.expect("answered");
+                    assert_eq!(receipt.seq, reading.seq);
+                }
+                rate(n, start.elapsed())
+            },
+            async |warm_up| {
+                let n = if warm_up {
+                    plan.rpc_sequential / 4
+                } else {
+                    plan.rpc_sequential
+                };
+                let mut reading = Reading::sample(0);
+                let start = Instant::now();
+                for seq in 0..n {
+                    reading.seq = seq as u64;
+                    let id = format!("{prefix}.{seq}");
+                    self.raw_call(&channel, &servers.exchange, &reply_to, id.clone(), &reading)
+                        .await;
+                    loop {
+                        let reply = replies
+                            .next()
+                            .await
+                            .expect("replies keep coming")
+                            .expect("a reply");
+                        if reply
+                            .properties
+                            .correlation_id()
+                            .as_ref()
+                            .map(ShortString::as_str)
+                            == Some(id.as_str())
+                        {
+                            let receipt: Receipt = read_success(&reply.data).expect("a success");
+                            assert_eq!(receipt.seq, reading.seq);
+                            break;
+                        }
+                    }
+                }
+                rate(n, start.elapsed())
+            },
+        )
+        .await;
+        figure(
+            &format!("rpc sequential, {}", mode_name(mode)),
+            "calls/s",
+            p,
+            l,
+        );
+        let _ = channel.close(200, "done".into()).await;
+        drop(producer);
+        self.stop(servers).await;
+    }
+
+    async fn rpc_pipelined(&self, plan: Plan, mode: ReplyQueue) {
+        let servers = self.servers().await;
+        let producer = self.producer(&servers.exchange, mode).await;
+        let (channel, mut replies, reply_to) = self.raw_caller(mode).await;
+        let prefix = self.name("call");
+        let (p, l) = alternate(
+            plan,
+            async |warm_up| {
+                let n = if warm_up {
+                    plan.rpc_pipelined / 4
+                } else {
+                    plan.rpc_pipelined
+                };
+                let start = Instant::now();
+                let mut in_flight = FuturesUnordered::new();
+                let mut sent = 0;
+                let mut answered = 0;
+                while answered < n {
+                    while sent < n && in_flight.len() < WINDOW {
+                        let call = producer
+                            .rpc_deferred(
+                                "reading",
+                                Reading::sample(sent as u64),
+                                RpcOptions::new(),
+                            )
+                            .await
+                            .expect("call sent");
+                        in_flight.push(call.value::<Receipt>());
+                        sent += 1;
+                    }
+                    if let Some(receipt) = in_flight.next().await {
+                        black_box(receipt.expect("answered"));
+                        answered += 1;
+                    }
+                }
+                rate(n, start.elapsed())
+            },
+            async |warm_up| {
+                let n = if warm_up {
+                    plan.rpc_pipelined / 4
+                } else {
+                    plan.rpc_pipelined
+                };
+                let start = Instant::now();
+                let mut in_flight: HashMap<String, u64> = HashMap::with_capacity(WINDOW);
+                let mut sent = 0;
+                let mut answered = 0;
+                while answered < n {
+                    while sent < n && in_flight.len() < WINDOW {
+                        let id = format!("{prefix}.{sent}");
+                        in_flight.insert(id.clone(), sent as u64);
+                        let reading = Reading::sample(sent as u64);
+                        self.raw_call(&channel, &servers.exchange, &reply_to, id, &reading)
+                            .await;
+                        sent += 1;
+                    }
+                    let reply = replies
+                        .next()
+                        .await
+                        .expect("replies keep coming")
+                        .expect("a reply");
+                    let seq = reply
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .and_then(|id| in_flight.remove(id.as_str()));
+                    if let Some(seq) = seq {
+                        let receipt: Receipt = read_success(&reply.data).expect("a success");
+                        assert_eq!(receipt.seq, seq);
+                        answered += 1;
+                    }
+                }
+                rate(n, start.elapsed())
+            },
+        )
+        .await;
+        figure(
+            &format!("rpc {WINDOW} in flight, {}", mode_name(mode)),
+            "calls/s",
+            p,
+            l,
+        );
+        let _ = channel.close(200, "done".into()).await;
+        drop(producer);
+        self.stop(servers).await;
+    }
+}
+
+fn mode_name(mode: ReplyQueue) -> &'static str {
+    match mode {
+        ReplyQueue::Private => "private reply queue",
+        _ => "direct reply-to",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes: start-up time and resident memory
+
+/// One run of a child component: how long until it consumed, and its resident memory
+/// once idle or once its calls are in flight.
+struct ChildRun {
+    to_consuming: Duration,
+    resident: u64,
+}
+
+fn run_child(program: &str, mode: &str, calls: usize, settle: Duration) -> ChildRun {
+    let exchange = format!("bench-child-{}-{}", std::process::id(), next_child());
+    let queue = format!("{exchange}-q");
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args([mode, &exchange, &queue, &calls.to_string()])
+        .env("POSTAGE_URL", broker_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the child component starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("its stdout")).lines();
+    let mut next_line = |what: &str| -> String {
+        lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{program} printed no {what} line"))
+    };
+    let first = next_line("consuming");
+    let to_consuming = start.elapsed();
+    assert_eq!(first, "consuming", "{program}: unexpected output");
+    if mode == "inflight" {
+        let line = next_line("inflight");
+        assert!(
+            line.starts_with("inflight"),
+            "{program}: unexpected output {line:?}"
+        );
+    }
+    std::thread::sleep(settle);
+    let resident = resident_bytes(child.id()).expect("the child's VmRSS");
+    stop_child(child);
+    ChildRun {
+        to_consuming,
+        resident,
+    }
+}
+
+/// Numbers the children, for names of their own.
+fn next_child() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Closes the child's standard input (it then stops cleanly) and waits for it; kills it
+/// after 10 s.
+fn stop_child(mut child: Child) {
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn processes(plan: Plan) {
+    const POSTAGE: &str = env!("CARGO_BIN_EXE_bench_postage");
+    const LAPIN: &str = env!("CARGO_BIN_EXE_bench_lapin");
+    let settle = if plan.quick {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(500)
+    };
+    let runs = if plan.quick { 1 } else { plan.runs };
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+
+    let (mut p_idle, mut l_idle, mut p_start, mut l_start) = (vec![], vec![], vec![], vec![]);
+    if !plan.quick {
+        // Warm the page cache and the broker.
+        run_child(POSTAGE, "idle", 0, Duration::ZERO);
+        run_child(LAPIN, "idle", 0, Duration::ZERO);
+    }
+    for run in 0..runs {
+        let order = if run % 2 == 0 {
+            [POSTAGE, LAPIN]
+        } else {
+            [LAPIN, POSTAGE]
+        };
+        for program in order {
+            let child = run_child(program, "idle", 0, settle);
+            let ms = child.to_consuming.as_secs_f64() * 1000.0;
+            if program == POSTAGE {
+                p_idle.push(mib(child.resident));
+                p_start.push(ms);
+            } else {
+                l_idle.push(mib(child.resident));
+                l_start.push(ms);
+            }
+        }
+    }
+    let (mut p_busy, mut l_busy) = (vec![], vec![]);
+    for run in 0..runs {
+        let order = if run % 2 == 0 {
+            [POSTAGE, LAPIN]
+        } else {
+            [LAPIN, POSTAGE]
+        };
+        for program in order {
+            let child = run_child(program, "inflight", plan.in_flight, settle);
+            if program == POSTAGE {
+                p_busy.push(mib(child.resident));
+            } else {
+                l_busy.push(mib(child.resident));
+            }
+        }
+    }
+    figure(
+        "memory of an idle component (child process)",
+        "MiB",
+        p_idle,
+        l_idle,
+    );
+    figure(
+        &format!(
+            "memory with {} calls in flight (child process)",
+            plan.in_flight
+        ),
+        "MiB",
+        p_busy,
+        l_busy,
+    );
+    figure("start to consuming (child process)", "ms", p_start, l_start);
+}
