@@ -75,7 +75,7 @@ pub struct Producer {
 #[derive(Debug)]
 struct Inner {
     connection: Connection,
-    channel: lapin::Channel,
+    channel: crate::connection::ChannelLease,
     destinations: Vec<(Exchange, String)>,
     fingerprint: Fingerprint,
     encoder: Arc<dyn Encoder>,
@@ -147,7 +147,7 @@ impl ProducerBuilder {
 
     /// Opens the producer's channel and declares its default exchanges.
     pub async fn build(self) -> Result<Producer> {
-        let channel = self.connection.open_channel().await?;
+        let channel = self.connection.lease_channel().await?;
         if self.reliable {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
