@@ -8,7 +8,10 @@
 //! `<figure>: postage <value> <unit> | lapin <value> <unit> | ratio <postage/lapin>`,
 //! the median of several runs (the first line says how many), postage and lapin taking
 //! turns to go first. `POSTAGE_BENCH_QUICK=1` makes a smoke run: a few hundred messages,
-//! one run. `POSTAGE_URL` names another broker.
+//! one run. `POSTAGE_URL` names another broker. While working on a figure,
+//! `POSTAGE_BENCH_ONLY=publish,dispatch,rpc,process` runs some groups only, and
+//! `POSTAGE_BENCH_DIAG=1` adds `# diag` lines that run each RPC client against the other
+//! side's server, to tell client costs from server costs.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -51,6 +54,8 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     quick: bool,
+    /// `POSTAGE_BENCH_DIAG=1`: also run each RPC client against the other's server.
+    diag: bool,
     runs: usize,
     publish: usize,
     dispatch: usize,
@@ -61,10 +66,12 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Self {
-        let quick = std::env::var("POSTAGE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let set = |name| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
+        let (quick, diag) = (set("POSTAGE_BENCH_QUICK"), set("POSTAGE_BENCH_DIAG"));
         if quick {
             Self {
                 quick,
+                diag,
                 runs: 1,
                 publish: 300,
                 dispatch: 300,
@@ -75,6 +82,7 @@ impl Plan {
         } else {
             Self {
                 quick,
+                diag,
                 runs: 5,
                 publish: 30_000,
                 dispatch: 20_000,
@@ -99,20 +107,30 @@ fn main() {
         plan.runs,
         if plan.quick { " (quick smoke run)" } else { "" },
     );
+    let only = std::env::var("POSTAGE_BENCH_ONLY").unwrap_or_default();
+    let wanted = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
     runtime.block_on(async {
         let bench = Bench::connect().await;
-        bench.publish(plan).await;
-        bench.dispatch(plan).await;
-        for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
-            bench.rpc_sequential(plan, mode).await;
+        if wanted("publish") {
+            bench.publish(plan).await;
         }
-        for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
-            bench.rpc_pipelined(plan, mode).await;
+        if wanted("dispatch") {
+            bench.dispatch(plan).await;
+        }
+        if wanted("rpc") {
+            for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
+                bench.rpc_sequential(plan, mode).await;
+            }
+            for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
+                bench.rpc_pipelined(plan, mode).await;
+            }
         }
         bench.close().await;
     });
     drop(runtime);
-    processes(plan);
+    if wanted("process") {
+        processes(plan);
+    }
 }
 
 /// The broker URL without its password.
@@ -392,7 +410,7 @@ impl Bench {
                         .await
                         .expect("published");
                 }
-                flush(producer.channel(), &exchange).await;
+                flush(&producer.channel(), &exchange).await;
                 let elapsed = start.elapsed();
                 self.purge(&queue).await;
                 rate(n, elapsed)
@@ -750,9 +768,9 @@ impl Bench {
         self.delete(&servers.lapin_queue).await;
     }
 
-    async fn producer(&self, exchange: &Exchange, mode: ReplyQueue) -> Producer {
+    async fn producer(&self, exchange: &Exchange, mode: ReplyQueue, key: &str) -> Producer {
         Producer::builder(&self.postage_callers)
-            .destination(exchange.clone(), POSTAGE_KEY)
+            .destination(exchange.clone(), key)
             .fingerprint(Fingerprint::new("bench", "application"))
             .reply_queue(mode)
             .build()
@@ -760,8 +778,8 @@ impl Bench {
             .expect("a producer")
     }
 
-    /// A raw caller's channel, its reply consumer and the `reply_to` address.
-    async fn raw_caller(&self, mode: ReplyQueue) -> (lapin::Channel, lapin::Consumer, ShortString) {
+    /// A raw caller: a channel, its reply consumer and the `reply_to` address.
+    async fn raw_caller(&self, exchange: &Exchange, mode: ReplyQueue) -> RawCaller {
         let channel = self
             .lapin_callers
             .create_channel()
@@ -796,187 +814,221 @@ impl Bench {
             )
             .await
             .expect("consuming replies");
-        (channel, replies, reply_to)
+        RawCaller {
+            channel,
+            replies,
+            reply_to,
+            exchange: exchange.name().into(),
+            prefix: self.name("call"),
+            fingerprint: Arc::clone(&self.fingerprint),
+        }
     }
 
-    async fn raw_call(
-        &self,
-        channel: &lapin::Channel,
-        exchange: &Exchange,
-        reply_to: &ShortString,
-        id: String,
-        reading: &Reading,
-    ) {
+    /// Sequential RPC: postage against its processor, lapin against its raw server; with
+    /// `POSTAGE_BENCH_DIAG` also each client against the other's server.
+    async fn rpc_sequential(&self, plan: Plan, mode: ReplyQueue) {
+        let servers = self.servers().await;
+        let producer = self.producer(&servers.exchange, mode, POSTAGE_KEY).await;
+        let mut raw = self.raw_caller(&servers.exchange, mode).await;
+        let size = |warm_up| sized(plan.rpc_sequential, warm_up);
+        let (p, l) = alternate(
+            plan,
+            async |warm_up| postage_sequential(&producer, size(warm_up)).await,
+            async |warm_up| raw.sequential(LAPIN_KEY, size(warm_up)).await,
+        )
+        .await;
+        let name = format!("rpc sequential, {}", mode_name(mode));
+        if plan.diag {
+            let crossed = self.producer(&servers.exchange, mode, LAPIN_KEY).await;
+            let (pc, lc) = alternate(
+                plan,
+                async |warm_up| postage_sequential(&crossed, size(warm_up)).await,
+                async |warm_up| raw.sequential(POSTAGE_KEY, size(warm_up)).await,
+            )
+            .await;
+            diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
+        }
+        figure(&name, "calls/s", p, l);
+        raw.close().await;
+        drop(producer);
+        self.stop(servers).await;
+    }
+
+    /// RPC with [`WINDOW`] calls in flight, as [`Bench::rpc_sequential`].
+    async fn rpc_pipelined(&self, plan: Plan, mode: ReplyQueue) {
+        let servers = self.servers().await;
+        let producer = self.producer(&servers.exchange, mode, POSTAGE_KEY).await;
+        let mut raw = self.raw_caller(&servers.exchange, mode).await;
+        let size = |warm_up| sized(plan.rpc_pipelined, warm_up);
+        let (p, l) = alternate(
+            plan,
+            async |warm_up| postage_pipelined(&producer, size(warm_up)).await,
+            async |warm_up| raw.pipelined(LAPIN_KEY, size(warm_up)).await,
+        )
+        .await;
+        let name = format!("rpc {WINDOW} in flight, {}", mode_name(mode));
+        if plan.diag {
+            let crossed = self.producer(&servers.exchange, mode, LAPIN_KEY).await;
+            let (pc, lc) = alternate(
+                plan,
+                async |warm_up| postage_pipelined(&crossed, size(warm_up)).await,
+                async |warm_up| raw.pipelined(POSTAGE_KEY, size(warm_up)).await,
+            )
+            .await;
+            diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
+        }
+        figure(&name, "calls/s", p, l);
+        raw.close().await;
+        drop(producer);
+        self.stop(servers).await;
+    }
+}
+
+/// A quarter of `n` for a warm-up.
+fn sized(n: usize, warm_up: bool) -> usize {
+    if warm_up { n / 4 } else { n }
+}
+
+/// With `POSTAGE_BENCH_DIAG`: which side of an RPC figure costs what, from the runs of
+/// postage→postage, lapin→lapin, postage client→lapin server, lapin client→postage server.
+fn diagnose(name: &str, unit: &str, runs: [&Vec<f64>; 4]) {
+    let [pp, ll, pl, lp] = runs.map(|r| median(r.clone()));
+    println!(
+        "# diag {name} ({unit}): postage→postage {} | lapin→lapin {} | postage client→lapin server {} ({:.2}) | lapin client→postage server {} ({:.2})",
+        format_value(pp),
+        format_value(ll),
+        format_value(pl),
+        pl / ll,
+        format_value(lp),
+        lp / ll,
+    );
+}
+
+/// `n` calls one after the other through postage.
+async fn postage_sequential(producer: &Producer, n: usize) -> f64 {
+    let mut reading = Reading::sample(0);
+    let start = Instant::now();
+    for seq in 0..n {
+        reading.seq = seq as u64;
+        let receipt: Receipt = producer.call("reading", &reading).await.expect("answered");
+        assert_eq!(receipt.seq, reading.seq);
+    }
+    rate(n, start.elapsed())
+}
+
+/// `n` calls through postage, [`WINDOW`] in flight, from one task.
+async fn postage_pipelined(producer: &Producer, n: usize) -> f64 {
+    let start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let (mut sent, mut answered) = (0, 0);
+    while answered < n {
+        while sent < n && in_flight.len() < WINDOW {
+            let call = producer
+                .rpc_deferred("reading", Reading::sample(sent as u64), RpcOptions::new())
+                .await
+                .expect("call sent");
+            in_flight.push(call.value::<Receipt>());
+            sent += 1;
+        }
+        if let Some(receipt) = in_flight.next().await {
+            black_box(receipt.expect("answered"));
+            answered += 1;
+        }
+    }
+    rate(n, start.elapsed())
+}
+
+/// RPC calls written by hand in lapin: publish with `reply_to` and a correlation id, read
+/// the answers from one consumer.
+struct RawCaller {
+    channel: lapin::Channel,
+    replies: lapin::Consumer,
+    reply_to: ShortString,
+    exchange: ShortString,
+    prefix: String,
+    fingerprint: Arc<RawFingerprint>,
+}
+
+impl RawCaller {
+    async fn call(&self, key: &str, id: String, reading: &Reading) {
         let body = command_body(&self.fingerprint, "rpc", "reading", reading);
-        channel
+        self.channel
             .basic_publish(
-                exchange.name().into(),
-                LAPIN_KEY.into(),
+                self.exchange.clone(),
+                key.into(),
                 BasicPublishOptions::default(),
                 &body,
                 json_properties()
-                    .with_reply_to(reply_to.clone())
+                    .with_reply_to(self.reply_to.clone())
                     .with_correlation_id(id.into()),
             )
             .await
             .expect("call sent");
     }
 
-    async fn rpc_sequential(&self, plan: Plan, mode: ReplyQueue) {
-        let servers = self.servers().await;
-        let producer = self.producer(&servers.exchange, mode).await;
-        let (channel, mut replies, reply_to) = self.raw_caller(mode).await;
-        let prefix = self.name("call");
-        let (p, l) = alternate(
-            plan,
-            async |warm_up| {
-                let n = if warm_up {
-                    plan.rpc_sequential / 4
-                } else {
-                    plan.rpc_sequential
-                };
-                let mut reading = Reading::sample(0);
-                let start = Instant::now();
-                for seq in 0..n {
-                    reading.seq = seq as u64;
-                    let receipt: Receipt =
-                        producer.call("reading", &reading).await.expect("answered");
-                    assert_eq!(receipt.seq, reading.seq);
-                }
-                rate(n, start.elapsed())
-            },
-            async |warm_up| {
-                let n = if warm_up {
-                    plan.rpc_sequential / 4
-                } else {
-                    plan.rpc_sequential
-                };
-                let mut reading = Reading::sample(0);
-                let start = Instant::now();
-                for seq in 0..n {
-                    reading.seq = seq as u64;
-                    let id = format!("{prefix}.{seq}");
-                    self.raw_call(&channel, &servers.exchange, &reply_to, id.clone(), &reading)
-                        .await;
-                    loop {
-                        let reply = replies
-                            .next()
-                            .await
-                            .expect("replies keep coming")
-                            .expect("a reply");
-                        if reply
-                            .properties
-                            .correlation_id()
-                            .as_ref()
-                            .map(ShortString::as_str)
-                            == Some(id.as_str())
-                        {
-                            let receipt: Receipt = read_success(&reply.data).expect("a success");
-                            assert_eq!(receipt.seq, reading.seq);
-                            break;
-                        }
-                    }
-                }
-                rate(n, start.elapsed())
-            },
-        )
-        .await;
-        figure(
-            &format!("rpc sequential, {}", mode_name(mode)),
-            "calls/s",
-            p,
-            l,
-        );
-        let _ = channel.close(200, "done".into()).await;
-        drop(producer);
-        self.stop(servers).await;
+    async fn reply(&mut self) -> lapin::message::Delivery {
+        self.replies
+            .next()
+            .await
+            .expect("replies keep coming")
+            .expect("a reply")
     }
 
-    async fn rpc_pipelined(&self, plan: Plan, mode: ReplyQueue) {
-        let servers = self.servers().await;
-        let producer = self.producer(&servers.exchange, mode).await;
-        let (channel, mut replies, reply_to) = self.raw_caller(mode).await;
-        let prefix = self.name("call");
-        let (p, l) = alternate(
-            plan,
-            async |warm_up| {
-                let n = if warm_up {
-                    plan.rpc_pipelined / 4
-                } else {
-                    plan.rpc_pipelined
-                };
-                let start = Instant::now();
-                let mut in_flight = FuturesUnordered::new();
-                let mut sent = 0;
-                let mut answered = 0;
-                while answered < n {
-                    while sent < n && in_flight.len() < WINDOW {
-                        let call = producer
-                            .rpc_deferred(
-                                "reading",
-                                Reading::sample(sent as u64),
-                                RpcOptions::new(),
-                            )
-                            .await
-                            .expect("call sent");
-                        in_flight.push(call.value::<Receipt>());
-                        sent += 1;
-                    }
-                    if let Some(receipt) = in_flight.next().await {
-                        black_box(receipt.expect("answered"));
-                        answered += 1;
-                    }
+    /// `n` calls one after the other to the server bound with `key`.
+    async fn sequential(&mut self, key: &str, n: usize) -> f64 {
+        let mut reading = Reading::sample(0);
+        let start = Instant::now();
+        for seq in 0..n {
+            reading.seq = seq as u64;
+            let id = format!("{}.{seq}", self.prefix);
+            self.call(key, id.clone(), &reading).await;
+            loop {
+                let reply = self.reply().await;
+                let answers_it = reply
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(ShortString::as_str)
+                    == Some(id.as_str());
+                if answers_it {
+                    let receipt: Receipt = read_success(&reply.data).expect("a success");
+                    assert_eq!(receipt.seq, reading.seq);
+                    break;
                 }
-                rate(n, start.elapsed())
-            },
-            async |warm_up| {
-                let n = if warm_up {
-                    plan.rpc_pipelined / 4
-                } else {
-                    plan.rpc_pipelined
-                };
-                let start = Instant::now();
-                let mut in_flight: HashMap<String, u64> = HashMap::with_capacity(WINDOW);
-                let mut sent = 0;
-                let mut answered = 0;
-                while answered < n {
-                    while sent < n && in_flight.len() < WINDOW {
-                        let id = format!("{prefix}.{sent}");
-                        in_flight.insert(id.clone(), sent as u64);
-                        let reading = Reading::sample(sent as u64);
-                        self.raw_call(&channel, &servers.exchange, &reply_to, id, &reading)
-                            .await;
-                        sent += 1;
-                    }
-                    let reply = replies
-                        .next()
-                        .await
-                        .expect("replies keep coming")
-                        .expect("a reply");
-                    let seq = reply
-                        .properties
-                        .correlation_id()
-                        .as_ref()
-                        .and_then(|id| in_flight.remove(id.as_str()));
-                    if let Some(seq) = seq {
-                        let receipt: Receipt = read_success(&reply.data).expect("a success");
-                        assert_eq!(receipt.seq, seq);
-                        answered += 1;
-                    }
-                }
-                rate(n, start.elapsed())
-            },
-        )
-        .await;
-        figure(
-            &format!("rpc {WINDOW} in flight, {}", mode_name(mode)),
-            "calls/s",
-            p,
-            l,
-        );
-        let _ = channel.close(200, "done".into()).await;
-        drop(producer);
-        self.stop(servers).await;
+            }
+        }
+        rate(n, start.elapsed())
+    }
+
+    /// `n` calls to the server bound with `key`, [`WINDOW`] in flight.
+    async fn pipelined(&mut self, key: &str, n: usize) -> f64 {
+        let start = Instant::now();
+        let mut in_flight: HashMap<String, u64> = HashMap::with_capacity(WINDOW);
+        let (mut sent, mut answered) = (0, 0);
+        while answered < n {
+            while sent < n && in_flight.len() < WINDOW {
+                let id = format!("{}.{sent}", self.prefix);
+                in_flight.insert(id.clone(), sent as u64);
+                self.call(key, id, &Reading::sample(sent as u64)).await;
+                sent += 1;
+            }
+            let reply = self.reply().await;
+            let seq = reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .and_then(|id| in_flight.remove(id.as_str()));
+            if let Some(seq) = seq {
+                let receipt: Receipt = read_success(&reply.data).expect("a success");
+                assert_eq!(receipt.seq, seq);
+                answered += 1;
+            }
+        }
+        rate(n, start.elapsed())
+    }
+
+    async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
     }
 }
 
