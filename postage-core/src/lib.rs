@@ -33,10 +33,12 @@
 //! # Ok(()) }
 //! ```
 
+mod channel;
 mod config;
 mod connection;
 mod consumer;
 mod encoder;
+mod envelope;
 mod error;
 mod exchange;
 mod fingerprint;
@@ -46,11 +48,14 @@ mod processor;
 mod producer;
 mod queue;
 mod rpc;
+mod tracker;
 
+pub use channel::{Channel, Subscription};
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password};
 pub use connection::Connection;
 pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use encoder::{Encoder, JsonEncoder};
+pub use envelope::{Envelope, HeaderValue, Incoming};
 pub use error::{Error, Result};
 pub use exchange::{Exchange, ExchangeKind};
 pub use fingerprint::Fingerprint;
@@ -64,6 +69,7 @@ pub use processor::{
 pub use producer::{Producer, ProducerBuilder, Route};
 pub use queue::Queue;
 pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
+pub use tracker::{DeliveryStatus, Tracker};
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
