@@ -117,6 +117,28 @@ pub enum Error {
     /// The producer or consumer was closed while an operation waited on it.
     #[error("{0} is closed")]
     Closed(&'static str),
+    /// A blocking call did not finish within its timeout.
+    #[error("{operation} did not finish within {timeout:?}")]
+    Timeout {
+        /// What was waited for, with the names involved.
+        operation: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// A blocking call was woken by an interrupt from another task.
+    #[error("{operation} was interrupted")]
+    Interrupted {
+        /// What was waited for.
+        operation: String,
+    },
+    /// An address that does not read as `amqp[s]://[user[:password]@]host[:port]/name`.
+    #[error("invalid address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address, its password masked.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {

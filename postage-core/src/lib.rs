@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 mod channel;
 mod config;
 mod connection;
@@ -44,12 +45,14 @@ mod exchange;
 mod fingerprint;
 mod handler;
 mod message;
+mod messenger;
 mod processor;
 mod producer;
 mod queue;
 mod rpc;
 mod tracker;
 
+pub use address::{Address, RouteTable};
 pub use channel::{Channel, Subscription};
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password};
 pub use connection::Connection;
@@ -61,6 +64,7 @@ pub use exchange::{Exchange, ExchangeKind};
 pub use fingerprint::Fingerprint;
 pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
 pub use message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};
+pub use messenger::{ADDRESS_HEADER, Interrupter, Messenger};
 pub use postage_macros::{message_handler, processor, rpc_handler};
 pub use processor::{
     ControlPolicy, DEFAULT_MAX_BODY, Exit, HandlerInfo, Processor, ProcessorBuilder,
