@@ -1,8 +1,12 @@
 //! One connection to RabbitMQ, shared by every producer and consumer of a process.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{ConnectionProperties, ErrorKind};
@@ -10,9 +14,12 @@ use lapin::{ConnectionProperties, ErrorKind};
 use crate::config::{Config, Host};
 use crate::error::{Error, Result};
 
-/// A connection to the first broker of [`Config::hosts`] that accepts the login. Clone it
-/// freely: clones share the one AMQP connection, and each producer or consumer opens its
-/// own channel on it.
+/// A connection to the first broker of [`Config::hosts`] that accepts the login, kept
+/// alive: when it is lost (network cut, broker restart, node loss, closed by the broker,
+/// a silent peer caught by heartbeats) it reconnects with backoff, trying every host in
+/// turn, and every consumer built on it restores its topology and consumers; producers
+/// reopen their channel on their next publish. Clone it freely: clones share the one
+/// AMQP connection, and each producer or consumer opens its own channel on it.
 #[derive(Debug, Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
@@ -20,11 +27,21 @@ pub struct Connection {
 
 #[derive(Debug)]
 struct Inner {
-    amqp: lapin::Connection,
     config: Config,
-    host: Host,
+    link: RwLock<Link>,
+    /// Bumped after each reconnection; consumers and producers watch it.
+    generation: watch::Sender<u64>,
+    /// Set by [`Connection::close`]: a closed connection is not recovered.
+    closed: AtomicBool,
     /// Closes of channels whose producer or consumer was dropped, still under way.
     closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// The live AMQP connection and the host it reached.
+#[derive(Debug, Clone)]
+struct Link {
+    amqp: Arc<lapin::Connection>,
+    host: Host,
 }
 
 impl Connection {
@@ -38,50 +55,38 @@ impl Connection {
     /// answers, [`Error::ConnectionFailed`] lists why for each.
     pub async fn connect(config: &Config) -> Result<Self> {
         config.validate()?;
-        let mut attempts = Vec::new();
-        for host in &config.hosts {
-            let properties =
-                ConnectionProperties::default().with_connection_name(connection_name().into());
-            match lapin::Connection::connect_uri(config.amqp_uri(host), properties).await {
-                Ok(amqp) => {
-                    tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
-                    return Ok(Self {
-                        inner: Arc::new(Inner {
-                            amqp,
-                            config: config.clone(),
-                            host: host.clone(),
-                            closing: Arc::default(),
-                        }),
-                    });
-                }
-                Err(error) if is_access_refused(&error) => {
-                    return Err(Error::AccessRefused {
-                        user: config.user.clone(),
-                        vhost: config.vhost.clone(),
-                        host: host.to_string(),
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(host = %host, %error, "RabbitMQ host did not accept the connection");
-                    attempts.push(format!("{host}: {error}"));
-                }
-            }
-        }
-        Err(Error::ConnectionFailed {
-            attempts: attempts.join("; "),
-        })
+        let link = dial(config).await?;
+        let events = link.amqp.events_listener();
+        let connection = Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                link: RwLock::new(link),
+                generation: watch::Sender::new(0),
+                closed: AtomicBool::new(false),
+                closing: Arc::default(),
+            }),
+        };
+        tokio::spawn(supervise(
+            Arc::downgrade(&connection.inner),
+            Box::pin(events),
+        ));
+        Ok(connection)
     }
 
-    /// Opens a new channel.
+    fn link(&self) -> Link {
+        match self.inner.link.read() {
+            Ok(link) => link.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Opens a new channel on the live connection.
     pub async fn open_channel(&self) -> Result<lapin::Channel> {
-        self.inner
-            .amqp
+        let link = self.link();
+        link.amqp
             .create_channel()
             .await
-            .map_err(Error::amqp(format!(
-                "opening a channel on {}",
-                self.inner.host
-            )))
+            .map_err(Error::amqp(format!("opening a channel on {}", link.host)))
     }
 
     /// Opens a channel that is closed explicitly when dropped, and that
@@ -93,25 +98,71 @@ impl Connection {
         })
     }
 
+    /// How many times the connection was re-established: a change tells a channel user
+    /// its channel is gone.
+    pub fn generation(&self) -> u64 {
+        *self.inner.generation.borrow()
+    }
+
+    /// Waits until the connection is up (again, when it was lost since generation `seen`)
+    /// and returns its generation; gives up after ten connection timeouts, or at once
+    /// when the connection was closed.
+    pub(crate) async fn wait_reconnected(&self, seen: u64) -> Result<u64> {
+        let mut generations = self.watch_generation();
+        let patience = self.inner.config.connection_timeout * 10;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed("the connection"));
+            }
+            let generation = *generations.borrow_and_update();
+            if self.link().amqp.status().connected() {
+                if generation != seen {
+                    tracing::debug!(seen, generation, "connection re-established");
+                }
+                return Ok(generation);
+            }
+            match tokio::time::timeout_at(deadline, generations.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Closed("the connection")),
+                Err(_) => {
+                    return Err(Error::ConnectionFailed {
+                        attempts: format!(
+                            "no broker of {} answered within {patience:?}",
+                            self.inner.config.describe_hosts()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Wakes on each reconnection.
+    pub fn watch_generation(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
     /// The settings this connection was made with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
-    /// The broker this connection reached.
-    pub fn host(&self) -> &Host {
-        &self.inner.host
+    /// The broker this connection reaches now.
+    pub fn host(&self) -> Host {
+        self.link().host
     }
 
-    /// The underlying lapin connection, for anything postage does not wrap.
-    pub fn lapin(&self) -> &lapin::Connection {
-        &self.inner.amqp
+    /// The live lapin connection, for anything postage does not wrap.
+    pub fn lapin(&self) -> Arc<lapin::Connection> {
+        self.link().amqp
     }
 
-    /// Closes the connection, and with it every channel opened on it. Closing a closed
-    /// connection does nothing.
+    /// Closes the connection, and with it every channel opened on it; it is not recovered
+    /// after that. Closing a closed connection does nothing.
     pub async fn close(&self) -> Result<()> {
-        if !self.inner.amqp.status().connected() {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let amqp = self.link().amqp;
+        if !amqp.status().connected() {
             return Ok(());
         }
         let closing = self
@@ -123,9 +174,7 @@ impl Connection {
         for task in closing {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
-        match self
-            .inner
-            .amqp
+        match amqp
             .close(200, "postage: closed by the application".into())
             .await
         {
@@ -134,6 +183,101 @@ impl Connection {
             Err(error) if matches!(error.kind(), ErrorKind::InvalidChannelState(..)) => Ok(()),
             other => other.map_err(Error::amqp("closing the connection")),
         }
+    }
+}
+
+/// Tries every host in turn; a refused login stops at once.
+async fn dial(config: &Config) -> Result<Link> {
+    let mut attempts = Vec::new();
+    for host in &config.hosts {
+        let properties =
+            ConnectionProperties::default().with_connection_name(connection_name().into());
+        match lapin::Connection::connect_uri(config.amqp_uri(host), properties).await {
+            Ok(amqp) => {
+                tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
+                return Ok(Link {
+                    amqp: Arc::new(amqp),
+                    host: host.clone(),
+                });
+            }
+            Err(error) if is_access_refused(&error) => {
+                return Err(Error::AccessRefused {
+                    user: config.user.clone(),
+                    vhost: config.vhost.clone(),
+                    host: host.to_string(),
+                });
+            }
+            Err(error) => {
+                tracing::debug!(host = %host, %error, "RabbitMQ host did not accept the connection");
+                attempts.push(format!("{host}: {error}"));
+            }
+        }
+    }
+    Err(Error::ConnectionFailed {
+        attempts: attempts.join("; "),
+    })
+}
+
+/// A connection's event stream.
+type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = lapin::Event> + Send>>;
+
+/// Watches the connection and re-establishes it when it is lost, until it is closed or
+/// dropped.
+async fn supervise(inner: Weak<Inner>, mut events: Events) {
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        // Wait until the link breaks: an error event, or a status check that finds it down.
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => tracing::debug!(%error, "connection error event"),
+                Some(_) => continue,
+                None => {}
+            },
+            _ = check.tick() => {}
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let link = match strong.link.read() {
+            Ok(link) => link.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if link.amqp.status().connected() {
+            continue;
+        }
+        tracing::warn!(host = %link.host, "connection to RabbitMQ lost; reconnecting");
+        drop(strong);
+        let lost = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let fresh = loop {
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            if strong.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            match dial(&strong.config).await {
+                Ok(fresh) => break fresh,
+                Err(_) => {
+                    drop(strong);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        events = Box::pin(fresh.amqp.events_listener());
+        tracing::info!(host = %fresh.host, after = ?lost.elapsed(), "reconnected to RabbitMQ");
+        match strong.link.write() {
+            Ok(mut link) => *link = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        strong.generation.send_modify(|g| *g += 1);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Receiving messages: queues bound to exchanges, consumed with explicit acknowledgement.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -9,7 +10,7 @@ use lapin::options::{
     QueueBindOptions,
 };
 use lapin::types::FieldTable;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::connection::{ChannelLease, Connection};
 use crate::encoder::{Encoder, JsonEncoder};
@@ -67,12 +68,24 @@ pub struct ConsumerHandle {
 
 #[derive(Debug)]
 struct Shared {
-    channel: ChannelLease,
+    connection: Connection,
+    prefetch: u16,
+    /// The live channel, replaced when the connection is re-established.
+    channel: RwLock<Arc<ChannelLease>>,
     encoder: Arc<dyn Encoder>,
-    bindings: Mutex<Vec<Binding>>,
+    /// What was bound, as declared, with each queue's actual name: replayed on recovery.
+    bindings: Mutex<Vec<Bound>>,
     /// Queue name -> consumer tag, once started (`None` before `start` and after `stop`).
     consuming: Mutex<Option<HashMap<String, String>>>,
     sender: mpsc::Sender<Result<Delivery>>,
+}
+
+/// A binding and the name its queue has on the broker (the broker's choice when the
+/// queue was declared without one).
+#[derive(Debug, Clone)]
+struct Bound {
+    binding: Binding,
+    queue_name: String,
 }
 
 /// Configures a [`Consumer`]; made by [`Consumer::builder`].
@@ -141,7 +154,9 @@ impl ConsumerBuilder {
         let consumer = Consumer {
             handle: ConsumerHandle {
                 inner: Arc::new(Shared {
-                    channel,
+                    connection: self.connection.clone(),
+                    prefetch: self.prefetch,
+                    channel: RwLock::new(Arc::new(channel)),
                     encoder: self.encoder,
                     bindings: Mutex::new(Vec::new()),
                     consuming: Mutex::new(None),
@@ -150,6 +165,10 @@ impl ConsumerBuilder {
             },
             receiver,
         };
+        tokio::spawn(recover_on_reconnect(
+            Arc::downgrade(&consumer.handle.inner),
+            self.connection.watch_generation(),
+        ));
         for binding in self.bindings {
             consumer
                 .bind(&binding.exchange, &binding.queue, &binding.routing_key)
@@ -225,64 +244,55 @@ impl Consumer {
         self.handle.close().await
     }
 
-    /// The consumer's channel, for anything postage does not wrap.
-    pub fn channel(&self) -> &lapin::Channel {
-        &self.handle.inner.channel
+    /// The consumer's channel (the live one), for anything postage does not wrap.
+    pub fn channel(&self) -> lapin::Channel {
+        self.handle.live_channel()
     }
 }
 
 impl ConsumerHandle {
-    /// Declares `exchange` and `queue` and binds them with `routing_key`, now. When the
-    /// consumer is already consuming, a queue it did not read yet is consumed too.
-    /// Returns the queue's name (the broker's choice for an unnamed queue).
+    /// The live channel.
+    pub(crate) fn live_channel(&self) -> lapin::Channel {
+        let lease = match self.inner.channel.read() {
+            Ok(lease) => Arc::clone(&lease),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        (*lease).clone()
+    }
+
+    /// Declares `exchange` and `queue` and binds them with `routing_key`, now, and
+    /// remembers it so a recovered connection gets it back. When the consumer is
+    /// consuming, a queue it did not read yet is consumed too. Returns the queue's name
+    /// (the broker's choice for an unnamed queue).
     pub async fn bind(
         &self,
         exchange: &Exchange,
         queue: &Queue,
         routing_key: &str,
     ) -> Result<String> {
-        exchange.declare(&self.inner.channel).await?;
-        let name = queue.declare(&self.inner.channel).await?;
-        // The default exchange reaches every queue by its name and takes no bindings.
-        let implicit = exchange.name().is_empty();
-        if implicit && !routing_key.is_empty() && routing_key != name {
-            return Err(Error::config(
-                "routing_key",
-                format!(
-                    "the default exchange reaches queue {name:?} only by its own name, not {routing_key:?}"
-                ),
-            ));
-        }
-        if !implicit {
-            self.inner
-                .channel
-                .queue_bind(
-                    name.as_str().into(),
-                    exchange.name().into(),
-                    routing_key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(Error::amqp(format!(
-                    "binding queue {name:?} to exchange {:?} with key {routing_key:?}",
-                    exchange.name()
-                )))?;
-        }
-        let queue = if name == queue.name() {
-            queue.clone()
-        } else {
-            Queue::new(name.clone())
-        };
+        let name = declare_and_bind(
+            &self.live_channel(),
+            exchange,
+            queue,
+            queue.name(),
+            routing_key,
+        )
+        .await?;
         let consuming = self.inner.consuming.lock().is_ok_and(|c| c.is_some());
         if let Ok(mut bindings) = self.inner.bindings.lock() {
             let binding = Binding {
                 exchange: exchange.clone(),
-                queue,
+                queue: queue.clone(),
                 routing_key: routing_key.to_owned(),
             };
-            if !bindings.contains(&binding) {
-                bindings.push(binding);
+            if !bindings
+                .iter()
+                .any(|b| b.binding == binding && b.queue_name == name)
+            {
+                bindings.push(Bound {
+                    binding,
+                    queue_name: name.clone(),
+                });
             }
         }
         if consuming {
@@ -293,8 +303,7 @@ impl ConsumerHandle {
 
     /// Removes the binding of `queue` to `exchange` with `routing_key`, now.
     pub async fn unbind(&self, exchange: &Exchange, queue: &str, routing_key: &str) -> Result<()> {
-        self.inner
-            .channel
+        self.live_channel()
             .queue_unbind(
                 queue.into(),
                 exchange.name().into(),
@@ -308,20 +317,28 @@ impl ConsumerHandle {
             )))?;
         if let Ok(mut bindings) = self.inner.bindings.lock() {
             bindings.retain(|b| {
-                !(b.exchange.name() == exchange.name()
-                    && b.queue.name() == queue
-                    && b.routing_key == routing_key)
+                !(b.binding.exchange.name() == exchange.name()
+                    && b.queue_name == queue
+                    && b.binding.routing_key == routing_key)
             });
         }
         Ok(())
     }
 
-    /// The bindings this consumer made, in order.
+    /// The bindings this consumer made, in order, each queue under its actual name.
     pub fn bindings(&self) -> Vec<Binding> {
         self.inner
             .bindings
             .lock()
-            .map(|b| b.clone())
+            .map(|bound| {
+                bound
+                    .iter()
+                    .map(|b| Binding {
+                        queue: b.binding.queue.renamed(&b.queue_name),
+                        ..b.binding.clone()
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -330,16 +347,21 @@ impl ConsumerHandle {
         if let Ok(mut consuming) = self.inner.consuming.lock() {
             consuming.get_or_insert_with(HashMap::new);
         }
+        for queue in self.bound_queues() {
+            self.consume(&queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Every bound queue's actual name, once each, in binding order.
+    fn bound_queues(&self) -> Vec<String> {
         let mut queues: Vec<String> = Vec::new();
         for binding in self.bindings() {
             if !queues.iter().any(|q| q == binding.queue.name()) {
                 queues.push(binding.queue.name().to_owned());
             }
         }
-        for queue in queues {
-            self.consume(&queue).await?;
-        }
-        Ok(())
+        queues
     }
 
     /// Starts reading `queue` unless it is read already.
@@ -357,8 +379,7 @@ impl ConsumerHandle {
             return Ok(());
         }
         let mut stream = self
-            .inner
-            .channel
+            .live_channel()
             .basic_consume(
                 queue.into(),
                 "".into(),
@@ -377,15 +398,22 @@ impl ConsumerHandle {
         let queue: Arc<str> = Arc::from(queue);
         tokio::spawn(async move {
             while let Some(next) = stream.next().await {
-                let item = next
-                    .map(|inner| Delivery {
-                        inner,
-                        queue: Arc::clone(&queue),
-                        encoder: Arc::clone(&encoder),
-                    })
-                    .map_err(Error::amqp(format!("consuming queue {queue:?}")));
-                if sender.send(item).await.is_err() {
-                    break;
+                match next {
+                    Ok(inner) => {
+                        let delivery = Delivery {
+                            inner,
+                            queue: Arc::clone(&queue),
+                            encoder: Arc::clone(&encoder),
+                        };
+                        if sender.send(Ok(delivery)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // A lost channel: the consumer's recovery starts a new stream.
+                    Err(error) => {
+                        tracing::debug!(queue = %queue, %error, "consumer stream failed");
+                        break;
+                    }
                 }
             }
             tracing::debug!(queue = %queue, "consumer stream ended");
@@ -422,8 +450,7 @@ impl ConsumerHandle {
     }
 
     async fn cancel(&self, tag: &str) -> Result<()> {
-        self.inner
-            .channel
+        self.live_channel()
             .basic_cancel(tag.into(), BasicCancelOptions::default())
             .await
             .map_err(Error::amqp(format!("cancelling consumer {tag:?}")))
@@ -449,9 +476,9 @@ impl ConsumerHandle {
     /// then go back to their queues.
     pub async fn close(&self) -> Result<()> {
         self.stop().await?;
-        if self.inner.channel.status().connected() {
-            self.inner
-                .channel
+        let channel = self.live_channel();
+        if channel.status().connected() {
+            channel
                 .close(200, "postage: consumer closed".into())
                 .await
                 .map_err(Error::amqp("closing a consumer channel"))?;
@@ -459,9 +486,138 @@ impl ConsumerHandle {
         Ok(())
     }
 
-    /// The consumer's channel, for anything postage does not wrap.
-    pub fn channel(&self) -> &lapin::Channel {
-        &self.inner.channel
+    /// Restores everything on a new channel after the connection was re-established:
+    /// QoS, exchanges, queues (server-named ones under new names), bindings, and the
+    /// consumers of the queues that were being read.
+    async fn recover(&self) -> Result<()> {
+        let lease = self.inner.connection.lease_channel().await?;
+        lease
+            .basic_qos(self.inner.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(Error::amqp(format!(
+                "setting prefetch {}",
+                self.inner.prefetch
+            )))?;
+        let bound = self
+            .inner
+            .bindings
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        let mut restored = Vec::with_capacity(bound.len());
+        for Bound {
+            binding,
+            queue_name,
+        } in bound
+        {
+            // A server-named queue cannot be declared again under its old `amq.gen-` name.
+            let wanted = if binding.queue.name().is_empty() {
+                renamed.get(&queue_name).cloned().unwrap_or_default()
+            } else {
+                queue_name.clone()
+            };
+            let name = declare_and_bind(
+                &lease,
+                &binding.exchange,
+                &binding.queue,
+                &wanted,
+                &binding.routing_key,
+            )
+            .await?;
+            renamed.insert(queue_name, name.clone());
+            restored.push(Bound {
+                binding,
+                queue_name: name,
+            });
+        }
+        if let Ok(mut bindings) = self.inner.bindings.lock() {
+            *bindings = restored;
+        }
+        match self.inner.channel.write() {
+            Ok(mut channel) => *channel = Arc::new(lease),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(lease),
+        }
+        let was_consuming = self
+            .inner
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|mut c| c.as_mut().map(std::mem::take));
+        if let Some(queues) = was_consuming {
+            for queue in queues.into_keys() {
+                let queue = renamed.get(&queue).cloned().unwrap_or(queue);
+                self.consume(&queue).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Declares `exchange` and `queue` (under `name`; empty for a server-named one) and binds
+/// them; returns the queue's actual name.
+async fn declare_and_bind(
+    channel: &lapin::Channel,
+    exchange: &Exchange,
+    queue: &Queue,
+    name: &str,
+    routing_key: &str,
+) -> Result<String> {
+    exchange.declare(channel).await?;
+    let name = queue.renamed(name).declare(channel).await?;
+    // The default exchange reaches every queue by its name and takes no bindings.
+    if exchange.name().is_empty() {
+        if !routing_key.is_empty() && routing_key != name {
+            return Err(Error::config(
+                "routing_key",
+                format!(
+                    "the default exchange reaches queue {name:?} only by its own name, not {routing_key:?}"
+                ),
+            ));
+        }
+        return Ok(name);
+    }
+    channel
+        .queue_bind(
+            name.as_str().into(),
+            exchange.name().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(Error::amqp(format!(
+            "binding queue {name:?} to exchange {:?} with key {routing_key:?}",
+            exchange.name()
+        )))?;
+    Ok(name)
+}
+
+/// Restores a consumer each time its connection is re-established, until it is dropped.
+async fn recover_on_reconnect(consumer: Weak<Shared>, mut generations: watch::Receiver<u64>) {
+    while generations.changed().await.is_ok() {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(inner) = consumer.upgrade() else {
+                return;
+            };
+            let handle = ConsumerHandle { inner };
+            match handle.recover().await {
+                Ok(()) => {
+                    tracing::info!(queues = ?handle.consumed_queues(), "consumer recovered");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "consumer recovery failed; trying again");
+                    drop(handle);
+                    if generations.has_changed().unwrap_or(true) {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 }
 

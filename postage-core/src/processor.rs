@@ -15,7 +15,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::connection::Connection;
-use crate::consumer::{Consumer, ConsumerBuilder, Delivery};
+use crate::consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
@@ -231,7 +231,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
             shared: Arc::new(Shared {
                 state,
                 table,
-                channel: consumer.channel().clone(),
+                consumer: consumer.handle(),
                 encoder: self.encoder,
                 fingerprint: self.fingerprint.unwrap_or_default(),
             }),
@@ -289,7 +289,8 @@ pub struct Processor<P> {
 struct Shared<P> {
     state: Arc<P>,
     table: HandlerTable,
-    channel: lapin::Channel,
+    /// Answers go out on the consumer's live channel.
+    consumer: ConsumerHandle,
     encoder: Arc<dyn Encoder>,
     fingerprint: Fingerprint,
 }
@@ -606,7 +607,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         };
         let sent = Arc::new(AtomicBool::new(false));
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
-            channel: self.channel.clone(),
+            channel: self.consumer.live_channel(),
             reply_to,
             correlation_id: metadata.correlation_id.clone(),
             encoder: Arc::clone(&self.encoder),

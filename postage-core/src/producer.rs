@@ -2,14 +2,14 @@
 //! command APIs.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::connection::Connection;
+use crate::connection::{ChannelLease, Connection};
 use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
@@ -75,7 +75,10 @@ pub struct Producer {
 #[derive(Debug)]
 struct Inner {
     connection: Connection,
-    channel: crate::connection::ChannelLease,
+    /// The channel and the connection generation it was opened on.
+    live: RwLock<(Arc<ChannelLease>, u64)>,
+    /// Held while the channel is being reopened after a reconnection.
+    reopening: tokio::sync::Mutex<()>,
     destinations: Vec<(Exchange, String)>,
     fingerprint: Fingerprint,
     encoder: Arc<dyn Encoder>,
@@ -147,17 +150,13 @@ impl ProducerBuilder {
 
     /// Opens the producer's channel and declares its default exchanges.
     pub async fn build(self) -> Result<Producer> {
-        let channel = self.connection.lease_channel().await?;
-        if self.reliable {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(Error::amqp("enabling publisher confirms"))?;
-        }
+        let generation = self.connection.generation();
+        let channel = open(&self.connection, self.reliable).await?;
         let producer = Producer {
             inner: Arc::new(Inner {
                 connection: self.connection,
-                channel,
+                live: RwLock::new((Arc::new(channel), generation)),
+                reopening: tokio::sync::Mutex::new(()),
                 destinations: self.destinations,
                 fingerprint: self.fingerprint.unwrap_or_default(),
                 encoder: self.encoder,
@@ -245,9 +244,47 @@ impl Producer {
         &self.inner.fingerprint
     }
 
-    /// The producer's channel, for anything postage does not wrap.
-    pub fn channel(&self) -> &lapin::Channel {
-        &self.inner.channel
+    /// The producer's channel, for anything postage does not wrap. After a reconnection
+    /// the producer opens a new one with its next publish; ask again then.
+    pub fn channel(&self) -> lapin::Channel {
+        self.snapshot().0
+    }
+
+    fn snapshot(&self) -> (lapin::Channel, u64) {
+        let live = match self.inner.live.read() {
+            Ok(live) => (Arc::clone(&live.0), live.1),
+            Err(poisoned) => {
+                let live = poisoned.into_inner();
+                (Arc::clone(&live.0), live.1)
+            }
+        };
+        ((*live.0).clone(), live.1)
+    }
+
+    /// The channel to publish on, reopened (with confirms, exchanges declared again and a
+    /// new RPC answer consumer) when the connection was re-established since it opened.
+    /// Returns it with the connection generation it belongs to.
+    pub(crate) async fn live_channel(&self) -> Result<(lapin::Channel, u64)> {
+        let (channel, generation) = self.snapshot();
+        if channel.status().connected() {
+            return Ok((channel, generation));
+        }
+        let _reopening = self.inner.reopening.lock().await;
+        let (channel, generation) = self.snapshot();
+        if channel.status().connected() {
+            return Ok((channel, generation));
+        }
+        let generation = self.inner.connection.wait_reconnected(generation).await?;
+        let fresh = Arc::new(open(&self.inner.connection, self.inner.reliable).await?);
+        if let Ok(mut declared) = self.inner.declared.lock() {
+            declared.clear();
+        }
+        match self.inner.live.write() {
+            Ok(mut live) => *live = (Arc::clone(&fresh), generation),
+            Err(poisoned) => *poisoned.into_inner() = (Arc::clone(&fresh), generation),
+        }
+        tracing::info!(generation, "producer channel reopened after a reconnection");
+        Ok(((*fresh).clone(), generation))
     }
 
     /// The connection the producer publishes on.
@@ -301,7 +338,7 @@ impl Producer {
             .lock()
             .is_ok_and(|set| set.contains(exchange.name()));
         if !known {
-            exchange.declare(&self.inner.channel).await?;
+            exchange.declare(&self.live_channel().await?.0).await?;
             if let Ok(mut set) = self.inner.declared.lock() {
                 set.insert(exchange.name().to_owned());
             }
@@ -323,9 +360,8 @@ impl Producer {
             immediate: false,
         };
         let operation = || format!("publishing to exchange {exchange:?} with key {routing_key:?}");
-        let confirm = self
-            .inner
-            .channel
+        let (channel, _) = self.live_channel().await?;
+        let confirm = channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
@@ -357,6 +393,18 @@ impl Producer {
             }),
         }
     }
+}
+
+/// Opens a producer channel, in confirm mode when `reliable`.
+async fn open(connection: &Connection, reliable: bool) -> Result<ChannelLease> {
+    let channel = connection.lease_channel().await?;
+    if reliable {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(Error::amqp("enabling publisher confirms"))?;
+    }
+    Ok(channel)
 }
 
 /// Declares a producer whose commands are named, typed methods: what Postage's

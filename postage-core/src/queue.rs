@@ -88,6 +88,14 @@ impl Queue {
         self.argument("x-delivery-limit", i64::from(deliveries))
     }
 
+    /// The same declaration under another name (a server-named queue's given name).
+    pub(crate) fn renamed(&self, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name

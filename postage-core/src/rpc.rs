@@ -12,7 +12,7 @@ use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::message::{Message, RpcResult};
@@ -62,8 +62,9 @@ type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 pub(crate) struct RpcState {
     settings: RpcSettings,
     waiters: Waiters,
-    /// The `reply_to` address, once the reply consumer runs.
-    reply_to: OnceCell<ShortString>,
+    /// The `reply_to` address once the answer consumer runs, with the channel it runs on
+    /// (connection generation, channel id): a reopened channel needs a new consumer.
+    reply_to: tokio::sync::Mutex<Option<((u64, u16), ShortString)>>,
     prefix: String,
     next_id: AtomicU64,
 }
@@ -76,7 +77,7 @@ impl RpcState {
         Self {
             settings,
             waiters: Arc::default(),
-            reply_to: OnceCell::new(),
+            reply_to: tokio::sync::Mutex::new(None),
             prefix: format!("{:x}.{nanos:x}", std::process::id()),
             next_id: AtomicU64::new(0),
         }
@@ -188,18 +189,6 @@ impl Producer {
         options: RpcOptions,
     ) -> Result<PendingCall> {
         let state = self.rpc_state();
-        let reply_to = state
-            .reply_to
-            .get_or_try_init(|| {
-                start_reply_consumer(
-                    self.channel(),
-                    state.settings.reply_queue,
-                    &state.waiters,
-                    self.encoder_arc(),
-                )
-            })
-            .await?
-            .clone();
         let route = options.route.unwrap_or_default();
         let (exchange, routing_key) = self
             .resolve(&route)?
@@ -227,7 +216,6 @@ impl Producer {
             exchange,
             routing_key,
             body,
-            reply_to,
             correlation_id: id,
             receiver,
             timeout: options.timeout.unwrap_or(state.settings.timeout),
@@ -247,7 +235,6 @@ pub struct PendingCall {
     exchange: String,
     routing_key: String,
     body: Vec<u8>,
-    reply_to: ShortString,
     correlation_id: String,
     receiver: oneshot::Receiver<Message>,
     timeout: Duration,
@@ -256,10 +243,11 @@ pub struct PendingCall {
 
 impl PendingCall {
     async fn send(&self) -> Result<()> {
+        let reply_to = self.producer.reply_address().await?;
         let properties = self
             .producer
             .properties()
-            .with_reply_to(self.reply_to.clone())
+            .with_reply_to(reply_to)
             .with_correlation_id(self.correlation_id.as_str().into());
         self.producer
             .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
@@ -277,6 +265,18 @@ impl PendingCall {
         loop {
             match tokio::time::timeout(self.timeout, &mut self.receiver).await {
                 Ok(Ok(message)) => return Ok(message.to_result()),
+                // The answer consumer ended with its channel: wait for the producer to
+                // recover, then send again.
+                Ok(Err(_)) if attempts <= self.max_retry => {
+                    tracing::debug!(command = %self.command, attempts, "RPC answer consumer lost; sending again");
+                    attempts += 1;
+                    let (sender, receiver) = oneshot::channel();
+                    if let Ok(mut waiters) = self.producer.rpc_state().waiters.lock() {
+                        waiters.insert(self.correlation_id.clone(), sender);
+                    }
+                    self.receiver = receiver;
+                    self.send().await?;
+                }
                 Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
                 Err(_) if attempts <= self.max_retry => {
                     tracing::debug!(command = %self.command, attempts, "RPC timed out; sending again");
@@ -320,6 +320,31 @@ impl Drop for PendingCall {
         if let Ok(mut waiters) = self.producer.rpc_state().waiters.lock() {
             waiters.remove(&self.correlation_id);
         }
+    }
+}
+
+impl Producer {
+    /// The `reply_to` address of this producer's calls, starting the answer consumer on
+    /// the live channel when it is not running there yet.
+    async fn reply_address(&self) -> Result<ShortString> {
+        let state = self.rpc_state();
+        let (channel, generation) = self.live_channel().await?;
+        let key = (generation, channel.id());
+        let mut current = state.reply_to.lock().await;
+        if let Some((running, address)) = &*current
+            && *running == key
+        {
+            return Ok(address.clone());
+        }
+        let address = start_reply_consumer(
+            &channel,
+            state.settings.reply_queue,
+            &state.waiters,
+            self.encoder_arc(),
+        )
+        .await?;
+        *current = Some((key, address.clone()));
+        Ok(address)
     }
 }
 

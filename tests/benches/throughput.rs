@@ -187,18 +187,27 @@ where
     P: AsyncFnMut(bool) -> f64,
     L: AsyncFnMut(bool) -> f64,
 {
+    // For profiling one side alone: POSTAGE_BENCH_SIDE=postage or lapin.
+    let side = std::env::var("POSTAGE_BENCH_SIDE").unwrap_or_default();
+    let (run_postage, run_lapin) = (side != "lapin", side != "postage");
     if !plan.quick {
-        postage(true).await;
-        lapin(true).await;
+        if run_postage {
+            postage(true).await;
+        }
+        if run_lapin {
+            lapin(true).await;
+        }
     }
     let (mut p, mut l) = (Vec::new(), Vec::new());
     for run in 0..plan.runs {
-        if run % 2 == 0 {
-            p.push(postage(false).await);
+        if run % 2 == 1 && run_lapin {
             l.push(lapin(false).await);
-        } else {
-            l.push(lapin(false).await);
+        }
+        if run_postage {
             p.push(postage(false).await);
+        }
+        if run % 2 == 0 && run_lapin {
+            l.push(lapin(false).await);
         }
     }
     (p, l)

@@ -204,5 +204,5 @@ async fn later_hosts_are_tried_in_turn() {
     let connection = Connection::connect(&config)
         .await
         .expect("the second host answers");
-    assert_eq!(connection.host(), &config.hosts[1]);
+    assert_eq!(connection.host(), config.hosts[1]);
 }
