@@ -83,6 +83,7 @@ struct Inner {
     fingerprint: Fingerprint,
     encoder: Arc<dyn Encoder>,
     reliable: bool,
+    persistent: bool,
     declared: Mutex<HashSet<String>>,
     pub(crate) rpc: crate::rpc::RpcState,
 }
@@ -95,6 +96,7 @@ pub struct ProducerBuilder {
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
     reliable: bool,
+    persistent: bool,
     rpc: crate::rpc::RpcSettings,
 }
 
@@ -131,6 +133,14 @@ impl ProducerBuilder {
         self
     }
 
+    /// Marks every message persistent (AMQP delivery mode 2), so a durable queue keeps it
+    /// through a broker restart. Off by default, as in Postage.
+    #[must_use]
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
     /// Sets the RPC defaults: how long to wait for each attempt and how many times to
     /// re-send (Postage: 30 s and 4).
     #[must_use]
@@ -161,6 +171,7 @@ impl ProducerBuilder {
                 fingerprint: self.fingerprint.unwrap_or_default(),
                 encoder: self.encoder,
                 reliable: self.reliable,
+                persistent: self.persistent,
                 declared: Mutex::new(HashSet::new()),
                 rpc: crate::rpc::RpcState::new(self.rpc),
             }),
@@ -181,6 +192,7 @@ impl Producer {
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
             reliable: false,
+            persistent: false,
             rpc: crate::rpc::RpcSettings::default(),
         }
     }
@@ -305,7 +317,13 @@ impl Producer {
     }
 
     pub(crate) fn properties(&self) -> BasicProperties {
-        BasicProperties::default().with_content_type(self.inner.encoder.content_type().into())
+        let properties =
+            BasicProperties::default().with_content_type(self.inner.encoder.content_type().into());
+        if self.inner.persistent {
+            properties.with_delivery_mode(2)
+        } else {
+            properties
+        }
     }
 
     /// The (exchange, key) pairs a route stands for.

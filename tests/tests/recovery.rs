@@ -1,0 +1,322 @@
+//! Real faults against the real broker: connections closed by the broker twenty times
+//! during traffic, and a broker restart during 10,000 confirmed messages. Each test
+//! prints its figures (sent, handled, duplicated, lost, recovery time).
+//!
+//! These tests act on the whole local broker, so they run one at a time, and in a test
+//! binary of their own (cargo runs test binaries one after another).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postage_app::GenericApplication;
+use postage_core::{
+    Connection, Exchange, Fingerprint, Processor, Producer, Queue, Route, RpcOptions, processor,
+};
+use postage_tests::{connect, rabbitmqctl, unique};
+use serde_json::{Value, json};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Records every `count` it handles.
+struct Counter {
+    seen: Mutex<Vec<u64>>,
+}
+
+#[processor]
+impl Counter {
+    #[message_handler("command", "count")]
+    fn count(&self, n: u64) {
+        self.seen.lock().unwrap().push(n);
+    }
+
+    #[rpc_handler("command", "echo")]
+    fn echo(&self, value: Value) -> Value {
+        value
+    }
+}
+
+/// Records the `hello`s a GenericApplication gets.
+struct Hellos {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+#[processor]
+impl Hellos {
+    #[message_handler("command", "hello")]
+    fn hello(&self, text: String) {
+        self.seen.lock().unwrap().push(text);
+    }
+}
+
+/// Sends `count` messages numbered from 0 until `stop`, each confirmed; a publish that
+/// fails (the connection went away under it) is sent again once the producer recovered.
+/// Returns how many were confirmed.
+async fn send_until(
+    producer: Producer,
+    stop: Arc<AtomicBool>,
+    limit: u64,
+    retries: Arc<AtomicU64>,
+) -> u64 {
+    let mut n = 0;
+    while n < limit && !stop.load(Ordering::SeqCst) {
+        match producer.command("count", n).await {
+            Ok(()) => n += 1,
+            Err(_) => {
+                retries.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    n
+}
+
+/// Waits until every number below `sent` was handled; returns (handled, distinct).
+async fn wait_handled(counter: &Counter, sent: u64, patience: Duration) -> (usize, usize) {
+    let start = Instant::now();
+    loop {
+        let seen = counter.seen.lock().unwrap().clone();
+        let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+        let complete = (0..sent).all(|n| distinct.contains(&n));
+        if complete || start.elapsed() > patience {
+            return (seen.len(), distinct.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn consumers_of(queue: &str) -> Option<u32> {
+    rabbitmqctl(&["list_queues", "name", "consumers"])
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{queue}\t"))?.parse().ok())
+}
+
+async fn reliable_producer(connection: &Connection, exchange: Exchange, key: &str) -> Producer {
+    Producer::builder(connection)
+        .destination(exchange, key)
+        .reliable(true)
+        .persistent(true)
+        .rpc_defaults(Duration::from_secs(2), 5)
+        .build()
+        .await
+        .expect("producer")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_connection_closes_during_traffic_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (serving, sending) = (connect().await, connect().await);
+    let exchange = Exchange::named(unique("closes"));
+    let queue = unique("closes-q");
+    let processor = Processor::builder(
+        &serving,
+        Counter {
+            seen: Mutex::new(Vec::new()),
+        },
+    )
+    .bind(exchange.clone(), Queue::new(queue.clone()), "count")
+    .prefetch(50)
+    .build()
+    .await
+    .unwrap();
+    let counter = Arc::clone(processor.state());
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+
+    // A GenericApplication that joins a group at run time, before the faults.
+    let name = unique("rejoin");
+    let hellos = Arc::new(Mutex::new(Vec::new()));
+    let app = GenericApplication::builder(
+        &serving,
+        Fingerprint::new(&name, "application").with_pid(unique("pid")),
+    )
+    .handlers(Hellos {
+        seen: Arc::clone(&hellos),
+    })
+    .stop_on_signals(false)
+    .build()
+    .await
+    .unwrap();
+    let uid = app.addresses().uid().name().to_owned();
+    let app_handle = app.handle();
+    let app_running = tokio::spawn(app.run());
+    let producer = reliable_producer(&sending, exchange.clone(), "count").await;
+    let to_apps =
+        reliable_producer(&sending, postage_app::GENERIC_APPLICATION_EXCHANGE, &uid).await;
+    to_apps
+        .command("join_group", json!({"group_name": "night"}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let consumers_before = consumers_of(&queue);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let retries = Arc::new(AtomicU64::new(0));
+    let sender = tokio::spawn(send_until(
+        producer.clone(),
+        Arc::clone(&stop),
+        u64::MAX,
+        Arc::clone(&retries),
+    ));
+    let mut recoveries = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let generation = serving.generation();
+        // Notes when the serving connection goes down.
+        let link = serving.lapin();
+        let lost = tokio::spawn(async move {
+            while link.status().connected() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Instant::now()
+        });
+        tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "fault test"]))
+            .await
+            .unwrap();
+        let lost = lost.await.unwrap();
+        // Serving again: reconnected, and a message handled after that.
+        while serving.generation() == generation && lost.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let before = counter.seen.lock().unwrap().len();
+        while counter.seen.lock().unwrap().len() == before
+            && lost.elapsed() < Duration::from_secs(15)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        recoveries.push(lost.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let sent = sender.await.unwrap();
+    let (handled, distinct) = wait_handled(&counter, sent, Duration::from_secs(30)).await;
+    recoveries.sort();
+    eprintln!(
+        "20 closes: sent {sent} confirmed, handled {handled}, distinct {distinct}, duplicates {}, lost {}, publish retries {}, serving again after the close: median {:?} max {:?}",
+        handled - distinct,
+        sent as usize - distinct.min(sent as usize),
+        retries.load(Ordering::SeqCst),
+        recoveries[recoveries.len() / 2],
+        recoveries[recoveries.len() - 1]
+    );
+    assert_eq!(distinct as u64, sent, "every confirmed message handled");
+    assert_eq!(
+        consumers_of(&queue),
+        consumers_before,
+        "recovery never stacks consumers"
+    );
+    assert_eq!(consumers_before, Some(1));
+
+    // The group joined at run time still reaches the application, both keys.
+    to_apps
+        .command_to(Route::key(format!("{name}#night")), "hello", "fanout")
+        .await
+        .unwrap();
+    to_apps
+        .command_to(
+            Route::key(format!("{name}#night/rr")),
+            "hello",
+            "round robin",
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while hellos.lock().unwrap().len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = hellos.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, vec!["fanout", "round robin"]);
+    // RPC works again too.
+    let answer: Value = producer
+        .call_with("echo", "still here", RpcOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(answer, json!("still here"));
+
+    handle.shutdown();
+    app_handle.shutdown();
+    running.await.unwrap().unwrap();
+    app_running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+    rabbitmqctl(&["delete_queue", &format!("{name}#night")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_during_ten_thousand_confirmed_messages_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (serving, sending) = (connect().await, connect().await);
+    let exchange = Exchange::named(unique("restart"));
+    let queue = unique("restart-q");
+    let processor = Processor::builder(
+        &serving,
+        Counter {
+            seen: Mutex::new(Vec::new()),
+        },
+    )
+    .bind(
+        exchange.clone(),
+        Queue::new(queue.clone()).durable(true),
+        "count",
+    )
+    .prefetch(100)
+    .build()
+    .await
+    .unwrap();
+    let counter = Arc::clone(processor.state());
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let producer = reliable_producer(&sending, exchange.clone(), "count").await;
+
+    const SENT: u64 = 10_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let retries = Arc::new(AtomicU64::new(0));
+    let sender = tokio::spawn(send_until(
+        producer.clone(),
+        stop,
+        SENT,
+        Arc::clone(&retries),
+    ));
+    while counter.seen.lock().unwrap().len() < 2_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"]);
+        rabbitmqctl(&["start_app"]);
+    })
+    .await
+    .unwrap();
+    let answering = Instant::now();
+    let before = counter.seen.lock().unwrap().len();
+    while counter.seen.lock().unwrap().len() == before
+        && answering.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recovery = answering.elapsed();
+    let sent = tokio::time::timeout(Duration::from_secs(120), sender)
+        .await
+        .expect("the sender finishes")
+        .unwrap();
+    let (handled, distinct) = wait_handled(&counter, sent, Duration::from_secs(60)).await;
+    eprintln!(
+        "broker restart: sent {sent} confirmed, handled {handled}, distinct {distinct}, duplicates {}, lost {}, publish retries {}, serving again {recovery:?} after the broker answered",
+        handled - distinct,
+        sent as usize - distinct.min(sent as usize),
+        retries.load(Ordering::SeqCst)
+    );
+    assert_eq!(sent, SENT);
+    assert_eq!(
+        distinct as u64, SENT,
+        "every confirmed message handled at least once"
+    );
+    let answer: Value = producer.call("echo", "after the restart").await.unwrap();
+    assert_eq!(
+        answer,
+        json!("after the restart"),
+        "serving without a restart of its own"
+    );
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
