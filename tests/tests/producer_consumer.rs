@@ -424,3 +424,48 @@ async fn queue_flags_and_arguments_reach_the_broker() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_poison_message_stops_at_the_delivery_limit_and_is_dead_lettered() {
+    let connection = connect().await;
+    let ex = exchange("poison");
+    let dead_letters = exchange("poison-dead");
+    let mut dead = Consumer::builder(&connection)
+        .bind(dead_letters.clone(), private("poison-dlq"), "dead")
+        .build()
+        .await
+        .unwrap();
+    dead.start().await.unwrap();
+    let queue = Queue::new(unique("poison"))
+        .quorum()
+        .delivery_limit(2)
+        .dead_letter(&dead_letters, "dead");
+    let mut consumer = Consumer::builder(&connection)
+        .bind(ex.clone(), queue.clone(), "k")
+        .build()
+        .await
+        .unwrap();
+    consumer.start().await.unwrap();
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "k")
+        .build()
+        .await
+        .unwrap();
+    producer.command("echo", "always fails").await.unwrap();
+    // A consumer that always hands the message back, as a crashing one would.
+    let mut deliveries = 0;
+    while let Some(delivery) = next_within(&mut consumer, QUIET).await {
+        deliveries += 1;
+        delivery.reject(true).await.unwrap();
+    }
+    assert_eq!(
+        deliveries, 3,
+        "the first delivery and two more, then no loop"
+    );
+    assert_eq!(drain(&mut dead, QUIET).await, vec!["always fails"]);
+    consumer
+        .channel()
+        .queue_delete(queue.name().into(), Default::default())
+        .await
+        .unwrap();
+}
