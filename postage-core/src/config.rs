@@ -2,6 +2,7 @@
 //! code.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -91,6 +92,20 @@ pub struct Config {
     pub connection_timeout: Duration,
     /// Verbose message tracing (`POSTAGE_DEBUG_MODE=true`).
     pub debug: bool,
+    /// PEM files for TLS: the CA that signs the broker's certificate (default: the
+    /// system's roots) and a client certificate and key, for brokers that ask for one.
+    pub tls_files: TlsFiles,
+}
+
+/// PEM files for TLS connections (`amqps`). The broker's certificate is always verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates that sign the broker's certificate (`POSTAGE_TLS_CA`).
+    pub ca: Option<PathBuf>,
+    /// The client certificate (`POSTAGE_TLS_CERT`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (`POSTAGE_TLS_KEY`).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -107,6 +122,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(5),
             debug: false,
+            tls_files: TlsFiles::default(),
         }
     }
 }
@@ -155,6 +171,11 @@ impl Config {
         if let Some(debug) = lookup("POSTAGE_DEBUG_MODE") {
             config.debug = parse_flag(&debug, "POSTAGE_DEBUG_MODE")?;
         }
+        config.tls_files = TlsFiles {
+            ca: lookup("POSTAGE_TLS_CA").map(PathBuf::from),
+            cert: lookup("POSTAGE_TLS_CERT").map(PathBuf::from),
+            key: lookup("POSTAGE_TLS_KEY").map(PathBuf::from),
+        };
         config.validate()?;
         Ok(config)
     }
@@ -251,6 +272,19 @@ impl Config {
         if self.heartbeat.as_secs() > u64::from(u16::MAX) {
             return Err(Error::config("heartbeat", "must be at most 65535 seconds"));
         }
+        let files = &self.tls_files;
+        if files.cert.is_some() != files.key.is_some() {
+            return Err(Error::config(
+                "POSTAGE_TLS_CERT/POSTAGE_TLS_KEY",
+                "a client certificate needs its key and a key its certificate",
+            ));
+        }
+        if !self.tls && (files.ca.is_some() || files.cert.is_some()) {
+            return Err(Error::config(
+                "POSTAGE_TLS_CA/POSTAGE_TLS_CERT",
+                "TLS files are given but the URL is not amqps://",
+            ));
+        }
         Ok(())
     }
 
@@ -258,6 +292,32 @@ impl Config {
     pub fn describe_hosts(&self) -> String {
         let hosts: Vec<String> = self.hosts.iter().map(Host::to_string).collect();
         hosts.join(", ")
+    }
+
+    /// The TLS material lapin connects with, read from the PEM files.
+    pub(crate) fn tls_config(&self) -> Result<lapin::tcp::OwnedTLSConfig> {
+        let read = |path: &PathBuf, setting: &'static str| {
+            std::fs::read(path)
+                .map_err(|e| Error::config(setting, format!("cannot read {}: {e}", path.display())))
+        };
+        let cert_chain = match &self.tls_files.ca {
+            Some(path) => Some(
+                String::from_utf8(read(path, "POSTAGE_TLS_CA")?)
+                    .map_err(|_| Error::config("POSTAGE_TLS_CA", "not a PEM file"))?,
+            ),
+            None => None,
+        };
+        let identity = match (&self.tls_files.cert, &self.tls_files.key) {
+            (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read(cert, "POSTAGE_TLS_CERT")?,
+                key: read(key, "POSTAGE_TLS_KEY")?,
+            }),
+            _ => None,
+        };
+        Ok(lapin::tcp::OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
     }
 
     /// The URI lapin connects with, for one of the hosts.

@@ -192,7 +192,15 @@ async fn dial(config: &Config) -> Result<Link> {
     for host in &config.hosts {
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name().into());
-        match lapin::Connection::connect_uri(config.amqp_uri(host), properties).await {
+        let attempt = if config.tls {
+            let runtime = lapin::runtime::default_runtime()
+                .map_err(Error::amqp("starting the TLS runtime"))?;
+            let tls = config.tls_config()?;
+            lapin::Connection::connect_uri_with_config(config.amqp_uri(host), properties, tls, runtime).await
+        } else {
+            lapin::Connection::connect_uri(config.amqp_uri(host), properties).await
+        };
+        match attempt {
             Ok(amqp) => {
                 tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
                 return Ok(Link {

@@ -54,7 +54,7 @@ mod tracker;
 
 pub use address::{Address, RouteTable};
 pub use channel::{Channel, Subscription};
-pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password};
+pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFiles};
 pub use connection::Connection;
 pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use encoder::{Encoder, JsonEncoder};
