@@ -1,0 +1,183 @@
+//! Node loss in a three-node RabbitMQ cluster of the test's own (own node names and
+//! ports, quorum queues): stop the node a component is connected to; it fails over to
+//! another node and keeps serving with nothing lost.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postage_core::{Config, Connection, Exchange, Host, Processor, Producer, Queue, processor};
+use postage_tests::unique;
+
+const NODES: [(&str, u16, u16); 3] = [
+    ("postage-c1", 5701, 25701),
+    ("postage-c2", 5702, 25702),
+    ("postage-c3", 5703, 25703),
+];
+
+fn node_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
+}
+
+fn ctl(node: &str, args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .args(["-q", "-n", &format!("{node}@localhost")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl -n {node} {args:?}");
+}
+
+/// Stops the cluster's nodes when the test ends, however it ends.
+struct Cluster;
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (name, _, _) in NODES {
+            let _ = Command::new(node_script()).args(["stop", name]).status();
+        }
+    }
+}
+
+fn start_cluster() -> Cluster {
+    let cluster = Cluster;
+    for (name, port, dist) in NODES {
+        let conf = std::env::temp_dir().join(format!("{name}.conf"));
+        std::fs::write(&conf, format!("listeners.tcp.default = 127.0.0.1:{port}\n")).unwrap();
+        let status = Command::new(node_script())
+            .args([
+                "start",
+                name,
+                &port.to_string(),
+                &dist.to_string(),
+                conf.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "node {name} starts");
+    }
+    for (name, _, _) in &NODES[1..] {
+        ctl(name, &["stop_app"]);
+        ctl(name, &["join_cluster", "postage-c1@localhost"]);
+        ctl(name, &["start_app"]);
+    }
+    cluster
+}
+
+struct Counter {
+    seen: Mutex<Vec<u64>>,
+}
+
+#[processor]
+impl Counter {
+    #[message_handler("command", "count")]
+    fn count(&self, n: u64) {
+        self.seen.lock().unwrap().push(n);
+    }
+}
+
+fn cluster_config() -> Config {
+    let mut config = Config::default();
+    config.hosts = NODES
+        .iter()
+        .map(|(_, port, _)| Host {
+            name: "127.0.0.1".into(),
+            port: *port,
+        })
+        .collect();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_connected_node_fails_over_with_nothing_lost() {
+    postage_tests::init_tracing();
+    let _cluster = tokio::task::spawn_blocking(start_cluster).await.unwrap();
+    let serving = Connection::connect(&cluster_config()).await.unwrap();
+    // The sender starts from the last node, so it survives the loss of the first.
+    let mut sender_config = cluster_config();
+    sender_config.hosts.reverse();
+    let sending = Connection::connect(&sender_config).await.unwrap();
+    let exchange = Exchange::named(unique("cluster"));
+    let queue = Queue::new(unique("cluster-q")).quorum();
+    let processor = Processor::builder(
+        &serving,
+        Counter {
+            seen: Mutex::new(Vec::new()),
+        },
+    )
+    .bind(exchange.clone(), queue, "count")
+    .prefetch(50)
+    .build()
+    .await
+    .unwrap();
+    let counter = Arc::clone(processor.state());
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let producer = Producer::builder(&sending)
+        .destination(exchange, "count")
+        .reliable(true)
+        .persistent(true)
+        .build()
+        .await
+        .unwrap();
+
+    const SENT: u64 = 2_000;
+    let mut retries = 0;
+    let mut lost_node = None;
+    let mut failover = Duration::ZERO;
+    let mut n = 0;
+    while n < SENT {
+        if n == SENT / 2 && lost_node.is_none() {
+            let host = serving.host();
+            let (name, _, _) = *NODES
+                .iter()
+                .find(|(_, port, _)| *port == host.port)
+                .unwrap();
+            lost_node = Some(name);
+            let stopping = Instant::now();
+            tokio::task::spawn_blocking(move || ctl(name, &["stop_app"]))
+                .await
+                .unwrap();
+            while serving.host() == host && stopping.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failover = stopping.elapsed();
+        }
+        match producer.command("count", n).await {
+            Ok(()) => n += 1,
+            Err(_) => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let start = Instant::now();
+    let distinct = loop {
+        let distinct: BTreeSet<u64> = counter.seen.lock().unwrap().iter().copied().collect();
+        if distinct.len() as u64 == SENT || start.elapsed() > Duration::from_secs(60) {
+            break distinct;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let handled = counter.seen.lock().unwrap().len();
+    eprintln!(
+        "node loss: stopped {:?}, serving moved to {} in {failover:?}; sent {SENT}, handled {handled}, distinct {}, duplicates {}, lost {}, publish retries {retries}",
+        lost_node,
+        serving.host(),
+        distinct.len(),
+        handled - distinct.len(),
+        SENT as usize - distinct.len()
+    );
+    assert_ne!(
+        serving.host().port,
+        NODES[0].1,
+        "failed over to another node"
+    );
+    assert_eq!(distinct.len() as u64, SENT, "nothing lost");
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+}
