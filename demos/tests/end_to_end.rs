@@ -184,3 +184,32 @@ fn restart_replaces_the_process_in_place() {
     receiver.expect_line("quit");
     receiver.wait_exit(Duration::from_secs(10));
 }
+
+#[test]
+fn iaas_server_answers_the_iaas_client() {
+    // Its own queue (`iaas`): no need to wait for the echo demos' turn.
+    let mut server = Receiver::start(env!("CARGO_BIN_EXE_iaas_server"));
+    let answer = run(env!("CARGO_BIN_EXE_iaas_client"), &[]);
+    let answer: serde_json::Value = serde_json::from_str(answer.trim()).expect("a JSON answer");
+    assert_eq!(
+        answer,
+        serde_json::json!({"ip": "172.30.40.201", "user": "cloud", "password": "123456"})
+    );
+
+    let status = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let printed = server.expect_line("quit");
+    let request = printed
+        .iter()
+        .find_map(|line| line.strip_prefix("receive message: "))
+        .unwrap_or_else(|| panic!("the server printed the request: {printed:?}"));
+    let request: serde_json::Value = serde_json::from_str(request).expect("JSON");
+    assert_eq!(
+        request,
+        serde_json::json!({"cpu": 2, "mem": 4096, "disk": 40, "os": {"type": "ubuntu", "version": "14.04"}})
+    );
+    server.wait_exit(Duration::from_secs(10));
+}

@@ -35,6 +35,7 @@
 
 mod address;
 mod channel;
+mod client;
 mod config;
 mod connection;
 mod consumer;
@@ -54,6 +55,10 @@ mod tracker;
 
 pub use address::{Address, RouteTable};
 pub use channel::{Channel, Subscription};
+pub use client::{
+    DEFAULT_CALL_TIMEOUT, FANOUT_EXCHANGE, Mode, Request, Response, Responses, Server,
+    ServerHandle, Target, Transport,
+};
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFiles};
 pub use connection::Connection;
 pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};

@@ -1,0 +1,724 @@
+//! The simple client of the message-client SDK: a [`Transport`] to the broker, a
+//! [`Target`] naming a queue, `send` in three [`Mode`]s, non-blocking requests whose
+//! [`Response`]s arrive on a stream or a callback, and a [`Server`] that answers with its
+//! handler's return value.
+//!
+//! The wire convention is plain AMQP RPC, not the Postage envelope: the body is JSON, a
+//! call carries `reply_to` and `correlation_id`, and the answer (JSON too) goes to the
+//! default exchange with the `reply_to` as routing key and the same `correlation_id`. So
+//! a bare pika or lapin client can call a postage server, and a postage client a bare
+//! server.
+//!
+//! Topology for a target `T`: RPC and cast messages go to the queue `T` through the
+//! default exchange, so one server takes each. Every server also binds a private,
+//! server-named queue to `amq.direct` with the routing key `T.fanout`; fanout messages
+//! are published there, so every server gets a copy. (`amq.direct` always exists, so
+//! nothing has to be declared before a fanout and nothing is left behind.)
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use lapin::BasicProperties;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::channel::Channel;
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::envelope::{Envelope, Incoming};
+use crate::error::{Error, Result};
+use crate::queue::Queue;
+use crate::tracker::DeliveryStatus;
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The exchange fanout messages go through, with the routing key `<target>.fanout`.
+pub const FANOUT_EXCHANGE: &str = "amq.direct";
+
+/// How long [`Transport::call`] waits for an answer unless told otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a message is sent to: a queue name, served by one or more [`Server`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    queue: Queue,
+}
+
+impl Target {
+    /// The target served from the queue `name` (declared with the default flags: not
+    /// durable, not auto-delete).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            queue: Queue::new(name),
+        }
+    }
+
+    /// The target served from `queue`, declared with its flags by each server.
+    pub fn with_queue(queue: Queue) -> Self {
+        Self { queue }
+    }
+
+    /// The target's name: its queue's.
+    pub fn name(&self) -> &str {
+        self.queue.name()
+    }
+
+    /// The routing key of fanout messages on [`FANOUT_EXCHANGE`].
+    pub fn fanout_key(&self) -> String {
+        format!("{}.fanout", self.queue.name())
+    }
+
+    /// The queue servers consume.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+}
+
+/// How [`Transport::send`] delivers a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// One server handles it and its answer comes back.
+    #[default]
+    Rpc,
+    /// One server handles it; nothing comes back.
+    Cast,
+    /// Every server of the target handles it; nothing comes back.
+    Fanout,
+}
+
+/// An answer to a [`Transport::request`], delivered to [`Transport::responses`] or
+/// [`Transport::on_response`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    correlation_id: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    /// The id [`Transport::request`] returned for the request this answers.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The body decoded from JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|source| Error::Payload {
+            what: format!("the answer to request {:?}", self.correlation_id),
+            source,
+        })
+    }
+}
+
+/// The answers to non-blocking requests, in arrival order: a [`Stream`], or read with
+/// [`Responses::next`].
+#[derive(Debug)]
+pub struct Responses {
+    receiver: mpsc::UnboundedReceiver<Response>,
+}
+
+impl Responses {
+    /// The next answer; `None` once the transport is closed or a newer [`Responses`]
+    /// took over.
+    pub async fn next(&mut self) -> Option<Response> {
+        self.receiver.recv().await
+    }
+}
+
+impl Stream for Responses {
+    type Item = Response;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Response>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// Who waits for the answer to a correlation id.
+#[derive(Debug)]
+enum Waiter {
+    /// A [`Transport::call`], awaiting this one answer.
+    Call(oneshot::Sender<Vec<u8>>),
+    /// A [`Transport::request`], whose answer goes to the responses sink.
+    Request,
+}
+
+/// Where answers to requests go: the latest [`Responses`], or a backlog until there is one.
+#[derive(Debug, Default)]
+struct Sink {
+    sender: Option<mpsc::UnboundedSender<Response>>,
+    backlog: Vec<Response>,
+}
+
+#[derive(Debug, Default)]
+struct Replies {
+    waiting: Mutex<HashMap<String, Waiter>>,
+    sink: Mutex<Sink>,
+}
+
+impl Replies {
+    fn deliver(&self, correlation_id: &str, body: Vec<u8>) {
+        let waiter = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(correlation_id));
+        match waiter {
+            Some(Waiter::Call(sender)) => {
+                let _ = sender.send(body);
+            }
+            Some(Waiter::Request) => {
+                let response = Response {
+                    correlation_id: correlation_id.to_owned(),
+                    body,
+                };
+                if let Ok(mut sink) = self.sink.lock() {
+                    let response = match &sink.sender {
+                        Some(sender) => match sender.send(response) {
+                            Ok(()) => return,
+                            Err(mpsc::error::SendError(response)) => response,
+                        },
+                        None => response,
+                    };
+                    sink.sender = None;
+                    sink.backlog.push(response);
+                }
+            }
+            None => tracing::debug!(correlation_id, "dropping an answer nobody waits for"),
+        }
+    }
+
+    fn forget(&self, correlation_id: &str) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(correlation_id);
+        }
+    }
+}
+
+/// Removes a call's waiter when the call ends early (error, timeout, cancellation).
+struct Forget<'a> {
+    replies: &'a Replies,
+    correlation_id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.replies.forget(self.correlation_id);
+    }
+}
+
+/// The SDK's transport: a channel on a broker connection that sends to [`Target`]s in
+/// the three [`Mode`]s, makes non-blocking requests, and serves targets. Clones share the
+/// channel.
+///
+/// ```no_run
+/// use postage_core::{Config, Mode, Target, Transport};
+/// use serde_json::{json, Value};
+///
+/// # async fn demo() -> postage_core::Result<()> {
+/// let transport = Transport::connect(&Config::from_env()?).await?;
+/// let iaas = Target::new("iaas");
+/// let body = json!({"cpu": 2, "mem": 4096, "disk": 40});
+///
+/// let answer: Value = transport.call(&iaas, &body).await?; // mode "rpc"
+/// transport.cast(&iaas, &body).await?; // one server gets it
+/// transport.fanout(&iaas, &body).await?; // every server gets it
+/// let same = transport.send(&iaas, &body, Mode::Rpc).await?; // Some(answer)
+///
+/// // Non-blocking: answers reach the callback while this task goes on.
+/// transport.on_response(|response| println!("receive message: {:?}", response.json::<Value>()));
+/// transport.request(&iaas, &body).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connection: Connection,
+    owns_connection: bool,
+    channel: Channel,
+    replies: Arc<Replies>,
+    consuming_replies: OnceCell<()>,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+impl Transport {
+    /// Connects to the first of `config`'s hosts that answers (the SDK's
+    /// `get_transport(conf)`: hosts, port, user, password, virtual host, heartbeat).
+    /// [`close`](Self::close) closes that connection.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let connection = Connection::connect(config).await?;
+        Self::open(connection, true).await
+    }
+
+    /// A transport on an existing connection, which [`close`](Self::close) leaves open.
+    pub async fn new(connection: &Connection) -> Result<Self> {
+        Self::open(connection.clone(), false).await
+    }
+
+    async fn open(connection: Connection, owns_connection: bool) -> Result<Self> {
+        let channel = Channel::open(&connection).await?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                connection,
+                owns_connection,
+                channel,
+                replies: Arc::default(),
+                consuming_replies: OnceCell::new(),
+                id_prefix: format!("{:x}.{nanos:x}", std::process::id()),
+                next_id: AtomicU64::new(0),
+            }),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// A copy whose calls wait `timeout` for their answer (default 30 s).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `body` as JSON in `mode`: for [`Mode::Rpc`] waits for the answer and returns
+    /// it, otherwise returns `None` once the broker has the message (the SDK's
+    /// `send_message(message, mode)`).
+    pub async fn send(
+        &self,
+        target: &Target,
+        body: &impl Serialize,
+        mode: Mode,
+    ) -> Result<Option<Value>> {
+        match mode {
+            Mode::Rpc => self.call(target, body).await.map(Some),
+            Mode::Cast => self.cast(target, body).await.map(|()| None),
+            Mode::Fanout => self.fanout(target, body).await.map(|()| None),
+        }
+    }
+
+    /// Calls `target` and decodes its JSON answer into `T`. No server queue is
+    /// [`Error::Unroutable`]; no answer within the timeout is [`Error::Timeout`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        target: &Target,
+        body: &impl Serialize,
+    ) -> Result<T> {
+        self.start_replies().await?;
+        let correlation_id = self.next_id();
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
+            waiting.insert(correlation_id.clone(), Waiter::Call(sender));
+        }
+        let _forget = Forget {
+            replies: &self.inner.replies,
+            correlation_id: &correlation_id,
+        };
+        self.publish(target, body, Some(&correlation_id)).await?;
+        let answer = match tokio::time::timeout(self.timeout, receiver).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(Error::Closed("the transport")),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: format!("waiting for the answer of target {:?}", target.name()),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        serde_json::from_slice(&answer).map_err(|source| Error::Payload {
+            what: format!("the answer of target {:?}", target.name()),
+            source,
+        })
+    }
+
+    /// Sends `body` to one server of `target`; returns once the broker has it in the
+    /// target's queue (no such queue is [`Error::Unroutable`]).
+    pub async fn cast(&self, target: &Target, body: &impl Serialize) -> Result<()> {
+        self.publish(target, body, None).await
+    }
+
+    /// Sends `body` to every server of `target` now running; returns once the broker has
+    /// it. With no server running, nobody gets it.
+    pub async fn fanout(&self, target: &Target, body: &impl Serialize) -> Result<()> {
+        let envelope = Envelope::json(body)?;
+        let key = target.fanout_key();
+        let tracker = self
+            .inner
+            .channel
+            .publish(FANOUT_EXCHANGE, &key, envelope)
+            .await?;
+        settled(tracker.settled().await, FANOUT_EXCHANGE, &key)
+    }
+
+    /// Sends a call to `target` without waiting for its answer, and returns its
+    /// correlation id; the answer goes to [`responses`](Self::responses) or
+    /// [`on_response`](Self::on_response) (the SDK's `send_request`).
+    pub async fn request(&self, target: &Target, body: &impl Serialize) -> Result<String> {
+        self.start_replies().await?;
+        let correlation_id = self.next_id();
+        if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
+            waiting.insert(correlation_id.clone(), Waiter::Request);
+        }
+        match self.publish(target, body, Some(&correlation_id)).await {
+            Ok(()) => Ok(correlation_id),
+            Err(error) => {
+                self.inner.replies.forget(&correlation_id);
+                Err(error)
+            }
+        }
+    }
+
+    /// The answers to [`request`](Self::request)s from now on, and those that came while
+    /// nobody listened. Only the latest `Responses` gets answers; an older one ends.
+    pub fn responses(&self) -> Responses {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        if let Ok(mut sink) = self.inner.replies.sink.lock() {
+            for response in sink.backlog.drain(..) {
+                let _ = sender.send(response);
+            }
+            sink.sender = Some(sender);
+        }
+        Responses { receiver }
+    }
+
+    /// Calls `callback` with each answer to a [`request`](Self::request), on a task of
+    /// its own, and returns at once (the SDK's `receive_response(on_response)`). Takes
+    /// over from any earlier [`responses`](Self::responses).
+    pub fn on_response(
+        &self,
+        mut callback: impl FnMut(Response) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let mut responses = self.responses();
+        tokio::spawn(async move {
+            while let Some(response) = responses.next().await {
+                callback(response);
+            }
+        })
+    }
+
+    /// Declares `target`'s queue and this server's private fanout queue, ready to
+    /// [`serve`](Server::serve).
+    pub async fn server(&self, target: &Target) -> Result<Server> {
+        Server::declare(&self.inner.connection, target).await
+    }
+
+    /// Serves `target` until the channel closes: each message's JSON body goes to
+    /// `handler`, and for a call its return value is the answer (the SDK's
+    /// `start_consume_message`). See [`Server::serve`].
+    pub async fn serve<F, Fut, R>(&self, target: &Target, handler: F) -> Result<()>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send,
+        R: Serialize,
+    {
+        self.server(target).await?.serve(handler).await
+    }
+
+    /// Waits until the broker has every message sent, then closes the channel, and the
+    /// connection if [`connect`](Self::connect) opened it.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.channel.close().await?;
+        if self.inner.owns_connection {
+            self.inner.connection.close().await?;
+        }
+        Ok(())
+    }
+
+    /// The connection the transport is on.
+    pub fn connection(&self) -> &Connection {
+        &self.inner.connection
+    }
+
+    /// The transport's channel, for anything this API does not wrap.
+    pub fn channel(&self) -> &Channel {
+        &self.inner.channel
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.inner.id_prefix)
+    }
+
+    /// Publishes `body` to `target`'s queue (`mandatory`, answers to direct reply-to when
+    /// `correlation_id` is given) and waits for the broker's confirm.
+    async fn publish(
+        &self,
+        target: &Target,
+        body: &impl Serialize,
+        correlation_id: Option<&str>,
+    ) -> Result<()> {
+        let mut envelope = Envelope::json(body)?.mandatory(true);
+        if let Some(id) = correlation_id {
+            envelope = envelope.reply_to(DIRECT_REPLY_TO).correlation_id(id);
+        }
+        let tracker = self
+            .inner
+            .channel
+            .publish("", target.name(), envelope)
+            .await?;
+        settled(tracker.settled().await, "", target.name())
+    }
+
+    /// Starts consuming direct reply-to (on the publishing channel, as RabbitMQ requires)
+    /// before the first call.
+    async fn start_replies(&self) -> Result<()> {
+        self.inner
+            .consuming_replies
+            .get_or_try_init(|| async {
+                let mut answers = self
+                    .inner
+                    .channel
+                    .consume_no_ack(DIRECT_REPLY_TO, "")
+                    .await?;
+                let replies = Arc::clone(&self.inner.replies);
+                tokio::spawn(async move {
+                    while let Some(Ok(answer)) = answers.next().await {
+                        match answer.correlation_id() {
+                            Some(id) => replies.deliver(id, answer.body().to_vec()),
+                            None => tracing::warn!("dropping an answer without correlation id"),
+                        }
+                    }
+                    // The channel is gone: end the responses stream.
+                    if let Ok(mut sink) = replies.sink.lock() {
+                        sink.sender = None;
+                    }
+                    tracing::debug!("transport answer consumer ended");
+                });
+                Ok(())
+            })
+            .await
+            .map(drop)
+    }
+}
+
+/// A publish's confirm as a result.
+fn settled(status: DeliveryStatus, exchange: &str, routing_key: &str) -> Result<()> {
+    match status {
+        DeliveryStatus::Accepted => Ok(()),
+        DeliveryStatus::Unroutable => Err(Error::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        DeliveryStatus::Rejected => Err(Error::PublishRefused {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        _ => Err(Error::Closed("the transport's channel")),
+    }
+}
+
+/// One message a [`Server`] handles: its JSON body, how it was sent, its properties.
+#[derive(Debug, Clone)]
+pub struct Request {
+    body: Value,
+    mode: Mode,
+    properties: BasicProperties,
+}
+
+impl Request {
+    /// The JSON body.
+    pub fn body(&self) -> &Value {
+        &self.body
+    }
+
+    /// The body decoded into `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        T::deserialize(&self.body).map_err(|source| Error::Payload {
+            what: "a request".to_owned(),
+            source,
+        })
+    }
+
+    /// How it was sent: a call (it has a `reply_to`), a cast or a fanout.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The AMQP properties: `reply_to`, `correlation_id`, headers...
+    pub fn properties(&self) -> &BasicProperties {
+        &self.properties
+    }
+}
+
+/// Stops a running [`Server`] from elsewhere: it finishes the request in hand, and
+/// [`Server::serve`] returns.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    stop: Arc<Notify>,
+}
+
+impl ServerHandle {
+    /// Asks the server to stop (before it started serving too).
+    pub fn shutdown(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// A server of one [`Target`]: consumes the target's shared queue and its own private
+/// fanout queue on a channel of its own, one message at a time.
+#[derive(Debug)]
+pub struct Server {
+    channel: Channel,
+    target: Target,
+    private_queue: String,
+    stop: Arc<Notify>,
+}
+
+/// How many messages a server's broker hands over ahead.
+const SERVER_PREFETCH: u16 = 10;
+
+impl Server {
+    async fn declare(connection: &Connection, target: &Target) -> Result<Self> {
+        let channel = Channel::open(connection).await?;
+        channel.qos(SERVER_PREFETCH).await?;
+        channel.declare_queue(target.queue()).await?;
+        let private_queue = channel
+            .declare_queue(&Queue::new("").exclusive(true).auto_delete(true))
+            .await?;
+        channel
+            .bind(&private_queue, FANOUT_EXCHANGE, &target.fanout_key())
+            .await?;
+        Ok(Self {
+            channel,
+            target: target.clone(),
+            private_queue,
+            stop: Arc::new(Notify::new()),
+        })
+    }
+
+    /// A handle to stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
+    /// The target served.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The server-named queue that receives this server's fanout copies.
+    pub fn private_queue(&self) -> &str {
+        &self.private_queue
+    }
+
+    /// Handles messages until [`ServerHandle::shutdown`] or until the channel closes,
+    /// then closes the channel. `handler` gets each [`Request`]; when the request has a
+    /// `reply_to`, its return value is sent there as JSON with the request's
+    /// `correlation_id`. A body that is not JSON, or a handler that panics, has the
+    /// message rejected and logged, and the server goes on.
+    pub async fn serve<F, Fut, R>(self, handler: F) -> Result<()>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send,
+        R: Serialize,
+    {
+        let shared = self.channel.consume(self.target.name(), "").await?;
+        let private = self.channel.consume(&self.private_queue, "").await?;
+        let tags = [shared.tag().to_owned(), private.tag().to_owned()];
+        let mut incoming = futures_util::stream::select(shared, private);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.stop.notified() => break,
+                next = incoming.next() => next,
+            };
+            let Some(message) = next else {
+                break;
+            };
+            self.answer(&handler, message?).await?;
+        }
+        for tag in &tags {
+            if self.channel.lapin().status().connected() {
+                self.channel.cancel(tag).await?;
+            }
+        }
+        self.channel.close().await
+    }
+
+    async fn answer<F, Fut, R>(&self, handler: &F, message: Incoming) -> Result<()>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: Future<Output = R>,
+        R: Serialize,
+    {
+        let target = self.target.name();
+        let body: Value = match message.json() {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(target, %error, "rejecting a request that is not JSON");
+                return message.reject(false).await;
+            }
+        };
+        let reply_to = message.reply_to().map(str::to_owned);
+        let mode = if message.exchange() == FANOUT_EXCHANGE {
+            Mode::Fanout
+        } else if reply_to.is_some() {
+            Mode::Rpc
+        } else {
+            Mode::Cast
+        };
+        let request = Request {
+            body,
+            mode,
+            properties: message.properties().clone(),
+        };
+        let answer = match AssertUnwindSafe(handler(request)).catch_unwind().await {
+            Ok(answer) => answer,
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    target,
+                    reason,
+                    "the handler panicked; rejecting the request"
+                );
+                return message.reject(false).await;
+            }
+        };
+        let Some(reply_to) = reply_to else {
+            return message.ack().await;
+        };
+        // Serialized in a block of its own, so the answer is not held across an await.
+        let envelope = {
+            let answer = answer;
+            Envelope::json(&answer)
+        };
+        let mut envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(target, %error, "the answer does not serialize; rejecting the request");
+                return message.reject(false).await;
+            }
+        };
+        if let Some(id) = message.correlation_id() {
+            envelope = envelope.correlation_id(id);
+        }
+        self.channel.publish("", &reply_to, envelope).await?;
+        message.ack().await
+    }
+}
