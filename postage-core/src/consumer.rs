@@ -467,7 +467,13 @@ impl ConsumerHandle {
             .and_then(|mut c| c.take())
             .unwrap_or_default();
         for tag in queues.into_values().filter(|t| !t.is_empty()) {
-            self.cancel(&tag).await?;
+            match self.cancel(&tag).await {
+                // A channel that is down (recovery under way) has no consumers to cancel.
+                Err(error) if !self.live_channel().status().connected() => {
+                    tracing::debug!(%error, "consumer already gone with its channel");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

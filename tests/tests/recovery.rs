@@ -35,6 +35,12 @@ impl Counter {
     fn echo(&self, value: Value) -> Value {
         value
     }
+
+    #[rpc_handler("command", "slow")]
+    async fn slow(&self, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        millis
+    }
 }
 
 /// Records the `hello`s a GenericApplication gets.
@@ -316,6 +322,49 @@ async fn broker_restart_during_ten_thousand_confirmed_messages_loses_nothing() {
         json!("after the restart"),
         "serving without a restart of its own"
     );
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rpc_in_flight_when_the_connection_drops_is_answered_never_hangs() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (serving, calling) = (connect().await, connect().await);
+    let exchange = Exchange::named(unique("inflight"));
+    let queue = unique("inflight-q");
+    let processor = Processor::builder(
+        &serving,
+        Counter {
+            seen: Mutex::new(Vec::new()),
+        },
+    )
+    .bind(exchange.clone(), Queue::new(queue.clone()), "rpc")
+    .build()
+    .await
+    .unwrap();
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let producer = reliable_producer(&calling, exchange, "rpc").await;
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.call::<u64>("slow", 800).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "fault test"]))
+        .await
+        .unwrap();
+    // Timeout 2 s, 5 retries (reliable_producer): the bound is 12 s; it must end well before.
+    let answer = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .expect("the call never hangs")
+        .unwrap();
+    eprintln!(
+        "RPC in flight across a connection close: {answer:?} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.expect("sent again and answered"), 800);
     handle.shutdown();
     running.await.unwrap().unwrap();
     rabbitmqctl(&["delete_queue", &queue]);
