@@ -14,7 +14,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, RwLock};
 
-use crate::connection::Connection;
+use crate::connection::{ChannelLease, Connection};
 use crate::envelope::{Envelope, Incoming};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
@@ -29,6 +29,9 @@ use crate::tracker::{Confirms, Tracker};
 /// with a [`Tracker`] for the broker's confirm. [`close`](Channel::close) waits for the
 /// confirm of every publish that started before it, so that when it returns every message
 /// is in its queues: lapin's own close does not promise that (see the method).
+///
+/// Like any AMQP channel it dies with its connection: after the [`Connection`] has
+/// reconnected ([`Connection::generation`] changed), open another.
 ///
 /// ```no_run
 /// use postage_core::{Channel, Connection, Envelope, Exchange, Queue};
@@ -65,7 +68,8 @@ pub struct Channel {
 #[derive(Debug)]
 struct Inner {
     connection: Connection,
-    amqp: lapin::Channel,
+    /// Closed explicitly when the last clone goes, and awaited by `Connection::close`.
+    amqp: ChannelLease,
     confirms: Confirms,
     /// Each publish holds a read guard while it hands its frames to lapin; `close` takes
     /// the write guard, so it waits for those and later publishes see `true`.
@@ -75,7 +79,7 @@ struct Inner {
 impl Channel {
     /// Opens a channel on `connection` and turns on publisher confirms.
     pub async fn open(connection: &Connection) -> Result<Self> {
-        let amqp = connection.open_channel().await?;
+        let amqp = connection.lease_channel().await?;
         amqp.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(Error::amqp("enabling publisher confirms"))?;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,7 @@ use lapin::BasicProperties;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::channel::Channel;
@@ -254,11 +254,22 @@ pub struct Transport {
 struct Inner {
     connection: Connection,
     owns_connection: bool,
-    channel: Channel,
+    link: Mutex<Link>,
+    /// Held while the channel is reopened, so one task does it.
+    reopening: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
     replies: Arc<Replies>,
-    consuming_replies: OnceCell<()>,
     id_prefix: String,
     next_id: AtomicU64,
+}
+
+/// The transport's channel now, and whether it consumes answers yet.
+#[derive(Debug, Clone)]
+struct Link {
+    channel: Channel,
+    /// The connection's generation the channel was opened in.
+    generation: u64,
+    answering: bool,
 }
 
 impl Transport {
@@ -276,6 +287,7 @@ impl Transport {
     }
 
     async fn open(connection: Connection, owns_connection: bool) -> Result<Self> {
+        let generation = connection.generation();
         let channel = Channel::open(&connection).await?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -284,9 +296,14 @@ impl Transport {
             inner: Arc::new(Inner {
                 connection,
                 owns_connection,
-                channel,
+                link: Mutex::new(Link {
+                    channel,
+                    generation,
+                    answering: false,
+                }),
+                reopening: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
                 replies: Arc::default(),
-                consuming_replies: OnceCell::new(),
                 id_prefix: format!("{:x}.{nanos:x}", std::process::id()),
                 next_id: AtomicU64::new(0),
             }),
@@ -324,7 +341,6 @@ impl Transport {
         target: &Target,
         body: &impl Serialize,
     ) -> Result<T> {
-        self.start_replies().await?;
         let correlation_id = self.next_id();
         let (sender, receiver) = oneshot::channel();
         if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
@@ -363,8 +379,8 @@ impl Transport {
         let envelope = Envelope::json(body)?;
         let key = target.fanout_key();
         let tracker = self
-            .inner
-            .channel
+            .live_channel(false)
+            .await?
             .publish(FANOUT_EXCHANGE, &key, envelope)
             .await?;
         settled(tracker.settled().await, FANOUT_EXCHANGE, &key)
@@ -374,7 +390,6 @@ impl Transport {
     /// correlation id; the answer goes to [`responses`](Self::responses) or
     /// [`on_response`](Self::on_response) (the SDK's `send_request`).
     pub async fn request(&self, target: &Target, body: &impl Serialize) -> Result<String> {
-        self.start_replies().await?;
         let correlation_id = self.next_id();
         if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
             waiting.insert(correlation_id.clone(), Waiter::Request);
@@ -437,7 +452,12 @@ impl Transport {
     /// Waits until the broker has every message sent, then closes the channel, and the
     /// connection if [`connect`](Self::connect) opened it.
     pub async fn close(&self) -> Result<()> {
-        self.inner.channel.close().await?;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.link().channel.close().await?;
+        // The end of the answers: a `Responses` stream ends.
+        if let Ok(mut sink) = self.inner.replies.sink.lock() {
+            sink.sender = None;
+        }
         if self.inner.owns_connection {
             self.inner.connection.close().await?;
         }
@@ -449,9 +469,17 @@ impl Transport {
         &self.inner.connection
     }
 
-    /// The transport's channel, for anything this API does not wrap.
-    pub fn channel(&self) -> &Channel {
-        &self.inner.channel
+    /// The transport's channel now, for anything this API does not wrap (after a
+    /// reconnection the transport opens another).
+    pub fn channel(&self) -> Channel {
+        self.link().channel
+    }
+
+    fn link(&self) -> Link {
+        match self.inner.link.lock() {
+            Ok(link) => link.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     fn next_id(&self) -> String {
@@ -472,43 +500,64 @@ impl Transport {
             envelope = envelope.reply_to(DIRECT_REPLY_TO).correlation_id(id);
         }
         let tracker = self
-            .inner
-            .channel
+            .live_channel(correlation_id.is_some())
+            .await?
             .publish("", target.name(), envelope)
             .await?;
         settled(tracker.settled().await, "", target.name())
     }
 
-    /// Starts consuming direct reply-to (on the publishing channel, as RabbitMQ requires)
-    /// before the first call.
-    async fn start_replies(&self) -> Result<()> {
-        self.inner
-            .consuming_replies
-            .get_or_try_init(|| async {
-                let mut answers = self
-                    .inner
-                    .channel
-                    .consume_no_ack(DIRECT_REPLY_TO, "")
-                    .await?;
-                let replies = Arc::clone(&self.inner.replies);
-                tokio::spawn(async move {
-                    while let Some(Ok(answer)) = answers.next().await {
-                        match answer.correlation_id() {
-                            Some(id) => replies.deliver(id, answer.body().to_vec()),
-                            None => tracing::warn!("dropping an answer without correlation id"),
-                        }
-                    }
-                    // The channel is gone: end the responses stream.
-                    if let Ok(mut sink) = replies.sink.lock() {
-                        sink.sender = None;
-                    }
-                    tracing::debug!("transport answer consumer ended");
-                });
-                Ok(())
-            })
-            .await
-            .map(drop)
+    /// The channel to publish on, consuming answers first when `answers` (direct
+    /// reply-to is consumed on the publishing channel, as RabbitMQ requires). A channel
+    /// lost with the connection is reopened once the connection is back.
+    async fn live_channel(&self, answers: bool) -> Result<Channel> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("the transport"));
+        }
+        let link = self.link();
+        if link.channel.lapin().status().connected() && (link.answering || !answers) {
+            return Ok(link.channel);
+        }
+        let _one_at_a_time = self.inner.reopening.lock().await;
+        let mut link = self.link();
+        if !link.channel.lapin().status().connected() {
+            let generation = self
+                .inner
+                .connection
+                .wait_reconnected(link.generation)
+                .await?;
+            link = Link {
+                channel: Channel::open(&self.inner.connection).await?,
+                generation,
+                answering: false,
+            };
+            tracing::info!("the transport reopened its channel");
+        }
+        if answers && !link.answering {
+            consume_answers(&link.channel, &self.inner.replies).await?;
+            link.answering = true;
+        }
+        if let Ok(mut current) = self.inner.link.lock() {
+            *current = link.clone();
+        }
+        Ok(link.channel)
     }
+}
+
+/// Hands each answer arriving on `channel`'s direct reply-to to whoever waits for it.
+async fn consume_answers(channel: &Channel, replies: &Arc<Replies>) -> Result<()> {
+    let mut answers = channel.consume_no_ack(DIRECT_REPLY_TO, "").await?;
+    let replies = Arc::clone(replies);
+    tokio::spawn(async move {
+        while let Some(Ok(answer)) = answers.next().await {
+            match answer.correlation_id() {
+                Some(id) => replies.deliver(id, answer.body().to_vec()),
+                None => tracing::warn!("dropping an answer without correlation id"),
+            }
+        }
+        tracing::debug!("transport answer consumer ended");
+    });
+    Ok(())
 }
 
 /// A publish's confirm as a result.
@@ -575,13 +624,27 @@ impl ServerHandle {
 }
 
 /// A server of one [`Target`]: consumes the target's shared queue and its own private
-/// fanout queue on a channel of its own, one message at a time.
+/// fanout queue on a channel of its own, one message at a time. When the connection is
+/// lost and comes back, it declares its queues again and goes on serving.
 #[derive(Debug)]
 pub struct Server {
+    connection: Connection,
     channel: Channel,
+    /// The connection's generation the channel was opened in.
+    generation: u64,
     target: Target,
     private_queue: String,
     stop: Arc<Notify>,
+}
+
+/// Why [`Server::serve_channel`] returned.
+enum Ended {
+    /// [`ServerHandle::shutdown`] was called.
+    Stopped,
+    /// The broker cancelled the consumers (a queue was deleted) on a channel still open.
+    Cancelled,
+    /// The channel was lost, with the connection or by a channel error.
+    Lost,
 }
 
 /// How many messages a server's broker hands over ahead.
@@ -589,6 +652,20 @@ const SERVER_PREFETCH: u16 = 10;
 
 impl Server {
     async fn declare(connection: &Connection, target: &Target) -> Result<Self> {
+        let generation = connection.generation();
+        let (channel, private_queue) = Self::open(connection, target).await?;
+        Ok(Self {
+            connection: connection.clone(),
+            channel,
+            generation,
+            target: target.clone(),
+            private_queue,
+            stop: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Opens a channel and declares the target's queue and a private fanout queue.
+    async fn open(connection: &Connection, target: &Target) -> Result<(Channel, String)> {
         let channel = Channel::open(connection).await?;
         channel.qos(SERVER_PREFETCH).await?;
         channel.declare_queue(target.queue()).await?;
@@ -598,12 +675,7 @@ impl Server {
         channel
             .bind(&private_queue, FANOUT_EXCHANGE, &target.fanout_key())
             .await?;
-        Ok(Self {
-            channel,
-            target: target.clone(),
-            private_queue,
-            stop: Arc::new(Notify::new()),
-        })
+        Ok((channel, private_queue))
     }
 
     /// A handle to stop the server.
@@ -623,8 +695,9 @@ impl Server {
         &self.private_queue
     }
 
-    /// Handles messages until [`ServerHandle::shutdown`] or until the channel closes,
-    /// then closes the channel. `handler` gets each [`Request`]; when the request has a
+    /// Handles messages until [`ServerHandle::shutdown`], until the broker cancels its
+    /// consumers, or until the connection is closed, then closes the channel; a lost
+    /// connection is waited for (see [`Connection`]) and serving resumes. `handler` gets each [`Request`]; when the request has a
     /// `reply_to`, its return value is sent there as JSON with the request's
     /// `correlation_id`. A body that is not JSON, or a handler that panics, has the
     /// message rejected and logged, and the server goes on.
@@ -634,27 +707,86 @@ impl Server {
         Fut: Future<Output = R> + Send,
         R: Serialize,
     {
-        let shared = self.channel.consume(self.target.name(), "").await?;
-        let private = self.channel.consume(&self.private_queue, "").await?;
+        let mut server = self;
+        loop {
+            match server.serve_channel(&handler).await? {
+                Ended::Stopped | Ended::Cancelled => break,
+                Ended::Lost => {
+                    let generation =
+                        match server.connection.wait_reconnected(server.generation).await {
+                            Ok(generation) => generation,
+                            // Closed by the application: nothing more to serve.
+                            Err(Error::Closed(_)) => return Ok(()),
+                            Err(error) => return Err(error),
+                        };
+                    let (channel, private_queue) =
+                        Self::open(&server.connection, &server.target).await?;
+                    tracing::info!(
+                        target = server.target.name(),
+                        "serving again on a new channel"
+                    );
+                    server.channel = channel;
+                    server.private_queue = private_queue;
+                    server.generation = generation;
+                }
+            }
+        }
+        server.channel.close().await
+    }
+
+    /// Serves on the current channel until it ends, and says why.
+    async fn serve_channel<F, Fut, R>(&self, handler: &F) -> Result<Ended>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: Future<Output = R>,
+        R: Serialize,
+    {
+        let consumed = async {
+            let shared = self.channel.consume(self.target.name(), "").await?;
+            let private = self.channel.consume(&self.private_queue, "").await?;
+            Ok((shared, private))
+        };
+        let (shared, private) = match consumed.await {
+            Ok(subscriptions) => subscriptions,
+            Err(error) => return self.lost_or(error),
+        };
         let tags = [shared.tag().to_owned(), private.tag().to_owned()];
         let mut incoming = futures_util::stream::select(shared, private);
         loop {
             let next = tokio::select! {
                 biased;
-                () = self.stop.notified() => break,
+                () = self.stop.notified() => {
+                    for tag in &tags {
+                        if self.channel.lapin().status().connected() {
+                            self.channel.cancel(tag).await?;
+                        }
+                    }
+                    return Ok(Ended::Stopped);
+                }
                 next = incoming.next() => next,
             };
-            let Some(message) = next else {
-                break;
+            let outcome = match next {
+                None if self.channel.lapin().status().connected() => return Ok(Ended::Cancelled),
+                None => return Ok(Ended::Lost),
+                Some(message) => match message {
+                    Ok(message) => self.answer(handler, message).await,
+                    Err(error) => Err(error),
+                },
             };
-            self.answer(&handler, message?).await?;
-        }
-        for tag in &tags {
-            if self.channel.lapin().status().connected() {
-                self.channel.cancel(tag).await?;
+            if let Err(error) = outcome {
+                return self.lost_or(error);
             }
         }
-        self.channel.close().await
+    }
+
+    /// `error` when the channel is still open, else [`Ended::Lost`].
+    fn lost_or(&self, error: Error) -> Result<Ended> {
+        if self.channel.lapin().status().connected() {
+            Err(error)
+        } else {
+            tracing::warn!(target = self.target.name(), %error, "the server's channel is lost");
+            Ok(Ended::Lost)
+        }
     }
 
     async fn answer<F, Fut, R>(&self, handler: &F, message: Incoming) -> Result<()>

@@ -51,6 +51,9 @@ struct Peer {
 ///   may wait for [`Incoming::ack`] (accept) or [`Incoming::reject`]. The outgoing window
 ///   is how many sends may wait for their confirm; `put` waits for room beyond it.
 ///
+/// Its channels are not reopened after a connection loss: `put` then fails and `recv`
+/// waits (until its timeout); build a new messenger.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use postage_core::{Config, DeliveryStatus, Envelope, Messenger};
