@@ -176,16 +176,73 @@ fn figure(name: &str, unit: &str, postage: Vec<f64>, lapin: Vec<f64>) {
     );
 }
 
-fn rate(count: usize, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64()
+/// One measured run: its rate, and the CPU time the bench process (client and server
+/// alike, every thread) spent per operation.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// Measures one run: wall time and the process's CPU time.
+struct Meter {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    fn stop(self, count: usize) -> Sample {
+        let wall = self.wall.elapsed();
+        let cpu = process_cpu().saturating_sub(self.cpu);
+        Sample {
+            rate: count as f64 / wall.as_secs_f64(),
+            cpu_us: cpu.as_secs_f64() * 1e6 / count as f64,
+        }
+    }
+}
+
+/// CPU time of every thread of this process so far (`/proc/self/task/*/schedstat`).
+fn process_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+fn rates(samples: &[Sample]) -> Vec<f64> {
+    samples.iter().map(|s| s.rate).collect()
+}
+
+/// With `POSTAGE_BENCH_DIAG`: the CPU cost per operation behind a figure.
+fn cpu_line(plan: Plan, name: &str, postage: &[Sample], lapin: &[Sample]) {
+    if plan.diag {
+        let cpu = |s: &[Sample]| median(s.iter().map(|s| s.cpu_us).collect());
+        let (p, l) = (cpu(postage), cpu(lapin));
+        println!(
+            "# cpu {name}: postage {p:.1} µs/op | lapin {l:.1} µs/op | ratio {:.2} (bench process, every thread, client and server)",
+            p / l
+        );
+    }
 }
 
 /// Runs `postage` and `lapin` `runs` times each, taking turns to go first, after one
 /// shorter warm-up of each (unless quick); returns their rates.
-async fn alternate<P, L>(plan: Plan, mut postage: P, mut lapin: L) -> (Vec<f64>, Vec<f64>)
+async fn alternate<P, L>(plan: Plan, mut postage: P, mut lapin: L) -> (Vec<Sample>, Vec<Sample>)
 where
-    P: AsyncFnMut(bool) -> f64,
-    L: AsyncFnMut(bool) -> f64,
+    P: AsyncFnMut(bool) -> Sample,
+    L: AsyncFnMut(bool) -> Sample,
 {
     // For profiling one side alone: POSTAGE_BENCH_SIDE=postage or lapin.
     let side = std::env::var("POSTAGE_BENCH_SIDE").unwrap_or_default();
@@ -411,7 +468,7 @@ impl Bench {
                     plan.publish
                 };
                 let mut reading = Reading::sample(0);
-                let start = Instant::now();
+                let start = Meter::start();
                 for seq in 0..n {
                     reading.seq = seq as u64;
                     producer
@@ -420,9 +477,9 @@ impl Bench {
                         .expect("published");
                 }
                 flush(&producer.channel(), &exchange).await;
-                let elapsed = start.elapsed();
+                let elapsed = start.stop(n);
                 self.purge(&queue).await;
-                rate(n, elapsed)
+                elapsed
             },
             async |warm_up| {
                 let n = if warm_up {
@@ -431,7 +488,7 @@ impl Bench {
                     plan.publish
                 };
                 let mut reading = Reading::sample(0);
-                let start = Instant::now();
+                let start = Meter::start();
                 for seq in 0..n {
                     reading.seq = seq as u64;
                     let body = command_body(&self.fingerprint, "message", "reading", &reading);
@@ -447,13 +504,14 @@ impl Bench {
                         .expect("published");
                 }
                 flush(&channel, &exchange).await;
-                let elapsed = start.elapsed();
+                let elapsed = start.stop(n);
                 self.purge(&queue).await;
-                rate(n, elapsed)
+                elapsed
             },
         )
         .await;
-        figure("publish", "msg/s", p, l);
+        cpu_line(plan, "publish", &p, &l);
+        figure("publish", "msg/s", rates(&p), rates(&l));
         let _ = channel.close(200, "done".into()).await;
         self.delete(&queue).await;
     }
@@ -487,6 +545,47 @@ impl Sink {
     }
 }
 
+/// The ladder's consumers, each one step from the raw consumer towards the processor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    /// Lapin's stream, decoded as a postage `Message` then the payload from its `Value`,
+    /// acks coalesced (`multiple`, at 50 pending or when no delivery is ready).
+    MessageDecode,
+    /// The same through postage's `Consumer` (its forwarding task and mpsc queue), acks
+    /// every 50.
+    PostageConsumer,
+    /// The same with a task spawned per message under a semaphore of 1, as the processor.
+    TaskPerMessage,
+    /// The postage `Consumer` with each message acknowledged and awaited, as the
+    /// processor, without its task per message.
+    AckEach,
+}
+
+impl Stage {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::MessageDecode => "A: Message decode, coalesced acks",
+            Self::PostageConsumer => "B: A through postage's Consumer",
+            Self::TaskPerMessage => "C: B with a task per message",
+            Self::AckEach => "D: B acking each",
+        }
+    }
+}
+
+/// `rate, µs CPU` medians of some samples.
+fn summary(samples: &[Sample]) -> String {
+    let cpu = median(samples.iter().map(|s| s.cpu_us).collect());
+    format!("{}, {cpu:.1}", format_value(median(rates(samples))))
+}
+
+/// Acknowledges every delivery of `channel` up to `tag`.
+async fn ack_up_to(channel: &lapin::Channel, tag: u64) {
+    channel
+        .basic_ack(tag, BasicAckOptions { multiple: true })
+        .await
+        .expect("acked");
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Acks {
     Each,
@@ -516,16 +615,16 @@ impl Bench {
                 .await
                 .expect("a processor");
             let (state, handle) = (Arc::clone(processor.state()), processor.handle());
-            let start = Instant::now();
+            let start = Meter::start();
             let running = tokio::spawn(processor.run());
             state.done.notified().await;
-            let elapsed = start.elapsed();
+            let elapsed = start.stop(n);
             handle.shutdown();
             running
                 .await
                 .expect("the processor task")
                 .expect("the processor ran");
-            rate(n, elapsed)
+            elapsed
         };
         let mut postage = postage;
         let (p, each) = alternate(plan, &mut postage, async |warm_up| {
@@ -538,15 +637,181 @@ impl Bench {
                 .await
         })
         .await;
-        let all: Vec<f64> = p.into_iter().chain(p2).collect();
+        let all: Vec<Sample> = p.into_iter().chain(p2).collect();
+        cpu_line(plan, "dispatch vs lapin acking in batches", &all, &batch);
+        cpu_line(plan, "dispatch vs lapin acking each", &all, &each);
         figure(
             "dispatch vs lapin acking in batches",
             "msg/s",
-            all.clone(),
-            batch,
+            rates(&all),
+            rates(&batch),
         );
-        figure("dispatch vs lapin acking each", "msg/s", all, each);
+        figure(
+            "dispatch vs lapin acking each",
+            "msg/s",
+            rates(&all),
+            rates(&each),
+        );
+        if plan.diag {
+            self.ladder(plan, &exchange, key, &queue, &all, &batch)
+                .await;
+        }
         self.delete(&queue).await;
+    }
+
+    /// With `POSTAGE_BENCH_DIAG`: hand-written consumers between the raw one and the
+    /// processor, each adding one of the processor's costs, to tell what costs what.
+    async fn ladder(
+        &self,
+        plan: Plan,
+        exchange: &Exchange,
+        key: &str,
+        queue: &Queue,
+        processor: &[Sample],
+        raw: &[Sample],
+    ) {
+        let mut line = vec![format!("raw typed decode, batch acks {}", summary(raw))];
+        for stage in [
+            Stage::MessageDecode,
+            Stage::PostageConsumer,
+            Stage::TaskPerMessage,
+            Stage::AckEach,
+        ] {
+            let (samples, _) = alternate(
+                plan,
+                async |warm_up| {
+                    self.prototype(plan, warm_up, exchange, key, queue, stage)
+                        .await
+                },
+                async |_| Sample {
+                    rate: f64::NAN,
+                    cpu_us: f64::NAN,
+                },
+            )
+            .await;
+            line.push(format!("{} {}", stage.describe(), summary(&samples)));
+        }
+        line.push(format!("the processor {}", summary(processor)));
+        println!(
+            "# ladder dispatch (msg/s, µs CPU/msg): {}",
+            line.join(" | ")
+        );
+    }
+
+    /// One consumer of the ladder over `n` messages; see [`Stage`].
+    async fn prototype(
+        &self,
+        plan: Plan,
+        warm_up: bool,
+        exchange: &Exchange,
+        key: &str,
+        queue: &Queue,
+        stage: Stage,
+    ) -> Sample {
+        let n = sized(plan.dispatch, warm_up);
+        self.fill(exchange, key, queue, n).await;
+        let handle = |body: &[u8]| {
+            let message = postage_core::Message::from_json(body).expect("a message");
+            let reading: Reading = message.parameters().expect("a reading");
+            black_box(&reading);
+        };
+        if stage == Stage::MessageDecode {
+            // Lapin's stream read directly; acks coalesced with `multiple` when 50 are
+            // pending or no delivery is ready: what the processor could do.
+            let channel = self.lapin.create_channel().await.expect("a channel");
+            channel
+                .basic_qos(PREFETCH, BasicQosOptions::default())
+                .await
+                .expect("prefetch set");
+            let start = Meter::start();
+            let mut deliveries = channel
+                .basic_consume(
+                    queue.name().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("consuming");
+            let (mut seen, mut pending, mut last) = (0, 0, 0);
+            while seen < n {
+                let next = match futures_util::FutureExt::now_or_never(deliveries.next()) {
+                    Some(next) => next,
+                    None => {
+                        if pending > 0 {
+                            ack_up_to(&channel, last).await;
+                            pending = 0;
+                        }
+                        deliveries.next().await
+                    }
+                };
+                let delivery = next.expect("deliveries").expect("a delivery");
+                handle(&delivery.data);
+                seen += 1;
+                pending += 1;
+                last = delivery.delivery_tag;
+                if pending >= ACK_BATCH || seen == n {
+                    ack_up_to(&channel, last).await;
+                    pending = 0;
+                }
+            }
+            let sample = start.stop(n);
+            let _ = channel.close(200, "done".into()).await;
+            return sample;
+        }
+        let mut consumer = postage_core::Consumer::builder(&self.postage)
+            .bind(exchange.clone(), queue.clone(), key)
+            .prefetch(PREFETCH)
+            .build()
+            .await
+            .expect("a consumer");
+        let channel = consumer.channel().clone();
+        let start = Meter::start();
+        consumer.start().await.expect("consuming");
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut seen = 0;
+        while seen < n {
+            let permit = Arc::clone(&permits)
+                .acquire_owned()
+                .await
+                .expect("a permit");
+            let delivery = consumer
+                .next()
+                .await
+                .expect("deliveries")
+                .expect("a delivery");
+            seen += 1;
+            let tag = delivery.lapin().delivery_tag;
+            let batch_done = seen % ACK_BATCH == 0 || seen == n;
+            match stage {
+                Stage::PostageConsumer => {
+                    handle(delivery.body());
+                    if batch_done {
+                        ack_up_to(&channel, tag).await;
+                    }
+                }
+                Stage::TaskPerMessage => {
+                    let channel = channel.clone();
+                    tasks.spawn(async move {
+                        handle(delivery.body());
+                        if batch_done {
+                            ack_up_to(&channel, tag).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                Stage::AckEach | Stage::MessageDecode => {
+                    handle(delivery.body());
+                    delivery.ack().await.expect("acked");
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        let sample = start.stop(n);
+        consumer.close().await.expect("consumer closed");
+        sample
     }
 
     async fn raw_dispatch(
@@ -557,7 +822,7 @@ impl Bench {
         key: &str,
         queue: &Queue,
         acks: Acks,
-    ) -> f64 {
+    ) -> Sample {
         let n = if warm_up {
             plan.dispatch / 4
         } else {
@@ -569,7 +834,7 @@ impl Bench {
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await
             .expect("prefetch set");
-        let start = Instant::now();
+        let start = Meter::start();
         let mut deliveries = channel
             .basic_consume(
                 queue.name().into(),
@@ -606,13 +871,13 @@ impl Bench {
                 break;
             }
         }
-        let elapsed = start.elapsed();
+        let elapsed = start.stop(n);
         channel
             .basic_cancel(deliveries.tag(), BasicCancelOptions::default())
             .await
             .expect("cancelled");
         let _ = channel.close(200, "done".into()).await;
-        rate(n, elapsed)
+        elapsed
     }
 }
 
@@ -857,7 +1122,8 @@ impl Bench {
             .await;
             diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
         }
-        figure(&name, "calls/s", p, l);
+        cpu_line(plan, &name, &p, &l);
+        figure(&name, "calls/s", rates(&p), rates(&l));
         raw.close().await;
         drop(producer);
         self.stop(servers).await;
@@ -886,7 +1152,8 @@ impl Bench {
             .await;
             diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
         }
-        figure(&name, "calls/s", p, l);
+        cpu_line(plan, &name, &p, &l);
+        figure(&name, "calls/s", rates(&p), rates(&l));
         raw.close().await;
         drop(producer);
         self.stop(servers).await;
@@ -900,8 +1167,8 @@ fn sized(n: usize, warm_up: bool) -> usize {
 
 /// With `POSTAGE_BENCH_DIAG`: which side of an RPC figure costs what, from the runs of
 /// postage→postage, lapin→lapin, postage client→lapin server, lapin client→postage server.
-fn diagnose(name: &str, unit: &str, runs: [&Vec<f64>; 4]) {
-    let [pp, ll, pl, lp] = runs.map(|r| median(r.clone()));
+fn diagnose(name: &str, unit: &str, runs: [&Vec<Sample>; 4]) {
+    let [pp, ll, pl, lp] = runs.map(|r| median(rates(r)));
     println!(
         "# diag {name} ({unit}): postage→postage {} | lapin→lapin {} | postage client→lapin server {} ({:.2}) | lapin client→postage server {} ({:.2})",
         format_value(pp),
@@ -914,20 +1181,20 @@ fn diagnose(name: &str, unit: &str, runs: [&Vec<f64>; 4]) {
 }
 
 /// `n` calls one after the other through postage.
-async fn postage_sequential(producer: &Producer, n: usize) -> f64 {
+async fn postage_sequential(producer: &Producer, n: usize) -> Sample {
     let mut reading = Reading::sample(0);
-    let start = Instant::now();
+    let start = Meter::start();
     for seq in 0..n {
         reading.seq = seq as u64;
         let receipt: Receipt = producer.call("reading", &reading).await.expect("answered");
         assert_eq!(receipt.seq, reading.seq);
     }
-    rate(n, start.elapsed())
+    start.stop(n)
 }
 
 /// `n` calls through postage, [`WINDOW`] in flight, from one task.
-async fn postage_pipelined(producer: &Producer, n: usize) -> f64 {
-    let start = Instant::now();
+async fn postage_pipelined(producer: &Producer, n: usize) -> Sample {
+    let start = Meter::start();
     let mut in_flight = FuturesUnordered::new();
     let (mut sent, mut answered) = (0, 0);
     while answered < n {
@@ -944,7 +1211,7 @@ async fn postage_pipelined(producer: &Producer, n: usize) -> f64 {
             answered += 1;
         }
     }
-    rate(n, start.elapsed())
+    start.stop(n)
 }
 
 /// RPC calls written by hand in lapin: publish with `reply_to` and a correlation id, read
@@ -984,9 +1251,9 @@ impl RawCaller {
     }
 
     /// `n` calls one after the other to the server bound with `key`.
-    async fn sequential(&mut self, key: &str, n: usize) -> f64 {
+    async fn sequential(&mut self, key: &str, n: usize) -> Sample {
         let mut reading = Reading::sample(0);
-        let start = Instant::now();
+        let start = Meter::start();
         for seq in 0..n {
             reading.seq = seq as u64;
             let id = format!("{}.{seq}", self.prefix);
@@ -1006,12 +1273,12 @@ impl RawCaller {
                 }
             }
         }
-        rate(n, start.elapsed())
+        start.stop(n)
     }
 
     /// `n` calls to the server bound with `key`, [`WINDOW`] in flight.
-    async fn pipelined(&mut self, key: &str, n: usize) -> f64 {
-        let start = Instant::now();
+    async fn pipelined(&mut self, key: &str, n: usize) -> Sample {
+        let start = Meter::start();
         let mut in_flight: HashMap<String, u64> = HashMap::with_capacity(WINDOW);
         let (mut sent, mut answered) = (0, 0);
         while answered < n {
@@ -1033,7 +1300,7 @@ impl RawCaller {
                 answered += 1;
             }
         }
-        rate(n, start.elapsed())
+        start.stop(n)
     }
 
     async fn close(self) {
