@@ -1,16 +1,20 @@
 //! Every demo pair, run end to end as real processes against the broker.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// How long a demo may take to print an expected line before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The demos share `echo-queue`, so they run one pair at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 struct Receiver {
     child: Child,
-    lines: BufReader<ChildStdout>,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Receiver {
@@ -19,30 +23,40 @@ impl Receiver {
             .stdout(Stdio::piped())
             .spawn()
             .expect("the demo starts");
-        let lines = BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut receiver = Self { child, lines };
         receiver.expect_line("waiting for messages");
         receiver
     }
 
-    /// Reads lines until one equals `wanted`; panics on end of output.
+    /// Reads lines until one equals `wanted`; panics on end of output or after
+    /// [`PATIENCE`] without it, so a stuck demo fails the test instead of hanging it.
     fn expect_line(&mut self, wanted: &str) -> Vec<String> {
         let mut seen = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
         loop {
-            let mut line = String::new();
-            let read = self
-                .lines
-                .read_line(&mut line)
-                .expect("read the demo's output");
-            assert!(
-                read > 0,
-                "the demo ended before printing {wanted:?}; it printed {seen:?}"
-            );
-            let line = line.trim_end().to_owned();
-            if line == wanted {
-                return seen;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == wanted => return seen,
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the demo did not print {wanted:?} within {PATIENCE:?}; it printed {seen:?}"
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the demo ended before printing {wanted:?}; it printed {seen:?}")
+                }
             }
-            seen.push(line);
         }
     }
 
@@ -60,6 +74,14 @@ impl Receiver {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Drop for Receiver {
+    /// A failed test leaves no receiver behind to take the next test's messages.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
