@@ -81,15 +81,16 @@ impl Counter {
 }
 
 fn cluster_config() -> Config {
-    let mut config = Config::default();
-    config.hosts = NODES
-        .iter()
-        .map(|(_, port, _)| Host {
-            name: "127.0.0.1".into(),
-            port: *port,
-        })
-        .collect();
-    config
+    Config {
+        hosts: NODES
+            .iter()
+            .map(|(_, port, _)| Host {
+                name: "127.0.0.1".into(),
+                port: *port,
+            })
+            .collect(),
+        ..Config::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
