@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/broker.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads=4
-# The benchmark builds and runs as a smoke run; its timings are never asserted.
-POSTAGE_BENCH_QUICK=1 cargo bench -p postage-tests --locked --bench throughput
+# The benchmark builds and runs as a smoke run, in the dev profile the tests already
+# built (a release build of the whole tree would double CI's time); its timings are never
+# asserted. For figures, run it as README's performance section says.
+POSTAGE_BENCH_QUICK=1 cargo bench --profile dev -p postage-tests --locked --bench throughput
