@@ -196,7 +196,13 @@ async fn dial(config: &Config) -> Result<Link> {
             let runtime = lapin::runtime::default_runtime()
                 .map_err(Error::amqp("starting the TLS runtime"))?;
             let tls = config.tls_config()?;
-            lapin::Connection::connect_uri_with_config(config.amqp_uri(host), properties, tls, runtime).await
+            lapin::Connection::connect_uri_with_config(
+                config.amqp_uri(host),
+                properties,
+                tls,
+                runtime,
+            )
+            .await
         } else {
             lapin::Connection::connect_uri(config.amqp_uri(host), properties).await
         };
