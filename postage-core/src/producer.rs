@@ -14,8 +14,10 @@ use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::fingerprint::Fingerprint;
-use crate::message::Message;
+use crate::message::{Category, Message};
 use crate::rpc::ReplyQueue;
+
+pub(crate) mod json;
 
 /// Where a message goes: the producer's defaults, one routing key on its first exchange
 /// (Postage's `_key`), or an explicit list of (exchange, routing key) pairs (`_eks`).
@@ -82,6 +84,8 @@ struct Inner {
     destinations: Vec<(Exchange, String)>,
     fingerprint: Fingerprint,
     encoder: Arc<dyn Encoder>,
+    /// The encoder is the default JSON one: bodies are written straight from their parts.
+    plain_json: bool,
     reliable: bool,
     persistent: bool,
     declared: Mutex<HashSet<String>>,
@@ -95,6 +99,7 @@ pub struct ProducerBuilder {
     destinations: Vec<(Exchange, String)>,
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
+    plain_json: bool,
     reliable: bool,
     persistent: bool,
     rpc: crate::rpc::RpcSettings,
@@ -120,6 +125,7 @@ impl ProducerBuilder {
     #[must_use]
     pub fn encoder(mut self, encoder: impl Encoder) -> Self {
         self.encoder = Arc::new(encoder);
+        self.plain_json = false;
         self
     }
 
@@ -170,6 +176,7 @@ impl ProducerBuilder {
                 destinations: self.destinations,
                 fingerprint: self.fingerprint.unwrap_or_default(),
                 encoder: self.encoder,
+                plain_json: self.plain_json,
                 reliable: self.reliable,
                 persistent: self.persistent,
                 declared: Mutex::new(HashSet::new()),
@@ -191,6 +198,7 @@ impl Producer {
             destinations: Vec::new(),
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
+            plain_json: true,
             reliable: false,
             persistent: false,
             rpc: crate::rpc::RpcSettings::default(),
@@ -199,8 +207,7 @@ impl Producer {
 
     /// Sends the command `name` with `parameters` to every default destination.
     pub async fn command(&self, name: &str, parameters: impl Serialize) -> Result<()> {
-        self.publish(Message::command(name, parameters)?, &Route::Default)
-            .await
+        self.send_command(&Route::Default, name, parameters).await
     }
 
     /// Sends the command `name` with `parameters` along `route`.
@@ -210,7 +217,21 @@ impl Producer {
         name: &str,
         parameters: impl Serialize,
     ) -> Result<()> {
-        self.publish(Message::command(name, parameters)?, &route)
+        self.send_command(&route, name, parameters).await
+    }
+
+    async fn send_command(
+        &self,
+        route: &Route,
+        name: &str,
+        parameters: impl Serialize,
+    ) -> Result<()> {
+        if self.plain_json() {
+            let fingerprint = &self.inner.fingerprint;
+            let body = json::command(name, Category::Message, fingerprint, &parameters)?;
+            return self.send_body(&body, route, None).await;
+        }
+        self.publish(Message::command(name, parameters)?, route)
             .await
     }
 
@@ -238,17 +259,28 @@ impl Producer {
     /// Sends an already-built message unchanged, its fingerprint included.
     pub async fn forward(&self, message: &Message, route: &Route) -> Result<()> {
         let body = self.inner.encoder.encode(message)?;
+        self.send_body(&body, route, Some(message)).await
+    }
+
+    /// Publishes `body` along `route`; `message`, when given, is what debug mode traces.
+    async fn send_body(&self, body: &[u8], route: &Route, message: Option<&Message>) -> Result<()> {
         let properties = self.properties();
         let debug = self.inner.connection.config().debug;
         for (exchange, key) in self.resolve(route)?.iter() {
             self.ensure_declared(exchange).await?;
-            if debug {
+            if debug && let Some(message) = message {
                 tracing::info!(exchange = exchange.name(), routing_key = %key, kind = %message.kind, name = %message.name, category = message.category.as_str(), content = %message.content, "--> publish");
             }
-            self.publish_body(exchange.name(), key, &body, properties.clone())
+            self.publish_body(exchange.name(), key, body, properties.clone())
                 .await?;
         }
         Ok(())
+    }
+
+    /// True when bodies may be written straight from their parts: the default JSON
+    /// encoder, and no debug mode (which traces each message).
+    pub(crate) fn plain_json(&self) -> bool {
+        self.inner.plain_json && !self.inner.connection.config().debug
     }
 
     /// The fingerprint this producer stamps on its messages.
@@ -308,8 +340,9 @@ impl Producer {
         self.inner.encoder.as_ref()
     }
 
-    pub(crate) fn encoder_arc(&self) -> Arc<dyn Encoder> {
-        Arc::clone(&self.inner.encoder)
+    /// True when the producer encodes with the default JSON encoder.
+    pub(crate) fn encodes_json(&self) -> bool {
+        self.inner.plain_json
     }
 
     pub(crate) fn rpc_state(&self) -> &crate::rpc::RpcState {

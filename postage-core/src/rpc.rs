@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::message::{Message, RpcResult};
-use crate::producer::{Producer, Route};
+use crate::message::{Category, Message, RpcResult};
+use crate::producer::{Producer, Route, json};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -55,7 +55,8 @@ impl Default for RpcSettings {
     }
 }
 
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+/// The calls waiting, by correlation id; each gets its answer's body, read by the caller.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 
 /// A producer's calls in flight and its reply consumer, started with the first call.
 #[derive(Debug)]
@@ -195,12 +196,16 @@ impl Producer {
             .first()
             .map(|(e, k)| (e.name().to_owned(), k.clone()))
             .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
-        let message =
-            Message::rpc_command(name, parameters)?.with_fingerprint(self.fingerprint().clone());
-        let body = self.encoder().encode(&message)?;
-        if self.connection().config().debug {
-            tracing::info!(exchange = %exchange, routing_key = %routing_key, name, content = %message.content, "--> RPC call");
-        }
+        let body = if self.plain_json() {
+            json::command(name, Category::Rpc, self.fingerprint(), &parameters)?
+        } else {
+            let message = Message::rpc_command(name, parameters)?
+                .with_fingerprint(self.fingerprint().clone());
+            if self.connection().config().debug {
+                tracing::info!(exchange = %exchange, routing_key = %routing_key, name, content = %message.content, "--> RPC call");
+            }
+            self.encoder().encode(&message)?
+        };
         let id = format!(
             "{}.{}",
             state.prefix,
@@ -210,7 +215,8 @@ impl Producer {
         if let Ok(mut waiters) = state.waiters.lock() {
             waiters.insert(id.clone(), sender);
         }
-        let call = PendingCall {
+        let timeout = options.timeout.unwrap_or(state.settings.timeout);
+        let mut call = PendingCall {
             producer: self.clone(),
             command: name.to_owned(),
             exchange,
@@ -218,8 +224,10 @@ impl Producer {
             body,
             correlation_id: id,
             receiver,
-            timeout: options.timeout.unwrap_or(state.settings.timeout),
+            timeout,
             max_retry: options.max_retry.unwrap_or(state.settings.max_retry),
+            attempts: 1,
+            deadline: tokio::time::Instant::now() + timeout,
         };
         call.send().await?;
         Ok(call)
@@ -236,13 +244,16 @@ pub struct PendingCall {
     routing_key: String,
     body: Vec<u8>,
     correlation_id: String,
-    receiver: oneshot::Receiver<Message>,
+    receiver: oneshot::Receiver<Vec<u8>>,
     timeout: Duration,
     max_retry: u32,
+    /// How many times the call was sent, and when the last send stops waiting.
+    attempts: u32,
+    deadline: tokio::time::Instant,
 }
 
 impl PendingCall {
-    async fn send(&self) -> Result<()> {
+    async fn send(&mut self) -> Result<()> {
         let reply_to = self.producer.reply_address().await?;
         let properties = self
             .producer
@@ -251,7 +262,9 @@ impl PendingCall {
             .with_correlation_id(self.correlation_id.as_str().into());
         self.producer
             .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
-            .await
+            .await?;
+        self.deadline = tokio::time::Instant::now() + self.timeout;
+        Ok(())
     }
 
     /// The correlation id the call was sent with.
@@ -259,46 +272,33 @@ impl PendingCall {
         &self.correlation_id
     }
 
-    /// Waits for the answer, re-sending after each timeout up to the retry count.
+    /// Waits for the answer and reads it as Postage does: a success, error or exception
+    /// result. Each attempt waits the call's timeout; then the call is sent again, up to
+    /// its retry count. A body that is not a Postage message is logged and skipped.
     pub async fn result(mut self) -> Result<RpcResult> {
-        let mut attempts = 1;
         loop {
-            match tokio::time::timeout(self.timeout, &mut self.receiver).await {
-                Ok(Ok(message)) => return Ok(message.to_result()),
-                // The answer consumer ended with its channel: wait for the producer to
-                // recover, then send again.
-                Ok(Err(_)) if attempts <= self.max_retry => {
-                    tracing::debug!(command = %self.command, attempts, "RPC answer consumer lost; sending again");
-                    attempts += 1;
-                    let (sender, receiver) = oneshot::channel();
-                    if let Ok(mut waiters) = self.producer.rpc_state().waiters.lock() {
-                        waiters.insert(self.correlation_id.clone(), sender);
-                    }
-                    self.receiver = receiver;
-                    self.send().await?;
-                }
-                Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
-                Err(_) if attempts <= self.max_retry => {
-                    tracing::debug!(command = %self.command, attempts, "RPC timed out; sending again");
-                    attempts += 1;
-                    self.send().await?;
-                }
-                Err(_) => {
-                    return Err(Error::RpcTimeout {
-                        command: self.command.clone(),
-                        routing_key: self.routing_key.clone(),
-                        attempts,
-                        timeout: self.timeout,
-                    });
-                }
+            let body = self.next_body().await?;
+            if let Some(message) = self.read(&body) {
+                return Ok(message.to_result());
             }
         }
     }
 
-    /// Waits for the answer and decodes a success into `T`.
-    pub async fn value<T: DeserializeOwned>(self) -> Result<T> {
+    /// Waits for the answer, as [`PendingCall::result`], and decodes a success into `T`.
+    pub async fn value<T: DeserializeOwned>(mut self) -> Result<T> {
+        let plain_json = self.producer.encodes_json();
+        let result = loop {
+            let body = self.next_body().await?;
+            // The common case in one pass: a success whose value is a `T`.
+            if plain_json && let Some(value) = json::success::<T>(&body) {
+                return Ok(value);
+            }
+            if let Some(message) = self.read(&body) {
+                break message.to_result();
+            }
+        };
         let command = self.command.clone();
-        match self.result().await? {
+        match result {
             RpcResult::Success { value, .. } => {
                 T::deserialize(&value).map_err(|source| Error::Payload {
                     what: format!("answer to {command:?}"),
@@ -312,6 +312,60 @@ impl PendingCall {
                 message,
             }),
         }
+    }
+
+    /// The next answer's body, sending the call again after a timeout or when the answer
+    /// consumer was lost with its channel, up to the retry count.
+    async fn next_body(&mut self) -> Result<Vec<u8>> {
+        loop {
+            match tokio::time::timeout_at(self.deadline, &mut self.receiver).await {
+                Ok(Ok(body)) => return Ok(body),
+                // The answer consumer ended with its channel: wait for the producer to
+                // recover, then send again.
+                Ok(Err(_)) if self.attempts <= self.max_retry => {
+                    tracing::debug!(command = %self.command, attempts = self.attempts, "RPC answer consumer lost; sending again");
+                    self.attempts += 1;
+                    self.wait_again();
+                    self.send().await?;
+                }
+                Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
+                Err(_) if self.attempts <= self.max_retry => {
+                    tracing::debug!(command = %self.command, attempts = self.attempts, "RPC timed out; sending again");
+                    self.attempts += 1;
+                    self.send().await?;
+                }
+                Err(_) => {
+                    return Err(Error::RpcTimeout {
+                        command: self.command.clone(),
+                        routing_key: self.routing_key.clone(),
+                        attempts: self.attempts,
+                        timeout: self.timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Decodes an answer; one that is not a Postage message is logged, and the call
+    /// waits on for another.
+    fn read(&mut self, body: &[u8]) -> Option<Message> {
+        match self.producer.encoder().decode(body) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::warn!(command = %self.command, %error, "dropping a malformed RPC answer");
+                self.wait_again();
+                None
+            }
+        }
+    }
+
+    /// Registers the call again for its next answer.
+    fn wait_again(&mut self) {
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiters) = self.producer.rpc_state().waiters.lock() {
+            waiters.insert(self.correlation_id.clone(), sender);
+        }
+        self.receiver = receiver;
     }
 }
 
@@ -336,27 +390,22 @@ impl Producer {
         {
             return Ok(address.clone());
         }
-        let address = start_reply_consumer(
-            &channel,
-            state.settings.reply_queue,
-            &state.waiters,
-            self.encoder_arc(),
-        )
-        .await?;
+        let address =
+            start_reply_consumer(&channel, state.settings.reply_queue, &state.waiters).await?;
         *current = Some((key, address.clone()));
         Ok(address)
     }
 }
 
 /// Starts consuming the producer's answers, no-ack: direct reply-to on the publishing
-/// channel (as RabbitMQ requires), or a private queue declared now. Each answer goes to
-/// its waiting call; one without a correlation id (Python Postage receivers send none)
-/// goes to the only call waiting. Returns the `reply_to` address for the calls.
+/// channel (as RabbitMQ requires), or a private queue declared now. Each answer's body
+/// goes, undecoded, to its waiting call, which reads it; one without a correlation id
+/// (Python Postage receivers send none) goes to the only call waiting. Returns the
+/// `reply_to` address for the calls.
 async fn start_reply_consumer(
     channel: &lapin::Channel,
     reply_queue: ReplyQueue,
     waiters: &Waiters,
-    encoder: Arc<dyn crate::encoder::Encoder>,
 ) -> Result<ShortString> {
     let queue: ShortString = match reply_queue {
         ReplyQueue::DirectReplyTo => DIRECT_REPLY_TO.into(),
@@ -390,13 +439,6 @@ async fn start_reply_consumer(
     let waiters = Arc::clone(waiters);
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = replies.next().await {
-            let message = match encoder.decode(&delivery.data) {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "dropping a malformed RPC answer");
-                    continue;
-                }
-            };
             let Ok(mut waiting) = waiters.lock() else {
                 break;
             };
@@ -412,7 +454,7 @@ async fn start_reply_consumer(
             drop(waiting);
             match waiter {
                 Some(waiter) => {
-                    let _ = waiter.send(message);
+                    let _ = waiter.send(delivery.data);
                 }
                 None => tracing::debug!("dropping an RPC answer nobody waits for"),
             }

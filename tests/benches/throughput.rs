@@ -1121,6 +1121,18 @@ impl Bench {
             )
             .await;
             diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
+            let hop = self.raw_caller(&servers.exchange, mode).await.dispatched();
+            let (h, l2) = alternate(
+                plan,
+                async |warm_up| hop.sequential(size(warm_up)).await,
+                async |warm_up| raw.sequential(LAPIN_KEY, size(warm_up)).await,
+            )
+            .await;
+            println!(
+                "# hop {name}: lapin with a reply task {} | lapin {}",
+                summary(&h),
+                summary(&l2)
+            );
         }
         cpu_line(plan, &name, &p, &l);
         figure(&name, "calls/s", rates(&p), rates(&l));
@@ -1151,12 +1163,96 @@ impl Bench {
             )
             .await;
             diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
+            let hop = self.raw_caller(&servers.exchange, mode).await.dispatched();
+            let (h, l2) = alternate(
+                plan,
+                async |warm_up| hop.pipelined(size(warm_up)).await,
+                async |warm_up| raw.pipelined(LAPIN_KEY, size(warm_up)).await,
+            )
+            .await;
+            println!(
+                "# hop {name}: lapin with a reply task {} | lapin {}",
+                summary(&h),
+                summary(&l2)
+            );
         }
         cpu_line(plan, &name, &p, &l);
         figure(&name, "calls/s", rates(&p), rates(&l));
         raw.close().await;
         drop(producer);
         self.stop(servers).await;
+    }
+}
+
+/// A raw caller whose answers come through a task of their own and a oneshot per call.
+struct Dispatched {
+    caller: RawCaller,
+    waiters: Arc<std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>>,
+}
+
+impl RawCaller {
+    fn dispatched(self) -> Dispatched {
+        let waiters: Arc<std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>> =
+            Arc::default();
+        let mut stream = self.replies.clone();
+        let to = Arc::clone(&waiters);
+        tokio::spawn(async move {
+            while let Some(Ok(reply)) = stream.next().await {
+                let waiter = reply
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|id| to.lock().ok()?.remove(id.as_str()));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(reply.data);
+                }
+            }
+        });
+        Dispatched {
+            caller: self,
+            waiters,
+        }
+    }
+}
+
+impl Dispatched {
+    async fn one(&self, seq: u64) -> tokio::sync::oneshot::Receiver<Vec<u8>> {
+        let id = format!("{}.{seq}", self.caller.prefix);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .insert(id.clone(), sender);
+        self.caller.call(LAPIN_KEY, id, &Reading::sample(seq)).await;
+        receiver
+    }
+
+    async fn sequential(&self, n: usize) -> Sample {
+        let start = Meter::start();
+        for seq in 0..n {
+            let body = self.one(seq as u64).await.await.expect("an answer");
+            let receipt: Receipt = read_success(&body).expect("a success");
+            assert_eq!(receipt.seq, seq as u64);
+        }
+        start.stop(n)
+    }
+
+    async fn pipelined(&self, n: usize) -> Sample {
+        let start = Meter::start();
+        let mut in_flight = FuturesUnordered::new();
+        let (mut sent, mut answered) = (0, 0);
+        while answered < n {
+            while sent < n && in_flight.len() < WINDOW {
+                in_flight.push(self.one(sent as u64).await);
+                sent += 1;
+            }
+            if let Some(body) = in_flight.next().await {
+                let receipt: Receipt = read_success(&body.expect("an answer")).expect("a success");
+                black_box(receipt);
+                answered += 1;
+            }
+        }
+        start.stop(n)
     }
 }
 

@@ -1,0 +1,188 @@
+//! Postage's JSON bodies written straight from borrowed parts, and RPC answers read
+//! straight into the caller's type: what [`Message::to_json`](crate::Message::to_json)
+//! and [`Message::from_json`](crate::Message::from_json) give, without a
+//! `serde_json::Value` tree, a copied fingerprint or a second decoding pass in between.
+//! Used only with the default [`JsonEncoder`](crate::JsonEncoder).
+
+use serde::de::{DeserializeOwned, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fingerprint::Fingerprint;
+use crate::message::{COMMAND, Category, VERSION};
+
+/// A command as [`Message::command`](crate::Message::command) builds it, borrowed.
+#[derive(Serialize)]
+struct Command<'a, P: ?Sized> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+    category: Category,
+    version: &'static str,
+    fingerprint: &'a Fingerprint,
+    content: Parameters<'a, P>,
+    #[serde(rename = "_reserved")]
+    reserved: Empty,
+}
+
+#[derive(Serialize)]
+struct Parameters<'a, P: ?Sized> {
+    parameters: &'a P,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+/// The body of command `name` of `category` carrying `parameters`, stamped with
+/// `fingerprint`. Objects keep the field order of their types (a `Value` would sort
+/// them); JSON readers do not mind.
+pub(crate) fn command<P: Serialize + ?Sized>(
+    name: &str,
+    category: Category,
+    fingerprint: &Fingerprint,
+    parameters: &P,
+) -> Result<Vec<u8>> {
+    serde_json::to_vec(&Command {
+        kind: COMMAND,
+        name,
+        category,
+        version: VERSION,
+        fingerprint,
+        content: Parameters { parameters },
+        reserved: Empty {},
+    })
+    .map_err(|source| Error::Payload {
+        what: format!("parameters of command {name:?}"),
+        source,
+    })
+}
+
+/// A success answer whose value is a `T`. The envelope's `type` and `name` must be text
+/// and its `category` known, as [`Message::from_json`](crate::Message::from_json) asks;
+/// other keys are skipped.
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+struct Answer<T> {
+    #[serde(rename = "type")]
+    _kind: Text,
+    #[serde(rename = "name")]
+    _name: Text,
+    #[serde(rename = "category")]
+    _category: Category,
+    content: Success<T>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+struct Success<T> {
+    #[serde(rename = "type")]
+    _kind: SuccessTag,
+    /// Required even when `T` is an `Option`: a success without a value is malformed.
+    #[serde(deserialize_with = "present")]
+    value: T,
+}
+
+#[derive(Deserialize)]
+enum SuccessTag {
+    #[serde(rename = "success")]
+    Success,
+}
+
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> std::result::Result<T, D::Error> {
+    T::deserialize(deserializer)
+}
+
+/// Any JSON string, read without keeping it.
+struct Text;
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<Text, E> {
+                Ok(Text)
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// The value of a success answer, when `body` is one whose value is a `T`; `None` for
+/// anything else (an error or exception result, another shape, a malformed body), which
+/// the caller then reads the general way to say what it is.
+pub(crate) fn success<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+    serde_json::from_slice::<Answer<T>>(body)
+        .ok()
+        .map(|answer| answer.content.value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::message::{Message, RpcResult};
+
+    #[test]
+    fn command_body_reads_back_as_the_message_would_be() {
+        let fingerprint = Fingerprint::new("sender", "application");
+        let parameters = json!({"b": [1, 2.5, null], "a": "text \"quoted\""});
+        let body = command("sum", Category::Rpc, &fingerprint, &parameters).unwrap();
+        let expected = Message::rpc_command("sum", &parameters)
+            .unwrap()
+            .with_fingerprint(fingerprint);
+        assert_eq!(Message::from_json(&body).unwrap(), expected);
+        let expected_bytes: serde_json::Value =
+            serde_json::from_slice(&expected.to_json().unwrap()).unwrap();
+        let bytes: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(bytes, expected_bytes);
+    }
+
+    #[test]
+    fn command_body_fails_like_message_command() {
+        let mut bad = std::collections::HashMap::new();
+        bad.insert(vec![1u8], 1);
+        let error = command("x", Category::Message, &Fingerprint::blank(), &bad).unwrap_err();
+        assert!(matches!(error, Error::Payload { .. }), "{error:?}");
+        assert!(Message::command("x", &bad).is_err());
+    }
+
+    fn answer(result: &RpcResult) -> Vec<u8> {
+        Message::result(result).to_json().unwrap()
+    }
+
+    #[test]
+    fn success_reads_only_successes_of_the_type() {
+        let ok = answer(&RpcResult::success(42).unwrap());
+        assert_eq!(success::<i64>(&ok), Some(42));
+        assert_eq!(success::<String>(&ok), None);
+        assert_eq!(success::<i64>(&answer(&RpcResult::error("no"))), None);
+        assert_eq!(
+            success::<i64>(&answer(&RpcResult::exception("ValueError", "no"))),
+            None
+        );
+        let null = answer(&RpcResult::success(()).unwrap());
+        assert_eq!(success::<Option<i64>>(&null), Some(None));
+    }
+
+    #[test]
+    fn success_refuses_what_the_general_path_refuses() {
+        let no_value = br#"{"type":"result","name":"none","category":"message","content":{"type":"success","message":""}}"#;
+        assert_eq!(success::<Option<i64>>(no_value), None);
+        let no_name =
+            br#"{"type":"result","category":"message","content":{"type":"success","value":1}}"#;
+        assert_eq!(success::<i64>(no_name), None);
+        let bad_category = br#"{"type":"result","name":"none","category":"other","content":{"type":"success","value":1}}"#;
+        assert_eq!(success::<i64>(bad_category), None);
+        assert_eq!(success::<i64>(b"not json"), None);
+        // Python Postage's answers carry extra keys and a fingerprint.
+        let python = br#"{"type":"result","name":"none","category":"message","version":"2","fingerprint":{"name":"None","type":"None","pid":123,"host":"h","user":"u","vhost":"/"},"content":{"type":"success","value":[1,2],"message":""},"_reserved":{}}"#;
+        assert_eq!(success::<Vec<i64>>(python), Some(vec![1, 2]));
+    }
+}
