@@ -2,6 +2,7 @@
 //! command APIs.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -86,6 +87,8 @@ struct Inner {
     encoder: Arc<dyn Encoder>,
     /// The encoder is the default JSON one: bodies are written straight from their parts.
     plain_json: bool,
+    /// The size of the last body written from its parts, to size the next buffer.
+    last_body: AtomicUsize,
     reliable: bool,
     persistent: bool,
     declared: Mutex<HashSet<String>>,
@@ -177,6 +180,7 @@ impl ProducerBuilder {
                 fingerprint: self.fingerprint.unwrap_or_default(),
                 encoder: self.encoder,
                 plain_json: self.plain_json,
+                last_body: AtomicUsize::new(0),
                 reliable: self.reliable,
                 persistent: self.persistent,
                 declared: Mutex::new(HashSet::new()),
@@ -227,8 +231,7 @@ impl Producer {
         parameters: impl Serialize,
     ) -> Result<()> {
         if self.plain_json() {
-            let fingerprint = &self.inner.fingerprint;
-            let body = json::command(name, Category::Message, fingerprint, &parameters)?;
+            let body = self.command_body(name, Category::Message, &parameters)?;
             return self.send_body(&body, route, None).await;
         }
         self.publish(Message::command(name, parameters)?, route)
@@ -277,6 +280,27 @@ impl Producer {
         Ok(())
     }
 
+    /// A command written straight from its parts (see [`Producer::plain_json`]), in a
+    /// buffer sized after the last one: one allocation, little slack.
+    pub(crate) fn command_body<P: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        category: Category,
+        parameters: &P,
+    ) -> Result<Vec<u8>> {
+        let last = self.inner.last_body.load(Ordering::Relaxed);
+        let capacity = last + last / 8;
+        let body = json::command(
+            name,
+            category,
+            &self.inner.fingerprint,
+            parameters,
+            capacity,
+        )?;
+        self.inner.last_body.store(body.len(), Ordering::Relaxed);
+        Ok(body)
+    }
+
     /// True when bodies may be written straight from their parts: the default JSON
     /// encoder, and no debug mode (which traces each message).
     pub(crate) fn plain_json(&self) -> bool {
@@ -291,24 +315,25 @@ impl Producer {
     /// The producer's channel, for anything postage does not wrap. After a reconnection
     /// the producer opens a new one with its next publish; ask again then.
     pub fn channel(&self) -> lapin::Channel {
-        self.snapshot().0
+        (*self.snapshot().0).clone()
     }
 
-    fn snapshot(&self) -> (lapin::Channel, u64) {
-        let live = match self.inner.live.read() {
+    /// The current channel (shared, not copied: a lapin channel is many handles) and
+    /// its connection generation.
+    fn snapshot(&self) -> (Arc<ChannelLease>, u64) {
+        match self.inner.live.read() {
             Ok(live) => (Arc::clone(&live.0), live.1),
             Err(poisoned) => {
                 let live = poisoned.into_inner();
                 (Arc::clone(&live.0), live.1)
             }
-        };
-        ((*live.0).clone(), live.1)
+        }
     }
 
     /// The channel to publish on, reopened (with confirms, exchanges declared again and a
     /// new RPC answer consumer) when the connection was re-established since it opened.
     /// Returns it with the connection generation it belongs to.
-    pub(crate) async fn live_channel(&self) -> Result<(lapin::Channel, u64)> {
+    pub(crate) async fn live_channel(&self) -> Result<(Arc<ChannelLease>, u64)> {
         let (channel, generation) = self.snapshot();
         if channel.status().connected() {
             return Ok((channel, generation));
@@ -328,7 +353,7 @@ impl Producer {
             Err(poisoned) => *poisoned.into_inner() = (Arc::clone(&fresh), generation),
         }
         tracing::info!(generation, "producer channel reopened after a reconnection");
-        Ok(((*fresh).clone(), generation))
+        Ok((fresh, generation))
     }
 
     /// The connection the producer publishes on.

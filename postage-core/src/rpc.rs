@@ -197,7 +197,7 @@ impl Producer {
             .map(|(e, k)| (e.name().to_owned(), k.clone()))
             .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
         let body = if self.plain_json() {
-            json::command(name, Category::Rpc, self.fingerprint(), &parameters)?
+            self.command_body(name, Category::Rpc, &parameters)?
         } else {
             let message = Message::rpc_command(name, parameters)?
                 .with_fingerprint(self.fingerprint().clone());

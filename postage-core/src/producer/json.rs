@@ -34,15 +34,17 @@ struct Parameters<'a, P: ?Sized> {
 struct Empty {}
 
 /// The body of command `name` of `category` carrying `parameters`, stamped with
-/// `fingerprint`. Objects keep the field order of their types (a `Value` would sort
-/// them); JSON readers do not mind.
+/// `fingerprint`, in a buffer of `capacity` bytes to start with. Objects keep the field
+/// order of their types (a `Value` would sort them); JSON readers do not mind.
 pub(crate) fn command<P: Serialize + ?Sized>(
     name: &str,
     category: Category,
     fingerprint: &Fingerprint,
     parameters: &P,
+    capacity: usize,
 ) -> Result<Vec<u8>> {
-    serde_json::to_vec(&Command {
+    let mut body = Vec::with_capacity(capacity.max(128));
+    let command = Command {
         kind: COMMAND,
         name,
         category,
@@ -50,11 +52,12 @@ pub(crate) fn command<P: Serialize + ?Sized>(
         fingerprint,
         content: Parameters { parameters },
         reserved: Empty {},
-    })
-    .map_err(|source| Error::Payload {
+    };
+    serde_json::to_writer(&mut body, &command).map_err(|source| Error::Payload {
         what: format!("parameters of command {name:?}"),
         source,
-    })
+    })?;
+    Ok(body)
 }
 
 /// A success answer whose value is a `T`. The envelope's `type` and `name` must be text
@@ -133,7 +136,7 @@ mod tests {
     fn command_body_reads_back_as_the_message_would_be() {
         let fingerprint = Fingerprint::new("sender", "application");
         let parameters = json!({"b": [1, 2.5, null], "a": "text \"quoted\""});
-        let body = command("sum", Category::Rpc, &fingerprint, &parameters).unwrap();
+        let body = command("sum", Category::Rpc, &fingerprint, &parameters, 0).unwrap();
         let expected = Message::rpc_command("sum", &parameters)
             .unwrap()
             .with_fingerprint(fingerprint);
@@ -148,7 +151,7 @@ mod tests {
     fn command_body_fails_like_message_command() {
         let mut bad = std::collections::HashMap::new();
         bad.insert(vec![1u8], 1);
-        let error = command("x", Category::Message, &Fingerprint::blank(), &bad).unwrap_err();
+        let error = command("x", Category::Message, &Fingerprint::blank(), &bad, 0).unwrap_err();
         assert!(matches!(error, Error::Payload { .. }), "{error:?}");
         assert!(Message::command("x", &bad).is_err());
     }

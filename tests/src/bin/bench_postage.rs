@@ -66,10 +66,10 @@ async fn main() -> postage_core::Result<()> {
             .bind(exchange, sink, "calls")
             .build()
             .await?;
+        // Postage's retries (4) kept: each call holds its body to send it again.
         let options = RpcOptions::new()
             .route(Route::key("calls"))
-            .timeout(Duration::from_secs(600))
-            .max_retry(0);
+            .timeout(Duration::from_secs(600));
         for seq in 0..calls {
             let call = producer
                 .rpc_deferred("reading", Reading::sample(seq as u64), options.clone())
