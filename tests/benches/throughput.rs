@@ -7,11 +7,17 @@
 //! Each figure is printed as
 //! `<figure>: postage <value> <unit> | lapin <value> <unit> | ratio <postage/lapin>`,
 //! the median of several runs (the first line says how many), postage and lapin taking
-//! turns to go first. `POSTAGE_BENCH_QUICK=1` makes a smoke run: a few hundred messages,
-//! one run. `POSTAGE_URL` names another broker. While working on a figure,
-//! `POSTAGE_BENCH_ONLY=publish,dispatch,rpc,process` runs some groups only, and
-//! `POSTAGE_BENCH_DIAG=1` adds `# diag` lines that run each RPC client against the other
-//! side's server, to tell client costs from server costs.
+//! turns to go first. Both sides run in this process (components and callers on separate
+//! connections), except memory and start-up, measured on child components
+//! (`bench_postage`, `bench_lapin`). `POSTAGE_BENCH_QUICK=1` makes a smoke run: a few
+//! hundred messages, one run. `POSTAGE_URL` names another broker.
+//!
+//! While working on a figure: `POSTAGE_BENCH_ONLY=publish,dispatch,rpc,process` runs some
+//! groups only; `POSTAGE_BENCH_SIDE=postage` (or `lapin`) one side only, for a profiler;
+//! `POSTAGE_BENCH_DIAG=1` adds `#` lines: CPU time per operation, each RPC client against
+//! the other side's server, a raw client with a reply task of its own, a ladder of
+//! hand-written consumers from raw lapin to the processor, and lapin's memory when told
+//! the frame size.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -1422,12 +1428,16 @@ struct ChildRun {
 }
 
 fn run_child(program: &str, mode: &str, calls: usize, settle: Duration) -> ChildRun {
+    run_child_at(&broker_url(), program, mode, calls, settle)
+}
+
+fn run_child_at(url: &str, program: &str, mode: &str, calls: usize, settle: Duration) -> ChildRun {
     let exchange = format!("bench-child-{}-{}", std::process::id(), next_child());
     let queue = format!("{exchange}-q");
     let start = Instant::now();
     let mut child = Command::new(program)
         .args([mode, &exchange, &queue, &calls.to_string()])
-        .env("POSTAGE_URL", broker_url())
+        .env("POSTAGE_URL", url)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -1546,4 +1556,17 @@ fn processes(plan: Plan) {
         l_busy,
     );
     figure("start to consuming (child process)", "ms", p_start, l_start);
+    if plan.diag {
+        // Lapin sizes its two socket buffers at 32 frames; told the frame size up front it
+        // allocates them once, untouched, instead of growing (and zeroing) them after the
+        // handshake.
+        let url = format!("{}?frame_max=131072", broker_url());
+        let idle: Vec<f64> = (0..runs)
+            .map(|_| mib(run_child_at(&url, LAPIN, "idle", 0, settle).resident))
+            .collect();
+        println!(
+            "# diag memory of an idle component: lapin with frame_max=131072 in its URL {:.1} MiB",
+            median(idle)
+        );
+    }
 }
