@@ -186,25 +186,44 @@ impl Connection {
     }
 }
 
-/// Tries every host in turn; a refused login stops at once.
+/// Tries every host in turn, each for at most [`Config::connection_timeout`]; a refused
+/// login stops at once.
 async fn dial(config: &Config) -> Result<Link> {
     let mut attempts = Vec::new();
     for host in &config.hosts {
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name().into());
+        // lapin bounds neither the TCP connect nor the AMQP handshake: a frozen broker (its
+        // kernel still accepts connections) would hold the dial, and every host after it,
+        // forever.
         let attempt = if config.tls {
             let runtime = lapin::runtime::default_runtime()
                 .map_err(Error::amqp("starting the TLS runtime"))?;
             let tls = config.tls_config()?;
-            lapin::Connection::connect_uri_with_config(
-                config.amqp_uri(host),
-                properties,
-                tls,
-                runtime,
+            tokio::time::timeout(
+                config.connection_timeout,
+                lapin::Connection::connect_uri_with_config(
+                    config.amqp_uri(host),
+                    properties,
+                    tls,
+                    runtime,
+                ),
             )
             .await
         } else {
-            lapin::Connection::connect_uri(config.amqp_uri(host), properties).await
+            tokio::time::timeout(
+                config.connection_timeout,
+                lapin::Connection::connect_uri(config.amqp_uri(host), properties),
+            )
+            .await
+        };
+        let Ok(attempt) = attempt else {
+            tracing::debug!(host = %host, timeout = ?config.connection_timeout, "RabbitMQ host did not answer in time");
+            attempts.push(format!(
+                "{host}: no answer within {:?}",
+                config.connection_timeout
+            ));
+            continue;
         };
         match attempt {
             Ok(amqp) => {
