@@ -1,7 +1,7 @@
 //! One connection to RabbitMQ, shared by every producer and consumer of a process.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -92,9 +92,11 @@ impl Connection {
     /// Opens a channel that is closed explicitly when dropped, and that
     /// [`Connection::close`] waits for, so a close never races a channel still closing.
     pub(crate) async fn lease_channel(&self) -> Result<ChannelLease> {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
         Ok(ChannelLease {
             channel: self.open_channel().await?,
             closing: Arc::clone(&self.inner.closing),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -320,6 +322,16 @@ async fn supervise(inner: Weak<Inner>, mut events: Events) {
 pub(crate) struct ChannelLease {
     channel: lapin::Channel,
     closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Unique in the process: tells deliveries of a channel from those of the channel
+    /// before it (delivery tags start again at 1 on each channel).
+    serial: u64,
+}
+
+impl ChannelLease {
+    /// This lease's number, unique in the process.
+    pub(crate) fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 impl Deref for ChannelLease {

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::Stream;
+use futures_util::stream::SelectAll;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
     QueueBindOptions,
@@ -18,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::queue::Queue;
+
+/// The deliveries of one queue.
+type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Send + Sync>>;
 
 /// One queue bound to one exchange with one routing key.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,10 +58,21 @@ pub struct Binding {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Consumer {
     handle: ConsumerHandle,
-    receiver: mpsc::Receiver<Result<Delivery>>,
+    /// The deliveries of every queue read, polled straight from lapin's streams.
+    streams: SelectAll<Deliveries>,
+    /// The streams started since the last poll, by a bind, a start or a recovery.
+    added: mpsc::UnboundedReceiver<Deliveries>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("handle", &self.handle)
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A cheap, cloneable handle on a [`Consumer`]: binds, unbinds and stops consuming
@@ -77,7 +93,8 @@ struct Shared {
     bindings: Mutex<Vec<Bound>>,
     /// Queue name -> consumer tag, once started (`None` before `start` and after `stop`).
     consuming: Mutex<Option<HashMap<String, String>>>,
-    sender: mpsc::Sender<Result<Delivery>>,
+    /// Hands each new queue's stream to the [`Consumer`].
+    streams: mpsc::UnboundedSender<Deliveries>,
 }
 
 /// A binding and the name its queue has on the broker (the broker's choice when the
@@ -150,7 +167,7 @@ impl ConsumerBuilder {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(Error::amqp(format!("setting prefetch {}", self.prefetch)))?;
-        let (sender, receiver) = mpsc::channel(usize::from(self.prefetch.max(1)) + 1);
+        let (streams, added) = mpsc::unbounded_channel();
         let consumer = Consumer {
             handle: ConsumerHandle {
                 inner: Arc::new(Shared {
@@ -160,10 +177,11 @@ impl ConsumerBuilder {
                     encoder: self.encoder,
                     bindings: Mutex::new(Vec::new()),
                     consuming: Mutex::new(None),
-                    sender,
+                    streams,
                 }),
             },
-            receiver,
+            streams: SelectAll::new(),
+            added,
         };
         tokio::spawn(recover_on_reconnect(
             Arc::downgrade(&consumer.handle.inner),
@@ -194,17 +212,29 @@ impl Consumer {
         self.handle.clone()
     }
 
-    /// The next delivery from any consumed queue; `None` once the consumer was stopped
-    /// and every delivery already received was handed out.
+    /// The next delivery from any consumed queue. It waits while nothing is consumed
+    /// (before [`Consumer::start`], after [`Consumer::stop`], during a recovery) and
+    /// returns `None` only when the consumer can no longer receive anything.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
-        self.receiver.recv().await
+        loop {
+            while let Ok(stream) = self.added.try_recv() {
+                self.streams.push(stream);
+            }
+            tokio::select! {
+                biased;
+                Some(delivery) = self.streams.next(), if !self.streams.is_empty() => {
+                    return Some(Ok(delivery));
+                }
+                stream = self.added.recv() => self.streams.push(stream?),
+            }
+        }
     }
 
     /// Deliveries already received and not yet handed out by [`Consumer::next`].
     pub(crate) fn take_buffered(&mut self) -> Vec<Delivery> {
         let mut buffered = Vec::new();
-        while let Ok(item) = self.receiver.try_recv() {
-            buffered.extend(item.ok());
+        while let Some(Some(Ok(delivery))) = self.next().now_or_never() {
+            buffered.push(delivery);
         }
         buffered
     }
@@ -253,11 +283,14 @@ impl Consumer {
 impl ConsumerHandle {
     /// The live channel.
     pub(crate) fn live_channel(&self) -> lapin::Channel {
-        let lease = match self.inner.channel.read() {
+        (*self.live_lease()).clone()
+    }
+
+    fn live_lease(&self) -> Arc<ChannelLease> {
+        match self.inner.channel.read() {
             Ok(lease) => Arc::clone(&lease),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
-        (*lease).clone()
+        }
     }
 
     /// Declares `exchange` and `queue` and binds them with `routing_key`, now, and
@@ -378,8 +411,9 @@ impl ConsumerHandle {
         if !fresh {
             return Ok(());
         }
-        let mut stream = self
-            .live_channel()
+        let lease = self.live_lease();
+        let channel = lease.serial();
+        let stream = lease
             .basic_consume(
                 queue.into(),
                 "".into(),
@@ -393,31 +427,27 @@ impl ConsumerHandle {
                 .get_or_insert_with(HashMap::new)
                 .insert(queue.to_owned(), stream.tag().to_string());
         }
-        let sender = self.inner.sender.clone();
         let encoder = Arc::clone(&self.inner.encoder);
         let queue: Arc<str> = Arc::from(queue);
-        tokio::spawn(async move {
-            while let Some(next) = stream.next().await {
-                match next {
-                    Ok(inner) => {
-                        let delivery = Delivery {
-                            inner,
-                            queue: Arc::clone(&queue),
-                            encoder: Arc::clone(&encoder),
-                        };
-                        if sender.send(Ok(delivery)).await.is_err() {
-                            break;
-                        }
-                    }
-                    // A lost channel: the consumer's recovery starts a new stream.
-                    Err(error) => {
-                        tracing::debug!(queue = %queue, %error, "consumer stream failed");
-                        break;
-                    }
+        let queue_name = Arc::clone(&queue);
+        let deliveries = stream
+            .take_while(move |next| {
+                // A lost channel ends the stream: the consumer's recovery starts a new one.
+                if let Err(error) = next {
+                    tracing::debug!(queue = %queue_name, %error, "consumer stream failed");
                 }
-            }
-            tracing::debug!(queue = %queue, "consumer stream ended");
-        });
+                std::future::ready(next.is_ok())
+            })
+            .filter_map(move |next| {
+                std::future::ready(next.ok().map(|inner| Delivery {
+                    inner,
+                    queue: Arc::clone(&queue),
+                    encoder: Arc::clone(&encoder),
+                    channel,
+                }))
+            });
+        // The consumer is gone when the send fails: nobody reads this queue any more.
+        let _ = self.inner.streams.send(Box::pin(deliveries));
         Ok(())
     }
 
@@ -633,9 +663,16 @@ pub struct Delivery {
     inner: lapin::message::Delivery,
     queue: Arc<str>,
     encoder: Arc<dyn Encoder>,
+    /// The serial of the channel it came on: its delivery tag means something there only.
+    channel: u64,
 }
 
 impl Delivery {
+    /// The channel it came on and its delivery tag there.
+    pub(crate) fn tag(&self) -> (u64, u64) {
+        (self.channel, self.inner.delivery_tag)
+    }
+
     /// Decodes the body as a Postage message.
     pub fn message(&self) -> Result<Message> {
         self.encoder.decode(&self.inner.data)

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
@@ -25,6 +25,10 @@ use crate::handler::{
 };
 use crate::message::{COMMAND, Category, Message, RpcResult};
 use crate::queue::Queue;
+
+mod acks;
+
+use acks::Acks;
 
 /// Why [`Processor::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +46,22 @@ pub enum Exit {
 /// handlers in flight, and [`Processor::run`] returns [`Exit::Shutdown`].
 #[derive(Debug, Clone)]
 pub struct ProcessorHandle {
-    stop: Arc<Notify>,
+    stop: Arc<Stop>,
 }
 
 impl ProcessorHandle {
     /// Asks the processor to stop.
     pub fn shutdown(&self) {
-        self.stop.notify_one();
+        self.stop.requested.store(true, Ordering::SeqCst);
+        self.stop.wake.notify_one();
     }
+}
+
+/// A stop request: a flag read between deliveries, and a wake-up for a waiting loop.
+#[derive(Debug, Default)]
+struct Stop {
+    requested: AtomicBool,
+    wake: Notify,
 }
 
 /// Configures a [`Processor`]; made by [`Processor::builder`].
@@ -59,6 +71,7 @@ pub struct ProcessorBuilder<P> {
     state: P,
     more_handlers: Vec<HandlerSet>,
     consumer: ConsumerBuilder,
+    prefetch: u16,
     concurrency: usize,
     limits: Limits,
     fingerprint: Option<Fingerprint>,
@@ -110,6 +123,9 @@ impl ControlPolicy {
     }
 }
 
+/// A processor's prefetch unless set.
+const DEFAULT_PREFETCH: u16 = 10;
+
 /// The largest body a processor accepts by default: 16 MiB.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -138,14 +154,18 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     }
 
     /// How many unacknowledged messages the broker may hand over at once (default 10).
+    /// Acknowledgements go out in batches of up to half of it, and at once whenever the
+    /// queues are quiet.
     #[must_use]
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.consumer = self.consumer.prefetch(prefetch);
+        self.prefetch = prefetch;
         self
     }
 
     /// How many messages may be in their handlers at once (default 1: one at a time, in
-    /// order).
+    /// order). Handlers take turns on the processor's task, as async code does: one that
+    /// computes for long should hand the work to `tokio::task::spawn_blocking`.
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
@@ -236,9 +256,10 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 fingerprint: self.fingerprint.unwrap_or_default(),
             }),
             consumer,
+            prefetch: self.prefetch,
             concurrency: self.concurrency,
             limits: self.limits,
-            stop: Arc::new(Notify::new()),
+            stop: Arc::default(),
         })
     }
 }
@@ -280,9 +301,10 @@ pub struct Processor<P> {
     connection: Connection,
     shared: Arc<Shared<P>>,
     consumer: Consumer,
+    prefetch: u16,
     concurrency: usize,
     limits: Limits,
-    stop: Arc<Notify>,
+    stop: Arc<Stop>,
 }
 
 #[derive(Debug)]
@@ -308,7 +330,8 @@ impl<P: Send + Sync + 'static> Processor<P> {
             connection: connection.clone(),
             state,
             more_handlers: Vec::new(),
-            consumer: Consumer::builder(connection).prefetch(10),
+            consumer: Consumer::builder(connection).prefetch(DEFAULT_PREFETCH),
+            prefetch: DEFAULT_PREFETCH,
             concurrency: 1,
             limits: Limits::default(),
             fingerprint: None,
@@ -344,54 +367,79 @@ impl<P: Send + Sync + 'static> Processor<P> {
     /// same executable and arguments (same pid) and so never returns.
     pub async fn run(mut self) -> Result<Exit> {
         self.consumer.start().await?;
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        let mut in_flight = JoinSet::new();
-        let stop = Arc::clone(&self.stop);
         if self.limits.stop_on_signals {
             watch_signals(self.handle())?;
         }
+        let (shared, stop) = (Arc::clone(&self.shared), Arc::clone(&self.stop));
+        // With prefetch 0 (no limit) acknowledgements wait for a quiet queue or 100 more.
+        let mut acks = Acks::new(match self.prefetch {
+            0 => 100,
+            prefetch => usize::from(prefetch / 2),
+        });
+        // The handlers in flight run on this task: no task and no wake-up per message.
+        let mut running = FuturesUnordered::new();
         let mut control = None;
         let exit = loop {
-            while in_flight.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                () = stop.notified() => break Exit::Shutdown,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break Exit::Shutdown,
-                },
+            // What finished is settled first, without waiting.
+            while let Some(Some((ticket, ok))) = running.next().now_or_never() {
+                acks.finish(ticket, ok).await;
+            }
+            if stop.requested.load(Ordering::Relaxed) {
+                break Exit::Shutdown;
+            }
+            let free = running.len() < self.concurrency;
+            // A delivery ready now is taken at once; before waiting for one, what
+            // finished is acknowledged.
+            let ready = if free {
+                self.consumer.next().now_or_never()
+            } else {
+                None
             };
-            let delivery = tokio::select! {
-                () = stop.notified() => break Exit::Shutdown,
-                next = self.consumer.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(error)) => {
-                        tracing::error!(%error, "consumer failed");
-                        break Exit::ConsumerClosed;
+            let next = match ready {
+                Some(next) => next,
+                None => {
+                    if free {
+                        acks.flush(true).await;
                     }
-                    None => break Exit::ConsumerClosed,
-                },
+                    tokio::select! {
+                        biased;
+                        () = stop.wake.notified() => break Exit::Shutdown,
+                        Some((ticket, ok)) = running.next(), if !running.is_empty() => {
+                            acks.finish(ticket, ok).await;
+                            continue;
+                        }
+                        next = self.consumer.next(), if free => next,
+                    }
+                }
             };
-            let Some(message) = self.admit(&delivery).await else {
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    tracing::error!(%error, "consumer failed");
+                    break Exit::ConsumerClosed;
+                }
+                None => break Exit::ConsumerClosed,
+            };
+            let ticket = acks.start(&delivery);
+            let Some(message) = self.admit(&delivery) else {
+                acks.finish(ticket, false).await;
                 continue;
             };
             if let Some(command) = control_command(&message) {
                 let user = delivery.properties().user_id().as_ref().map(|u| u.as_str());
                 if self.limits.control.allows(user) {
-                    ack(&delivery).await;
+                    acks.finish(ticket, true).await;
                     control = Some(command);
                     break Exit::Quit;
                 }
                 if self.limits.control != ControlPolicy::Off {
                     tracing::warn!(command = %message.name, user = user.unwrap_or("<none>"), "ignoring a control command from a sender not allowed to send it");
-                    ack(&delivery).await;
+                    acks.finish(ticket, true).await;
                     continue;
                 }
             }
-            let shared = Arc::clone(&self.shared);
-            in_flight.spawn(async move {
-                shared.dispatch(delivery, message).await;
-                drop(permit);
-            });
+            let shared = &*shared;
+            running.push(async move { (ticket, shared.dispatch(&delivery, message).await) });
         };
         self.consumer.stop().await?;
         // Deliveries received but not started go straight back to their queue.
@@ -401,16 +449,19 @@ impl<P: Send + Sync + 'static> Processor<P> {
             }
         }
         let finished = tokio::time::timeout(self.limits.shutdown_timeout, async {
-            while in_flight.join_next().await.is_some() {}
+            while let Some((ticket, ok)) = running.next().await {
+                acks.finish(ticket, ok).await;
+            }
         })
         .await;
         if finished.is_err() {
             tracing::warn!(
-                left = in_flight.len(),
+                left = running.len(),
                 "handlers still running at the shutdown timeout; their messages will be delivered again"
             );
-            in_flight.abort_all();
         }
+        drop(running);
+        acks.flush(true).await;
         self.consumer.close().await?;
         if let Some(Control::Restart) = control {
             restart(&self.connection).await;
@@ -419,9 +470,9 @@ impl<P: Send + Sync + 'static> Processor<P> {
         Ok(exit)
     }
 
-    /// Decodes a delivery, or rejects it with a log line saying why: too big, a content
-    /// type of another encoding, not a message.
-    async fn admit(&self, delivery: &Delivery) -> Option<Message> {
+    /// Decodes a delivery, or says with a log line why it must be rejected: too big, a
+    /// content type of another encoding, not a message.
+    fn admit(&self, delivery: &Delivery) -> Option<Message> {
         let why = if delivery.body().len() > self.limits.max_body {
             Some(format!(
                 "body of {} bytes exceeds the limit of {}",
@@ -451,7 +502,6 @@ impl<P: Send + Sync + 'static> Processor<P> {
             }
             Err(reason) => {
                 tracing::warn!(queue = delivery.queue(), routing_key = delivery.routing_key(), %reason, "rejecting a delivery");
-                reject(delivery).await;
                 None
             }
         }
@@ -512,18 +562,6 @@ async fn restart(connection: &Connection) {
     }
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.ack().await {
-        tracing::warn!(%error, "acknowledgement failed");
-    }
-}
-
-async fn reject(delivery: &Delivery) {
-    if let Err(error) = delivery.reject(false).await {
-        tracing::warn!(%error, "reject failed");
-    }
-}
-
 fn metadata(delivery: &Delivery) -> Metadata {
     let properties = delivery.properties();
     Metadata {
@@ -542,52 +580,56 @@ fn metadata(delivery: &Delivery) -> Metadata {
 }
 
 impl<P: Send + Sync + 'static> Shared<P> {
-    async fn dispatch(&self, delivery: Delivery, message: Message) {
-        let metadata = metadata(&delivery);
-        let ok = match message.category {
-            Category::Message => self.dispatch_message(&message, &metadata).await,
-            Category::Rpc => self.dispatch_rpc(&message, metadata).await,
-        };
-        if ok {
-            ack(&delivery).await
-        } else {
-            reject(&delivery).await
+    /// Runs the handlers for a delivery; false when it must be rejected.
+    async fn dispatch(&self, delivery: &Delivery, message: Message) -> bool {
+        let metadata = metadata(delivery);
+        match message.category {
+            Category::Message => self.dispatch_message(message, metadata).await,
+            Category::Rpc => self.dispatch_rpc(message, metadata).await,
         }
     }
 
-    /// Runs every handler for the message; false when one failed or a filter rejected.
-    async fn dispatch_message(&self, message: &Message, metadata: &Metadata) -> bool {
+    /// Runs every handler for the message, each on the message decoded once (the last
+    /// one takes it, the others a copy); false when one failed or a filter rejected.
+    async fn dispatch_message(&self, message: Message, metadata: Metadata) -> bool {
         let mut ok = true;
-        for entry in self.table.message_handlers(&message.kind, &message.name) {
-            let handler = entry.registration;
-            let Some(copy) = filter(handler, message.clone()) else {
-                continue;
-            };
-            let copy = match copy {
-                Ok(copy) => copy,
-                Err(()) => {
-                    ok = false;
-                    continue;
-                }
-            };
-            let call = HandlerCall {
-                message: copy,
-                metadata: metadata.clone(),
-                reply: None,
-            };
-            match self.call(entry, call).await {
-                Outcome::Failed(reason) => {
-                    tracing::warn!(handler = handler.method, at = handler.location, kind = %message.kind, name = %message.name, %reason, "message handler failed; rejecting");
-                    ok = false;
-                }
-                Outcome::Done | Outcome::Answer(_) | Outcome::Replied => {}
-            }
+        let handlers = self.table.message_handlers(&message.kind, &message.name);
+        let Some((last, others)) = handlers.split_last() else {
+            return true;
+        };
+        for entry in others {
+            ok &= self
+                .run_message(entry, message.clone(), metadata.clone())
+                .await;
         }
-        ok
+        self.run_message(last, message, metadata).await && ok
+    }
+
+    /// Runs one message handler through its filters; false when it failed or a filter
+    /// rejected the message.
+    async fn run_message(&self, entry: &Entry, message: Message, metadata: Metadata) -> bool {
+        let handler = entry.registration;
+        let copy = match filter(handler, message) {
+            None => return true,
+            Some(Err(())) => return false,
+            Some(Ok(copy)) => copy,
+        };
+        let call = HandlerCall {
+            message: copy,
+            metadata,
+            reply: None,
+        };
+        match self.call(entry, call).await {
+            Outcome::Failed(reason) => {
+                tracing::warn!(handler = handler.method, at = handler.location, kind = handler.kind, name = handler.name, %reason, "message handler failed; rejecting");
+                false
+            }
+            Outcome::Done | Outcome::Answer(_) | Outcome::Replied => true,
+        }
     }
 
     /// Runs the RPC handler and answers; false when the delivery must be rejected.
-    async fn dispatch_rpc(&self, message: &Message, metadata: Metadata) -> bool {
+    async fn dispatch_rpc(&self, message: Message, metadata: Metadata) -> bool {
         if message.kind != COMMAND {
             return true;
         }
@@ -600,7 +642,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             tracing::warn!(handler = handler.method, name = %message.name, "rejecting an RPC call without reply_to");
             return false;
         };
-        let copy = match filter(handler, message.clone()) {
+        let copy = match filter(handler, message) {
             None => return true,
             Some(Err(())) => return false,
             Some(Ok(copy)) => copy,
@@ -628,7 +670,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 RpcResult::error("the handler finished without replying")
             }
             Outcome::Failed(reason) => {
-                tracing::warn!(handler = handler.method, at = handler.location, name = %message.name, %reason, "RPC handler failed; answering with an exception");
+                tracing::warn!(handler = handler.method, at = handler.location, name = handler.name, %reason, "RPC handler failed; answering with an exception");
                 RpcResult::exception("HandlerFailed", reason)
             }
         };
@@ -637,7 +679,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if !sent.swap(true, Ordering::SeqCst)
             && let Err(error) = sender.send(answer).await
         {
-            tracing::warn!(%error, name = %message.name, "could not send the RPC answer");
+            tracing::warn!(%error, name = handler.name, "could not send the RPC answer");
         }
         ok
     }

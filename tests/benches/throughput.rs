@@ -621,15 +621,18 @@ impl Bench {
                 .await
                 .expect("a processor");
             let (state, handle) = (Arc::clone(processor.state()), processor.handle());
+            // Run where the raw consumer runs, on the benchmark's own task, as a
+            // component's `main` runs it.
             let start = Meter::start();
-            let running = tokio::spawn(processor.run());
-            state.done.notified().await;
+            let running = processor.run();
+            tokio::pin!(running);
+            tokio::select! {
+                exit = &mut running => panic!("the processor stopped early: {exit:?}"),
+                () = state.done.notified() => {}
+            }
             let elapsed = start.stop(n);
             handle.shutdown();
-            running
-                .await
-                .expect("the processor task")
-                .expect("the processor ran");
+            running.await.expect("the processor ran");
             elapsed
         };
         let mut postage = postage;

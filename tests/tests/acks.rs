@@ -1,0 +1,167 @@
+//! A processor coalesces acknowledgements (`basic.ack` with `multiple`) but never
+//! acknowledges a message whose handler has not finished, whatever order the deliveries
+//! of several queues reach it in; the broker's own counts say so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use postage_core::{Exit, Processor, Producer, Queue, Route, processor};
+use postage_tests::{connect, exchange, rabbitmqctl, unique};
+use tokio::sync::Notify;
+
+/// Message 0 waits until released; every other one finishes at once.
+struct Work {
+    finished: AtomicUsize,
+    release: Notify,
+}
+
+#[processor]
+impl Work {
+    #[message_handler("command", "work")]
+    async fn work(&self, n: u64) {
+        if n == 0 {
+            self.release.notified().await;
+        }
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Messages ready and unacknowledged in `queue`, as the broker counts them.
+fn counts(queue: &str) -> (u64, u64) {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ]);
+    listing
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (fields.first() == Some(&queue))
+                .then(|| (fields[1].parse().unwrap(), fields[2].parse().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("queue {queue} listed:\n{listing}"))
+}
+
+/// Polls `condition` every 200 ms for up to 10 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..50 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("not reached in 10 s: {what}");
+}
+
+#[tokio::test]
+async fn a_slow_handler_holds_back_only_its_own_acknowledgement() {
+    let connection = connect().await;
+    let ex = exchange("acks");
+    let (q1, q2) = (unique("acks-a"), unique("acks-b"));
+    let processor = Processor::builder(
+        &connection,
+        Work {
+            finished: AtomicUsize::new(0),
+            release: Notify::new(),
+        },
+    )
+    .bind(ex.clone(), Queue::new(q1.clone()).auto_delete(true), "a")
+    .bind(ex.clone(), Queue::new(q2.clone()).auto_delete(true), "b")
+    .prefetch(20)
+    .concurrency(4)
+    .build()
+    .await
+    .unwrap();
+    let (work, handle) = (Arc::clone(processor.state()), processor.handle());
+    let run = tokio::spawn(processor.run());
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "a")
+        .reliable(true)
+        .build()
+        .await
+        .unwrap();
+
+    // Message 0 first, then 199 more spread over both queues, so deliveries of the two
+    // queues interleave on the processor's channel.
+    for n in 0..200u64 {
+        let key = if n % 3 == 0 { "a" } else { "b" };
+        producer
+            .command_to(Route::key(key), "work", n)
+            .await
+            .unwrap();
+    }
+    eventually("199 handlers finished", || {
+        work.finished.load(Ordering::SeqCst) == 199
+    })
+    .await;
+    // Everything but message 0 is acknowledged; message 0 still holds its place.
+    eventually("only the running message unacknowledged", || {
+        let ((r1, u1), (r2, u2)) = (counts(&q1), counts(&q2));
+        r1 + r2 == 0 && u1 + u2 == 1 && u1 == 1
+    })
+    .await;
+
+    work.release.notify_one();
+    eventually("every message acknowledged", || {
+        counts(&q1) == (0, 0) && counts(&q2) == (0, 0)
+    })
+    .await;
+    assert_eq!(work.finished.load(Ordering::SeqCst), 200);
+
+    // The channel survived every acknowledgement (an ack of an unknown tag closes it).
+    producer
+        .command_to(Route::key("b"), "work", 1000u64)
+        .await
+        .unwrap();
+    eventually("the next message handled", || {
+        work.finished.load(Ordering::SeqCst) == 201
+    })
+    .await;
+    eventually("it is acknowledged too", || counts(&q2) == (0, 0)).await;
+    handle.shutdown();
+    assert_eq!(run.await.unwrap().unwrap(), Exit::Shutdown);
+}
+
+#[tokio::test]
+async fn a_stop_acknowledges_what_finished_and_leaves_the_rest_to_the_broker() {
+    let connection = connect().await;
+    let ex = exchange("acks-stop");
+    let queue = unique("acks-stop");
+    let processor = Processor::builder(
+        &connection,
+        Work {
+            finished: AtomicUsize::new(0),
+            release: Notify::new(),
+        },
+    )
+    .bind(ex.clone(), Queue::new(queue.clone()), "a")
+    .prefetch(20)
+    .concurrency(4)
+    .shutdown_timeout(Duration::from_millis(300))
+    .build()
+    .await
+    .unwrap();
+    let (work, handle) = (Arc::clone(processor.state()), processor.handle());
+    let run = tokio::spawn(processor.run());
+    let producer = Producer::builder(&connection)
+        .destination(ex.clone(), "a")
+        .reliable(true)
+        .build()
+        .await
+        .unwrap();
+    for n in 0..10u64 {
+        producer.command("work", n).await.unwrap();
+    }
+    eventually("9 handlers finished", || {
+        work.finished.load(Ordering::SeqCst) == 9
+    })
+    .await;
+    handle.shutdown();
+    assert_eq!(run.await.unwrap().unwrap(), Exit::Shutdown);
+    // Message 0 never finished: it is back in the queue, and only it.
+    eventually("message 0 back in its queue", || counts(&queue) == (1, 0)).await;
+    rabbitmqctl(&["delete_queue", &queue]);
+}
