@@ -45,6 +45,7 @@ mod error;
 mod exchange;
 mod fingerprint;
 mod handler;
+mod json;
 mod message;
 mod messenger;
 mod processor;

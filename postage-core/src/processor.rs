@@ -23,6 +23,7 @@ use crate::fingerprint::Fingerprint;
 use crate::handler::{
     BoxFuture, Filtered, HandlerCall, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
 };
+use crate::json;
 use crate::message::{COMMAND, Category, Message, RpcResult};
 use crate::queue::Queue;
 
@@ -76,6 +77,8 @@ pub struct ProcessorBuilder<P> {
     limits: Limits,
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
+    /// The default JSON encoder: answers are written straight from their parts.
+    plain_json: bool,
 }
 
 /// Who may send the control commands, how big a body may be, and how a stop goes.
@@ -235,6 +238,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     pub fn encoder(mut self, encoder: impl Encoder + Clone) -> Self {
         self.consumer = self.consumer.encoder(encoder.clone());
         self.encoder = Arc::new(encoder);
+        self.plain_json = false;
         self
     }
 
@@ -253,7 +257,8 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 table,
                 consumer: consumer.handle(),
                 encoder: self.encoder,
-                fingerprint: self.fingerprint.unwrap_or_default(),
+                plain_json: self.plain_json,
+                fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),
             }),
             consumer,
             prefetch: self.prefetch,
@@ -314,7 +319,8 @@ struct Shared<P> {
     /// Answers go out on the consumer's live channel.
     consumer: ConsumerHandle,
     encoder: Arc<dyn Encoder>,
-    fingerprint: Fingerprint,
+    plain_json: bool,
+    fingerprint: Arc<Fingerprint>,
 }
 
 /// What the loop does with one delivery before handing it to the handlers.
@@ -336,6 +342,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
             limits: Limits::default(),
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
+            plain_json: true,
         }
     }
 
@@ -420,7 +427,13 @@ impl<P: Send + Sync + 'static> Processor<P> {
                 }
                 None => break Exit::ConsumerClosed,
             };
-            let ticket = acks.start(&delivery);
+            let Some(ticket) = acks.start(&delivery) else {
+                tracing::debug!(
+                    queue = delivery.queue(),
+                    "skipping a delivery of a lost channel; the broker delivers it again"
+                );
+                continue;
+            };
             let Some(message) = self.admit(&delivery) else {
                 acks.finish(ticket, false).await;
                 continue;
@@ -652,8 +665,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
             channel: self.consumer.live_channel(),
             reply_to,
             correlation_id: metadata.correlation_id.clone(),
-            encoder: Arc::clone(&self.encoder),
-            fingerprint: self.fingerprint.clone(),
+            encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
+            fingerprint: Arc::clone(&self.fingerprint),
         });
         let reply = Reply {
             sender: Arc::clone(&sender),
@@ -731,16 +744,25 @@ struct ChannelReply {
     channel: lapin::Channel,
     reply_to: String,
     correlation_id: Option<String>,
-    encoder: Arc<dyn Encoder>,
-    fingerprint: Fingerprint,
+    /// `None` for the default JSON encoder.
+    encoder: Option<Arc<dyn Encoder>>,
+    fingerprint: Arc<Fingerprint>,
 }
 
 impl ReplySender for ChannelReply {
     fn send(&self, result: RpcResult) -> BoxFuture<Result<()>> {
-        let message = Message::result(&result).with_fingerprint(self.fingerprint.clone());
-        let body = self.encoder.encode(&message);
-        let mut properties =
-            BasicProperties::default().with_content_type(self.encoder.content_type().into());
+        let (body, content_type) = match &self.encoder {
+            None => (
+                json::result(&result, &self.fingerprint),
+                JsonEncoder.content_type(),
+            ),
+            Some(encoder) => {
+                let message =
+                    Message::result(&result).with_fingerprint((*self.fingerprint).clone());
+                (encoder.encode(&message), encoder.content_type())
+            }
+        };
+        let mut properties = BasicProperties::default().with_content_type(content_type.into());
         if let Some(id) = &self.correlation_id {
             properties = properties.with_correlation_id(id.as_str().into());
         }

@@ -15,10 +15,9 @@ use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::fingerprint::Fingerprint;
+use crate::json;
 use crate::message::{Category, Message};
 use crate::rpc::ReplyQueue;
-
-pub(crate) mod json;
 
 /// Where a message goes: the producer's defaults, one routing key on its first exchange
 /// (Postage's `_key`), or an explicit list of (exchange, routing key) pairs (`_eks`).

@@ -3,7 +3,7 @@
 //! private reply queue (see [`ReplyQueue`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,11 +12,12 @@ use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::error::{Error, Result};
+use crate::json;
 use crate::message::{Category, Message, RpcResult};
-use crate::producer::{Producer, Route, json};
+use crate::producer::{Producer, Route};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -58,7 +59,11 @@ impl Default for RpcSettings {
 /// The calls waiting, by correlation id; each gets its answer's body, read by the caller.
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 
-/// A producer's calls in flight and its reply consumer, started with the first call.
+/// A producer's calls in flight and its answer consumer, started with the first call.
+///
+/// No task of its own reads the answers: a waiting call does, for every call, while no
+/// other call does (the first in line holds `answers`). A lone caller so gets its answer
+/// from lapin without a hop to another task and thread.
 #[derive(Debug)]
 pub(crate) struct RpcState {
     settings: RpcSettings,
@@ -66,6 +71,12 @@ pub(crate) struct RpcState {
     /// The `reply_to` address once the answer consumer runs, with the channel it runs on
     /// (connection generation, channel id): a reopened channel needs a new consumer.
     reply_to: tokio::sync::Mutex<Option<((u64, u16), ShortString)>>,
+    /// The answer consumer; `None` once it ended with its channel.
+    answers: tokio::sync::Mutex<Option<lapin::Consumer>>,
+    /// Whether `answers` holds a running consumer.
+    answering: AtomicBool,
+    /// Tells the call reading `answers` to let go: a new consumer replaces it.
+    replacing: Notify,
     prefix: String,
     next_id: AtomicU64,
 }
@@ -79,6 +90,9 @@ impl RpcState {
             settings,
             waiters: Arc::default(),
             reply_to: tokio::sync::Mutex::new(None),
+            answers: tokio::sync::Mutex::new(None),
+            answering: AtomicBool::new(false),
+            replacing: Notify::new(),
             prefix: format!("{:x}.{nanos:x}", std::process::id()),
             next_id: AtomicU64::new(0),
         }
@@ -318,7 +332,8 @@ impl PendingCall {
     /// consumer was lost with its channel, up to the retry count.
     async fn next_body(&mut self) -> Result<Vec<u8>> {
         loop {
-            match tokio::time::timeout_at(self.deadline, &mut self.receiver).await {
+            let deadline = self.deadline;
+            match tokio::time::timeout_at(deadline, self.answer()).await {
                 Ok(Ok(body)) => return Ok(body),
                 // The answer consumer ended with its channel: wait for the producer to
                 // recover, then send again.
@@ -341,6 +356,46 @@ impl PendingCall {
                         attempts: self.attempts,
                         timeout: self.timeout,
                     });
+                }
+            }
+        }
+    }
+
+    /// Waits for this call's answer, reading the producer's answers for every call while
+    /// no other call does; an error when the answer consumer ended with its channel.
+    async fn answer(&mut self) -> std::result::Result<Vec<u8>, oneshot::error::RecvError> {
+        let state = self.producer.rpc_state();
+        loop {
+            let mut answers = tokio::select! {
+                biased;
+                answer = &mut self.receiver => return answer,
+                answers = state.answers.lock() => answers,
+            };
+            let Some(consumer) = answers.as_mut() else {
+                drop(answers);
+                return (&mut self.receiver).await;
+            };
+            let replacing = state.replacing.notified();
+            tokio::pin!(replacing);
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut self.receiver => return answer,
+                    () = &mut replacing => break,
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => deliver(&state.waiters, delivery),
+                        // Ended with its channel: calls still waiting learn at once that
+                        // no answer can come, this one included.
+                        _ => {
+                            tracing::debug!("RPC answer consumer ended");
+                            *answers = None;
+                            state.answering.store(false, Ordering::SeqCst);
+                            if let Ok(mut waiting) = state.waiters.lock() {
+                                waiting.clear();
+                            }
+                            break;
+                        }
+                    },
                 }
             }
         }
@@ -387,26 +442,51 @@ impl Producer {
         let mut current = state.reply_to.lock().await;
         if let Some((running, address)) = &*current
             && *running == key
+            && state.answering.load(Ordering::SeqCst)
         {
             return Ok(address.clone());
         }
-        let address =
-            start_reply_consumer(&channel, state.settings.reply_queue, &state.waiters).await?;
+        let (address, consumer) =
+            start_reply_consumer(&channel, state.settings.reply_queue).await?;
+        state.replacing.notify_waiters();
+        *state.answers.lock().await = Some(consumer);
+        state.answering.store(true, Ordering::SeqCst);
         *current = Some((key, address.clone()));
         Ok(address)
     }
 }
 
+/// Hands an answer's body, undecoded, to its waiting call, which reads it; one without a
+/// correlation id (Python Postage receivers send none) goes to the only call waiting.
+fn deliver(waiters: &Waiters, delivery: lapin::message::Delivery) {
+    let Ok(mut waiting) = waiters.lock() else {
+        return;
+    };
+    let waiter = match delivery.properties.correlation_id() {
+        Some(id) => waiting.remove(id.as_str()),
+        None if waiting.len() == 1 => waiting
+            .keys()
+            .next()
+            .cloned()
+            .and_then(|k| waiting.remove(&k)),
+        None => None,
+    };
+    drop(waiting);
+    match waiter {
+        Some(waiter) => {
+            let _ = waiter.send(delivery.data);
+        }
+        None => tracing::debug!("dropping an RPC answer nobody waits for"),
+    }
+}
+
 /// Starts consuming the producer's answers, no-ack: direct reply-to on the publishing
-/// channel (as RabbitMQ requires), or a private queue declared now. Each answer's body
-/// goes, undecoded, to its waiting call, which reads it; one without a correlation id
-/// (Python Postage receivers send none) goes to the only call waiting. Returns the
-/// `reply_to` address for the calls.
+/// channel (as RabbitMQ requires), or a private queue declared now. Returns the
+/// `reply_to` address for the calls and the consumer.
 async fn start_reply_consumer(
     channel: &lapin::Channel,
     reply_queue: ReplyQueue,
-    waiters: &Waiters,
-) -> Result<ShortString> {
+) -> Result<(ShortString, lapin::Consumer)> {
     let queue: ShortString = match reply_queue {
         ReplyQueue::DirectReplyTo => DIRECT_REPLY_TO.into(),
         ReplyQueue::Private => {
@@ -423,7 +503,7 @@ async fn start_reply_consumer(
                 .clone()
         }
     };
-    let mut replies = channel
+    let consumer = channel
         .basic_consume(
             queue.clone(),
             "".into(),
@@ -436,34 +516,5 @@ async fn start_reply_consumer(
         )
         .await
         .map_err(Error::amqp(format!("consuming RPC answers from {queue:?}")))?;
-    let waiters = Arc::clone(waiters);
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = replies.next().await {
-            let Ok(mut waiting) = waiters.lock() else {
-                break;
-            };
-            let waiter = match delivery.properties.correlation_id() {
-                Some(id) => waiting.remove(id.as_str()),
-                None if waiting.len() == 1 => waiting
-                    .keys()
-                    .next()
-                    .cloned()
-                    .and_then(|k| waiting.remove(&k)),
-                None => None,
-            };
-            drop(waiting);
-            match waiter {
-                Some(waiter) => {
-                    let _ = waiter.send(delivery.data);
-                }
-                None => tracing::debug!("dropping an RPC answer nobody waits for"),
-            }
-        }
-        // Calls still waiting learn at once that no answer can come.
-        if let Ok(mut waiting) = waiters.lock() {
-            waiting.clear();
-        }
-        tracing::debug!("RPC answer consumer ended");
-    });
-    Ok(queue)
+    Ok((queue, consumer))
 }

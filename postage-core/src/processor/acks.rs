@@ -56,18 +56,21 @@ impl Acks {
         }
     }
 
-    /// Records a delivery whose handling starts.
-    pub(super) fn start(&mut self, delivery: &Delivery) -> Ticket {
+    /// Records a delivery whose handling starts; `None` for one that came on a channel
+    /// lost since: it went back to its queue with that channel and comes again.
+    pub(super) fn start(&mut self, delivery: &Delivery) -> Option<Ticket> {
         let (channel, tag) = delivery.tag();
-        if channel != self.channel {
-            // A new channel after a recovery: the old one's deliveries went back to their
-            // queues with it and can no longer be settled.
+        // Channel serials only grow: a higher one is the channel of a recovery, whose
+        // predecessor's deliveries can no longer be settled.
+        if self.channel == u64::MAX || channel > self.channel {
             *self = Self::new(self.batch);
             self.channel = channel;
+        } else if channel < self.channel {
+            return None;
         }
         self.entries
             .insert(tag, State::Running(delivery.lapin().acker.clone()));
-        Ticket { channel, tag }
+        Some(Ticket { channel, tag })
     }
 
     /// Settles a finished delivery: rejected now when `ok` is false (dropped or

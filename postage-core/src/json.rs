@@ -7,9 +7,11 @@
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use serde_json::Value;
+
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
-use crate::message::{COMMAND, Category, VERSION};
+use crate::message::{COMMAND, Category, NONE, RESULT, RpcResult, VERSION};
 
 /// A command as [`Message::command`](crate::Message::command) builds it, borrowed.
 #[derive(Serialize)]
@@ -58,6 +60,70 @@ pub(crate) fn command<P: Serialize + ?Sized>(
         source,
     })?;
     Ok(body)
+}
+
+/// A result message as [`Message::result`](crate::Message::result) builds it, borrowed.
+#[derive(Serialize)]
+struct ResultMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'static str,
+    category: Category,
+    version: &'static str,
+    fingerprint: &'a Fingerprint,
+    content: ResultContent<'a>,
+    #[serde(rename = "_reserved")]
+    reserved: Empty,
+}
+
+/// [`RpcResult::to_content`], borrowed.
+#[derive(Serialize)]
+struct ResultContent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    value: Option<ResultValue<'a>>,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ResultValue<'a> {
+    Value(&'a Value),
+    Text(&'a str),
+}
+
+/// The body of the result message answering an RPC call, stamped with `fingerprint`.
+pub(crate) fn result(result: &RpcResult, fingerprint: &Fingerprint) -> Result<Vec<u8>> {
+    let content = match result {
+        RpcResult::Success { value, message } => ResultContent {
+            kind: "success",
+            value: Some(ResultValue::Value(value)),
+            message,
+        },
+        RpcResult::Error { message } => ResultContent {
+            kind: "error",
+            value: None,
+            message,
+        },
+        RpcResult::Exception { kind, message } => ResultContent {
+            kind: "exception",
+            value: Some(ResultValue::Text(kind)),
+            message,
+        },
+    };
+    let message = ResultMessage {
+        kind: RESULT,
+        name: NONE,
+        category: Category::Message,
+        version: VERSION,
+        fingerprint,
+        content,
+        reserved: Empty {},
+    };
+    serde_json::to_vec(&message).map_err(|source| Error::Payload {
+        what: "an RPC answer".into(),
+        source,
+    })
 }
 
 /// A success answer whose value is a `T`. The envelope's `type` and `name` must be text
@@ -158,6 +224,24 @@ mod tests {
 
     fn answer(result: &RpcResult) -> Vec<u8> {
         Message::result(result).to_json().unwrap()
+    }
+
+    #[test]
+    fn result_body_reads_back_as_the_message_would_be() {
+        let fingerprint = Fingerprint::new("server", "application");
+        for result in [
+            RpcResult::success(json!({"b": [1, 2.5], "a": null})).unwrap(),
+            RpcResult::error("no such thing"),
+            RpcResult::exception("ValueError", "bad \"input\""),
+        ] {
+            let body = super::result(&result, &fingerprint).unwrap();
+            let expected = Message::result(&result).with_fingerprint(fingerprint.clone());
+            assert_eq!(Message::from_json(&body).unwrap(), expected);
+            let bytes: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let expected_bytes: serde_json::Value =
+                serde_json::from_slice(&expected.to_json().unwrap()).unwrap();
+            assert_eq!(bytes, expected_bytes);
+        }
     }
 
     #[test]
