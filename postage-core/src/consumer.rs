@@ -412,7 +412,6 @@ impl ConsumerHandle {
             return Ok(());
         }
         let lease = self.live_lease();
-        let channel = lease.serial();
         let stream = lease
             .basic_consume(
                 queue.into(),
@@ -443,7 +442,7 @@ impl ConsumerHandle {
                     inner,
                     queue: Arc::clone(&queue),
                     encoder: Arc::clone(&encoder),
-                    channel,
+                    channel: Arc::clone(&lease),
                 }))
             });
         // The consumer is gone when the send fails: nobody reads this queue any more.
@@ -663,14 +662,14 @@ pub struct Delivery {
     inner: lapin::message::Delivery,
     queue: Arc<str>,
     encoder: Arc<dyn Encoder>,
-    /// The serial of the channel it came on: its delivery tag means something there only.
-    channel: u64,
+    /// The channel it came on: its delivery tag means something there only.
+    channel: Arc<ChannelLease>,
 }
 
 impl Delivery {
-    /// The channel it came on and its delivery tag there.
-    pub(crate) fn tag(&self) -> (u64, u64) {
-        (self.channel, self.inner.delivery_tag)
+    /// The channel it came on, which settles it by its tag.
+    pub(crate) fn channel(&self) -> &Arc<ChannelLease> {
+        &self.channel
     }
 
     /// Decodes the body as a Postage message.

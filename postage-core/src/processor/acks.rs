@@ -4,13 +4,16 @@
 //!
 //! Delivery tags count 1, 2, 3... on each channel, but deliveries of several queues may
 //! reach the processor out of that order, so a multiple acknowledgement goes only as far
-//! as every tag before it was seen and finished.
+//! as every tag before it was seen and finished. Acknowledgements go straight to the
+//! channel (not through lapin's per-delivery `Acker`, which hands each to a task of its
+//! own first).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
+use crate::connection::ChannelLease;
 use crate::consumer::Delivery;
 
 /// Which delivery a handler run settles: the channel it came on and its tag there.
@@ -20,12 +23,12 @@ pub(super) struct Ticket {
     tag: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Its handlers are running.
-    Running(Acker),
+    Running,
     /// Finished well, waiting for a coalesced acknowledgement.
-    Done(Acker),
+    Done,
     /// Rejected, or acknowledged on its own.
     Settled,
 }
@@ -33,8 +36,8 @@ enum State {
 /// The unsettled deliveries of the consumer's current channel.
 #[derive(Debug)]
 pub(super) struct Acks {
-    /// The serial of the channel the entries are on.
-    channel: u64,
+    /// The channel the entries are on.
+    channel: Option<Arc<ChannelLease>>,
     /// Every tag up to this one is settled.
     settled_through: u64,
     entries: BTreeMap<u64, State>,
@@ -48,7 +51,7 @@ impl Acks {
     /// Coalesces up to `batch` acknowledgements (1: one each).
     pub(super) fn new(batch: usize) -> Self {
         Self {
-            channel: u64::MAX,
+            channel: None,
             settled_through: 0,
             entries: BTreeMap::new(),
             done: 0,
@@ -59,40 +62,49 @@ impl Acks {
     /// Records a delivery whose handling starts; `None` for one that came on a channel
     /// lost since: it went back to its queue with that channel and comes again.
     pub(super) fn start(&mut self, delivery: &Delivery) -> Option<Ticket> {
-        let (channel, tag) = delivery.tag();
+        let lease = delivery.channel();
+        let channel = lease.serial();
         // Channel serials only grow: a higher one is the channel of a recovery, whose
         // predecessor's deliveries can no longer be settled.
-        if self.channel == u64::MAX || channel > self.channel {
-            *self = Self::new(self.batch);
-            self.channel = channel;
-        } else if channel < self.channel {
-            return None;
+        match self.channel.as_ref().map(|c| c.serial()) {
+            Some(current) if channel < current => return None,
+            Some(current) if channel == current => {}
+            _ => {
+                *self = Self::new(self.batch);
+                self.channel = Some(Arc::clone(lease));
+            }
         }
-        self.entries
-            .insert(tag, State::Running(delivery.lapin().acker.clone()));
+        let tag = delivery.lapin().delivery_tag;
+        self.entries.insert(tag, State::Running);
         Some(Ticket { channel, tag })
     }
 
     /// Settles a finished delivery: rejected now when `ok` is false (dropped or
     /// dead-lettered), else acknowledged with the next batch.
     pub(super) async fn finish(&mut self, ticket: Ticket, ok: bool) {
-        if ticket.channel != self.channel {
+        let Some(channel) = self.current(ticket) else {
             return;
-        }
+        };
         let Some(state) = self.entries.get_mut(&ticket.tag) else {
             return;
         };
-        let State::Running(acker) = std::mem::replace(state, State::Settled) else {
+        if *state != State::Running {
             return;
-        };
+        }
         if ok {
-            *state = State::Done(acker);
+            *state = State::Done;
             self.done += 1;
             if self.done >= self.batch {
                 self.flush(false).await;
             }
-        } else if let Err(error) = acker.reject(BasicRejectOptions { requeue: false }).await {
-            tracing::warn!(%error, "reject failed");
+        } else {
+            *state = State::Settled;
+            let rejected = channel
+                .basic_reject(ticket.tag, BasicRejectOptions { requeue: false })
+                .await;
+            if let Err(error) = rejected {
+                tracing::warn!(%error, "reject failed");
+            }
         }
     }
 
@@ -100,39 +112,44 @@ impl Acks {
     /// still running; with `all`, also the finished ones after that, one by one (the
     /// queue is quiet or the processor stops: none may wait for a slow handler).
     pub(super) async fn flush(&mut self, all: bool) {
-        if self.done == 0 {
+        let Some(channel) = self.channel.clone().filter(|_| self.done > 0) else {
             return;
-        }
+        };
         let mut last = None;
         while let Some(entry) = self.entries.first_entry() {
-            if *entry.key() != self.settled_through + 1 || matches!(entry.get(), State::Running(_))
-            {
+            if *entry.key() != self.settled_through + 1 || *entry.get() == State::Running {
                 break;
             }
             self.settled_through += 1;
-            if let State::Done(acker) = entry.remove() {
+            if entry.remove() == State::Done {
                 self.done -= 1;
-                last = Some(acker);
+                last = Some(self.settled_through);
             }
         }
-        if let Some(acker) = last {
-            ack(&acker, true).await;
+        if let Some(tag) = last {
+            ack(&channel, tag, true).await;
         }
         if all && self.done > 0 {
-            for state in self.entries.values_mut() {
-                if matches!(state, State::Done(_))
-                    && let State::Done(acker) = std::mem::replace(state, State::Settled)
-                {
-                    ack(&acker, false).await;
+            for (tag, state) in &mut self.entries {
+                if *state == State::Done {
+                    *state = State::Settled;
+                    ack(&channel, *tag, false).await;
                 }
             }
             self.done = 0;
         }
     }
+
+    /// The channel of `ticket`'s delivery, when it is still the current one.
+    fn current(&self, ticket: Ticket) -> Option<Arc<ChannelLease>> {
+        self.channel
+            .clone()
+            .filter(|channel| channel.serial() == ticket.channel)
+    }
 }
 
-async fn ack(acker: &Acker, multiple: bool) {
-    if let Err(error) = acker.ack(BasicAckOptions { multiple }).await {
+async fn ack(channel: &ChannelLease, tag: u64, multiple: bool) {
+    if let Err(error) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
         tracing::warn!(%error, "acknowledgement failed");
     }
 }
