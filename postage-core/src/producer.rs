@@ -158,8 +158,8 @@ impl ProducerBuilder {
         self
     }
 
-    /// Where RPC answers come back: RabbitMQ's direct reply-to (the default) or a private
-    /// reply queue declared once, with the first call. See [`ReplyQueue`].
+    /// Where RPC answers come back: a private reply queue declared once, with the first
+    /// call (the default), or RabbitMQ's direct reply-to. See [`ReplyQueue`].
     #[must_use]
     pub fn reply_queue(mut self, reply_queue: ReplyQueue) -> Self {
         self.rpc.reply_queue = reply_queue;

@@ -24,16 +24,30 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Where a producer's RPC answers come back; set with
 /// [`ProducerBuilder::reply_queue`](crate::ProducerBuilder::reply_queue).
+///
+/// Both are consumed without acknowledgements, so an answer is delivered at most once;
+/// a call whose answer is lost is sent again after its timeout. The private queue is the
+/// default: the benchmark measures it 3-18% faster for sequential calls on RabbitMQ 3.10
+/// (see the README's performance section), and its answers wait in the queue while the
+/// caller is busy.
+///
+/// ```
+/// use postage_core::ReplyQueue;
+///
+/// assert_eq!(ReplyQueue::default(), ReplyQueue::Private);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplyQueue {
     /// RabbitMQ's direct reply-to pseudo-queue (`amq.rabbitmq.reply-to`): no queue to
-    /// declare, answers go straight to the caller's channel, at most once. The default.
-    #[default]
+    /// declare, answers go straight to the caller's channel, which must be the one that
+    /// published the call; an answer sent after that channel closed is dropped.
     DirectReplyTo,
     /// A private queue the broker names, declared once per producer with its first call
     /// (exclusive, auto-delete: it goes away with the producer's connection) and consumed
-    /// without acknowledgements. Answers wait in it while the caller is busy.
+    /// without acknowledgements: answers wait in it, on the broker, until the caller
+    /// reads them. The default.
+    #[default]
     Private,
 }
 
@@ -46,7 +60,7 @@ pub(crate) struct RpcSettings {
 }
 
 impl Default for RpcSettings {
-    /// Postage's defaults: 30 s, re-sent up to 4 times; answers over direct reply-to.
+    /// Postage's defaults: 30 s, re-sent up to 4 times; answers over a private queue.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),

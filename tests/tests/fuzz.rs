@@ -9,7 +9,7 @@ use postage_core::lapin::BasicProperties;
 use postage_core::lapin::options::BasicPublishOptions;
 use postage_core::{
     Category, Config, Consumer, Error, Fingerprint, HandlerError, Message, Processor, Producer,
-    Queue, RpcResult, processor,
+    Queue, ReplyQueue, RpcResult, processor,
 };
 use postage_tests::{connect, exchange, next_within, unique};
 use proptest::prelude::*;
@@ -191,6 +191,7 @@ async fn a_processor_fed_random_bodies_keeps_serving() {
     let running = tokio::spawn(processor.run());
     let producer = Producer::builder(&connection)
         .destination(ex.clone(), "fuzz")
+        .reply_queue(ReplyQueue::DirectReplyTo)
         .build()
         .await
         .unwrap();
