@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use postage_core::{Exit, Processor, Producer, Queue, Route, processor};
+use postage_core::{Exit, Processor, ProcessorHandle, Producer, Queue, Route, processor};
 use postage_tests::{connect, exchange, rabbitmqctl, unique};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 /// Message 0 waits until released; every other one finishes at once.
 struct Work {
@@ -56,47 +57,80 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("not reached in 10 s: {what}");
 }
 
-#[tokio::test]
-async fn a_slow_handler_holds_back_only_its_own_acknowledgement() {
+/// A running `Work` processor (prefetch 20, 4 at a time) reading `queues` of a new
+/// exchange, each bound with its key, and a reliable producer to that exchange.
+struct Running {
+    work: Arc<Work>,
+    handle: ProcessorHandle,
+    run: JoinHandle<postage_core::Result<Exit>>,
+    producer: Producer,
+}
+
+async fn serve(queues: &[(Queue, &str)], shutdown_timeout: Duration) -> Running {
     let connection = connect().await;
     let ex = exchange("acks");
-    let (q1, q2) = (unique("acks-a"), unique("acks-b"));
-    let processor = Processor::builder(
-        &connection,
-        Work {
-            finished: AtomicUsize::new(0),
-            release: Notify::new(),
-        },
-    )
-    .bind(ex.clone(), Queue::new(q1.clone()).auto_delete(true), "a")
-    .bind(ex.clone(), Queue::new(q2.clone()).auto_delete(true), "b")
-    .prefetch(20)
-    .concurrency(4)
-    .build()
-    .await
-    .unwrap();
+    let work = Work {
+        finished: AtomicUsize::new(0),
+        release: Notify::new(),
+    };
+    let mut builder = Processor::builder(&connection, work)
+        .prefetch(20)
+        .concurrency(4)
+        .shutdown_timeout(shutdown_timeout);
+    for (queue, key) in queues {
+        builder = builder.bind(ex.clone(), queue.clone(), *key);
+    }
+    let processor = builder.build().await.unwrap();
     let (work, handle) = (Arc::clone(processor.state()), processor.handle());
     let run = tokio::spawn(processor.run());
     let producer = Producer::builder(&connection)
-        .destination(ex.clone(), "a")
+        .destination(ex, queues[0].1)
         .reliable(true)
         .build()
         .await
         .unwrap();
+    Running {
+        work,
+        handle,
+        run,
+        producer,
+    }
+}
+
+impl Running {
+    fn finished(&self) -> usize {
+        self.work.finished.load(Ordering::SeqCst)
+    }
+
+    async fn stop(self) {
+        self.handle.shutdown();
+        assert_eq!(self.run.await.unwrap().unwrap(), Exit::Shutdown);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_handler_holds_back_only_its_own_acknowledgement() {
+    let (q1, q2) = (unique("acks-a"), unique("acks-b"));
+    let running = serve(
+        &[
+            (Queue::new(q1.clone()).auto_delete(true), "a"),
+            (Queue::new(q2.clone()).auto_delete(true), "b"),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
 
     // Message 0 first, then 199 more spread over both queues, so deliveries of the two
     // queues interleave on the processor's channel.
     for n in 0..200u64 {
         let key = if n % 3 == 0 { "a" } else { "b" };
-        producer
+        running
+            .producer
             .command_to(Route::key(key), "work", n)
             .await
             .unwrap();
     }
-    eventually("199 handlers finished", || {
-        work.finished.load(Ordering::SeqCst) == 199
-    })
-    .await;
+    eventually("199 handlers finished", || running.finished() == 199).await;
     // Everything but message 0 is acknowledged; message 0 still holds its place.
     eventually("only the running message unacknowledged", || {
         let ((r1, u1), (r2, u2)) = (counts(&q1), counts(&q2));
@@ -104,63 +138,37 @@ async fn a_slow_handler_holds_back_only_its_own_acknowledgement() {
     })
     .await;
 
-    work.release.notify_one();
+    running.work.release.notify_one();
     eventually("every message acknowledged", || {
         counts(&q1) == (0, 0) && counts(&q2) == (0, 0)
     })
     .await;
-    assert_eq!(work.finished.load(Ordering::SeqCst), 200);
+    assert_eq!(running.finished(), 200);
 
     // The channel survived every acknowledgement (an ack of an unknown tag closes it).
-    producer
+    running
+        .producer
         .command_to(Route::key("b"), "work", 1000u64)
         .await
         .unwrap();
-    eventually("the next message handled", || {
-        work.finished.load(Ordering::SeqCst) == 201
-    })
-    .await;
+    eventually("the next message handled", || running.finished() == 201).await;
     eventually("it is acknowledged too", || counts(&q2) == (0, 0)).await;
-    handle.shutdown();
-    assert_eq!(run.await.unwrap().unwrap(), Exit::Shutdown);
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_stop_acknowledges_what_finished_and_leaves_the_rest_to_the_broker() {
-    let connection = connect().await;
-    let ex = exchange("acks-stop");
     let queue = unique("acks-stop");
-    let processor = Processor::builder(
-        &connection,
-        Work {
-            finished: AtomicUsize::new(0),
-            release: Notify::new(),
-        },
+    let running = serve(
+        &[(Queue::new(queue.clone()), "a")],
+        Duration::from_millis(300),
     )
-    .bind(ex.clone(), Queue::new(queue.clone()), "a")
-    .prefetch(20)
-    .concurrency(4)
-    .shutdown_timeout(Duration::from_millis(300))
-    .build()
-    .await
-    .unwrap();
-    let (work, handle) = (Arc::clone(processor.state()), processor.handle());
-    let run = tokio::spawn(processor.run());
-    let producer = Producer::builder(&connection)
-        .destination(ex.clone(), "a")
-        .reliable(true)
-        .build()
-        .await
-        .unwrap();
-    for n in 0..10u64 {
-        producer.command("work", n).await.unwrap();
-    }
-    eventually("9 handlers finished", || {
-        work.finished.load(Ordering::SeqCst) == 9
-    })
     .await;
-    handle.shutdown();
-    assert_eq!(run.await.unwrap().unwrap(), Exit::Shutdown);
+    for n in 0..10u64 {
+        running.producer.command("work", n).await.unwrap();
+    }
+    eventually("9 handlers finished", || running.finished() == 9).await;
+    running.stop().await;
     // Message 0 never finished: it is back in the queue, and only it.
     eventually("message 0 back in its queue", || counts(&queue) == (1, 0)).await;
     rabbitmqctl(&["delete_queue", &queue]);
