@@ -125,10 +125,10 @@ fn main() {
         }
         if wanted("rpc") {
             for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
-                bench.rpc_sequential(plan, mode).await;
+                bench.rpc(plan, mode, Calls::Sequential).await;
             }
             for mode in [ReplyQueue::DirectReplyTo, ReplyQueue::Private] {
-                bench.rpc_pipelined(plan, mode).await;
+                bench.rpc(plan, mode, Calls::Pipelined).await;
             }
         }
         bench.close().await;
@@ -1107,34 +1107,39 @@ impl Bench {
         }
     }
 
-    /// Sequential RPC: postage against its processor, lapin against its raw server; with
-    /// `POSTAGE_BENCH_DIAG` also each client against the other's server.
-    async fn rpc_sequential(&self, plan: Plan, mode: ReplyQueue) {
+    /// RPC, one call at a time or [`WINDOW`] in flight: postage against its processor,
+    /// lapin against its raw server; with `POSTAGE_BENCH_DIAG` also each client against
+    /// the other's server, and a raw client with a reply task of its own.
+    async fn rpc(&self, plan: Plan, mode: ReplyQueue, calls: Calls) {
         let servers = self.servers().await;
         let producer = self.producer(&servers.exchange, mode, POSTAGE_KEY).await;
         let mut raw = self.raw_caller(&servers.exchange, mode).await;
-        let size = |warm_up| sized(plan.rpc_sequential, warm_up);
+        let (n, name) = match calls {
+            Calls::Sequential => (plan.rpc_sequential, "rpc sequential".to_owned()),
+            Calls::Pipelined => (plan.rpc_pipelined, format!("rpc {WINDOW} in flight")),
+        };
+        let size = |warm_up| sized(n, warm_up);
         let (p, l) = alternate(
             plan,
-            async |warm_up| postage_sequential(&producer, size(warm_up)).await,
-            async |warm_up| raw.sequential(LAPIN_KEY, size(warm_up)).await,
+            async |warm_up| postage_calls(&producer, calls, size(warm_up)).await,
+            async |warm_up| raw.calls(LAPIN_KEY, calls, size(warm_up)).await,
         )
         .await;
-        let name = format!("rpc sequential, {}", mode_name(mode));
+        let name = format!("{name}, {}", mode_name(mode));
         if plan.diag {
             let crossed = self.producer(&servers.exchange, mode, LAPIN_KEY).await;
             let (pc, lc) = alternate(
                 plan,
-                async |warm_up| postage_sequential(&crossed, size(warm_up)).await,
-                async |warm_up| raw.sequential(POSTAGE_KEY, size(warm_up)).await,
+                async |warm_up| postage_calls(&crossed, calls, size(warm_up)).await,
+                async |warm_up| raw.calls(POSTAGE_KEY, calls, size(warm_up)).await,
             )
             .await;
             diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
             let hop = self.raw_caller(&servers.exchange, mode).await.dispatched();
             let (h, l2) = alternate(
                 plan,
-                async |warm_up| hop.sequential(size(warm_up)).await,
-                async |warm_up| raw.sequential(LAPIN_KEY, size(warm_up)).await,
+                async |warm_up| hop.calls(calls, size(warm_up)).await,
+                async |warm_up| raw.calls(LAPIN_KEY, calls, size(warm_up)).await,
             )
             .await;
             println!(
@@ -1149,47 +1154,19 @@ impl Bench {
         drop(producer);
         self.stop(servers).await;
     }
+}
 
-    /// RPC with [`WINDOW`] calls in flight, as [`Bench::rpc_sequential`].
-    async fn rpc_pipelined(&self, plan: Plan, mode: ReplyQueue) {
-        let servers = self.servers().await;
-        let producer = self.producer(&servers.exchange, mode, POSTAGE_KEY).await;
-        let mut raw = self.raw_caller(&servers.exchange, mode).await;
-        let size = |warm_up| sized(plan.rpc_pipelined, warm_up);
-        let (p, l) = alternate(
-            plan,
-            async |warm_up| postage_pipelined(&producer, size(warm_up)).await,
-            async |warm_up| raw.pipelined(LAPIN_KEY, size(warm_up)).await,
-        )
-        .await;
-        let name = format!("rpc {WINDOW} in flight, {}", mode_name(mode));
-        if plan.diag {
-            let crossed = self.producer(&servers.exchange, mode, LAPIN_KEY).await;
-            let (pc, lc) = alternate(
-                plan,
-                async |warm_up| postage_pipelined(&crossed, size(warm_up)).await,
-                async |warm_up| raw.pipelined(POSTAGE_KEY, size(warm_up)).await,
-            )
-            .await;
-            diagnose(&name, "calls/s", [&p, &l, &pc, &lc]);
-            let hop = self.raw_caller(&servers.exchange, mode).await.dispatched();
-            let (h, l2) = alternate(
-                plan,
-                async |warm_up| hop.pipelined(size(warm_up)).await,
-                async |warm_up| raw.pipelined(LAPIN_KEY, size(warm_up)).await,
-            )
-            .await;
-            println!(
-                "# hop {name}: lapin with a reply task {} | lapin {}",
-                summary(&h),
-                summary(&l2)
-            );
-        }
-        cpu_line(plan, &name, &p, &l);
-        figure(&name, "calls/s", rates(&p), rates(&l));
-        raw.close().await;
-        drop(producer);
-        self.stop(servers).await;
+/// How an RPC figure calls: one at a time, or [`WINDOW`] in flight.
+#[derive(Debug, Clone, Copy)]
+enum Calls {
+    Sequential,
+    Pipelined,
+}
+
+async fn postage_calls(producer: &Producer, calls: Calls, n: usize) -> Sample {
+    match calls {
+        Calls::Sequential => postage_sequential(producer, n).await,
+        Calls::Pipelined => postage_pipelined(producer, n).await,
     }
 }
 
@@ -1234,6 +1211,13 @@ impl Dispatched {
             .insert(id.clone(), sender);
         self.caller.call(LAPIN_KEY, id, &Reading::sample(seq)).await;
         receiver
+    }
+
+    async fn calls(&self, calls: Calls, n: usize) -> Sample {
+        match calls {
+            Calls::Sequential => self.sequential(n).await,
+            Calls::Pipelined => self.pipelined(n).await,
+        }
     }
 
     async fn sequential(&self, n: usize) -> Sample {
@@ -1356,6 +1340,13 @@ impl RawCaller {
     }
 
     /// `n` calls one after the other to the server bound with `key`.
+    async fn calls(&mut self, key: &str, calls: Calls, n: usize) -> Sample {
+        match calls {
+            Calls::Sequential => self.sequential(key, n).await,
+            Calls::Pipelined => self.pipelined(key, n).await,
+        }
+    }
+
     async fn sequential(&mut self, key: &str, n: usize) -> Sample {
         let mut reading = Reading::sample(0);
         let start = Meter::start();
