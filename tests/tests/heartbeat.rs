@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use postage_core::{
     Config, Connection, Error, Exchange, Host, Processor, Producer, Queue, RpcOptions, processor,
 };
@@ -28,10 +30,11 @@ fn node_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
 }
 
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status();
+fn signal(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    if let Err(error) = nix::sys::signal::kill(pid, signal) {
+        eprintln!("sending {signal} to {pid}: {error}");
+    }
 }
 
 /// Thaws the frozen node (if it was) and stops both nodes when the test ends, however it
@@ -43,7 +46,7 @@ struct Nodes {
 impl Drop for Nodes {
     fn drop(&mut self) {
         if let Some(pid) = self.frozen.take() {
-            signal(pid, "CONT");
+            signal(pid, Signal::SIGCONT);
         }
         for (name, _, _) in [A, B] {
             let _ = Command::new(node_script()).args(["stop", name]).status();
@@ -158,7 +161,7 @@ async fn a_frozen_node_is_caught_by_heartbeats_and_the_component_fails_over() {
     // Freeze A: its sockets stay open, it just says nothing any more.
     let generation = serving.generation();
     let pid = beam_pid(A);
-    signal(pid, "STOP");
+    signal(pid, Signal::SIGSTOP);
     nodes.frozen = Some(pid);
     let frozen = Instant::now();
 
