@@ -709,33 +709,43 @@ impl Delivery {
 
     /// Acknowledges the message: the broker forgets it.
     pub async fn ack(&self) -> Result<()> {
-        self.inner
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(Error::amqp(format!(
-                "acknowledging a message from {:?}",
-                self.queue
-            )))
+        ack(&self.inner, &self.queue).await
     }
 
     /// Rejects the message; with `requeue` the broker delivers it again, otherwise it is
     /// dropped or dead-lettered.
     pub async fn reject(&self, requeue: bool) -> Result<()> {
-        self.inner
-            .acker
-            .reject(BasicRejectOptions { requeue })
-            .await
-            .map(drop)
-            .map_err(Error::amqp(format!(
-                "rejecting a message from {:?}",
-                self.queue
-            )))
+        reject(&self.inner, &self.queue, requeue).await
     }
 
     /// The lapin delivery, for anything postage does not wrap.
     pub fn lapin(&self) -> &lapin::message::Delivery {
         &self.inner
     }
+}
+
+/// Acknowledges a delivery read from `queue`.
+pub(crate) async fn ack(delivery: &lapin::message::Delivery, queue: &str) -> Result<()> {
+    delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map(drop)
+        .map_err(Error::amqp(format!(
+            "acknowledging a message from {queue:?}"
+        )))
+}
+
+/// Rejects a delivery read from `queue`, requeued or not.
+pub(crate) async fn reject(
+    delivery: &lapin::message::Delivery,
+    queue: &str,
+    requeue: bool,
+) -> Result<()> {
+    delivery
+        .acker
+        .reject(BasicRejectOptions { requeue })
+        .await
+        .map(drop)
+        .map_err(Error::amqp(format!("rejecting a message from {queue:?}")))
 }

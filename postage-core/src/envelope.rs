@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::consumer;
 use crate::error::{Error, Result};
 
 /// A value that can stand in an application header: integers, floats, booleans, text, or
@@ -322,29 +322,13 @@ impl Incoming {
 
     /// Acknowledges (accepts) it: the broker forgets it.
     pub async fn ack(&self) -> Result<()> {
-        self.inner
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(Error::amqp(format!(
-                "acknowledging a message from {:?}",
-                self.queue
-            )))
+        consumer::ack(&self.inner, &self.queue).await
     }
 
     /// Rejects it; with `requeue` the broker delivers it again, otherwise it is dropped or
     /// dead-lettered.
     pub async fn reject(&self, requeue: bool) -> Result<()> {
-        self.inner
-            .acker
-            .reject(BasicRejectOptions { requeue })
-            .await
-            .map(drop)
-            .map_err(Error::amqp(format!(
-                "rejecting a message from {:?}",
-                self.queue
-            )))
+        consumer::reject(&self.inner, &self.queue, requeue).await
     }
 
     /// The lapin delivery, for anything postage does not wrap.
