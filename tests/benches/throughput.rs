@@ -522,6 +522,16 @@ impl Bench {
         self.delete(&queue).await;
     }
 
+    /// A raw channel with the benchmark's prefetch, for a raw consumer.
+    async fn raw_channel(&self) -> lapin::Channel {
+        let channel = self.lapin.create_channel().await.expect("a channel");
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .expect("prefetch set");
+        channel
+    }
+
     async fn purge(&self, queue: &Queue) {
         self.admin
             .queue_purge(queue.name().into(), QueuePurgeOptions::default())
@@ -582,6 +592,19 @@ impl Stage {
 fn summary(samples: &[Sample]) -> String {
     let cpu = median(samples.iter().map(|s| s.cpu_us).collect());
     format!("{}, {cpu:.1}", format_value(median(rates(samples))))
+}
+
+/// Consumes `queue` on a raw channel, with acknowledgements.
+async fn consume(channel: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming")
 }
 
 /// Acknowledges every delivery of `channel` up to `tag`.
@@ -727,21 +750,9 @@ impl Bench {
         if stage == Stage::MessageDecode {
             // Lapin's stream read directly; acks coalesced with `multiple` when 50 are
             // pending or no delivery is ready: what the processor could do.
-            let channel = self.lapin.create_channel().await.expect("a channel");
-            channel
-                .basic_qos(PREFETCH, BasicQosOptions::default())
-                .await
-                .expect("prefetch set");
+            let channel = self.raw_channel().await;
             let start = Meter::start();
-            let mut deliveries = channel
-                .basic_consume(
-                    queue.name().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("consuming");
+            let mut deliveries = consume(&channel, queue.name()).await;
             let (mut seen, mut pending, mut last) = (0, 0, 0);
             while seen < n {
                 let next = match futures_util::FutureExt::now_or_never(deliveries.next()) {
@@ -838,21 +849,9 @@ impl Bench {
             plan.dispatch
         };
         self.fill(exchange, key, queue, n).await;
-        let channel = self.lapin.create_channel().await.expect("a channel");
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .expect("prefetch set");
+        let channel = self.raw_channel().await;
         let start = Meter::start();
-        let mut deliveries = channel
-            .basic_consume(
-                queue.name().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consuming");
+        let mut deliveries = consume(&channel, queue.name()).await;
         let mut seen = 0;
         while let Some(delivery) = deliveries.next().await {
             let delivery = delivery.expect("a delivery");
@@ -937,20 +936,8 @@ impl Bench {
         let postage_task = tokio::spawn(processor.run());
 
         let (_, lapin_queue) = self.topology_on(&exchange, "rpc-lapin", LAPIN_KEY).await;
-        let channel = self.lapin.create_channel().await.expect("a channel");
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .expect("prefetch set");
-        let mut requests = channel
-            .basic_consume(
-                lapin_queue.name().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consuming");
+        let channel = self.raw_channel().await;
+        let mut requests = consume(&channel, lapin_queue.name()).await;
         let server = channel.clone();
         let fingerprint = Arc::clone(&self.fingerprint);
         let lapin_task = tokio::spawn(async move {
