@@ -70,7 +70,16 @@ impl Default for RpcSettings {
 }
 
 /// The calls waiting, by correlation id; each gets its answer's body, read by the caller.
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+type Waiters = Arc<Mutex<HashMap<String, Waiter>>>;
+
+/// A call waiting for its answer.
+#[derive(Debug)]
+struct Waiter {
+    /// The answer consumer (its [`RpcState::epoch`]) the call was last sent for; 0 until
+    /// it is sent.
+    epoch: u64,
+    answer: oneshot::Sender<Vec<u8>>,
+}
 
 /// A producer's calls in flight and its answer consumer, started with the first call.
 ///
@@ -90,6 +99,9 @@ pub(crate) struct RpcState {
     answering: AtomicBool,
     /// Tells the call reading `answers` to let go: a new consumer replaces it.
     replacing: Notify,
+    /// Counts the answer consumers started. The answers to calls sent for an earlier one
+    /// cannot come: when it is replaced, those calls are told at once to send again.
+    epoch: AtomicU64,
     prefix: String,
     next_id: AtomicU64,
 }
@@ -106,6 +118,7 @@ impl RpcState {
             answers: tokio::sync::Mutex::new(None),
             answering: AtomicBool::new(false),
             replacing: Notify::new(),
+            epoch: AtomicU64::new(0),
             prefix: format!("{:x}.{nanos:x}", std::process::id()),
             next_id: AtomicU64::new(0),
         }
@@ -238,9 +251,9 @@ impl Producer {
             state.prefix,
             state.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let (sender, receiver) = oneshot::channel();
+        let (answer, receiver) = oneshot::channel();
         if let Ok(mut waiters) = state.waiters.lock() {
-            waiters.insert(id.clone(), sender);
+            waiters.insert(id.clone(), Waiter { epoch: 0, answer });
         }
         let timeout = options.timeout.unwrap_or(state.settings.timeout);
         let mut call = PendingCall {
@@ -255,6 +268,7 @@ impl Producer {
             max_retry: options.max_retry.unwrap_or(state.settings.max_retry),
             attempts: 1,
             deadline: tokio::time::Instant::now() + timeout,
+            epoch: 0,
         };
         call.send().await?;
         Ok(call)
@@ -277,11 +291,13 @@ pub struct PendingCall {
     /// How many times the call was sent, and when the last send stops waiting.
     attempts: u32,
     deadline: tokio::time::Instant,
+    /// The answer consumer the call was last sent for.
+    epoch: u64,
 }
 
 impl PendingCall {
     async fn send(&mut self) -> Result<()> {
-        let reply_to = self.producer.reply_address().await?;
+        let (reply_to, epoch) = self.producer.reply_address().await?;
         let properties = self
             .producer
             .properties()
@@ -291,6 +307,17 @@ impl PendingCall {
             .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
             .await?;
         self.deadline = tokio::time::Instant::now() + self.timeout;
+        self.epoch = epoch;
+        let state = self.producer.rpc_state();
+        if let Ok(mut waiters) = state.waiters.lock() {
+            // Replaced while this was sent: its answer cannot come, so the waiter goes
+            // and the call is sent again when awaited.
+            if state.epoch.load(Ordering::SeqCst) != epoch {
+                waiters.remove(&self.correlation_id);
+            } else if let Some(waiter) = waiters.get_mut(&self.correlation_id) {
+                waiter.epoch = epoch;
+            }
+        }
         Ok(())
     }
 
@@ -429,9 +456,13 @@ impl PendingCall {
 
     /// Registers the call again for its next answer.
     fn wait_again(&mut self) {
-        let (sender, receiver) = oneshot::channel();
+        let (answer, receiver) = oneshot::channel();
+        let waiter = Waiter {
+            epoch: self.epoch,
+            answer,
+        };
         if let Ok(mut waiters) = self.producer.rpc_state().waiters.lock() {
-            waiters.insert(self.correlation_id.clone(), sender);
+            waiters.insert(self.correlation_id.clone(), waiter);
         }
         self.receiver = receiver;
     }
@@ -446,9 +477,10 @@ impl Drop for PendingCall {
 }
 
 impl Producer {
-    /// The `reply_to` address of this producer's calls, starting the answer consumer on
-    /// the live channel when it is not running there yet.
-    async fn reply_address(&self) -> Result<ShortString> {
+    /// The `reply_to` address of this producer's calls and the epoch of the answer
+    /// consumer behind it, starting that consumer on the live channel when it is not
+    /// running there yet.
+    async fn reply_address(&self) -> Result<(ShortString, u64)> {
         let state = self.rpc_state();
         let (channel, generation) = self.live_channel().await?;
         let key = (generation, channel.id());
@@ -457,15 +489,21 @@ impl Producer {
             && *running == key
             && state.answering.load(Ordering::SeqCst)
         {
-            return Ok(address.clone());
+            return Ok((address.clone(), state.epoch.load(Ordering::SeqCst)));
         }
         let (address, consumer) =
             start_reply_consumer(&channel, state.settings.reply_queue).await?;
         state.replacing.notify_waiters();
         *state.answers.lock().await = Some(consumer);
         state.answering.store(true, Ordering::SeqCst);
+        let epoch = state.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        // Calls sent for the consumer replaced wait in vain, even those nobody awaits
+        // now (`rpc_deferred`): dropping their waiters has them sent again when awaited.
+        if let Ok(mut waiters) = state.waiters.lock() {
+            waiters.retain(|_, waiter| waiter.epoch == 0);
+        }
         *current = Some((key, address.clone()));
-        Ok(address)
+        Ok((address, epoch))
     }
 }
 
@@ -487,7 +525,7 @@ fn deliver(waiters: &Waiters, delivery: lapin::message::Delivery) {
     drop(waiting);
     match waiter {
         Some(waiter) => {
-            let _ = waiter.send(delivery.data);
+            let _ = waiter.answer.send(delivery.data);
         }
         None => tracing::debug!("dropping an RPC answer nobody waits for"),
     }

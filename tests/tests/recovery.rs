@@ -369,3 +369,55 @@ async fn an_rpc_in_flight_when_the_connection_drops_is_answered_never_hangs() {
     running.await.unwrap().unwrap();
     rabbitmqctl(&["delete_queue", &queue]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deferred_call_nobody_awaits_across_a_drop_is_sent_again_without_its_timeout() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (serving, calling) = (connect().await, connect().await);
+    let exchange = Exchange::named(unique("deferred"));
+    let queue = unique("deferred-q");
+    let processor = Processor::builder(
+        &serving,
+        Counter {
+            seen: Mutex::new(Vec::new()),
+        },
+    )
+    .bind(exchange.clone(), Queue::new(queue.clone()), "rpc")
+    .build()
+    .await
+    .unwrap();
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    // One retry after a long timeout: were the call sent again only when its attempt timed
+    // out, its answer would take 20 s.
+    let producer = Producer::builder(&calling)
+        .destination(exchange, "rpc")
+        .rpc_defaults(Duration::from_secs(20), 1)
+        .build()
+        .await
+        .unwrap();
+    let deferred = producer
+        .rpc_deferred("slow", 500, RpcOptions::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["close_all_connections", "fault test"]))
+        .await
+        .unwrap();
+    // Another call, made while the deferred one is not awaited, recovers the producer and
+    // starts a new answer consumer; the deferred call's answer was bound for the old one.
+    let started = Instant::now();
+    let echoed: Value = producer.call("echo", json!("after")).await.unwrap();
+    assert_eq!(echoed, json!("after"));
+    let answer = tokio::time::timeout(Duration::from_secs(10), deferred.value::<u64>())
+        .await
+        .expect("sent again at once, not after its 20 s timeout");
+    eprintln!(
+        "deferred RPC across a connection close: {answer:?} {:?} after the close",
+        started.elapsed()
+    );
+    assert_eq!(answer.unwrap(), 500);
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
