@@ -277,6 +277,12 @@ impl Channel {
         Ok(())
     }
 
+    /// Waits until every tracked message is settled, without asking the broker: on a
+    /// closed channel, they settle as aborted.
+    pub(crate) async fn settled(&self) {
+        self.inner.confirms.all_settled().await;
+    }
+
     /// Flushes, then closes the channel. Publishes that started before the call are
     /// confirmed first (so every message is in its queues, or its tracker says why not);
     /// later ones fail with [`Error::Closed`]. Closing a closed channel does nothing.

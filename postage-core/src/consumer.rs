@@ -707,13 +707,15 @@ impl Delivery {
         &self.inner.properties
     }
 
-    /// Acknowledges the message: the broker forgets it.
+    /// Acknowledges the message: the broker forgets it. Fails with [`Error::Closed`] when
+    /// the channel it came on has closed since (a lost connection): the broker delivers
+    /// it again.
     pub async fn ack(&self) -> Result<()> {
         ack(&self.inner, &self.queue).await
     }
 
     /// Rejects the message; with `requeue` the broker delivers it again, otherwise it is
-    /// dropped or dead-lettered.
+    /// dropped or dead-lettered. Fails as [`ack`](Self::ack) does.
     pub async fn reject(&self, requeue: bool) -> Result<()> {
         reject(&self.inner, &self.queue, requeue).await
     }
@@ -726,14 +728,14 @@ impl Delivery {
 
 /// Acknowledges a delivery read from `queue`.
 pub(crate) async fn ack(delivery: &lapin::message::Delivery, queue: &str) -> Result<()> {
-    delivery
+    let done = delivery
         .acker
         .ack(BasicAckOptions::default())
         .await
-        .map(drop)
         .map_err(Error::amqp(format!(
             "acknowledging a message from {queue:?}"
-        )))
+        )))?;
+    settled(delivery, done)
 }
 
 /// Rejects a delivery read from `queue`, requeued or not.
@@ -742,10 +744,21 @@ pub(crate) async fn reject(
     queue: &str,
     requeue: bool,
 ) -> Result<()> {
-    delivery
+    let done = delivery
         .acker
         .reject(BasicRejectOptions { requeue })
         .await
-        .map(drop)
-        .map_err(Error::amqp(format!("rejecting a message from {queue:?}")))
+        .map_err(Error::amqp(format!("rejecting a message from {queue:?}")))?;
+    settled(delivery, done)
+}
+
+/// What an acknowledgement or rejection that lapin did (`done`) or skipped comes to: one
+/// skipped because the delivery's channel has closed since is [`Error::Closed`] (the
+/// broker delivers the message again); one skipped because the delivery was settled
+/// before changes nothing.
+fn settled(delivery: &lapin::message::Delivery, done: bool) -> Result<()> {
+    if !done && delivery.acker.poisoned() {
+        return Err(Error::Closed("the channel the message came on"));
+    }
+    Ok(())
 }

@@ -320,13 +320,15 @@ impl Incoming {
         self.inner.redelivered
     }
 
-    /// Acknowledges (accepts) it: the broker forgets it.
+    /// Acknowledges (accepts) it: the broker forgets it. Fails with
+    /// [`Error::Closed`](crate::Error::Closed) when the channel it came on has closed since
+    /// (a lost connection): the broker delivers it again.
     pub async fn ack(&self) -> Result<()> {
         consumer::ack(&self.inner, &self.queue).await
     }
 
     /// Rejects it; with `requeue` the broker delivers it again, otherwise it is dropped or
-    /// dead-lettered.
+    /// dead-lettered. Fails as [`ack`](Self::ack) does.
     pub async fn reject(&self, requeue: bool) -> Result<()> {
         consumer::reject(&self.inner, &self.queue, requeue).await
     }

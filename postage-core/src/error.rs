@@ -117,6 +117,15 @@ pub enum Error {
     /// The producer or consumer was closed while an operation waited on it.
     #[error("{0} is closed")]
     Closed(&'static str),
+    /// The broker ended a subscription while its connection lived on: its queue was
+    /// deleted or its consumer cancelled.
+    #[error(
+        "the broker ended the subscription to queue {queue:?} (queue deleted or consumer cancelled)"
+    )]
+    SubscriptionEnded {
+        /// The queue that was consumed.
+        queue: String,
+    },
     /// A blocking call did not finish within its timeout.
     #[error("{operation} did not finish within {timeout:?}")]
     Timeout {

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::address::{Address, RouteTable, strip_credentials};
-use crate::channel::Channel;
+use crate::channel::{Channel, Subscription};
 use crate::config::{Config, Host, Password};
 use crate::connection::Connection;
 use crate::envelope::{Envelope, Incoming};
@@ -51,8 +51,14 @@ struct Peer {
 ///   may wait for [`Incoming::ack`] (accept) or [`Incoming::reject`]. The outgoing window
 ///   is how many sends may wait for their confirm; `put` waits for room beyond it.
 ///
-/// Its channels are not reopened after a connection loss: `put` then fails and `recv`
-/// waits (until its timeout); build a new messenger.
+/// It outlives a lost connection: each connection reconnects by itself, the next `put`
+/// to that broker opens a new channel, and each subscription consumes again on a new
+/// channel (declaring its queue again when [`subscribe_queue`](Messenger::subscribe_queue)
+/// declared it; a server-named queue comes back under a new name). What the connection
+/// loss cut short is as AMQP leaves it: trackers of sends not yet confirmed say
+/// [`Aborted`](crate::DeliveryStatus::Aborted), and received messages not yet settled
+/// can no longer be; the broker delivers them again. A subscription the broker ends on
+/// a live connection (its queue deleted) hands [`recv`](Messenger::recv) an error.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -87,7 +93,7 @@ pub struct Messenger {
     interrupt: Arc<Notify>,
     peers: tokio::sync::Mutex<HashMap<PeerKey, Peer>>,
     publishers: Mutex<Vec<Channel>>,
-    subscriptions: Mutex<Vec<(Channel, JoinHandle<()>)>>,
+    subscriptions: Mutex<Vec<Subscribed>>,
     incoming_sender: mpsc::UnboundedSender<Result<Incoming>>,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Result<Incoming>>>,
     incoming_count: Arc<AtomicUsize>,
@@ -251,7 +257,9 @@ impl Messenger {
             .await
     }
 
-    /// Waits until the broker settled every message put so far (a blocking call).
+    /// Waits until the broker settled every message put so far (a blocking call). Sends
+    /// whose channel a connection loss closed are settled as
+    /// [`Aborted`](crate::DeliveryStatus::Aborted).
     pub async fn send(&self) -> Result<()> {
         let publishers = self
             .publishers
@@ -260,11 +268,20 @@ impl Messenger {
             .unwrap_or_default();
         self.block("sending", async {
             for publisher in &publishers {
-                publisher.flush().await?;
+                if is_open(publisher) {
+                    publisher.flush().await?;
+                } else {
+                    publisher.settled().await;
+                }
             }
             Ok(())
         })
-        .await
+        .await?;
+        // Publishers replaced after a connection loss have nothing left to settle.
+        if let Ok(mut publishers) = self.publishers.lock() {
+            publishers.retain(|p| is_open(p) || p.unconfirmed() > 0);
+        }
+        Ok(())
     }
 
     /// How many messages put are not settled yet.
@@ -302,26 +319,24 @@ impl Messenger {
 
     async fn start_subscription(&self, address: &Address, queue: Option<&Queue>) -> Result<String> {
         let peer = self.peer(address).await?;
-        // A channel per subscription: a missing queue closes that channel only.
-        let channel = Channel::open(&peer.connection).await?;
-        channel.qos(self.incoming_window).await?;
-        let name = match queue {
-            Some(queue) => channel.declare_queue(queue).await?,
-            None => address.name().to_owned(),
+        let source = Source {
+            connection: peer.connection,
+            queue: queue.cloned().unwrap_or_else(|| Queue::new(address.name())),
+            declare: queue.is_some(),
+            prefetch: self.incoming_window,
         };
-        let mut subscription = channel.consume(&name, "").await?;
-        let sender = self.incoming_sender.clone();
-        let count = Arc::clone(&self.incoming_count);
-        let forward = tokio::spawn(async move {
-            while let Some(incoming) = subscription.next().await {
-                count.fetch_add(1, Ordering::AcqRel);
-                if sender.send(incoming).is_err() {
-                    break;
-                }
-            }
-        });
+        let consuming = source.consume().await?;
+        let name = consuming.subscription.queue().to_owned();
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(forward(
+            source,
+            consuming,
+            self.incoming_sender.clone(),
+            Arc::clone(&self.incoming_count),
+            Arc::clone(&stop),
+        ));
         if let Ok(mut subscriptions) = self.subscriptions.lock() {
-            subscriptions.push((channel, forward));
+            subscriptions.push(Subscribed { stop, task });
         }
         Ok(name)
     }
@@ -365,9 +380,12 @@ impl Messenger {
             .lock()
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default();
-        for (channel, forward) in subscriptions {
-            forward.abort();
-            channel.close().await?;
+        for subscribed in subscriptions {
+            subscribed.stop.notify_one();
+            subscribed
+                .task
+                .await
+                .map_err(|_| Error::Closed("a subscription"))??;
         }
         let peers = std::mem::take(&mut *self.peers.lock().await);
         if let Ok(mut publishers) = self.publishers.lock() {
@@ -392,7 +410,14 @@ impl Messenger {
             user.clone(),
         );
         let mut peers = self.peers.lock().await;
-        if let Some(peer) = peers.get(&key) {
+        if let Some(peer) = peers.get_mut(&key) {
+            if !is_open(&peer.publisher) {
+                // Lost with its connection: a new one once the connection is back.
+                let generation = peer.connection.generation();
+                peer.connection.wait_reconnected(generation).await?;
+                peer.publisher = Channel::open(&peer.connection).await?;
+                self.track_publisher(&peer.publisher);
+            }
             return Ok(PeerRef::of(peer));
         }
         let mut config = self.config.clone();
@@ -447,6 +472,129 @@ impl Messenger {
                 operation: operation.to_owned(),
             }),
             result = timed => result,
+        }
+    }
+}
+
+/// Whether `channel` is still open (a connection loss closes it).
+fn is_open(channel: &Channel) -> bool {
+    channel.lapin().status().connected()
+}
+
+/// A running subscription: the task that forwards its messages, told to stop by `stop`.
+#[derive(Debug)]
+struct Subscribed {
+    stop: Arc<Notify>,
+    task: JoinHandle<Result<()>>,
+}
+
+/// What a subscription consumes, kept to consume it again after a connection loss.
+#[derive(Debug)]
+struct Source {
+    connection: Connection,
+    /// The queue (with an empty name for one the broker names, anew each time).
+    queue: Queue,
+    /// Whether the subscription declares the queue, or only consumes it.
+    declare: bool,
+    prefetch: u16,
+}
+
+/// A subscription's channel (one each: a missing queue closes that channel only) and
+/// consumer, on the connection of `generation`.
+#[derive(Debug)]
+struct Consuming {
+    channel: Channel,
+    subscription: Subscription,
+    generation: u64,
+}
+
+impl Source {
+    /// Opens a channel and consumes the queue (declared first when the subscription
+    /// declares it).
+    async fn consume(&self) -> Result<Consuming> {
+        let generation = self.connection.generation();
+        let channel = Channel::open(&self.connection).await?;
+        channel.qos(self.prefetch).await?;
+        let name = if self.declare {
+            channel.declare_queue(&self.queue).await?
+        } else {
+            self.queue.name().to_owned()
+        };
+        let subscription = channel.consume(&name, "").await?;
+        Ok(Consuming {
+            channel,
+            subscription,
+            generation,
+        })
+    }
+
+    /// Consumes again once the connection lost since `seen` is back.
+    async fn consume_again(&self, mut seen: u64) -> Result<Consuming> {
+        loop {
+            let generation = self.connection.wait_reconnected(seen).await?;
+            match self.consume().await {
+                Ok(consuming) => return Ok(consuming),
+                // Lost again while consuming again: wait for the next connection.
+                Err(_)
+                    if self.connection.generation() != generation
+                        || !self.connection.lapin().status().connected() =>
+                {
+                    seen = generation;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Hands a subscription's messages to the messenger until told to stop, consuming again
+/// on a new channel whenever a connection loss closed the old one.
+async fn forward(
+    source: Source,
+    mut consuming: Consuming,
+    sender: mpsc::UnboundedSender<Result<Incoming>>,
+    count: Arc<AtomicUsize>,
+    stop: Arc<Notify>,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.notified() => return consuming.channel.close().await,
+            next = consuming.subscription.next() => match next {
+                // The channel failed; the end of the stream follows, and with it a new one.
+                Some(Err(error)) => tracing::debug!(%error, "messenger subscription failed"),
+                Some(incoming) => {
+                    count.fetch_add(1, Ordering::AcqRel);
+                    if sender.send(incoming).is_err() {
+                        return Ok(());
+                    }
+                }
+                None if is_open(&consuming.channel) => {
+                    let queue = consuming.subscription.queue().to_owned();
+                    tracing::warn!(queue, "the broker ended a messenger subscription");
+                    count.fetch_add(1, Ordering::AcqRel);
+                    let _ = sender.send(Err(Error::SubscriptionEnded { queue }));
+                    return consuming.channel.close().await;
+                }
+                None => {
+                    let queue = consuming.subscription.queue().to_owned();
+                    tracing::info!(queue, "messenger subscription lost with its channel; consuming again");
+                    let again = tokio::select! {
+                        biased;
+                        () = stop.notified() => return Ok(()),
+                        again = source.consume_again(consuming.generation) => again,
+                    };
+                    match again {
+                        Ok(next) => consuming = next,
+                        Err(error) => {
+                            tracing::warn!(queue, %error, "a messenger subscription could not consume again");
+                            count.fetch_add(1, Ordering::AcqRel);
+                            let _ = sender.send(Err(error));
+                            return Ok(());
+                        }
+                    }
+                }
+            },
         }
     }
 }

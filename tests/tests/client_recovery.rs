@@ -1,16 +1,20 @@
-//! The simple client across a lost connection: the broker closes this process's
-//! connections, the connection comes back, and the server and the transport go on.
+//! The simple client and the messenger across a lost connection: the broker closes this
+//! process's connections, the connection comes back, and they go on.
 //!
 //! A test binary of its own, so closing "this process's connections" touches no other
-//! test.
+//! test binary; its tests take turns.
 
 use std::time::{Duration, Instant};
 
-use postage_core::{Error, Mode, Queue, Request, Target, Transport};
+use postage_core::{
+    Channel, DeliveryStatus, Envelope, Error, Messenger, Mode, Queue, Request, Target, Transport,
+};
 use postage_tests::{connect, rabbitmqctl, unique};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(30);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Has the broker close every connection this process opened.
 async fn close_my_connections() {
@@ -36,6 +40,7 @@ async fn close_my_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_transport_go_on_after_the_connection_is_lost() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let connection = connect().await;
     let transport = Transport::new(&connection).await.unwrap();
     let echo = Target::with_queue(Queue::new(unique("recover")).auto_delete(true));
@@ -84,5 +89,91 @@ async fn server_and_transport_go_on_after_the_connection_is_lost() {
     handle.shutdown();
     serving.await.unwrap().unwrap();
     transport.close().await.unwrap();
+    connection.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messenger_sends_and_receives_again_after_the_connection_is_lost() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let connection = connect().await;
+    let queue = unique("messenger-recover");
+    let declaring = Channel::open(&connection).await.unwrap();
+    declaring
+        .declare_queue(&Queue::new(queue.clone()))
+        .await
+        .unwrap();
+    drop(declaring);
+    let address = format!("amqp://{}/{queue}", connection.host());
+    let messenger = Messenger::with_connection(&connection)
+        .await
+        .unwrap()
+        .timeout(Some(PATIENCE));
+    messenger.subscribe(&address).await.unwrap();
+    // A server-named queue the subscription declares: it comes back under a new name.
+    messenger
+        .subscribe_queue(&address, &Queue::new("").exclusive(true))
+        .await
+        .unwrap();
+
+    let settled = messenger
+        .put(&address, Envelope::text("settled"))
+        .await
+        .unwrap();
+    messenger
+        .put(&address, Envelope::text("unsettled"))
+        .await
+        .unwrap();
+    messenger.send().await.unwrap();
+    assert_eq!(settled.status(), DeliveryStatus::Accepted);
+    let first = messenger.recv().await.unwrap();
+    assert_eq!(first.text().unwrap(), "settled");
+    first.ack().await.unwrap();
+    let second = messenger.recv().await.unwrap();
+    assert_eq!(second.text().unwrap(), "unsettled");
+
+    let generation = connection.generation();
+    close_my_connections().await;
+    let mut generations = connection.watch_generation();
+    tokio::time::timeout(PATIENCE, generations.wait_for(|g| *g > generation))
+        .await
+        .expect("the connection comes back")
+        .unwrap();
+    // Too late to settle: its channel is gone, and the broker delivers it again.
+    assert!(second.ack().await.is_err());
+
+    let after = messenger
+        .put(&address, Envelope::text("after"))
+        .await
+        .expect("a put after the loss opens a new channel");
+    messenger.send().await.unwrap();
+    assert_eq!(after.status(), DeliveryStatus::Accepted);
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let message = messenger
+            .recv()
+            .await
+            .expect("the subscription consumes again");
+        received.push((message.text().unwrap().to_owned(), message.redelivered()));
+        message.ack().await.unwrap();
+    }
+    received.sort();
+    assert_eq!(
+        received,
+        [("after".to_owned(), false), ("unsettled".to_owned(), true)]
+    );
+    // One consumer on the queue, as before the loss: none stacked.
+    let consumers = rabbitmqctl(&["list_queues", "name", "consumers"])
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&format!("{queue}\t"))?
+                .parse::<u32>()
+                .ok()
+        });
+    assert_eq!(consumers, Some(1));
+    assert!(messenger.get().is_none(), "nothing else arrived");
+
+    messenger.stop().await.unwrap();
+    let cleanup = Channel::open(&connection).await.unwrap();
+    cleanup.delete_queue(&queue).await.unwrap();
     connection.close().await.unwrap();
 }

@@ -278,6 +278,27 @@ async fn received_messages_are_accepted_or_rejected_explicitly() {
 }
 
 #[tokio::test]
+async fn a_subscription_whose_queue_is_deleted_ends_with_an_error() {
+    let connection = connect().await;
+    let (channel, queue) = exclusive_queue(&connection, "deleted").await;
+    let messenger = Messenger::with_connection(&connection).await.unwrap();
+    messenger
+        .subscribe(&address(&connection, &queue))
+        .await
+        .unwrap();
+    channel.delete_queue(&queue).await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, messenger.recv())
+        .await
+        .expect("recv hears of it");
+    assert!(
+        matches!(&ended, Err(Error::SubscriptionEnded { queue: q }) if *q == queue),
+        "{ended:?}"
+    );
+    messenger.stop().await.unwrap();
+    connection.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_incoming_window_bounds_unsettled_messages() {
     let connection = connect().await;
     let (channel, queue) = exclusive_queue(&connection, "window-in").await;
