@@ -95,6 +95,10 @@ struct Shared {
     consuming: Mutex<Option<HashMap<String, String>>>,
     /// Hands each new queue's stream to the [`Consumer`].
     streams: mpsc::UnboundedSender<Deliveries>,
+    /// Tells the recovery task that a consumer of the channel with this serial ended
+    /// while its connection lived on (the broker closed the channel, or cancelled the
+    /// consumer because its queue was deleted).
+    lost: mpsc::UnboundedSender<u64>,
 }
 
 /// A binding and the name its queue has on the broker (the broker's choice when the
@@ -168,6 +172,7 @@ impl ConsumerBuilder {
             .await
             .map_err(Error::amqp(format!("setting prefetch {}", self.prefetch)))?;
         let (streams, added) = mpsc::unbounded_channel();
+        let (lost, losses) = mpsc::unbounded_channel();
         let consumer = Consumer {
             handle: ConsumerHandle {
                 inner: Arc::new(Shared {
@@ -178,14 +183,16 @@ impl ConsumerBuilder {
                     bindings: Mutex::new(Vec::new()),
                     consuming: Mutex::new(None),
                     streams,
+                    lost,
                 }),
             },
             streams: SelectAll::new(),
             added,
         };
-        tokio::spawn(recover_on_reconnect(
+        tokio::spawn(recover(
             Arc::downgrade(&consumer.handle.inner),
             self.connection.watch_generation(),
+            losses,
         ));
         for binding in self.bindings {
             consumer
@@ -429,6 +436,12 @@ impl ConsumerHandle {
         let encoder = Arc::clone(&self.inner.encoder);
         let queue: Arc<str> = Arc::from(queue);
         let queue_name = Arc::clone(&queue);
+        let ending = Ending {
+            consumer: Arc::downgrade(&self.inner),
+            queue: Arc::clone(&queue),
+            tag: stream.tag().to_string(),
+            lease: Arc::clone(&lease),
+        };
         let deliveries = stream
             .take_while(move |next| {
                 // A lost channel ends the stream: the consumer's recovery starts a new one.
@@ -444,7 +457,11 @@ impl ConsumerHandle {
                     encoder: Arc::clone(&encoder),
                     channel: Arc::clone(&lease),
                 }))
-            });
+            })
+            .chain(
+                futures_util::stream::once(async move { ending.report() })
+                    .filter_map(|()| std::future::ready(None)),
+            );
         // The consumer is gone when the send fails: nobody reads this queue any more.
         let _ = self.inner.streams.send(Box::pin(deliveries));
         Ok(())
@@ -569,10 +586,10 @@ impl ConsumerHandle {
         if let Ok(mut bindings) = self.inner.bindings.lock() {
             *bindings = restored;
         }
-        match self.inner.channel.write() {
-            Ok(mut channel) => *channel = Arc::new(lease),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(lease),
-        }
+        let old = match self.inner.channel.write() {
+            Ok(mut channel) => std::mem::replace(&mut *channel, Arc::new(lease)),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), Arc::new(lease)),
+        };
         let was_consuming = self
             .inner
             .consuming
@@ -585,7 +602,50 @@ impl ConsumerHandle {
                 self.consume(&queue).await?;
             }
         }
+        // Still open when only a consumer was cancelled: its other consumers would stack
+        // on those just started, and its unacknowledged deliveries go back to the queues.
+        if old.status().connected() {
+            let _ = old
+                .close(200, "postage: consumer moved to a new channel".into())
+                .await;
+        }
         Ok(())
+    }
+}
+
+/// What a queue's stream knows to report its end.
+struct Ending {
+    consumer: Weak<Shared>,
+    queue: Arc<str>,
+    tag: String,
+    lease: Arc<ChannelLease>,
+}
+
+impl Ending {
+    /// Tells the recovery task when the stream ended by no doing of ours: not cancelled by
+    /// `stop` or `stop_consuming` (the queue would no longer be consumed under this tag),
+    /// nor lost with the connection (its re-establishment recovers everything).
+    fn report(self) {
+        let Some(inner) = self.consumer.upgrade() else {
+            return;
+        };
+        let current = inner
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref()?.get(&*self.queue).cloned());
+        if current.as_deref() != Some(self.tag.as_str())
+            || !inner.connection.lapin().status().connected()
+        {
+            return;
+        }
+        let why = if self.lease.status().connected() {
+            "the broker cancelled the consumer (queue deleted?)"
+        } else {
+            "the broker closed the channel"
+        };
+        tracing::warn!(queue = %self.queue, why, "consumer lost; recovering it on a new channel");
+        let _ = inner.lost.send(self.lease.serial());
     }
 }
 
@@ -628,9 +688,29 @@ async fn declare_and_bind(
     Ok(name)
 }
 
-/// Restores a consumer each time its connection is re-established, until it is dropped.
-async fn recover_on_reconnect(consumer: Weak<Shared>, mut generations: watch::Receiver<u64>) {
-    while generations.changed().await.is_ok() {
+/// Restores a consumer each time its connection is re-established, or its channel or one
+/// of its consumers was lost on a live connection, until it is dropped.
+async fn recover(
+    consumer: Weak<Shared>,
+    mut generations: watch::Receiver<u64>,
+    mut losses: mpsc::UnboundedReceiver<u64>,
+) {
+    loop {
+        tokio::select! {
+            changed = generations.changed() => if changed.is_err() {
+                return;
+            },
+            lost = losses.recv() => {
+                let Some(serial) = lost else {
+                    return;
+                };
+                // Reported before a recovery that replaced that channel already.
+                let current = consumer.upgrade().map(|inner| ConsumerHandle { inner }.live_lease().serial());
+                if current != Some(serial) {
+                    continue;
+                }
+            }
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             let Some(inner) = consumer.upgrade() else {

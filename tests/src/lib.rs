@@ -82,6 +82,13 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// How many consumers read `queue`, read back from the broker (`None`: no such queue).
+pub fn consumers_of(queue: &str) -> Option<u32> {
+    rabbitmqctl(&["list_queues", "name", "consumers"])
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{queue}\t"))?.parse().ok())
+}
+
 /// The routing keys binding `queue` to `exchange`, read back from the broker.
 pub fn binding_keys(exchange: &str, queue: &str) -> Vec<String> {
     let listing = rabbitmqctl(&[

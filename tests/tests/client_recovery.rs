@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use postage_core::{
     Channel, DeliveryStatus, Envelope, Error, Messenger, Mode, Queue, Request, Target, Transport,
 };
-use postage_tests::{connect, rabbitmqctl, unique};
+use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -162,14 +162,7 @@ async fn the_messenger_sends_and_receives_again_after_the_connection_is_lost() {
         [("after".to_owned(), false), ("unsettled".to_owned(), true)]
     );
     // One consumer on the queue, as before the loss: none stacked.
-    let consumers = rabbitmqctl(&["list_queues", "name", "consumers"])
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(&format!("{queue}\t"))?
-                .parse::<u32>()
-                .ok()
-        });
-    assert_eq!(consumers, Some(1));
+    assert_eq!(consumers_of(&queue), Some(1));
     assert!(messenger.get().is_none(), "nothing else arrived");
 
     messenger.stop().await.unwrap();

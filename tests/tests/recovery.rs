@@ -14,7 +14,7 @@ use postage_app::GenericApplication;
 use postage_core::{
     Connection, Exchange, Fingerprint, Processor, Producer, Queue, Route, RpcOptions, processor,
 };
-use postage_tests::{connect, rabbitmqctl, unique};
+use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 use serde_json::{Value, json};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -90,12 +90,6 @@ async fn wait_handled(counter: &Counter, sent: u64, patience: Duration) -> (usiz
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn consumers_of(queue: &str) -> Option<u32> {
-    rabbitmqctl(&["list_queues", "name", "consumers"])
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{queue}\t"))?.parse().ok())
 }
 
 async fn reliable_producer(connection: &Connection, exchange: Exchange, key: &str) -> Producer {

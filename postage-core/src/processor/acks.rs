@@ -103,7 +103,7 @@ impl Acks {
                 .basic_reject(ticket.tag, BasicRejectOptions { requeue: false })
                 .await;
             if let Err(error) = rejected {
-                tracing::warn!(%error, "reject failed");
+                failed(&channel, "reject", &error);
             }
         }
     }
@@ -150,6 +150,16 @@ impl Acks {
 
 async fn ack(channel: &ChannelLease, tag: u64, multiple: bool) {
     if let Err(error) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-        tracing::warn!(%error, "acknowledgement failed");
+        failed(channel, "acknowledgement", &error);
+    }
+}
+
+/// Logs a settlement that failed: a warning, unless the channel has closed, which the
+/// consumer's recovery sees to (the broker delivers those messages again).
+fn failed(channel: &ChannelLease, what: &str, error: &lapin::Error) {
+    if channel.status().connected() {
+        tracing::warn!(%error, "{what} failed");
+    } else {
+        tracing::debug!(%error, "{what} skipped: the channel closed; the broker delivers the message again");
     }
 }

@@ -1,0 +1,159 @@
+//! A processor whose channel or consumer the broker ends while the connection lives on:
+//! the broker closes the channel after a channel error (here an acknowledgement of an
+//! unknown delivery tag, as a consumer timeout also does), or cancels the consumer because
+//! its queue was deleted. Either way the processor consumes again on a new channel,
+//! without a restart.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postage_core::lapin::options::BasicAckOptions;
+use postage_core::{Error, Exchange, Metadata, Processor, Producer, Queue, processor};
+use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Records each `note` it handles with its redelivered flag; a note that asks for it takes
+/// its time the first time it is delivered.
+struct Notes {
+    seen: Mutex<Vec<(String, bool)>>,
+}
+
+#[processor]
+impl Notes {
+    #[message_handler("command", "note")]
+    async fn note(&self, text: String, metadata: &Metadata) {
+        if text.starts_with("slow") && !metadata.redelivered {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        self.seen.lock().unwrap().push((text, metadata.redelivered));
+    }
+}
+
+impl Notes {
+    fn new() -> Self {
+        Self {
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits until `text` was handled; returns each time it was, with its redelivered flag.
+    async fn handled(&self, text: &str) -> Vec<bool> {
+        let start = Instant::now();
+        loop {
+            let times: Vec<bool> = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(t, _)| t == text)
+                .map(|(_, redelivered)| *redelivered)
+                .collect();
+            if !times.is_empty() || start.elapsed() > PATIENCE {
+                return times;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends a note, again while no queue takes it (its queue is being declared again).
+async fn send(producer: &Producer, text: &str) {
+    let start = Instant::now();
+    loop {
+        match producer.command("note", text).await {
+            Ok(()) => return,
+            Err(Error::Unroutable { .. }) if start.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("sending {text:?}: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_closed_by_the_broker_is_replaced_and_serving_goes_on() {
+    let connection = connect().await;
+    let exchange = Exchange::named(unique("timeout"));
+    let queue = unique("timeout-q");
+    let processor = Processor::builder(&connection, Notes::new())
+        .bind(exchange.clone(), Queue::new(queue.clone()), "note")
+        .build()
+        .await
+        .unwrap();
+    let notes = std::sync::Arc::clone(processor.state());
+    let channel = processor.consumer().channel();
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let producer = Producer::builder(&connection)
+        .destination(exchange, "note")
+        .reliable(true)
+        .build()
+        .await
+        .unwrap();
+    let generation = connection.generation();
+
+    // While "slow" is handled (4 s), the broker closes the channel (PRECONDITION_FAILED,
+    // unknown delivery tag) and puts the message back in the queue.
+    send(&producer, "slow").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = channel.basic_ack(424_242, BasicAckOptions::default()).await;
+    let start = Instant::now();
+    while !notes.handled("slow").await.contains(&true) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "handled again on a new channel, marked redelivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(&producer, "after").await;
+    assert_eq!(notes.handled("after").await, [false], "serving goes on");
+    assert_eq!(
+        connection.generation(),
+        generation,
+        "the connection itself was never lost"
+    );
+    assert_eq!(consumers_of(&queue), Some(1), "no consumer stacked");
+
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_deleted_under_a_processor_is_declared_again_and_served() {
+    let connection = connect().await;
+    let exchange = Exchange::named(unique("deleted"));
+    let queue = unique("deleted-q");
+    let processor = Processor::builder(&connection, Notes::new())
+        .bind(exchange.clone(), Queue::new(queue.clone()), "note")
+        .build()
+        .await
+        .unwrap();
+    let notes = std::sync::Arc::clone(processor.state());
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let producer = Producer::builder(&connection)
+        .destination(exchange, "note")
+        .reliable(true)
+        .build()
+        .await
+        .unwrap();
+    send(&producer, "before").await;
+    assert_eq!(notes.handled("before").await, [false]);
+
+    tokio::task::spawn_blocking({
+        let queue = queue.clone();
+        move || rabbitmqctl(&["delete_queue", &queue])
+    })
+    .await
+    .unwrap();
+    // Unroutable until the processor has declared and bound its queue again.
+    send(&producer, "after").await;
+    assert_eq!(notes.handled("after").await, [false], "serving goes on");
+    assert_eq!(consumers_of(&queue), Some(1), "no consumer stacked");
+
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
