@@ -38,6 +38,12 @@ pub struct Binding {
 /// Reads messages from bound queues, one channel per consumer, with a prefetch limit and
 /// explicit acknowledgement of each [`Delivery`].
 ///
+/// It restores itself on a new channel (prefetch, exchanges, queues, bindings and
+/// consumers) when the connection is re-established, and also on a live connection when
+/// the broker closes its channel or cancels one of its consumers (a deleted queue is
+/// declared again). Deliveries received before can no longer be settled
+/// ([`Delivery::ack`] fails): the broker delivers them again.
+///
 /// ```no_run
 /// use postage_core::{Connection, Consumer, Exchange, Queue};
 ///
