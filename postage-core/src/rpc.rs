@@ -90,9 +90,9 @@ struct Waiter {
 pub(crate) struct RpcState {
     settings: RpcSettings,
     waiters: Waiters,
-    /// The `reply_to` address once the answer consumer runs, with the channel it runs on
-    /// (connection generation, channel id): a reopened channel needs a new consumer.
-    reply_to: tokio::sync::Mutex<Option<((u64, u16), ShortString)>>,
+    /// The `reply_to` address once the answer consumer runs, with the serial of the
+    /// channel it runs on: a reopened channel needs a new consumer.
+    reply_to: tokio::sync::Mutex<Option<(u64, ShortString)>>,
     /// The answer consumer; `None` once it ended with its channel.
     answers: tokio::sync::Mutex<Option<lapin::Consumer>>,
     /// Whether `answers` holds a running consumer.
@@ -482,8 +482,8 @@ impl Producer {
     /// running there yet.
     async fn reply_address(&self) -> Result<(ShortString, u64)> {
         let state = self.rpc_state();
-        let (channel, generation) = self.live_channel().await?;
-        let key = (generation, channel.id());
+        let (channel, _) = self.live_channel().await?;
+        let key = channel.serial();
         let mut current = state.reply_to.lock().await;
         if let Some((running, address)) = &*current
             && *running == key

@@ -2,12 +2,14 @@
 //! the broker closes the channel after a channel error (here an acknowledgement of an
 //! unknown delivery tag, as a consumer timeout also does), or cancels the consumer because
 //! its queue was deleted. Either way the processor consumes again on a new channel,
-//! without a restart.
+//! without a restart. A producer whose channel the broker closed reopens it, with its RPC
+//! answer consumer, for the next call.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postage_core::lapin::options::BasicAckOptions;
+use postage_core::lapin::options::{BasicAckOptions, ExchangeDeclareOptions};
+use postage_core::lapin::types::FieldTable;
 use postage_core::{Error, Exchange, Metadata, Processor, Producer, Queue, processor};
 use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 
@@ -27,6 +29,11 @@ impl Notes {
             tokio::time::sleep(Duration::from_secs(4)).await;
         }
         self.seen.lock().unwrap().push((text, metadata.redelivered));
+    }
+
+    #[rpc_handler("command", "echo")]
+    fn echo(&self, text: String) -> String {
+        text
     }
 }
 
@@ -152,6 +159,54 @@ async fn a_queue_deleted_under_a_processor_is_declared_again_and_served() {
     send(&producer, "after").await;
     assert_eq!(notes.handled("after").await, [false], "serving goes on");
     assert_eq!(consumers_of(&queue), Some(1), "no consumer stacked");
+
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_channel_closed_by_the_broker_is_reopened_for_the_next_call() {
+    let connection = connect().await;
+    let exchange = Exchange::named(unique("reopen"));
+    let queue = unique("reopen-q");
+    let processor = Processor::builder(&connection, Notes::new())
+        .bind(exchange.clone(), Queue::new(queue.clone()), "echo")
+        .build()
+        .await
+        .unwrap();
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let producer = Producer::builder(&connection)
+        .destination(exchange, "echo")
+        .build()
+        .await
+        .unwrap();
+    let before: String = producer.call("echo", "before").await.unwrap();
+    assert_eq!(before, "before");
+
+    // A passive declare of an exchange that does not exist: NOT_FOUND closes the channel.
+    let refused = producer
+        .channel()
+        .exchange_declare(
+            unique("missing").as_str().into(),
+            postage_core::lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(refused.is_err());
+    assert!(!producer.channel().status().connected());
+
+    let after: String = tokio::time::timeout(PATIENCE, producer.call("echo", "after"))
+        .await
+        .expect("answered, not left to time out")
+        .unwrap();
+    assert_eq!(after, "after");
+    assert!(producer.channel().status().connected(), "a new channel");
 
     handle.shutdown();
     running.await.unwrap().unwrap();
