@@ -794,8 +794,8 @@ impl Delivery {
     }
 
     /// Acknowledges the message: the broker forgets it. Fails with [`Error::Closed`] when
-    /// the channel it came on has closed since (a lost connection): the broker delivers
-    /// it again.
+    /// the channel it came on has closed since (a lost connection, or closed by the
+    /// broker): the broker delivers it again.
     pub async fn ack(&self) -> Result<()> {
         ack(&self.inner, &self.queue).await
     }

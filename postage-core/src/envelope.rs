@@ -322,7 +322,7 @@ impl Incoming {
 
     /// Acknowledges (accepts) it: the broker forgets it. Fails with
     /// [`Error::Closed`](crate::Error::Closed) when the channel it came on has closed since
-    /// (a lost connection): the broker delivers it again.
+    /// (a lost connection, or closed by the broker): the broker delivers it again.
     pub async fn ack(&self) -> Result<()> {
         consumer::ack(&self.inner, &self.queue).await
     }
