@@ -695,9 +695,11 @@ impl Server {
         &self.private_queue
     }
 
-    /// Handles messages until [`ServerHandle::shutdown`], until the broker cancels its
-    /// consumers, or until the connection is closed, then closes the channel; a lost
-    /// connection is waited for (see [`Connection`]) and serving resumes. `handler` gets each [`Request`]; when the request has a
+    /// Handles messages until [`ServerHandle::shutdown`] or until the connection is
+    /// closed, then closes the channel. A lost connection is waited for (see
+    /// [`Connection`]) and serving resumes on a new channel, as it does when the broker
+    /// closes the channel or cancels a consumer (a deleted queue is declared again).
+    /// `handler` gets each [`Request`]; when the request has a
     /// `reply_to`, its return value is sent there as JSON with the request's
     /// `correlation_id`. A body that is not JSON, or a handler that panics, has the
     /// message rejected and logged, and the server goes on.
@@ -710,8 +712,16 @@ impl Server {
         let mut server = self;
         loop {
             match server.serve_channel(&handler).await? {
-                Ended::Stopped | Ended::Cancelled => break,
-                Ended::Lost => {
+                Ended::Stopped => break,
+                ended => {
+                    if matches!(ended, Ended::Cancelled) {
+                        // Its other consumer would stack on the new channel's.
+                        tracing::warn!(
+                            target = server.target.name(),
+                            "the broker cancelled a consumer (queue deleted?); serving again"
+                        );
+                        server.channel.close().await?;
+                    }
                     let generation =
                         match server.connection.wait_reconnected(server.generation).await {
                             Ok(generation) => generation,
@@ -751,7 +761,12 @@ impl Server {
             Err(error) => return self.lost_or(error),
         };
         let tags = [shared.tag().to_owned(), private.tag().to_owned()];
-        let mut incoming = futures_util::stream::select(shared, private);
+        // Each consumer's end shows as a `None` item: the end of either is the end.
+        let ended = || futures_util::stream::once(std::future::ready(None));
+        let mut incoming = futures_util::stream::select(
+            shared.map(Some).chain(ended()),
+            private.map(Some).chain(ended()),
+        );
         loop {
             let next = tokio::select! {
                 biased;
@@ -765,7 +780,7 @@ impl Server {
                 }
                 next = incoming.next() => next,
             };
-            let outcome = match next {
+            let outcome = match next.flatten() {
                 None if self.channel.lapin().status().connected() => return Ok(Ended::Cancelled),
                 None => return Ok(Ended::Lost),
                 Some(message) => match message {

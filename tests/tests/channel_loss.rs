@@ -2,15 +2,17 @@
 //! the broker closes the channel after a channel error (here an acknowledgement of an
 //! unknown delivery tag, as a consumer timeout also does), or cancels the consumer because
 //! its queue was deleted. Either way the processor consumes again on a new channel,
-//! without a restart. A producer whose channel the broker closed reopens it, with its RPC
-//! answer consumer, for the next call.
+//! without a restart; so does the simple client's server. A producer whose channel the
+//! broker closed reopens it, with its RPC answer consumer, for the next call.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postage_core::lapin::options::{BasicAckOptions, ExchangeDeclareOptions};
 use postage_core::lapin::types::FieldTable;
-use postage_core::{Error, Exchange, Metadata, Processor, Producer, Queue, processor};
+use postage_core::{
+    Error, Exchange, Metadata, Processor, Producer, Queue, Request, Target, Transport, processor,
+};
 use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -210,5 +212,46 @@ async fn a_producer_channel_closed_by_the_broker_is_reopened_for_the_next_call()
 
     handle.shutdown();
     running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &queue]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simple_server_whose_queue_is_deleted_declares_it_again_and_serves() {
+    let connection = connect().await;
+    let transport = Transport::new(&connection).await.unwrap();
+    let queue = unique("server-q");
+    let target = Target::with_queue(Queue::new(queue.clone()));
+    let server = transport.server(&target).await.unwrap();
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve(|request: Request| {
+        let body = request.body().clone();
+        async move { body }
+    }));
+    let before: String = transport.call(&target, &"before").await.unwrap();
+    assert_eq!(before, "before");
+
+    tokio::task::spawn_blocking({
+        let queue = queue.clone();
+        move || rabbitmqctl(&["delete_queue", &queue])
+    })
+    .await
+    .unwrap();
+    // Unroutable until the server has declared its queue again.
+    let start = Instant::now();
+    let after: String = loop {
+        match transport.call(&target, &"after").await {
+            Ok(answer) => break answer,
+            Err(Error::Unroutable { .. }) if start.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("calling after the deletion: {error}"),
+        }
+    };
+    assert_eq!(after, "after");
+    assert_eq!(consumers_of(&queue), Some(1), "no consumer stacked");
+
+    handle.shutdown();
+    serving.await.unwrap().unwrap();
+    transport.close().await.unwrap();
     rabbitmqctl(&["delete_queue", &queue]);
 }
