@@ -5,15 +5,17 @@
 //! without a restart; so does the simple client's server. A producer whose channel the
 //! broker closed reopens it, with its RPC answer consumer, for the next call.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postage_core::lapin::options::{BasicAckOptions, ExchangeDeclareOptions};
 use postage_core::lapin::types::FieldTable;
 use postage_core::{
-    Error, Exchange, Metadata, Processor, Producer, Queue, Request, Target, Transport, processor,
+    Connection, Error, Exchange, Exit, Metadata, Processor, ProcessorHandle, Producer, Queue,
+    Request, RpcOptions, Target, Transport, processor,
 };
 use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
+use tokio::task::JoinHandle;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -80,111 +82,128 @@ async fn send(producer: &Producer, text: &str) {
     }
 }
 
+/// A running processor of [`Notes`] on an exchange and a queue of its own (bound with
+/// both commands' keys), and a reliable producer routed to it.
+struct Served {
+    notes: Arc<Notes>,
+    /// The processor's consumer channel as it was at the start.
+    channel: postage_core::lapin::Channel,
+    handle: ProcessorHandle,
+    running: JoinHandle<postage_core::Result<Exit>>,
+    producer: Producer,
+    queue: String,
+}
+
+impl Served {
+    async fn start(connection: &Connection, prefix: &str) -> Self {
+        let exchange = Exchange::named(unique(prefix));
+        let queue = unique(&format!("{prefix}-q"));
+        let processor = Processor::builder(connection, Notes::new())
+            .bindings(
+                exchange.clone(),
+                [
+                    (Queue::new(queue.clone()), "note"),
+                    (Queue::new(queue.clone()), "echo"),
+                ],
+            )
+            .build()
+            .await
+            .unwrap();
+        let notes = Arc::clone(processor.state());
+        let channel = processor.consumer().channel();
+        let handle = processor.handle();
+        let running = tokio::spawn(processor.run());
+        let producer = Producer::builder(connection)
+            .destination(exchange, "note")
+            .reliable(true)
+            .build()
+            .await
+            .unwrap();
+        Self {
+            notes,
+            channel,
+            handle,
+            running,
+            producer,
+            queue,
+        }
+    }
+
+    async fn stop(self) {
+        self.handle.shutdown();
+        self.running.await.unwrap().unwrap();
+        rabbitmqctl(&["delete_queue", &self.queue]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_channel_closed_by_the_broker_is_replaced_and_serving_goes_on() {
     let connection = connect().await;
-    let exchange = Exchange::named(unique("timeout"));
-    let queue = unique("timeout-q");
-    let processor = Processor::builder(&connection, Notes::new())
-        .bind(exchange.clone(), Queue::new(queue.clone()), "note")
-        .build()
-        .await
-        .unwrap();
-    let notes = std::sync::Arc::clone(processor.state());
-    let channel = processor.consumer().channel();
-    let handle = processor.handle();
-    let running = tokio::spawn(processor.run());
-    let producer = Producer::builder(&connection)
-        .destination(exchange, "note")
-        .reliable(true)
-        .build()
-        .await
-        .unwrap();
+    let served = Served::start(&connection, "closed").await;
     let generation = connection.generation();
 
     // While "slow" is handled (4 s), the broker closes the channel (PRECONDITION_FAILED,
     // unknown delivery tag) and puts the message back in the queue.
-    send(&producer, "slow").await;
+    send(&served.producer, "slow").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = channel.basic_ack(424_242, BasicAckOptions::default()).await;
+    let _ = served
+        .channel
+        .basic_ack(424_242, BasicAckOptions::default())
+        .await;
     let start = Instant::now();
-    while !notes.handled("slow").await.contains(&true) {
+    while !served.notes.handled("slow").await.contains(&true) {
         assert!(
             start.elapsed() < PATIENCE,
             "handled again on a new channel, marked redelivered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    send(&producer, "after").await;
-    assert_eq!(notes.handled("after").await, [false], "serving goes on");
+    send(&served.producer, "after").await;
+    assert_eq!(
+        served.notes.handled("after").await,
+        [false],
+        "serving goes on"
+    );
     assert_eq!(
         connection.generation(),
         generation,
         "the connection itself was never lost"
     );
-    assert_eq!(consumers_of(&queue), Some(1), "no consumer stacked");
-
-    handle.shutdown();
-    running.await.unwrap().unwrap();
-    rabbitmqctl(&["delete_queue", &queue]);
+    assert_eq!(consumers_of(&served.queue), Some(1), "no consumer stacked");
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queue_deleted_under_a_processor_is_declared_again_and_served() {
     let connection = connect().await;
-    let exchange = Exchange::named(unique("deleted"));
-    let queue = unique("deleted-q");
-    let processor = Processor::builder(&connection, Notes::new())
-        .bind(exchange.clone(), Queue::new(queue.clone()), "note")
-        .build()
-        .await
-        .unwrap();
-    let notes = std::sync::Arc::clone(processor.state());
-    let handle = processor.handle();
-    let running = tokio::spawn(processor.run());
-    let producer = Producer::builder(&connection)
-        .destination(exchange, "note")
-        .reliable(true)
-        .build()
-        .await
-        .unwrap();
-    send(&producer, "before").await;
-    assert_eq!(notes.handled("before").await, [false]);
+    let served = Served::start(&connection, "deleted").await;
+    send(&served.producer, "before").await;
+    assert_eq!(served.notes.handled("before").await, [false]);
 
     tokio::task::spawn_blocking({
-        let queue = queue.clone();
+        let queue = served.queue.clone();
         move || rabbitmqctl(&["delete_queue", &queue])
     })
     .await
     .unwrap();
     // Unroutable until the processor has declared and bound its queue again.
-    send(&producer, "after").await;
-    assert_eq!(notes.handled("after").await, [false], "serving goes on");
-    assert_eq!(consumers_of(&queue), Some(1), "no consumer stacked");
-
-    handle.shutdown();
-    running.await.unwrap().unwrap();
-    rabbitmqctl(&["delete_queue", &queue]);
+    send(&served.producer, "after").await;
+    assert_eq!(
+        served.notes.handled("after").await,
+        [false],
+        "serving goes on"
+    );
+    assert_eq!(consumers_of(&served.queue), Some(1), "no consumer stacked");
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_channel_closed_by_the_broker_is_reopened_for_the_next_call() {
     let connection = connect().await;
-    let exchange = Exchange::named(unique("reopen"));
-    let queue = unique("reopen-q");
-    let processor = Processor::builder(&connection, Notes::new())
-        .bind(exchange.clone(), Queue::new(queue.clone()), "echo")
-        .build()
-        .await
-        .unwrap();
-    let handle = processor.handle();
-    let running = tokio::spawn(processor.run());
-    let producer = Producer::builder(&connection)
-        .destination(exchange, "echo")
-        .build()
-        .await
-        .unwrap();
-    let before: String = producer.call("echo", "before").await.unwrap();
+    let served = Served::start(&connection, "reopen").await;
+    let producer = &served.producer;
+    let echo = || RpcOptions::new().key("echo");
+    let before: String = producer.call_with("echo", "before", echo()).await.unwrap();
     assert_eq!(before, "before");
 
     // A passive declare of an exchange that does not exist: NOT_FOUND closes the channel.
@@ -203,16 +222,13 @@ async fn a_producer_channel_closed_by_the_broker_is_reopened_for_the_next_call()
     assert!(refused.is_err());
     assert!(!producer.channel().status().connected());
 
-    let after: String = tokio::time::timeout(PATIENCE, producer.call("echo", "after"))
+    let after: String = tokio::time::timeout(PATIENCE, producer.call_with("echo", "after", echo()))
         .await
         .expect("answered, not left to time out")
         .unwrap();
     assert_eq!(after, "after");
     assert!(producer.channel().status().connected(), "a new channel");
-
-    handle.shutdown();
-    running.await.unwrap().unwrap();
-    rabbitmqctl(&["delete_queue", &queue]);
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

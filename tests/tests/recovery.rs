@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use postage_app::GenericApplication;
 use postage_core::{
-    Connection, Exchange, Fingerprint, Processor, Producer, Queue, Route, RpcOptions, processor,
+    Connection, Exchange, Exit, Fingerprint, Processor, ProcessorHandle, Producer, Queue, Route,
+    RpcOptions, processor,
 };
 use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 use serde_json::{Value, json};
@@ -321,14 +322,21 @@ async fn broker_restart_during_ten_thousand_confirmed_messages_loses_nothing() {
     rabbitmqctl(&["delete_queue", &queue]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_rpc_in_flight_when_the_connection_drops_is_answered_never_hangs() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let (serving, calling) = (connect().await, connect().await);
-    let exchange = Exchange::named(unique("inflight"));
-    let queue = unique("inflight-q");
+/// A running [`Counter`] processor on an exchange and queue of its own, bound with key
+/// `rpc`; returns them with its handle and task.
+async fn serve_rpc(
+    connection: &Connection,
+    prefix: &str,
+) -> (
+    Exchange,
+    String,
+    ProcessorHandle,
+    tokio::task::JoinHandle<postage_core::Result<Exit>>,
+) {
+    let exchange = Exchange::named(unique(prefix));
+    let queue = unique(&format!("{prefix}-q"));
     let processor = Processor::builder(
-        &serving,
+        connection,
         Counter {
             seen: Mutex::new(Vec::new()),
         },
@@ -338,7 +346,14 @@ async fn an_rpc_in_flight_when_the_connection_drops_is_answered_never_hangs() {
     .await
     .unwrap();
     let handle = processor.handle();
-    let running = tokio::spawn(processor.run());
+    (exchange, queue, handle, tokio::spawn(processor.run()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rpc_in_flight_when_the_connection_drops_is_answered_never_hangs() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (serving, calling) = (connect().await, connect().await);
+    let (exchange, queue, handle, running) = serve_rpc(&serving, "inflight").await;
     let producer = reliable_producer(&calling, exchange, "rpc").await;
     let started = Instant::now();
     let call = tokio::spawn({
@@ -368,20 +383,7 @@ async fn an_rpc_in_flight_when_the_connection_drops_is_answered_never_hangs() {
 async fn a_deferred_call_nobody_awaits_across_a_drop_is_sent_again_without_its_timeout() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (serving, calling) = (connect().await, connect().await);
-    let exchange = Exchange::named(unique("deferred"));
-    let queue = unique("deferred-q");
-    let processor = Processor::builder(
-        &serving,
-        Counter {
-            seen: Mutex::new(Vec::new()),
-        },
-    )
-    .bind(exchange.clone(), Queue::new(queue.clone()), "rpc")
-    .build()
-    .await
-    .unwrap();
-    let handle = processor.handle();
-    let running = tokio::spawn(processor.run());
+    let (exchange, queue, handle, running) = serve_rpc(&serving, "deferred").await;
     // One retry after a long timeout: were the call sent again only when its attempt timed
     // out, its answer would take 20 s.
     let producer = Producer::builder(&calling)
