@@ -75,8 +75,7 @@ type Waiters = Arc<Mutex<HashMap<String, Waiter>>>;
 /// A call waiting for its answer.
 #[derive(Debug)]
 struct Waiter {
-    /// The answer consumer (its [`RpcState::epoch`]) the call was last sent for; 0 until
-    /// it is sent.
+    /// The answer consumer (its [`RpcState::epoch`]) the call was last sent for.
     epoch: u64,
     answer: oneshot::Sender<Vec<u8>>,
 }
@@ -251,10 +250,8 @@ impl Producer {
             state.prefix,
             state.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let (answer, receiver) = oneshot::channel();
-        if let Ok(mut waiters) = state.waiters.lock() {
-            waiters.insert(id.clone(), Waiter { epoch: 0, answer });
-        }
+        // Registered for its answer by `send`.
+        let (_, receiver) = oneshot::channel();
         let timeout = options.timeout.unwrap_or(state.settings.timeout);
         let mut call = PendingCall {
             producer: self.clone(),
@@ -296,8 +293,11 @@ pub struct PendingCall {
 }
 
 impl PendingCall {
+    /// Sends the call (again), waiting for its answer on the producer's answer consumer.
     async fn send(&mut self) -> Result<()> {
         let (reply_to, epoch) = self.producer.reply_address().await?;
+        self.epoch = epoch;
+        self.wait_again();
         let properties = self
             .producer
             .properties()
@@ -307,16 +307,13 @@ impl PendingCall {
             .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
             .await?;
         self.deadline = tokio::time::Instant::now() + self.timeout;
-        self.epoch = epoch;
         let state = self.producer.rpc_state();
-        if let Ok(mut waiters) = state.waiters.lock() {
-            // Replaced while this was sent: its answer cannot come, so the waiter goes
-            // and the call is sent again when awaited.
-            if state.epoch.load(Ordering::SeqCst) != epoch {
-                waiters.remove(&self.correlation_id);
-            } else if let Some(waiter) = waiters.get_mut(&self.correlation_id) {
-                waiter.epoch = epoch;
-            }
+        // Replaced while this was sent: its answer cannot come, so the waiter goes and
+        // the call is sent again when awaited.
+        if state.epoch.load(Ordering::SeqCst) != epoch
+            && let Ok(mut waiters) = state.waiters.lock()
+        {
+            waiters.remove(&self.correlation_id);
         }
         Ok(())
     }
@@ -380,7 +377,6 @@ impl PendingCall {
                 Ok(Err(_)) if self.attempts <= self.max_retry => {
                     tracing::debug!(command = %self.command, attempts = self.attempts, "RPC answer consumer lost; sending again");
                     self.attempts += 1;
-                    self.wait_again();
                     self.send().await?;
                 }
                 Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
@@ -454,7 +450,7 @@ impl PendingCall {
         }
     }
 
-    /// Registers the call again for its next answer.
+    /// Registers the call for its next answer, as sent for the consumer of `self.epoch`.
     fn wait_again(&mut self) {
         let (answer, receiver) = oneshot::channel();
         let waiter = Waiter {
@@ -500,7 +496,7 @@ impl Producer {
         // Calls sent for the consumer replaced wait in vain, even those nobody awaits
         // now (`rpc_deferred`): dropping their waiters has them sent again when awaited.
         if let Ok(mut waiters) = state.waiters.lock() {
-            waiters.retain(|_, waiter| waiter.epoch == 0);
+            waiters.retain(|_, waiter| waiter.epoch >= epoch);
         }
         *current = Some((key, address.clone()));
         Ok((address, epoch))
