@@ -129,6 +129,17 @@ impl Served {
         }
     }
 
+    /// Checks that a note sent now is handled once, by the one consumer of the queue.
+    async fn serves_on(&self) {
+        send(&self.producer, "after").await;
+        assert_eq!(
+            self.notes.handled("after").await,
+            [false],
+            "serving goes on"
+        );
+        assert_eq!(consumers_of(&self.queue), Some(1), "no consumer stacked");
+    }
+
     async fn stop(self) {
         self.handle.shutdown();
         self.running.await.unwrap().unwrap();
@@ -158,18 +169,12 @@ async fn a_channel_closed_by_the_broker_is_replaced_and_serving_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    send(&served.producer, "after").await;
-    assert_eq!(
-        served.notes.handled("after").await,
-        [false],
-        "serving goes on"
-    );
+    served.serves_on().await;
     assert_eq!(
         connection.generation(),
         generation,
         "the connection itself was never lost"
     );
-    assert_eq!(consumers_of(&served.queue), Some(1), "no consumer stacked");
     served.stop().await;
 }
 
@@ -187,13 +192,7 @@ async fn a_queue_deleted_under_a_processor_is_declared_again_and_served() {
     .await
     .unwrap();
     // Unroutable until the processor has declared and bound its queue again.
-    send(&served.producer, "after").await;
-    assert_eq!(
-        served.notes.handled("after").await,
-        [false],
-        "serving goes on"
-    );
-    assert_eq!(consumers_of(&served.queue), Some(1), "no consumer stacked");
+    served.serves_on().await;
     served.stop().await;
 }
 
