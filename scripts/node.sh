@@ -1,30 +1,115 @@
 #!/usr/bin/env bash
-# Start or stop an extra RabbitMQ node of the tests' own, beside the main one, with its own
-# name, ports, data and (optionally) configuration file:
+# Start, stop or run rabbitmqctl against a RabbitMQ node of the project's own, with its own
+# name, ports, data and (optionally) configuration file, on either broker the project
+# tests against:
 #
-#   scripts/node.sh start NAME AMQP_PORT DIST_PORT [CONFIG_FILE]
-#   scripts/node.sh stop NAME
+#   scripts/node.sh [--rabbitmq 3|4] start NAME AMQP_PORT DIST_PORT [CONFIG_FILE]
+#   scripts/node.sh [--rabbitmq 3|4] stop NAME
+#   scripts/node.sh [--rabbitmq 3|4] ctl NAME ARGS...     (rabbitmqctl -q -n NAME@localhost ARGS)
 #
 # NAME is the short node name (the node is NAME@localhost). Data and logs live under
-# /tmp/postage-nodes/NAME and are wiped at each start.
+# /tmp/postage-nodes/NAME and are wiped at each start; the node writes its Erlang VM's pid
+# to /tmp/postage-nodes/NAME/pid.
+#
+# --rabbitmq 3 (the default, or POSTAGE_RABBITMQ=3): Debian 12's rabbitmq-server (3.10),
+# installed when missing. --rabbitmq 4 (or POSTAGE_RABBITMQ=4): Debian 13's (4.0), which
+# needs a newer libc than Debian 12's, so it runs in a Debian 13 root made with debootstrap
+# (POSTAGE_RABBITMQ4_ROOT, default /var/tmp/postage-rabbitmq4; about a minute the first
+# time), sharing the host's loopback, /tmp, /proc and /dev, with an Erlang port mapper of
+# its own (port 4370). RabbitMQ 4 nodes get RabbitMQ 4.3's default denials
+# (transient non-exclusive queues refused) unless POSTAGE_RABBITMQ_PERMIT_DEPRECATED=1.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+version=${POSTAGE_RABBITMQ:-3}
+if [ "${1:-}" = --rabbitmq ]; then
+  version=$2
+  shift 2
+fi
+root=${POSTAGE_RABBITMQ4_ROOT:-/var/tmp/postage-rabbitmq4}
+epmd_port=4370
+
+# Installs the broker of $version when it is missing.
+install() {
+  case $version in
+    3)
+      command -v rabbitmq-server >/dev/null 2>&1 && return
+      echo "node: installing rabbitmq-server (Debian 12 package)" >&2
+      # No init system runs here: keep the package scripts from starting a service.
+      printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+      as_root chmod +x /usr/sbin/policy-rc.d
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+      as_root rm -f /usr/sbin/policy-rc.d
+      ;;
+    4)
+      if [ ! -x "$root/usr/sbin/rabbitmq-server" ]; then
+        if ! command -v debootstrap >/dev/null 2>&1; then
+          as_root apt-get update -qq
+          as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+        fi
+        echo "node: building a Debian 13 root with rabbitmq-server in $root" >&2
+        as_root rm -rf "$root.partial"
+        as_root debootstrap --variant=minbase --include=rabbitmq-server trixie "$root.partial" \
+          http://deb.debian.org/debian >"/tmp/postage-debootstrap.log" 2>&1 ||
+          { tail -20 /tmp/postage-debootstrap.log >&2; exit 1; }
+        as_root mv "$root.partial" "$root"
+      fi
+      for dir in proc dev tmp; do
+        mountpoint -q "$root/$dir" || as_root mount --bind "/$dir" "$root/$dir"
+      done
+      ;;
+    *)
+      echo "node: --rabbitmq takes 3 or 4, not $version" >&2
+      exit 2
+      ;;
+  esac
+}
+
+# Runs a RabbitMQ command ($1) of $version's installation with the rest as arguments.
+run() {
+  local command=$1
+  shift
+  if [ "$version" = 4 ]; then
+    as_root chroot "$root" env ERL_EPMD_PORT=$epmd_port ERL_EPMD_ADDRESS=127.0.0.1 "$command" "$@"
+  else
+    as_root env ERL_EPMD_ADDRESS=127.0.0.1 "$command" "$@"
+  fi
+}
 
 action=$1
 name=$2
 node="$name@localhost"
 base="/tmp/postage-nodes/$name"
+mkdir -p /tmp/postage-nodes
+# Tests start nodes in parallel: one installs (and mounts) at a time.
+(
+  flock 9
+  install
+) 9>/tmp/postage-nodes/.install.lock
 
-if [ "$action" = stop ]; then
-  as_root rabbitmqctl -q -n "$node" stop >/dev/null 2>&1 || true
-  exit 0
-fi
+case $action in
+  stop)
+    run rabbitmqctl -q -n "$node" stop >/dev/null 2>&1 || true
+    exit 0
+    ;;
+  ctl)
+    shift 2
+    run rabbitmqctl -q -n "$node" "$@"
+    exit
+    ;;
+  start) ;;
+  *)
+    echo "node: unknown action $action (start, stop, ctl)" >&2
+    exit 2
+    ;;
+esac
 
 port=$3
 dist=$4
 config=${5:-}
-as_root rabbitmqctl -q -n "$node" stop >/dev/null 2>&1 || true
+run rabbitmqctl -q -n "$node" stop >/dev/null 2>&1 || true
 as_root rm -rf "$base"
 as_root mkdir -p "$base/mnesia" "$base/log"
 printf '[].\n' | as_root tee "$base/enabled_plugins" >/dev/null
@@ -33,15 +118,20 @@ if [ -n "$config" ]; then
 else
   : | as_root tee "$base/rabbitmq.conf" >/dev/null
 fi
-as_root chown -R rabbitmq:rabbitmq "$base" 2>/dev/null || true
-as_root env RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-  RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT="$dist" ERL_EPMD_ADDRESS=127.0.0.1 \
+if [ "$version" = 4 ] && [ "${POSTAGE_RABBITMQ_PERMIT_DEPRECATED:-0}" != 1 ]; then
+  # What RabbitMQ 4.3 ships: transient non-exclusive queues are refused.
+  echo 'deprecated_features.permit.transient_nonexcl_queues = false' |
+    as_root tee -a "$base/rabbitmq.conf" >/dev/null
+fi
+run chown -R rabbitmq:rabbitmq "$base" 2>/dev/null || true
+run env RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+  RABBITMQ_NODE_PORT="$port" RABBITMQ_DIST_PORT="$dist" \
   RABBITMQ_MNESIA_BASE="$base/mnesia" RABBITMQ_LOG_BASE="$base/log" \
   RABBITMQ_CONFIG_FILE="$base/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" \
   RABBITMQ_PID_FILE="$base/pid" \
   rabbitmq-server -detached
 for _ in $(seq 1 120); do
-  if as_root rabbitmqctl -q -n "$node" await_startup --timeout 2 >/dev/null 2>&1; then
+  if run rabbitmqctl -q -n "$node" await_startup --timeout 2 >/dev/null 2>&1; then
     exit 0
   fi
   sleep 0.5

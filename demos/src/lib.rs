@@ -24,11 +24,32 @@ producer_api! {
     }
 }
 
-/// Logs to stderr (`RUST_LOG`, default `warn`) and connects with the `POSTAGE_*` settings.
+/// Why a demo stopped: what its `main` returns on an error, so the program ends with
+/// exit code 1 and one readable line on stderr, `Error: ` and the error's text, never a
+/// `Debug` dump.
+pub struct Failure(Box<dyn std::error::Error + Send + Sync>);
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self(Box::new(error))
+    }
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The broker's words may span lines; the error stays on one.
+        let text = self.0.to_string();
+        f.write_str(&text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// Logs to stderr (`RUST_LOG`, default `warn`, without the AMQP client's own lines: postage
+/// reports what they would say) and connects with the `POSTAGE_*` settings.
 pub async fn connect() -> postage_core::Result<Connection> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,lapin=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -99,9 +99,13 @@ impl Channel {
     }
 
     /// Declares `queue` and returns its name: the broker's choice (`amq.gen-...`) when
-    /// the name is empty.
+    /// the name is empty. Declared in the connection's [`QueueShape`].
+    ///
+    /// [`QueueShape`]: crate::QueueShape
     pub async fn declare_queue(&self, queue: &Queue) -> Result<String> {
-        queue.declare(&self.inner.amqp).await
+        queue
+            .declare(&self.inner.amqp, self.inner.connection.queue_shape())
+            .await
     }
 
     /// Deletes `queue` and returns how many messages it held.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::queue::QueueShape;
 
 /// The broker's default AMQP port.
 pub const DEFAULT_PORT: u16 = 5672;
@@ -95,6 +96,10 @@ pub struct Config {
     /// PEM files for TLS: the CA that signs the broker's certificate (default: the
     /// system's roots) and a client certificate and key, for brokers that ask for one.
     pub tls_files: TlsFiles,
+    /// How queues are declared that Postage's wire contract makes transient and shared
+    /// (`POSTAGE_QUEUE_SHAPE`): `None` (the default, `auto`) asks each broker when
+    /// connecting, on a connection of its own, whether it accepts them.
+    pub queue_shape: Option<QueueShape>,
 }
 
 /// PEM files for TLS connections (`amqps`). The broker's certificate is always verified.
@@ -123,6 +128,7 @@ impl Default for Config {
             connection_timeout: Duration::from_secs(5),
             debug: false,
             tls_files: TlsFiles::default(),
+            queue_shape: None,
         }
     }
 }
@@ -133,7 +139,9 @@ impl Config {
     /// (comma-separated `host[:port]` list), `POSTAGE_PORT`, `POSTAGE_VHOST`,
     /// `POSTAGE_USER` (or the deprecated `POSTAGE_RMQ_USER`), `POSTAGE_PASSWORD` (or
     /// `POSTAGE_RMQ_PASSWORD`), `POSTAGE_HEARTBEAT` (seconds) and `POSTAGE_DEBUG_MODE`
-    /// overrides what the URL said. A wrong value is an error naming the variable.
+    /// overrides what the URL said; `POSTAGE_QUEUE_SHAPE` (`auto`, `transient` or
+    /// `durable`, see [`QueueShape`]) and `POSTAGE_TLS_*` are read too. A wrong value is an
+    /// error naming the variable.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -170,6 +178,9 @@ impl Config {
         }
         if let Some(debug) = lookup("POSTAGE_DEBUG_MODE") {
             config.debug = parse_flag(&debug, "POSTAGE_DEBUG_MODE")?;
+        }
+        if let Some(shape) = lookup("POSTAGE_QUEUE_SHAPE") {
+            config.queue_shape = QueueShape::parse_setting(&shape, "POSTAGE_QUEUE_SHAPE")?;
         }
         config.tls_files = TlsFiles {
             ca: lookup("POSTAGE_TLS_CA").map(PathBuf::from),
@@ -236,6 +247,7 @@ impl Config {
                     })?;
                     config.connection_timeout = Duration::from_millis(ms);
                 }
+                "queue_shape" => config.queue_shape = QueueShape::parse_setting(&value, setting)?,
                 other => {
                     return Err(Error::config(
                         setting,

@@ -2,17 +2,20 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{ConnectionProperties, ErrorKind};
 
 use crate::config::{Config, Host};
 use crate::error::{Error, Result};
+use crate::queue::QueueShape;
 
 /// A connection to the first broker of [`Config::hosts`] that accepts the login, kept
 /// alive: when it is lost (network cut, broker restart, node loss, closed by the broker,
@@ -37,11 +40,12 @@ struct Inner {
     closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-/// The live AMQP connection and the host it reached.
+/// The live AMQP connection, the host it reached and how queues are declared there.
 #[derive(Debug, Clone)]
 struct Link {
     amqp: Arc<lapin::Connection>,
     host: Host,
+    shape: QueueShape,
 }
 
 impl Connection {
@@ -154,6 +158,13 @@ impl Connection {
         self.link().host
     }
 
+    /// How queues are declared on the broker this connection reaches now: what
+    /// [`Config::queue_shape`] says, else what the broker was found to accept when the
+    /// connection was made.
+    pub fn queue_shape(&self) -> QueueShape {
+        self.link().shape
+    }
+
     /// The live lapin connection, for anything postage does not wrap.
     pub fn lapin(&self) -> Arc<lapin::Connection> {
         self.link().amqp
@@ -189,68 +200,163 @@ impl Connection {
 }
 
 /// Tries every host in turn, each for at most [`Config::connection_timeout`]; a refused
-/// login stops at once.
+/// login or virtual host stops at once.
 async fn dial(config: &Config) -> Result<Link> {
     let mut attempts = Vec::new();
     for host in &config.hosts {
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name().into());
-        // lapin bounds neither the TCP connect nor the AMQP handshake: a frozen broker (its
-        // kernel still accepts connections) would hold the dial, and every host after it,
-        // forever.
-        let attempt = if config.tls {
-            let runtime = lapin::runtime::default_runtime()
-                .map_err(Error::amqp("starting the TLS runtime"))?;
-            let tls = config.tls_config()?;
-            tokio::time::timeout(
-                config.connection_timeout,
-                lapin::Connection::connect_uri_with_config(
-                    config.amqp_uri(host),
-                    properties,
-                    tls,
-                    runtime,
-                ),
-            )
-            .await
-        } else {
-            tokio::time::timeout(
-                config.connection_timeout,
-                lapin::Connection::connect_uri(config.amqp_uri(host), properties),
-            )
-            .await
-        };
-        let Ok(attempt) = attempt else {
-            tracing::debug!(host = %host, timeout = ?config.connection_timeout, "RabbitMQ host did not answer in time");
-            attempts.push(format!(
-                "{host}: no answer within {:?}",
-                config.connection_timeout
-            ));
-            continue;
+        let name = connection_name();
+        let attempt = match config.queue_shape {
+            Some(shape) => open(config, host, &name).await.map(|amqp| (amqp, shape)),
+            // Asked beside the connection itself, so it costs no extra time.
+            None => {
+                let (amqp, shape) = tokio::join!(open(config, host, &name), probe_shape(config, host));
+                amqp.map(|amqp| (amqp, shape))
+            }
         };
         match attempt {
-            Ok(amqp) => {
-                tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
+            Ok((amqp, shape)) => {
+                tracing::debug!(host = %host, vhost = %config.vhost, ?shape, "connected to RabbitMQ");
                 return Ok(Link {
                     amqp: Arc::new(amqp),
                     host: host.clone(),
+                    shape,
                 });
             }
-            Err(error) if is_access_refused(&error) => {
-                return Err(Error::AccessRefused {
-                    user: config.user.clone(),
-                    vhost: config.vhost.clone(),
-                    host: host.to_string(),
-                });
-            }
-            Err(error) => {
-                tracing::debug!(host = %host, %error, "RabbitMQ host did not accept the connection");
-                attempts.push(format!("{host}: {error}"));
+            Err(Refusal::Final(error)) => return Err(error),
+            Err(Refusal::Next(reason)) => {
+                tracing::debug!(host = %host, %reason, "RabbitMQ host did not accept the connection");
+                attempts.push(format!("{host}: {reason}"));
             }
         }
     }
     Err(Error::ConnectionFailed {
         attempts: attempts.join("; "),
     })
+}
+
+/// Why one host was not connected to: a refusal that another host would repeat (login,
+/// virtual host), or a reason to try the next.
+enum Refusal {
+    Final(Error),
+    Next(String),
+}
+
+/// Opens one AMQP connection to `host`, within [`Config::connection_timeout`].
+async fn open(config: &Config, host: &Host, name: &str) -> Result<lapin::Connection, Refusal> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let tls = if config.tls {
+        config.tls_config().map_err(Refusal::Final)?
+    } else {
+        lapin::tcp::OwnedTLSConfig::default()
+    };
+    let runtime = lapin_runtime().map_err(Refusal::Final)?;
+    // lapin bounds neither the TCP connect nor the AMQP handshake: a frozen broker (its
+    // kernel still accepts connections) would hold the dial, and every host after it,
+    // forever.
+    let connect =
+        lapin::Connection::connect_uri_with_config(config.amqp_uri(host), properties, tls, runtime);
+    match tokio::time::timeout(config.connection_timeout, connect).await {
+        Err(_) => Err(Refusal::Next(format!(
+            "no answer within {:?}",
+            config.connection_timeout
+        ))),
+        Ok(Ok(amqp)) => Ok(amqp),
+        Ok(Err(error)) => Err(refusal(config, host, &error)),
+    }
+}
+
+/// Sorts a failed connection attempt: a refused login or virtual host is final.
+fn refusal(config: &Config, host: &Host, error: &lapin::Error) -> Refusal {
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return Refusal::Next(error.to_string());
+    };
+    match amqp.kind() {
+        AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Refusal::Final(Error::AccessRefused {
+            user: config.user.clone(),
+            vhost: config.vhost.clone(),
+            host: host.to_string(),
+        }),
+        AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Refusal::Final(Error::VhostRefused {
+            vhost: config.vhost.clone(),
+            user: config.user.clone(),
+            host: host.to_string(),
+            reason: amqp
+                .get_message()
+                .as_str()
+                .trim_start_matches("NOT_ALLOWED - ")
+                .to_owned(),
+        }),
+        _ => Refusal::Next(error.to_string()),
+    }
+}
+
+/// Whether the broker at `host` accepts a transient non-exclusive queue, asked on a
+/// connection of its own: a broker that refuses one closes the whole connection, which
+/// must not be the user's. When the question cannot be asked (the probe fails for any
+/// other reason) the wire contract's shape is kept, and a refused declaration later says
+/// which setting to change.
+async fn probe_shape(config: &Config, host: &Host) -> QueueShape {
+    let name = format!("{} queue shape probe", connection_name());
+    let Ok(probe) = open(config, host, &name).await else {
+        return QueueShape::Transient;
+    };
+    let asked = async {
+        let channel = probe.create_channel().await?;
+        let mut arguments = FieldTable::default();
+        // Gone by itself should the delete below never arrive.
+        arguments.insert("x-expires".into(), AMQPValue::LongInt(10_000));
+        let options = QueueDeclareOptions {
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel.queue_declare("".into(), options, arguments).await?;
+        channel
+            .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
+            .await?;
+        Ok::<_, lapin::Error>(())
+    };
+    let shape = match tokio::time::timeout(config.connection_timeout, asked).await {
+        Ok(Ok(())) => QueueShape::Transient,
+        Ok(Err(error)) if is_deprecated_feature(&error) => QueueShape::Durable,
+        Ok(Err(error)) => {
+            tracing::debug!(host = %host, %error, "could not ask the broker for its queue shape");
+            QueueShape::Transient
+        }
+        Err(_) => QueueShape::Transient,
+    };
+    if probe.status().connected() {
+        let _ = probe.close(200, "postage: queue shape probe".into()).await;
+    }
+    shape
+}
+
+/// The broker's answer to a use of a feature it was told to deny.
+fn is_deprecated_feature(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))
+            && e.get_message().as_str().contains("is deprecated"))
+}
+
+/// The runtime lapin runs its connections' tasks on: postage's own, one worker thread,
+/// made once and never shut down. On the application's runtime, a lapin I/O thread that
+/// was (re)connecting or closing when that runtime shut down (an error exit from `main`,
+/// a restart) found its task cancelled and panicked, printing a backtrace.
+fn lapin_runtime() -> Result<async_rs::TokioRuntime> {
+    static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("postage-lapin")
+            .enable_all()
+            .build()
+    });
+    match runtime {
+        Ok(runtime) => Ok(async_rs::Runtime::tokio_with_handle(runtime.handle().clone())),
+        Err(error) => Err(Error::config(
+            "runtime",
+            format!("cannot start the runtime for lapin's connections: {error}"),
+        )),
+    }
 }
 
 /// A connection's event stream.
@@ -359,11 +465,6 @@ impl Drop for ChannelLease {
             tasks.push(task);
         }
     }
-}
-
-fn is_access_refused(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(e)
-        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
 /// `program (pid N)`, shown in the broker's connection list.

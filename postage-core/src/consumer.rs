@@ -15,6 +15,7 @@ use lapin::types::FieldTable;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::{ChannelLease, Connection};
+use crate::queue::QueueShape;
 use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
@@ -322,6 +323,7 @@ impl ConsumerHandle {
             queue,
             queue.name(),
             routing_key,
+            self.inner.connection.queue_shape(),
         )
         .await?;
         let consuming = self.inner.consuming.lock().is_ok_and(|c| c.is_some());
@@ -581,6 +583,7 @@ impl ConsumerHandle {
                 &binding.queue,
                 &wanted,
                 &binding.routing_key,
+                self.inner.connection.queue_shape(),
             )
             .await?;
             renamed.insert(queue_name, name.clone());
@@ -656,16 +659,17 @@ impl Ending {
 }
 
 /// Declares `exchange` and `queue` (under `name`; empty for a server-named one) and binds
-/// them; returns the queue's actual name.
+/// them, the queue in `shape`; returns the queue's actual name.
 async fn declare_and_bind(
     channel: &lapin::Channel,
     exchange: &Exchange,
     queue: &Queue,
     name: &str,
     routing_key: &str,
+    shape: QueueShape,
 ) -> Result<String> {
     exchange.declare(channel).await?;
-    let name = queue.renamed(name).declare(channel).await?;
+    let name = queue.renamed(name).declare(channel, shape).await?;
     // The default exchange reaches every queue by its name and takes no bindings.
     if exchange.name().is_empty() {
         if !routing_key.is_empty() && routing_key != name {

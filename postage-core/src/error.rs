@@ -22,7 +22,9 @@ pub enum Error {
         attempts: String,
     },
     /// The broker refused the user name or password.
-    #[error("RabbitMQ refused the login of user {user:?} on virtual host {vhost:?} at {host}")]
+    #[error(
+        "RabbitMQ refused the login of user {user:?} on virtual host {vhost:?} at {host} (POSTAGE_USER, POSTAGE_PASSWORD)"
+    )]
     AccessRefused {
         /// The user name that was refused.
         user: String,
@@ -30,6 +32,20 @@ pub enum Error {
         vhost: String,
         /// The `host:port` that refused.
         host: String,
+    },
+    /// The broker refused the virtual host: it does not exist, or the user may not use it.
+    #[error(
+        "RabbitMQ at {host} refused virtual host {vhost:?} (POSTAGE_VHOST) for user {user:?}: {reason}"
+    )]
+    VhostRefused {
+        /// The virtual host asked for.
+        vhost: String,
+        /// The user name.
+        user: String,
+        /// The `host:port` that refused.
+        host: String,
+        /// The broker's words.
+        reason: String,
     },
     /// An AMQP operation failed on an open connection.
     #[error("{operation} failed: {source}")]
@@ -39,6 +55,14 @@ pub enum Error {
         /// The client library's error.
         #[source]
         source: lapin::Error,
+    },
+    /// The broker refused to declare a queue: its shape, flags or permissions.
+    #[error("RabbitMQ refused to declare queue {queue:?}: {reason}")]
+    QueueRefused {
+        /// The queue's name (empty for a server-named one).
+        queue: String,
+        /// Why, and what to change.
+        reason: String,
     },
     /// A body that is not a Postage message.
     #[error("malformed message: {0}")]

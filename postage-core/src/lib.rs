@@ -77,7 +77,7 @@ pub use processor::{
     ProcessorHandle,
 };
 pub use producer::{Producer, ProducerBuilder, Route};
-pub use queue::Queue;
+pub use queue::{Queue, QueueShape};
 pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
 pub use tracker::{DeliveryStatus, Tracker};
 

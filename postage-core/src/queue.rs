@@ -1,14 +1,64 @@
-//! Queues: where a consumer reads from, with their declaration flags.
+//! Queues: where a consumer reads from, with their declaration flags, and the shape
+//! they take on brokers that refuse transient shared queues.
 
 use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::ErrorKind;
 
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 
+/// How a connection declares the queues that Postage's wire contract makes transient
+/// (not durable) and shared (not exclusive): `echo-queue`, GenericApplication's queues,
+/// the simple client's targets, any [`Queue`] left at its default flags.
+///
+/// RabbitMQ 4.3 refuses such queues by default (the deprecated feature
+/// `transient_nonexcl_queues`, which 3.13 to 4.2 permit unless told otherwise), and a
+/// refusal closes the whole connection. Unless [`Config::queue_shape`] (or
+/// `POSTAGE_QUEUE_SHAPE`) says which, each connection asks its broker when it connects, on
+/// a short connection of its own, and uses `Transient` where the broker accepts it.
+///
+/// [`Config::queue_shape`]: crate::Config::queue_shape
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueShape {
+    /// Every queue is declared with its own flags: the wire contract's, which Python
+    /// Postage declares too, so both work on one queue (`POSTAGE_QUEUE_SHAPE=transient`).
+    Transient,
+    /// A queue that is neither durable nor exclusive is declared durable (its auto-delete
+    /// flag and arguments kept), or exclusive when the broker names it: the shape RabbitMQ
+    /// 4.3 accepts (`POSTAGE_QUEUE_SHAPE=durable`). A queue Python Postage declared
+    /// transient on the same broker is then refused as declared differently.
+    Durable,
+}
+
+impl QueueShape {
+    /// Reads a setting's value: `auto` (`None`: ask the broker), `transient` or `durable`.
+    pub(crate) fn parse_setting(text: &str, setting: &'static str) -> Result<Option<Self>> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(None),
+            "transient" => Ok(Some(Self::Transient)),
+            "durable" => Ok(Some(Self::Durable)),
+            other => Err(Error::config(
+                setting,
+                format!("{other:?} is not a queue shape (auto, transient or durable)"),
+            )),
+        }
+    }
+
+    /// The setting's value that names this shape.
+    fn setting(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Durable => "durable",
+        }
+    }
+}
+
 /// A queue's name, flags and arguments. The defaults are AMQP's and Python Postage's
 /// (not durable, not exclusive, not auto-delete), so both sides declare a shared queue
-/// alike; set `durable(true)` for messages that must survive a broker restart.
+/// alike (on brokers that refuse that shape, see [`QueueShape`]); set `durable(true)` for
+/// messages that must survive a broker restart.
 ///
 /// ```
 /// use postage_core::Queue;
@@ -101,21 +151,69 @@ impl Queue {
         &self.name
     }
 
-    /// Declares the queue on `channel` and returns its name (the broker's choice when the
-    /// name was empty).
-    pub async fn declare(&self, channel: &lapin::Channel) -> Result<String> {
-        let options = QueueDeclareOptions {
+    /// The flags this queue is declared with in `shape`.
+    fn options(&self, shape: QueueShape) -> QueueDeclareOptions {
+        let mut options = QueueDeclareOptions {
             passive: false,
             durable: self.durable,
             exclusive: self.exclusive,
             auto_delete: self.auto_delete,
             nowait: false,
         };
+        if shape == QueueShape::Durable && !self.durable && !self.exclusive {
+            if self.name.is_empty() {
+                options.exclusive = true;
+            } else {
+                options.durable = true;
+            }
+        }
+        options
+    }
+
+    /// Declares the queue on `channel` in `shape` and returns its name (the broker's
+    /// choice when the name was empty).
+    pub(crate) async fn declare(&self, channel: &lapin::Channel, shape: QueueShape) -> Result<String> {
+        let options = self.options(shape);
         let declared = channel
             .queue_declare(self.name.as_str().into(), options, self.arguments.clone())
             .await
-            .map_err(Error::amqp(format!("declaring queue {:?}", self.name)))?;
+            .map_err(|source| self.refused(shape, source))?;
         Ok(declared.name().to_string())
+    }
+
+    /// The error for a declaration the broker refused, saying what to change where the
+    /// queue's shape is the cause.
+    fn refused(&self, shape: QueueShape, source: lapin::Error) -> Error {
+        let ErrorKind::ProtocolError(amqp) = source.kind() else {
+            return Error::amqp(format!("declaring queue {:?}", self.name))(source);
+        };
+        let text = amqp.get_message().as_str();
+        let reason = match amqp.kind() {
+            AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
+                if text.contains("transient_nonexcl_queues") =>
+            {
+                "the broker refuses queues that are neither durable nor exclusive (RabbitMQ \
+                 4.3's default); set POSTAGE_QUEUE_SHAPE=durable, or leave it unset (auto)"
+                    .to_owned()
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) if text.contains("inequivalent") => {
+                format!(
+                    "it exists with other flags ({}); declared here {:?}, with \
+                     POSTAGE_QUEUE_SHAPE={}: every component using it must declare it alike",
+                    text.trim_start_matches("PRECONDITION_FAILED - "),
+                    self.options(shape),
+                    shape.setting(),
+                )
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                format!("{text} (the user's configure permission on the virtual host)")
+            }
+            _ => return Error::amqp(format!("declaring queue {:?}", self.name))(source),
+        };
+        Error::QueueRefused {
+            queue: self.name.clone(),
+            reason,
+        }
     }
 }
 

@@ -66,20 +66,42 @@ pub async fn drain(consumer: &mut Consumer, quiet: Duration) -> Vec<String> {
     seen
 }
 
-/// Runs `rabbitmqctl` with `args` against the local node and returns its standard output.
+/// Runs `rabbitmqctl` with `args` against the broker the tests use (`RABBITMQ_NODENAME`,
+/// default `rabbit@localhost`) and returns its standard output.
 pub fn rabbitmqctl(args: &[&str]) -> String {
     let node = std::env::var("RABBITMQ_NODENAME").unwrap_or_else(|_| "rabbit@localhost".into());
-    let output = Command::new("rabbitmqctl")
-        .args(["-q", "-n", &node])
+    let name = node.split('@').next().unwrap_or(&node).to_owned();
+    ctl(&name, args)
+}
+
+/// Runs `rabbitmqctl` with `args` against the node `name@localhost` of the RabbitMQ the
+/// tests run on (`POSTAGE_RABBITMQ`, 3 or 4; `scripts/node.sh` knows where each lives)
+/// and returns its standard output.
+pub fn ctl(name: &str, args: &[&str]) -> String {
+    let output = Command::new(node_script())
+        .args(["ctl", name])
         .args(args)
         .output()
-        .expect("rabbitmqctl runs");
+        .expect("scripts/node.sh runs");
     assert!(
         output.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
+        "rabbitmqctl -n {name} {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `scripts/node.sh`: starts, stops and runs `rabbitmqctl` against the tests' own nodes.
+pub fn node_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
+}
+
+/// Which RabbitMQ the tests run against: 3 (3.10, the default) or 4 (`POSTAGE_RABBITMQ`).
+pub fn rabbitmq_major() -> u32 {
+    std::env::var("POSTAGE_RABBITMQ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
 }
 
 /// How many consumers read `queue`, read back from the broker (`None`: no such queue).

@@ -3,34 +3,19 @@
 //! another node and keeps serving with nothing lost.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postage_core::{Config, Connection, Exchange, Host, Processor, Producer, Queue, processor};
-use postage_tests::unique;
+use postage_tests::{ctl, node_script, unique};
 
 const NODES: [(&str, u16, u16); 3] = [
     ("postage-c1", 5701, 25701),
     ("postage-c2", 5702, 25702),
     ("postage-c3", 5703, 25703),
 ];
-
-fn node_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
-}
-
-fn ctl(node: &str, args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", "-n", &format!("{node}@localhost")])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl -n {node} {args:?}");
-}
 
 /// Stops the cluster's nodes when the test ends, however it ends.
 struct Cluster;

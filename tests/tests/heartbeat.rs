@@ -5,7 +5,6 @@
 //! bound derived from the heartbeat, and serve there. Prints the measured times (run with
 //! `--nocapture`).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use nix::unistd::Pid;
 use postage_core::{
     Config, Connection, Error, Exchange, Host, Processor, Producer, Queue, RpcOptions, processor,
 };
-use postage_tests::unique;
+use postage_tests::{unique, node_script};
 use serde_json::{Value, json};
 
 /// (name, AMQP port, distribution port) of node A, served first, then frozen.
@@ -25,10 +24,6 @@ const B: (&str, u16, u16) = ("postage-hb-b", 5712, 25712);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long one connection attempt may take, the frozen node's included.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn node_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
-}
 
 fn signal(pid: u32, signal: Signal) {
     let pid = Pid::from_raw(i32::try_from(pid).expect("a pid"));

@@ -2,11 +2,11 @@
 //! with certificates the test makes with openssl: the broker is verified, and asks for a
 //! client certificate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use postage_core::{Config, Connection, Consumer, Error, Exchange, Producer, Queue, TlsFiles};
-use postage_tests::{next_within, unique};
+use postage_tests::{next_within, unique, node_script};
 
 const NODE: &str = "postage-tls";
 const TLS_PORT: u16 = 5691;
@@ -85,10 +85,6 @@ fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str) {
             "san.ext",
         ],
     );
-}
-
-fn node_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
 }
 
 /// Stops the node when the test ends, however it ends.

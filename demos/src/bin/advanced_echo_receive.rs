@@ -29,7 +29,7 @@ impl EchoReceiveProcessor {
 }
 
 #[tokio::main]
-async fn main() -> postage_core::Result<()> {
+async fn main() -> Result<(), demos::Failure> {
     let connection = connect().await?;
     let fingerprint = Fingerprint::new("echo_receive", "controller");
     let private_queue = Queue::new(format!(
@@ -49,5 +49,5 @@ async fn main() -> postage_core::Result<()> {
     say("waiting for messages");
     receiver.run().await?;
     say("quit");
-    connection.close().await
+    Ok(connection.close().await?)
 }

@@ -8,7 +8,7 @@ use demos::{ECHO_FANOUT_KEY, connect, echo_producer, wants_quit};
 use postage_core::{Fingerprint, Route};
 
 #[tokio::main]
-async fn main() -> postage_core::Result<()> {
+async fn main() -> Result<(), demos::Failure> {
     let connection = connect().await?;
     let producer = echo_producer(&connection, Fingerprint::new("echo_send", "application")).await?;
     let everyone = producer.to(Route::key(ECHO_FANOUT_KEY));
@@ -18,5 +18,5 @@ async fn main() -> postage_core::Result<()> {
         producer.message_echo("A single test message").await?;
         everyone.message_echo("A fanout test message").await?;
     }
-    connection.close().await
+    Ok(connection.close().await?)
 }

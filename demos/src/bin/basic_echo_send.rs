@@ -6,7 +6,7 @@ use demos::{connect, echo_producer, wants_quit};
 use postage_core::Fingerprint;
 
 #[tokio::main]
-async fn main() -> postage_core::Result<()> {
+async fn main() -> Result<(), demos::Failure> {
     let connection = connect().await?;
     let producer = echo_producer(&connection, Fingerprint::default()).await?;
     if wants_quit() {
@@ -14,5 +14,5 @@ async fn main() -> postage_core::Result<()> {
     } else {
         producer.message_echo("A test message").await?;
     }
-    connection.close().await
+    Ok(connection.close().await?)
 }

@@ -52,7 +52,7 @@ impl Printer {
 }
 
 #[tokio::main]
-async fn main() -> postage_core::Result<()> {
+async fn main() -> Result<(), demos::Failure> {
     let args = Args::parse();
     let connection = connect().await?;
     let fingerprint = Fingerprint::new(args.name, "application");
@@ -67,5 +67,5 @@ async fn main() -> postage_core::Result<()> {
     ));
     app.run().await?;
     say("quit");
-    connection.close().await
+    Ok(connection.close().await?)
 }

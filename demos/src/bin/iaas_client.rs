@@ -10,7 +10,7 @@ use postage_core::{Mode, Target, Transport};
 use serde_json::json;
 
 #[tokio::main]
-async fn main() -> postage_core::Result<ExitCode> {
+async fn main() -> Result<ExitCode, demos::Failure> {
     let connection = connect().await?;
     let transport = Transport::new(&connection).await?;
     let msg_body = json!({

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), demos::Failure> {
     // The SDK's CONF (hosts, port, user, password, virtual host, heartbeat) is read from
     // the POSTAGE_* variables.
     let connection = connect().await?;

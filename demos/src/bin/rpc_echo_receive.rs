@@ -22,7 +22,7 @@ impl EchoReceiveProcessor {
 }
 
 #[tokio::main]
-async fn main() -> postage_core::Result<()> {
+async fn main() -> Result<(), demos::Failure> {
     let connection = connect().await?;
     let receiver = Processor::builder(&connection, EchoReceiveProcessor)
         .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)
@@ -33,5 +33,5 @@ async fn main() -> postage_core::Result<()> {
     say("waiting for messages");
     receiver.run().await?;
     say("quit");
-    connection.close().await
+    Ok(connection.close().await?)
 }

@@ -8,7 +8,7 @@ use demos::{connect, echo_producer, say, wants_quit};
 use postage_core::Fingerprint;
 
 #[tokio::main]
-async fn main() -> postage_core::Result<ExitCode> {
+async fn main() -> Result<ExitCode, demos::Failure> {
     let connection = connect().await?;
     let producer = echo_producer(&connection, Fingerprint::new("echo_send", "application")).await?;
     let code = if wants_quit() {
