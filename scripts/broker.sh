@@ -20,7 +20,7 @@ if [ "${1:-}" = --rabbitmq ]; then
 fi
 case $version in
   3) name=rabbit port=5672 dist=25672 ;;
-  4) name=rabbit4 port=5682 dist=25692 ;;
+  4) name=rabbit4 port=5682 dist=25682 ;;
   *) echo "broker: --rabbitmq takes 3 or 4, not $version" >&2; exit 2 ;;
 esac
 node() { scripts/node.sh --rabbitmq "$version" "$@"; }

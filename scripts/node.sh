@@ -130,11 +130,12 @@ run env RABBITMQ_NODENAME="$node" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
   RABBITMQ_CONFIG_FILE="$base/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" \
   RABBITMQ_PID_FILE="$base/pid" \
   rabbitmq-server -detached
-for _ in $(seq 1 120); do
+deadline=$((SECONDS + 60))
+while [ $SECONDS -lt $deadline ]; do
   if run rabbitmqctl -q -n "$node" await_startup --timeout 2 >/dev/null 2>&1; then
     exit 0
   fi
   sleep 0.5
 done
-echo "node: $node did not start; see $base/log" >&2
+echo "node: $node did not start within 60 s; see $base/log" >&2
 exit 1

@@ -209,7 +209,8 @@ async fn dial(config: &Config) -> Result<Link> {
             Some(shape) => open(config, host, &name).await.map(|amqp| (amqp, shape)),
             // Asked beside the connection itself, so it costs no extra time.
             None => {
-                let (amqp, shape) = tokio::join!(open(config, host, &name), probe_shape(config, host));
+                let (amqp, shape) =
+                    tokio::join!(open(config, host, &name), probe_shape(config, host));
                 amqp.map(|amqp| (amqp, shape))
             }
         };
@@ -351,7 +352,9 @@ fn lapin_runtime() -> Result<async_rs::TokioRuntime> {
             .build()
     });
     match runtime {
-        Ok(runtime) => Ok(async_rs::Runtime::tokio_with_handle(runtime.handle().clone())),
+        Ok(runtime) => Ok(async_rs::Runtime::tokio_with_handle(
+            runtime.handle().clone(),
+        )),
         Err(error) => Err(Error::config(
             "runtime",
             format!("cannot start the runtime for lapin's connections: {error}"),

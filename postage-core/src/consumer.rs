@@ -15,12 +15,12 @@ use lapin::types::FieldTable;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::{ChannelLease, Connection};
-use crate::queue::QueueShape;
 use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::queue::Queue;
+use crate::queue::QueueShape;
 
 /// The deliveries of one queue.
 type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Send + Sync>>;
@@ -317,6 +317,7 @@ impl ConsumerHandle {
         queue: &Queue,
         routing_key: &str,
     ) -> Result<String> {
+        queue.warn_if_dropping();
         let name = declare_and_bind(
             &self.live_channel(),
             exchange,

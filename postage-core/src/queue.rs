@@ -1,10 +1,10 @@
 //! Queues: where a consumer reads from, with their declaration flags, and the shape
 //! they take on brokers that refuse transient shared queues.
 
+use lapin::ErrorKind;
 use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::ErrorKind;
 
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
@@ -138,6 +138,24 @@ impl Queue {
         self.argument("x-delivery-limit", i64::from(deliveries))
     }
 
+    /// Warns when this is a quorum queue without a dead-letter exchange: the broker then
+    /// drops every message rejected without requeue (postage's answer to bad input) and
+    /// every message delivered more often than the queue's delivery limit, which RabbitMQ
+    /// 4 sets to 20 by default.
+    pub(crate) fn warn_if_dropping(&self) {
+        let arguments = self.arguments.inner();
+        let quorum = matches!(arguments.get("x-queue-type"),
+            Some(AMQPValue::LongString(kind)) if kind.to_string() == "quorum");
+        if quorum && !arguments.contains_key("x-dead-letter-exchange") {
+            tracing::warn!(
+                queue = %self.name,
+                "quorum queue without a dead-letter exchange: a message rejected, or delivered \
+                 more often than its delivery limit (20 by default on RabbitMQ 4), is dropped; \
+                 give it one with Queue::dead_letter"
+            );
+        }
+    }
+
     /// The same declaration under another name (a server-named queue's given name).
     pub(crate) fn renamed(&self, name: &str) -> Self {
         Self {
@@ -172,7 +190,11 @@ impl Queue {
 
     /// Declares the queue on `channel` in `shape` and returns its name (the broker's
     /// choice when the name was empty).
-    pub(crate) async fn declare(&self, channel: &lapin::Channel, shape: QueueShape) -> Result<String> {
+    pub(crate) async fn declare(
+        &self,
+        channel: &lapin::Channel,
+        shape: QueueShape,
+    ) -> Result<String> {
         let options = self.options(shape);
         let declared = channel
             .queue_declare(self.name.as_str().into(), options, self.arguments.clone())
@@ -196,7 +218,9 @@ impl Queue {
                  4.3's default); set POSTAGE_QUEUE_SHAPE=durable, or leave it unset (auto)"
                     .to_owned()
             }
-            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) if text.contains("inequivalent") => {
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                if text.contains("inequivalent") =>
+            {
                 format!(
                     "it exists with other flags ({}); declared here {:?}, with \
                      POSTAGE_QUEUE_SHAPE={}: every component using it must declare it alike",

@@ -161,6 +161,7 @@ async fn the_simple_client_calls_a_bare_lapin_server() {
         .queue_declare(
             name.as_str().into(),
             QueueDeclareOptions {
+                durable: true,
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
             },

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use postage_core::{
     Config, Connection, Error, Exchange, Host, Processor, Producer, Queue, RpcOptions, processor,
 };
-use postage_tests::{unique, node_script};
+use postage_tests::{node_script, unique};
 use serde_json::{Value, json};
 
 /// (name, AMQP port, distribution port) of node A, served first, then frozen.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use postage_core::{Config, Connection, Consumer, Error, Exchange, Producer, Queue, TlsFiles};
-use postage_tests::{next_within, unique, node_script};
+use postage_tests::{next_within, node_script, unique};
 
 const NODE: &str = "postage-tls";
 const TLS_PORT: u16 = 5691;
