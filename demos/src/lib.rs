@@ -43,12 +43,17 @@ impl std::fmt::Debug for Failure {
     }
 }
 
-/// Logs to stderr (`RUST_LOG`, default `warn`, without the AMQP client's own lines: postage
-/// reports what they would say) and connects with the `POSTAGE_*` settings.
+/// Logs to stderr (`RUST_LOG`; when it is unset or empty, warnings, without the AMQP
+/// client's own lines: postage reports what they would say) and connects with the
+/// `POSTAGE_*` settings.
 pub async fn connect() -> postage_core::Result<Connection> {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "warn,lapin=off".to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_new(filter)
                 .unwrap_or_else(|_| "warn,lapin=off".into()),
         )
         .with_writer(std::io::stderr)

@@ -113,13 +113,17 @@ impl From<Error> for Failure {
             Error::Unroutable { .. } => 4,
             Error::ConnectionFailed { .. }
             | Error::AccessRefused { .. }
+            | Error::VhostRefused { .. }
+            | Error::QueueRefused { .. }
             | Error::InvalidConfig { .. } => 5,
             Error::RemoteError { .. } | Error::RemoteException { .. } => 1,
             _ => 1,
         };
+        // The broker's words may span lines; the error stays on one.
+        let text = error.to_string();
         Self {
             code,
-            text: error.to_string(),
+            text: text.split_whitespace().collect::<Vec<_>>().join(" "),
         }
     }
 }
@@ -131,10 +135,16 @@ fn usage(text: String) -> Failure {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Errors reach the user as one line each; `RUST_LOG` (unset or empty: errors, without
+    // the AMQP client's own lines, which postage reports) shows more.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "error,lapin=off".to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| "error,lapin=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
