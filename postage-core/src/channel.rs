@@ -104,7 +104,7 @@ impl Channel {
     /// [`QueueShape`]: crate::QueueShape
     pub async fn declare_queue(&self, queue: &Queue) -> Result<String> {
         queue
-            .declare(&self.inner.amqp, self.inner.connection.queue_shape())
+            .declare(&self.inner.amqp, &self.inner.connection)
             .await
     }
 

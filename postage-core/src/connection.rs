@@ -40,12 +40,13 @@ struct Inner {
     closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-/// The live AMQP connection, the host it reached and how queues are declared there.
+/// The live AMQP connection, the host it reached and how queues are declared there
+/// (asked of that broker the first time it matters).
 #[derive(Debug, Clone)]
 struct Link {
     amqp: Arc<lapin::Connection>,
     host: Host,
-    shape: QueueShape,
+    shape: Arc<tokio::sync::OnceCell<QueueShape>>,
 }
 
 impl Connection {
@@ -159,10 +160,18 @@ impl Connection {
     }
 
     /// How queues are declared on the broker this connection reaches now: what
-    /// [`Config::queue_shape`] says, else what the broker was found to accept when the
-    /// connection was made.
-    pub fn queue_shape(&self) -> QueueShape {
-        self.link().shape
+    /// [`Config::queue_shape`] says, else what the broker accepts, asked once per
+    /// connection (and again after a reconnection), the first time a queue that is
+    /// neither durable nor exclusive is declared, on a short connection of its own.
+    pub async fn queue_shape(&self) -> QueueShape {
+        if let Some(shape) = self.inner.config.queue_shape {
+            return shape;
+        }
+        let link = self.link();
+        *link
+            .shape
+            .get_or_init(|| probe_shape(&self.inner.config, &link.host))
+            .await
     }
 
     /// The live lapin connection, for anything postage does not wrap.
@@ -204,23 +213,13 @@ impl Connection {
 async fn dial(config: &Config) -> Result<Link> {
     let mut attempts = Vec::new();
     for host in &config.hosts {
-        let name = connection_name();
-        let attempt = match config.queue_shape {
-            Some(shape) => open(config, host, &name).await.map(|amqp| (amqp, shape)),
-            // Asked beside the connection itself, so it costs no extra time.
-            None => {
-                let (amqp, shape) =
-                    tokio::join!(open(config, host, &name), probe_shape(config, host));
-                amqp.map(|amqp| (amqp, shape))
-            }
-        };
-        match attempt {
-            Ok((amqp, shape)) => {
-                tracing::debug!(host = %host, vhost = %config.vhost, ?shape, "connected to RabbitMQ");
+        match open(config, host, &connection_name()).await {
+            Ok(amqp) => {
+                tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
                 return Ok(Link {
                     amqp: Arc::new(amqp),
                     host: host.clone(),
-                    shape,
+                    shape: Arc::default(),
                 });
             }
             Err(Refusal::Final(error)) => return Err(error),
@@ -293,7 +292,7 @@ fn refusal(config: &Config, host: &Host, error: &lapin::Error) -> Refusal {
 
 /// Whether the broker at `host` accepts a transient non-exclusive queue, asked on a
 /// connection of its own: a broker that refuses one closes the whole connection, which
-/// must not be the user's. When the question cannot be asked (the probe fails for any
+/// must not be the user's (and lapin logs that close as an error, target `lapin`). When the question cannot be asked (the probe fails for any
 /// other reason) the wire contract's shape is kept, and a refused declaration later says
 /// which setting to change.
 async fn probe_shape(config: &Config, host: &Host) -> QueueShape {

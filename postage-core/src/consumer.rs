@@ -20,7 +20,6 @@ use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::queue::Queue;
-use crate::queue::QueueShape;
 
 /// The deliveries of one queue.
 type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Send + Sync>>;
@@ -324,7 +323,7 @@ impl ConsumerHandle {
             queue,
             queue.name(),
             routing_key,
-            self.inner.connection.queue_shape(),
+            &self.inner.connection,
         )
         .await?;
         let consuming = self.inner.consuming.lock().is_ok_and(|c| c.is_some());
@@ -584,7 +583,7 @@ impl ConsumerHandle {
                 &binding.queue,
                 &wanted,
                 &binding.routing_key,
-                self.inner.connection.queue_shape(),
+                &self.inner.connection,
             )
             .await?;
             renamed.insert(queue_name, name.clone());
@@ -660,17 +659,18 @@ impl Ending {
 }
 
 /// Declares `exchange` and `queue` (under `name`; empty for a server-named one) and binds
-/// them, the queue in `shape`; returns the queue's actual name.
+/// them, the queue in the shape `connection`'s broker accepts; returns the queue's actual
+/// name.
 async fn declare_and_bind(
     channel: &lapin::Channel,
     exchange: &Exchange,
     queue: &Queue,
     name: &str,
     routing_key: &str,
-    shape: QueueShape,
+    connection: &Connection,
 ) -> Result<String> {
     exchange.declare(channel).await?;
-    let name = queue.renamed(name).declare(channel, shape).await?;
+    let name = queue.renamed(name).declare(channel, connection).await?;
     // The default exchange reaches every queue by its name and takes no bindings.
     if exchange.name().is_empty() {
         if !routing_key.is_empty() && routing_key != name {

@@ -6,6 +6,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::exchange::Exchange;
 
@@ -16,8 +17,9 @@ use crate::exchange::Exchange;
 /// RabbitMQ 4.3 refuses such queues by default (the deprecated feature
 /// `transient_nonexcl_queues`, which 3.13 to 4.2 permit unless told otherwise), and a
 /// refusal closes the whole connection. Unless [`Config::queue_shape`] (or
-/// `POSTAGE_QUEUE_SHAPE`) says which, each connection asks its broker when it connects, on
-/// a short connection of its own, and uses `Transient` where the broker accepts it.
+/// `POSTAGE_QUEUE_SHAPE`) says which, each connection asks its broker, on a short
+/// connection of its own, the first time it declares such a queue (see
+/// [`Connection::queue_shape`]), and uses `Transient` where the broker accepts it.
 ///
 /// [`Config::queue_shape`]: crate::Config::queue_shape
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,13 +190,19 @@ impl Queue {
         options
     }
 
-    /// Declares the queue on `channel` in `shape` and returns its name (the broker's
-    /// choice when the name was empty).
+    /// Declares the queue on `channel` in the shape `connection`'s broker accepts and
+    /// returns its name (the broker's choice when the name was empty).
     pub(crate) async fn declare(
         &self,
         channel: &lapin::Channel,
-        shape: QueueShape,
+        connection: &Connection,
     ) -> Result<String> {
+        // Only a queue neither durable nor exclusive takes another shape: ask for no other.
+        let shape = if self.durable || self.exclusive {
+            QueueShape::Transient
+        } else {
+            connection.queue_shape().await
+        };
         let options = self.options(shape);
         let declared = channel
             .queue_declare(self.name.as_str().into(), options, self.arguments.clone())

@@ -1,7 +1,7 @@
 //! The raw lapin twin of `bench_postage`: the same component written by hand, the
 //! baseline of the benchmark's start-up and memory figures.
 //!
-//! Run with: bench_lapin idle|inflight EXCHANGE QUEUE [CALLS]
+//! Run with: `bench_lapin idle|inflight EXCHANGE QUEUE [CALLS]`
 
 use std::collections::HashMap;
 use std::io::Read;

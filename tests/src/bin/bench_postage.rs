@@ -1,7 +1,7 @@
 //! A small postage component the throughput benchmark starts as a child process, to
 //! measure its start-up time and resident memory.
 //!
-//! Run with: bench_postage idle|inflight EXCHANGE QUEUE [CALLS]
+//! Run with: `bench_postage idle|inflight EXCHANGE QUEUE [CALLS]`
 //!
 //! It connects to `POSTAGE_URL`, runs a processor on an exclusive QUEUE bound to EXCHANGE,
 //! sends itself a `ping` and prints `consuming` when the handler gets it. With `inflight`

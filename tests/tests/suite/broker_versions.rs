@@ -1,7 +1,7 @@
 //! What differs between the RabbitMQ versions postage runs on, checked against the broker
 //! the suite runs on (`POSTAGE_RABBITMQ`: 3.10, or 4.0 with the denials 4.3 ships): the
 //! shape of shared queues, a forced shape the broker refuses, quorum queues without
-//! dead-lettering, and a consumer the broker times out.
+//! dead-lettering, a consumer the broker times out, and direct reply-to.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use postage_core::{
     Config, Connection, Consumer, Error, Exchange, Host, Processor, Producer, Queue, QueueShape,
-    processor,
+    ReplyQueue, RpcOptions, processor,
 };
 use postage_tests::{connect, ctl, exchange, node_script, rabbitmq_major, rabbitmqctl, unique};
 
@@ -41,7 +41,6 @@ fn queue_flags(listing: &str, name: &str) -> Option<(bool, bool, bool)> {
 #[tokio::test]
 async fn shared_queues_take_the_shape_the_broker_accepts_without_costing_the_connection() {
     let connection = connect().await;
-    assert_eq!(connection.queue_shape(), expected_shape());
     let exchange = exchange("shape");
     let shared = unique("shape-shared");
     let fanout = unique("shape-fanout");
@@ -83,6 +82,7 @@ async fn shared_queues_take_the_shape_the_broker_accepts_without_costing_the_con
         "{listing}"
     );
     // The broker was asked on a connection of its own: the user's was never lost.
+    assert_eq!(connection.queue_shape().await, expected_shape());
     assert_eq!(connection.generation(), 0);
 
     let producer = Producer::builder(&connection)
@@ -126,7 +126,7 @@ async fn a_forced_shape_the_broker_refuses_is_one_line_naming_the_queue_and_the_
     config.queue_shape = Some(wrong);
     let connection = Connection::connect(&config).await.unwrap();
     assert_eq!(
-        connection.queue_shape(),
+        connection.queue_shape().await,
         wrong,
         "a forced shape is not asked for"
     );
@@ -226,7 +226,7 @@ impl Drop for Node {
     }
 }
 
-/// The first delivery of each message takes longer than the consumer timeout.
+/// The first delivery of "slow" takes longer than the consumer timeout; the rest are quick.
 struct Slow {
     seen: Arc<Mutex<Vec<(String, bool)>>>,
 }
@@ -241,8 +241,9 @@ impl Slow {
             .unwrap()
             .iter()
             .any(|(seen, _)| *seen == id);
+        let slow = first && id == "slow";
         self.seen.lock().unwrap().push((id, metadata.redelivered));
-        if first {
+        if slow {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }
@@ -334,4 +335,63 @@ async fn a_consumer_the_broker_times_out_is_consumed_again_and_the_message_handl
     stop.shutdown();
     let _ = running.await;
     connection.close().await.unwrap();
+}
+
+/// Answers after a pause, so a caller can be gone by then.
+struct Echo;
+
+#[processor]
+impl Echo {
+    #[rpc_handler("command", "echo")]
+    async fn echo(&self, text: String) -> String {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        text
+    }
+}
+
+#[tokio::test]
+async fn direct_reply_to_answers_and_an_answer_to_a_caller_gone_harms_nothing() {
+    let server = connect().await;
+    let exchange = exchange("direct-reply");
+    let processor = Processor::builder(&server, Echo)
+        .bind(
+            exchange.clone(),
+            Queue::new(unique("direct-reply")).auto_delete(true),
+            "echo",
+        )
+        .build()
+        .await
+        .unwrap();
+    let stop = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let caller = |connection: &Connection| {
+        Producer::builder(connection)
+            .destination(exchange.clone(), "echo")
+            .reply_queue(ReplyQueue::DirectReplyTo)
+            .build()
+    };
+
+    // A caller that leaves before its answer: from RabbitMQ 4.2 a mandatory publish to its
+    // address would count as routed; postage answers without `mandatory` on every version,
+    // and the answer is simply dropped.
+    let gone = connect().await;
+    let pending = caller(&gone)
+        .await
+        .unwrap()
+        .rpc_deferred("echo", "nobody waits", RpcOptions::new())
+        .await
+        .unwrap();
+    gone.close().await.unwrap();
+    drop(pending);
+
+    let client = connect().await;
+    let producer = caller(&client).await.unwrap();
+    for text in ["first", "second"] {
+        let answer: String = producer.call("echo", text).await.unwrap();
+        assert_eq!(answer, text);
+    }
+    stop.shutdown();
+    running.await.unwrap().unwrap();
+    client.close().await.unwrap();
+    server.close().await.unwrap();
 }
