@@ -34,10 +34,30 @@ struct Inner {
     link: RwLock<Link>,
     /// Bumped after each reconnection; consumers and producers watch it.
     generation: watch::Sender<u64>,
+    /// Connected, blocked or reconnecting, for programs to watch.
+    state: watch::Sender<LinkState>,
     /// Set by [`Connection::close`]: a closed connection is not recovered.
     closed: AtomicBool,
     /// Closes of channels whose producer or consumer was dropped, still under way.
     closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// What a connection's link to RabbitMQ is doing, for a program to watch
+/// ([`Connection::watch_state`]) and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkState {
+    /// Connected, and publishing flows.
+    Connected,
+    /// Connected, but the broker has stopped taking what this connection publishes: a
+    /// resource alarm (memory or disk) is in effect. Publishes and calls wait at most their
+    /// bound, then fail with [`Error::Blocked`].
+    Blocked {
+        /// The broker's reason, such as `low on memory`.
+        reason: String,
+    },
+    /// The connection was lost; postage is reconnecting, trying every host.
+    Reconnecting,
 }
 
 /// The live AMQP connection, the host it reached and how queues are declared there
@@ -67,6 +87,7 @@ impl Connection {
                 config: config.clone(),
                 link: RwLock::new(link),
                 generation: watch::Sender::new(0),
+                state: watch::Sender::new(LinkState::Connected),
                 closed: AtomicBool::new(false),
                 closing: Arc::default(),
             }),
@@ -149,6 +170,32 @@ impl Connection {
         self.inner.generation.subscribe()
     }
 
+    /// What the link is doing now: connected, blocked by a resource alarm, reconnecting.
+    pub fn state(&self) -> LinkState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Wakes on each change of [`Connection::state`].
+    pub fn watch_state(&self) -> watch::Receiver<LinkState> {
+        self.inner.state.subscribe()
+    }
+
+    /// The error for `operation`, which did not finish within `waited`: the broker's block
+    /// when one is in effect, else a plain timeout.
+    pub(crate) fn overdue(&self, operation: String, waited: Duration) -> Error {
+        match self.state() {
+            LinkState::Blocked { reason } => Error::Blocked {
+                operation,
+                reason,
+                waited,
+            },
+            _ => Error::Timeout {
+                operation,
+                timeout: waited,
+            },
+        }
+    }
+
     /// The settings this connection was made with.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -180,26 +227,44 @@ impl Connection {
     }
 
     /// Closes the connection, and with it every channel opened on it; it is not recovered
-    /// after that. Closing a closed connection does nothing.
+    /// after that. Closing a closed connection does nothing. Under a resource alarm
+    /// ([`LinkState::Blocked`]) lapin writes nothing, the close included: it returns at
+    /// once, and the close goes out when the alarm clears or the socket closes with the
+    /// process.
     pub async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::SeqCst);
         let amqp = self.link().amqp;
         if !amqp.status().connected() {
             return Ok(());
         }
-        let closing = self
+        if let LinkState::Blocked { reason } = self.state() {
+            tracing::debug!(%reason, "closing a blocked connection in the background");
+            if let Ok(runtime) = own_runtime() {
+                drop(runtime.spawn(async move {
+                    let _ = amqp
+                        .close(200, "postage: closed by the application".into())
+                        .await;
+                }));
+            }
+            return Ok(());
+        }
+        let leases = self
             .inner
             .closing
             .lock()
             .map(|mut tasks| std::mem::take(&mut *tasks))
             .unwrap_or_default();
-        for task in closing {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-        }
-        match amqp
-            .close(200, "postage: closed by the application".into())
-            .await
-        {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures_util::future::join_all(leases),
+        )
+        .await;
+        let closing = amqp.close(200, "postage: closed by the application".into());
+        let bound = self.inner.config.connection_timeout;
+        let Ok(closed) = tokio::time::timeout(bound, closing).await else {
+            return Err(self.overdue("closing the connection".into(), bound));
+        };
+        match closed {
             // A channel whose last handle was just dropped is still closing; lapin reports
             // that, yet the connection is torn down all the same.
             Err(error) if matches!(error.kind(), ErrorKind::InvalidChannelState(..)) => Ok(()),
@@ -341,7 +406,7 @@ fn is_deprecated_feature(error: &lapin::Error) -> bool {
 /// made once and never shut down. On the application's runtime, a lapin I/O thread that
 /// was (re)connecting or closing when that runtime shut down (an error exit from `main`,
 /// a restart) found its task cancelled and panicked, printing a backtrace.
-fn lapin_runtime() -> Result<async_rs::TokioRuntime> {
+fn own_runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -350,15 +415,17 @@ fn lapin_runtime() -> Result<async_rs::TokioRuntime> {
             .enable_all()
             .build()
     });
-    match runtime {
-        Ok(runtime) => Ok(async_rs::Runtime::tokio_with_handle(
-            runtime.handle().clone(),
-        )),
-        Err(error) => Err(Error::config(
+    runtime.as_ref().map_err(|error| {
+        Error::config(
             "runtime",
             format!("cannot start the runtime for lapin's connections: {error}"),
-        )),
-    }
+        )
+    })
+}
+
+/// [`own_runtime`], as lapin takes it.
+fn lapin_runtime() -> Result<async_rs::TokioRuntime> {
+    own_runtime().map(|runtime| async_rs::Runtime::tokio_with_handle(runtime.handle().clone()))
 }
 
 /// A connection's event stream.
@@ -373,6 +440,16 @@ async fn supervise(inner: Weak<Inner>, mut events: Events) {
         tokio::select! {
             event = events.next() => match event {
                 Some(lapin::Event::Error(error)) => tracing::debug!(%error, "connection error event"),
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "RabbitMQ blocked publishing on this connection (a resource alarm)");
+                    set_state(&inner, LinkState::Blocked { reason });
+                    continue;
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    tracing::info!("RabbitMQ unblocked publishing on this connection");
+                    set_state(&inner, LinkState::Connected);
+                    continue;
+                }
                 Some(_) => continue,
                 None => {}
             },
@@ -392,6 +469,7 @@ async fn supervise(inner: Weak<Inner>, mut events: Events) {
             continue;
         }
         tracing::warn!(host = %link.host, "connection to RabbitMQ lost; reconnecting");
+        strong.state.send_replace(LinkState::Reconnecting);
         drop(strong);
         let lost = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
@@ -420,7 +498,14 @@ async fn supervise(inner: Weak<Inner>, mut events: Events) {
             Ok(mut link) => *link = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
+        strong.state.send_replace(LinkState::Connected);
         strong.generation.send_modify(|g| *g += 1);
+    }
+}
+
+fn set_state(inner: &Weak<Inner>, state: LinkState) {
+    if let Some(inner) = inner.upgrade() {
+        inner.state.send_replace(state);
     }
 }
 

@@ -150,6 +150,19 @@ pub enum Error {
         /// The queue that was consumed.
         queue: String,
     },
+    /// A publish or call could not go out within its bound because the broker blocked the
+    /// connection: a memory or disk alarm is in effect.
+    #[error(
+        "{operation} waited {waited:?}: RabbitMQ blocked publishing on the connection ({reason}: a memory or disk alarm); it resumes when the alarm clears"
+    )]
+    Blocked {
+        /// What was waited for, with the names involved.
+        operation: String,
+        /// The broker's reason.
+        reason: String,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// A blocking call did not finish within its timeout.
     #[error("{operation} did not finish within {timeout:?}")]
     Timeout {

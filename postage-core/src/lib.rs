@@ -61,7 +61,7 @@ pub use client::{
     ServerHandle, Target, Transport,
 };
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFiles};
-pub use connection::Connection;
+pub use connection::{Connection, LinkState};
 pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use encoder::{Encoder, JsonEncoder};
 pub use envelope::{Envelope, HeaderValue, Incoming};
@@ -76,7 +76,7 @@ pub use processor::{
     ControlPolicy, DEFAULT_MAX_BODY, Exit, HandlerInfo, Processor, ProcessorBuilder,
     ProcessorHandle,
 };
-pub use producer::{Producer, ProducerBuilder, Route};
+pub use producer::{DEFAULT_PUBLISH_TIMEOUT, Producer, ProducerBuilder, Route};
 pub use queue::{Queue, QueueShape};
 pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
 pub use tracker::{DeliveryStatus, Tracker};

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
@@ -18,6 +19,10 @@ use crate::fingerprint::Fingerprint;
 use crate::json;
 use crate::message::{Category, Message};
 use crate::rpc::ReplyQueue;
+
+/// How long a publish (and, in reliable mode, its confirm) may take by default before it
+/// fails: [`Error::Blocked`] under a broker's resource alarm, else [`Error::Timeout`].
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a message goes: the producer's defaults, one routing key on its first exchange
 /// (Postage's `_key`), or an explicit list of (exchange, routing key) pairs (`_eks`).
@@ -90,6 +95,7 @@ struct Inner {
     last_body: AtomicUsize,
     reliable: bool,
     persistent: bool,
+    publish_timeout: Duration,
     declared: Mutex<HashSet<String>>,
     pub(crate) rpc: crate::rpc::RpcState,
 }
@@ -104,6 +110,7 @@ pub struct ProducerBuilder {
     plain_json: bool,
     reliable: bool,
     persistent: bool,
+    publish_timeout: Duration,
     rpc: crate::rpc::RpcSettings,
 }
 
@@ -149,6 +156,16 @@ impl ProducerBuilder {
         self
     }
 
+    /// Bounds each publish, with its confirm in reliable mode (default
+    /// [`DEFAULT_PUBLISH_TIMEOUT`]): one the broker does not take in time fails with
+    /// [`Error::Blocked`] while a resource alarm blocks the connection, else
+    /// [`Error::Timeout`]. An RPC call's request is bounded by the call's timeout instead.
+    #[must_use]
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
     /// Sets the RPC defaults: how long to wait for each attempt and how many times to
     /// re-send (Postage: 30 s and 4).
     #[must_use]
@@ -166,8 +183,18 @@ impl ProducerBuilder {
         self
     }
 
-    /// Opens the producer's channel and declares its default exchanges.
+    /// Opens the producer's channel and declares its default exchanges, within the
+    /// publish timeout (under a resource alarm lapin writes nothing: [`Error::Blocked`]).
     pub async fn build(self) -> Result<Producer> {
+        let connection = self.connection.clone();
+        let timeout = self.publish_timeout;
+        match tokio::time::timeout(timeout, self.build_now()).await {
+            Ok(built) => built,
+            Err(_) => Err(connection.overdue("opening a producer's channel".into(), timeout)),
+        }
+    }
+
+    async fn build_now(self) -> Result<Producer> {
         let generation = self.connection.generation();
         let channel = open(&self.connection, self.reliable).await?;
         let producer = Producer {
@@ -182,6 +209,7 @@ impl ProducerBuilder {
                 last_body: AtomicUsize::new(0),
                 reliable: self.reliable,
                 persistent: self.persistent,
+                publish_timeout: self.publish_timeout,
                 declared: Mutex::new(HashSet::new()),
                 rpc: crate::rpc::RpcState::new(self.rpc),
             }),
@@ -204,6 +232,7 @@ impl Producer {
             plain_json: true,
             reliable: false,
             persistent: false,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             rpc: crate::rpc::RpcSettings::default(),
         }
     }
@@ -421,8 +450,41 @@ impl Producer {
         Ok(())
     }
 
-    /// Publishes one body; in reliable mode waits for the confirm and reports a return.
+    /// Publishes one body; in reliable mode waits for the confirm and reports a return;
+    /// all within the producer's publish timeout.
     pub(crate) async fn publish_body(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
+        self.publish_before(deadline, exchange, routing_key, body, properties)
+            .await
+    }
+
+    /// Publishes one body as [`Producer::publish_body`] does, before `deadline`.
+    pub(crate) async fn publish_before(
+        &self,
+        deadline: tokio::time::Instant,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        let publish = self.publish_now(exchange, routing_key, body, properties);
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(published) => published,
+            Err(_) => Err(self.inner.connection.overdue(
+                format!("publishing to exchange {exchange:?} with key {routing_key:?}"),
+                started.elapsed(),
+            )),
+        }
+    }
+
+    async fn publish_now(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -295,6 +295,24 @@ pub struct PendingCall {
 impl PendingCall {
     /// Sends the call (again), waiting for its answer on the producer's answer consumer.
     async fn send(&mut self) -> Result<()> {
+        // One deadline for the attempt: starting the answer consumer, the request's
+        // publish and its confirm count against it, so a call under a resource alarm (when
+        // lapin writes nothing at all) ends in time too.
+        let started = tokio::time::Instant::now();
+        self.deadline = started + self.timeout;
+        match tokio::time::timeout_at(self.deadline, self.send_now()).await {
+            Ok(sent) => sent,
+            Err(_) => Err(self.producer.connection().overdue(
+                format!(
+                    "sending RPC {:?} to routing key {:?}",
+                    self.command, self.routing_key
+                ),
+                started.elapsed(),
+            )),
+        }
+    }
+
+    async fn send_now(&mut self) -> Result<()> {
         let (reply_to, epoch) = self.producer.reply_address().await?;
         self.epoch = epoch;
         self.wait_again();
@@ -304,9 +322,14 @@ impl PendingCall {
             .with_reply_to(reply_to)
             .with_correlation_id(self.correlation_id.as_str().into());
         self.producer
-            .publish_body(&self.exchange, &self.routing_key, &self.body, properties)
+            .publish_before(
+                self.deadline,
+                &self.exchange,
+                &self.routing_key,
+                &self.body,
+                properties,
+            )
             .await?;
-        self.deadline = tokio::time::Instant::now() + self.timeout;
         let state = self.producer.rpc_state();
         // Replaced while this was sent: its answer cannot come, so the waiter goes and
         // the call is sent again when awaited.

@@ -91,6 +91,22 @@ pub fn ctl(name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A program of the workspace (a demo, the `postage` tool) as `cargo build --workspace`
+/// left it in the target directory, beside the test binary's `deps`.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|test| test.parent()?.parent().map(std::path::PathBuf::from))
+        .expect("the test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
 /// `scripts/node.sh`: starts, stops and runs `rabbitmqctl` against the tests' own nodes.
 pub fn node_script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")

@@ -109,7 +109,7 @@ struct Failure {
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         let code = match &error {
-            Error::RpcTimeout { .. } => 3,
+            Error::RpcTimeout { .. } | Error::Blocked { .. } | Error::Timeout { .. } => 3,
             Error::Unroutable { .. } => 4,
             Error::ConnectionFailed { .. }
             | Error::AccessRefused { .. }
@@ -186,16 +186,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     result
 }
 
-/// A reliable producer: an unroutable key is an error, not a silent loss.
+/// A reliable producer: an unroutable key is an error, not a silent loss. Opening it and
+/// each publish take at most `bound` (under a resource alarm: an error naming it).
 async fn producer(
     connection: &Connection,
     exchange: Exchange,
     key: &str,
+    bound: Duration,
 ) -> Result<Producer, Failure> {
     Ok(Producer::builder(connection)
         .destination(exchange, key)
         .fingerprint(Fingerprint::new("postage-cli", "tool"))
         .reliable(true)
+        .publish_timeout(bound)
         .build()
         .await?)
 }
@@ -207,10 +210,15 @@ async fn send(
     params: Value,
     exchange: Exchange,
 ) -> Result<(), Failure> {
-    producer(connection, exchange, key)
-        .await?
-        .command(command, params)
-        .await?;
+    producer(
+        connection,
+        exchange,
+        key,
+        postage_core::DEFAULT_PUBLISH_TIMEOUT,
+    )
+    .await?
+    .command(command, params)
+    .await?;
     Ok(())
 }
 
@@ -303,10 +311,9 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
             timeout,
             exchange: name,
         } => {
-            let producer = producer(connection, exchange(name), &key).await?;
-            let options = RpcOptions::new()
-                .timeout(seconds(timeout, "--timeout")?)
-                .max_retry(0);
+            let timeout = seconds(timeout, "--timeout")?;
+            let producer = producer(connection, exchange(name), &key, timeout).await?;
+            let options = RpcOptions::new().timeout(timeout).max_retry(0);
             let pending = producer
                 .rpc_deferred(&command, parameters(params)?, options)
                 .await?;

@@ -3,33 +3,18 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postage_app::GENERIC_APPLICATION_EXCHANGE;
 use postage_core::{Producer, Route};
-use postage_tests::{connect, rabbitmqctl, unique};
+use postage_tests::{binary, connect, rabbitmqctl, unique};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A binary of the workspace, built by `cargo build --workspace` (scripts/test.sh does).
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|test| test.parent()?.parent().map(PathBuf::from))
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
 /// One running `group_app`, its output collected line by line.
 struct App {
     child: Child,

@@ -15,6 +15,7 @@ mod client;
 mod client_recovery;
 mod cluster;
 mod config;
+mod flow_control;
 mod fuzz;
 mod heartbeat;
 mod lowlevel;
