@@ -235,3 +235,50 @@ fn iaas_server_answers_the_iaas_client() {
     );
     server.wait_exit(Duration::from_secs(10));
 }
+
+/// Runs `program` with `env` set, expecting it to stop at start: exit code 1 and exactly
+/// one line on stderr, `Error: ` and what to change, never a panic trace.
+fn refused_start(program: &str, env: &[(&str, &str)], wanted: &str) {
+    // Five times: lapin's I/O thread used to panic when it was reconnecting as the
+    // program's runtime shut down, now and then.
+    for _ in 0..5 {
+        let output = Command::new(program)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the demo runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(
+            lines[0].starts_with("Error: ") && lines[0].contains(wanted),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_start_is_one_readable_line_without_a_panic_trace() {
+    refused_start(
+        env!("CARGO_BIN_EXE_rpc_echo_receive"),
+        &[("POSTAGE_VHOST", "postage-no-such-vhost")],
+        "refused virtual host \"postage-no-such-vhost\" (POSTAGE_VHOST)",
+    );
+    refused_start(
+        env!("CARGO_BIN_EXE_rpc_echo_receive"),
+        &[("POSTAGE_PASSWORD", "not-the-password")],
+        "(POSTAGE_USER, POSTAGE_PASSWORD)",
+    );
+    // Where the broker refuses transient shared queues (RabbitMQ 4 as the project's
+    // scripts run it), forcing them makes the broker close the whole connection.
+    let denies = std::env::var("POSTAGE_RABBITMQ").is_ok_and(|v| v == "4")
+        && !std::env::var("POSTAGE_RABBITMQ_PERMIT_DEPRECATED").is_ok_and(|v| v == "1");
+    if denies {
+        refused_start(
+            env!("CARGO_BIN_EXE_iaas_server"),
+            &[("POSTAGE_QUEUE_SHAPE", "transient")],
+            "refused to declare queue \"iaas\"",
+        );
+    }
+}

@@ -395,6 +395,15 @@ async fn probe_shape(config: &Config, host: &Host) -> QueueShape {
     shape
 }
 
+/// A connection the broker closed over something postage sent (a refused feature, a
+/// command it does not allow), not over its own state (forced close, shutdown) or the
+/// network.
+fn refused_request(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Hard(hard)
+            if !matches!(hard, AMQPHardError::CONNECTIONFORCED)))
+}
+
 /// The broker's answer to a use of a feature it was told to deny.
 fn is_deprecated_feature(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e)
@@ -435,11 +444,16 @@ type Events = std::pin::Pin<Box<dyn futures_util::Stream<Item = lapin::Event> + 
 /// dropped.
 async fn supervise(inner: Weak<Inner>, mut events: Events) {
     let mut check = tokio::time::interval(Duration::from_millis(500));
+    // The last error lapin reported: why the link broke, when it does.
+    let mut cause = None;
     loop {
         // Wait until the link breaks: an error event, or a status check that finds it down.
         tokio::select! {
             event = events.next() => match event {
-                Some(lapin::Event::Error(error)) => tracing::debug!(%error, "connection error event"),
+                Some(lapin::Event::Error(error)) => {
+                    tracing::debug!(%error, "connection error event");
+                    cause = Some(error);
+                }
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     tracing::warn!(%reason, "RabbitMQ blocked publishing on this connection (a resource alarm)");
                     set_state(&inner, LinkState::Blocked { reason });
@@ -468,7 +482,13 @@ async fn supervise(inner: Weak<Inner>, mut events: Events) {
         if link.amqp.status().connected() {
             continue;
         }
-        tracing::warn!(host = %link.host, "connection to RabbitMQ lost; reconnecting");
+        match cause.take() {
+            // The operation the broker refused reports it; this is not news to a user.
+            Some(error) if refused_request(&error) => {
+                tracing::info!(host = %link.host, %error, "RabbitMQ closed the connection over a request it refused; reconnecting");
+            }
+            _ => tracing::warn!(host = %link.host, "connection to RabbitMQ lost; reconnecting"),
+        }
         strong.state.send_replace(LinkState::Reconnecting);
         drop(strong);
         let lost = tokio::time::Instant::now();
