@@ -459,32 +459,20 @@ impl Producer {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
-        self.publish_before(deadline, exchange, routing_key, body, properties)
-            .await
-    }
-
-    /// Publishes one body as [`Producer::publish_body`] does, before `deadline`.
-    pub(crate) async fn publish_before(
-        &self,
-        deadline: tokio::time::Instant,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<()> {
-        let started = tokio::time::Instant::now();
+        let bound = self.inner.publish_timeout;
         let publish = self.publish_now(exchange, routing_key, body, properties);
-        match tokio::time::timeout_at(deadline, publish).await {
+        match tokio::time::timeout(bound, publish).await {
             Ok(published) => published,
             Err(_) => Err(self.inner.connection.overdue(
                 format!("publishing to exchange {exchange:?} with key {routing_key:?}"),
-                started.elapsed(),
+                bound,
             )),
         }
     }
 
-    async fn publish_now(
+    /// Publishes one body and, in reliable mode, waits for its confirm, without a bound
+    /// of its own: the caller bounds it.
+    pub(crate) async fn publish_now(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -321,14 +321,9 @@ impl PendingCall {
             .properties()
             .with_reply_to(reply_to)
             .with_correlation_id(self.correlation_id.as_str().into());
+        // Bounded by `send`'s deadline.
         self.producer
-            .publish_before(
-                self.deadline,
-                &self.exchange,
-                &self.routing_key,
-                &self.body,
-                properties,
-            )
+            .publish_now(&self.exchange, &self.routing_key, &self.body, properties)
             .await?;
         let state = self.producer.rpc_state();
         // Replaced while this was sent: its answer cannot come, so the waiter goes and
