@@ -78,17 +78,22 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 /// tests run on (`POSTAGE_RABBITMQ`, 3 or 4; `scripts/node.sh` knows where each lives)
 /// and returns its standard output.
 pub fn ctl(name: &str, args: &[&str]) -> String {
+    try_ctl(name, args)
+        .unwrap_or_else(|error| panic!("rabbitmqctl -n {name} {args:?} failed: {error}"))
+}
+
+/// [`ctl`], returning what `rabbitmqctl` printed on standard error when it fails.
+pub fn try_ctl(name: &str, args: &[&str]) -> Result<String, String> {
     let output = Command::new(node_script())
         .args(["ctl", name])
         .args(args)
         .output()
         .expect("scripts/node.sh runs");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl -n {name} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
 
 /// A program of the workspace (a demo, the `postage` tool) as `cargo build --workspace`

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postage_core::{Config, Connection, Exchange, Host, Processor, Producer, Queue, processor};
-use postage_tests::{ctl, node_script, unique};
+use postage_tests::{ctl, node_script, try_ctl, unique};
 
 const NODES: [(&str, u16, u16); 3] = [
     ("postage-c1", 5701, 25701),
@@ -48,7 +48,16 @@ fn start_cluster() -> Cluster {
     for (name, _, _) in &NODES[1..] {
         ctl(name, &["stop_app"]);
         ctl(name, &["join_cluster", "postage-c1@localhost"]);
-        ctl(name, &["start_app"]);
+        // RabbitMQ 4.0 with transient queues denied sometimes fails to boot a node that
+        // joins while the cluster's tables are still copying ("can't be denied because
+        // ... actively used", with no such queue anywhere): a broker race, so try again.
+        let started = (0..3).any(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            try_ctl(name, &["start_app"]).is_ok()
+        });
+        assert!(started, "node {name} joins the cluster and starts");
     }
     cluster
 }
