@@ -47,12 +47,17 @@ async fn sigterm_during_a_burst_loses_nothing() {
         .build()
         .await
         .unwrap();
-    for n in 0..SENT {
-        producer
-            .command_to(Route::Default, "work", n)
-            .await
-            .unwrap();
-    }
+    // Sent while the worker runs, so SIGTERM comes in the middle of the burst however
+    // fast each side is (on a loaded machine the worker kept up with a sender that had
+    // to finish first).
+    let sending = tokio::spawn(async move {
+        for n in 0..SENT {
+            producer
+                .command_to(Route::Default, "work", n)
+                .await
+                .unwrap();
+        }
+    });
     assert!(waited(&|l| l.len() > 40), "the worker got going");
     let status = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
@@ -60,6 +65,7 @@ async fn sigterm_during_a_burst_loses_nothing() {
         .unwrap();
     assert!(status.success());
     let exit = worker.wait().unwrap();
+    sending.await.unwrap();
     assert!(
         exit.success(),
         "the worker stops cleanly on SIGTERM: {exit}"
