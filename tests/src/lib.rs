@@ -112,6 +112,37 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A RabbitMQ node of a test's own, started by `scripts/node.sh` on the version the suite
+/// runs on, with `config` as its `rabbitmq.conf`; stopped when dropped, however the test
+/// ends.
+#[derive(Debug)]
+pub struct OwnNode {
+    name: &'static str,
+}
+
+impl OwnNode {
+    /// Starts `name@localhost` on `port` (AMQP) and `dist` (distribution).
+    pub fn start(name: &'static str, port: u16, dist: u16, config: &str) -> Self {
+        let conf = std::env::temp_dir().join(format!("{name}.conf"));
+        std::fs::write(&conf, config).expect("the node's configuration is written");
+        let started = Command::new(node_script())
+            .args(["start", name, &port.to_string(), &dist.to_string()])
+            .arg(&conf)
+            .status()
+            .expect("scripts/node.sh runs");
+        assert!(started.success(), "node {name} starts");
+        Self { name }
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        let _ = Command::new(node_script())
+            .args(["stop", self.name])
+            .status();
+    }
+}
+
 /// `scripts/node.sh`: starts, stops and runs `rabbitmqctl` against the tests' own nodes.
 pub fn node_script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")

@@ -11,7 +11,7 @@ use postage_core::{
     Config, Connection, Consumer, Error, Exchange, Host, Processor, Producer, Queue, QueueShape,
     ReplyQueue, RpcOptions, processor,
 };
-use postage_tests::{connect, ctl, exchange, node_script, rabbitmq_major, rabbitmqctl, unique};
+use postage_tests::{OwnNode, connect, ctl, exchange, rabbitmq_major, rabbitmqctl, unique};
 
 /// The shape the broker under test accepts: RabbitMQ 4 nodes of the project's scripts refuse
 /// transient shared queues unless told to permit them.
@@ -215,17 +215,6 @@ async fn a_quorum_queue_without_dead_lettering_is_warned_about_at_start() {
 /// A node of the test's own with a consumer timeout of 2 s, checked every half second.
 const TIMEOUT_NODE: (&str, u16, u16) = ("postage-timeout", 5721, 25721);
 
-/// Stops the node when the test ends, however it ends.
-struct Node;
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(node_script())
-            .args(["stop", TIMEOUT_NODE.0])
-            .status();
-    }
-}
-
 /// The first delivery of "slow" takes longer than the consumer timeout; the rest are quick.
 struct Slow {
     seen: Arc<Mutex<Vec<(String, bool)>>>,
@@ -252,20 +241,7 @@ impl Slow {
 #[tokio::test]
 async fn a_consumer_the_broker_times_out_is_consumed_again_and_the_message_handled() {
     let (name, port, dist) = TIMEOUT_NODE;
-    let conf = std::env::temp_dir().join(format!("{name}.conf"));
-    std::fs::write(&conf, "consumer_timeout = 2000\n").unwrap();
-    let started = std::process::Command::new(node_script())
-        .args([
-            "start",
-            name,
-            &port.to_string(),
-            &dist.to_string(),
-            conf.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(started.success(), "the node starts");
-    let _node = Node;
+    let _node = OwnNode::start(name, port, dist, "consumer_timeout = 2000\n");
     // The broker checks for timed-out deliveries on each channel's tick (60 s by default).
     ctl(
         name,

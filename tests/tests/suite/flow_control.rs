@@ -10,19 +10,10 @@ use postage_core::{
     Config, Connection, Error, Exchange, Host, LinkState, Processor, Producer, Queue, RpcOptions,
     processor,
 };
-use postage_tests::{binary, ctl, node_script, unique};
+use postage_tests::{OwnNode, binary, ctl, unique};
 
 /// (name, AMQP port, distribution port) of the node the alarm is raised on.
 const NODE: (&str, u16, u16) = ("postage-alarm", 5731, 25731);
-
-/// Stops the node when the test ends, however it ends.
-struct Node;
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new(node_script()).args(["stop", NODE.0]).status();
-    }
-}
 
 struct Doubler;
 
@@ -54,12 +45,7 @@ async fn state_within(connection: &Connection, wait: Duration, want: impl Fn(&Li
 #[tokio::test]
 async fn a_memory_alarm_bounds_publishes_and_calls_and_everything_works_after_it_clears() {
     let (name, port, dist) = NODE;
-    let started = Command::new(node_script())
-        .args(["start", name, &port.to_string(), &dist.to_string()])
-        .status()
-        .unwrap();
-    assert!(started.success(), "the node starts");
-    let _node = Node;
+    let _node = OwnNode::start(name, port, dist, "");
 
     let server = Connection::connect(&config()).await.unwrap();
     // Durable, as the `postage` tool declares its exchange (the node is wiped at start).
