@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::queue::QueueShape;
+use crate::topology::QueueShape;
 
 /// The broker's default AMQP port.
 pub const DEFAULT_PORT: u16 = 5672;

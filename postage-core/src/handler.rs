@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Result;
-use crate::message::{COMMAND, Category, Message, RpcResult};
+use crate::wire::{COMMAND, Category, Message, RpcResult};
 
 /// A boxed future, as handler wrappers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

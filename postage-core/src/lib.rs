@@ -33,53 +33,38 @@
 //! # Ok(()) }
 //! ```
 
-mod address;
-mod channel;
-mod client;
 mod config;
 mod connection;
 mod consumer;
-mod encoder;
-mod envelope;
 mod error;
-mod exchange;
-mod fingerprint;
 mod handler;
-mod json;
-mod message;
-mod messenger;
 mod processor;
 mod producer;
-mod queue;
 mod rpc;
-mod tracker;
+mod topology;
+mod wire;
 
-pub use address::{Address, RouteTable};
-pub use channel::{Channel, Subscription};
-pub use client::{
-    DEFAULT_CALL_TIMEOUT, FANOUT_EXCHANGE, Mode, Request, Response, Responses, Server,
-    ServerHandle, Target, Transport,
-};
+pub mod channel;
+pub mod client;
+pub mod messenger;
+
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFiles};
 pub use connection::{Connection, LinkState};
 pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
-pub use encoder::{Encoder, JsonEncoder};
-pub use envelope::{Envelope, HeaderValue, Incoming};
 pub use error::{Error, Result};
-pub use exchange::{Exchange, ExchangeKind};
-pub use fingerprint::Fingerprint;
 pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
-pub use message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};
-pub use messenger::{ADDRESS_HEADER, Interrupter, Messenger};
 pub use postage_macros::{message_handler, processor, rpc_handler};
 pub use processor::{
     ControlPolicy, DEFAULT_MAX_BODY, Exit, HandlerInfo, Processor, ProcessorBuilder,
     ProcessorHandle,
 };
 pub use producer::{DEFAULT_PUBLISH_TIMEOUT, Producer, ProducerBuilder, Route};
-pub use queue::{Queue, QueueShape};
 pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
-pub use tracker::{DeliveryStatus, Tracker};
+pub use topology::{Exchange, ExchangeKind, Queue, QueueShape};
+pub use wire::{
+    COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,
+    VERSION,
+};
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

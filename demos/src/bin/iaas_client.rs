@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use demos::{connect, say};
-use postage_core::{Mode, Target, Transport};
+use postage_core::client::{Mode, Target, Transport};
 use serde_json::json;
 
 #[tokio::main]

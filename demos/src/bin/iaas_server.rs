@@ -5,7 +5,7 @@
 //! Ctrl-C (SIGINT), after the request in hand.
 
 use demos::{connect, say};
-use postage_core::{Request, Target, Transport};
+use postage_core::client::{Request, Target, Transport};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 

@@ -12,7 +12,9 @@ use postage_core::lapin::options::{BasicAckOptions, ExchangeDeclareOptions};
 use postage_core::lapin::types::FieldTable;
 use postage_core::{
     Connection, Error, Exchange, Exit, Metadata, Processor, ProcessorHandle, Producer, Queue,
-    Request, RpcOptions, Target, Transport, processor,
+    RpcOptions,
+    client::{Request, Target, Transport},
+    processor,
 };
 use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 use tokio::task::JoinHandle;

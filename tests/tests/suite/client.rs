@@ -13,7 +13,8 @@ use postage_core::lapin::options::{
 use postage_core::lapin::types::FieldTable;
 use postage_core::lapin::{self, BasicProperties};
 use postage_core::{
-    Config, Error, Host, Mode, Queue, Request, Server, ServerHandle, Target, Transport,
+    Config, Error, Host, Queue,
+    client::{Mode, Request, Server, ServerHandle, Target, Transport},
 };
 use postage_tests::{connect, unique};
 use serde_json::{Value, json};

@@ -7,7 +7,10 @@
 use std::time::{Duration, Instant};
 
 use postage_core::{
-    Channel, DeliveryStatus, Envelope, Error, Messenger, Mode, Queue, Request, Target, Transport,
+    Error, Queue,
+    channel::{Channel, DeliveryStatus, Envelope},
+    client::{Mode, Request, Target, Transport},
+    messenger::Messenger,
 };
 use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
 use serde_json::{Value, json};

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use postage_core::lapin::options::QueueDeclareOptions;
 use postage_core::lapin::types::{AMQPValue, FieldTable, LongString};
-use postage_core::{Channel, Connection, Envelope, Error, Incoming, Queue, Subscription};
+use postage_core::{
+    Connection, Error, Queue,
+    channel::{Channel, Envelope, Incoming, Subscription},
+};
 use postage_tests::{connect, unique};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -227,7 +230,7 @@ async fn server_named_queues_receive_from_the_amq_exchanges() {
             .unwrap();
         assert_eq!(
             tracker.settled().await,
-            postage_core::DeliveryStatus::Accepted
+            postage_core::channel::DeliveryStatus::Accepted
         );
     }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use postage_core::lapin::types::LongString;
 use postage_core::{
-    ADDRESS_HEADER, Channel, Config, Connection, DeliveryStatus, Envelope, Error, Messenger, Queue,
-    RouteTable,
+    Config, Connection, Error, Queue,
+    channel::{Channel, DeliveryStatus, Envelope},
+    messenger::{ADDRESS_HEADER, Messenger, RouteTable},
 };
 use postage_tests::{connect, unique};
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// password out altogether.
 ///
 /// ```
-/// use postage_core::Address;
+/// use postage_core::messenger::Address;
 ///
 /// let address = Address::parse("amqps://app:s3cret@rabbit:5671/orders")?;
 /// assert!(address.is_tls());
@@ -212,7 +212,7 @@ pub(crate) fn mask_credentials(text: &str) -> String {
 /// `$$` for a `$`.
 ///
 /// ```
-/// use postage_core::RouteTable;
+/// use postage_core::messenger::RouteTable;
 ///
 /// let mut routes = RouteTable::new();
 /// routes.add("bar/*", "amqp://bar.com/$1");

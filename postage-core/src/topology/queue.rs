@@ -8,7 +8,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::exchange::Exchange;
+use crate::topology::Exchange;
 
 /// How a connection declares the queues that Postage's wire contract makes transient
 /// (not durable) and shared (not exclusive): `echo-queue`, GenericApplication's queues,

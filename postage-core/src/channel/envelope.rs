@@ -67,7 +67,7 @@ impl HeaderValue for AMQPValue {
 /// envelope around it. Built like Python amqplib's `Message`:
 ///
 /// ```
-/// use postage_core::Envelope;
+/// use postage_core::channel::Envelope;
 ///
 /// let message = Envelope::text("fancy").header("foo", 7).header("bar", "baz");
 /// assert_eq!(message.body(), b"fancy");
@@ -160,8 +160,8 @@ impl Envelope {
     }
 
     /// Publishes `mandatory`: a message no queue takes comes back, and its
-    /// [`Tracker`](crate::Tracker) says [`Unroutable`](crate::DeliveryStatus::Unroutable)
-    /// instead of [`Accepted`](crate::DeliveryStatus::Accepted).
+    /// [`Tracker`](crate::channel::Tracker) says [`Unroutable`](crate::channel::DeliveryStatus::Unroutable)
+    /// instead of [`Accepted`](crate::channel::DeliveryStatus::Accepted).
     #[must_use]
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
@@ -188,8 +188,8 @@ impl Envelope {
     }
 }
 
-/// A message received from a queue, by polling ([`Channel::get`](crate::Channel::get)) or
-/// consuming ([`Subscription`](crate::Subscription)): its body, properties and routing,
+/// A message received from a queue, by polling ([`Channel::get`](crate::channel::Channel::get)) or
+/// consuming ([`Subscription`](crate::channel::Subscription)): its body, properties and routing,
 /// to acknowledge or reject explicitly.
 #[derive(Debug)]
 pub struct Incoming {
@@ -310,7 +310,7 @@ impl Incoming {
     }
 
     /// The tag of the consumer that received it; `None` for a polled message. Cancel that
-    /// consumer with [`Channel::cancel`](crate::Channel::cancel).
+    /// consumer with [`Channel::cancel`](crate::channel::Channel::cancel).
     pub fn consumer_tag(&self) -> Option<&str> {
         self.consumer_tag.as_deref()
     }

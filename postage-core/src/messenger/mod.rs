@@ -2,6 +2,10 @@
 //! (`amqp://host/queue`), a routing table and a rewrite table on the sender, a [`Tracker`]
 //! per send, explicit acceptance of what is received, windows, timeouts and interrupts.
 
+mod address;
+
+pub use self::address::{Address, RouteTable};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,14 +15,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::address::{Address, RouteTable, strip_credentials};
+use self::address::strip_credentials;
+use crate::channel::Tracker;
 use crate::channel::{Channel, Subscription};
+use crate::channel::{Envelope, Incoming};
 use crate::config::{Config, Host, Password};
 use crate::connection::Connection;
-use crate::envelope::{Envelope, Incoming};
 use crate::error::{Error, Result};
-use crate::queue::Queue;
-use crate::tracker::Tracker;
+use crate::topology::Queue;
 
 /// The application header that carries the address a receiver sees (after the rewrite
 /// rules; credentials stripped by default). Read it with [`Incoming::header_str`].
@@ -56,13 +60,13 @@ struct Peer {
 /// channel (declaring its queue again when [`subscribe_queue`](Messenger::subscribe_queue)
 /// declared it; a server-named queue comes back under a new name). What the connection
 /// loss cut short is as AMQP leaves it: trackers of sends not yet confirmed say
-/// [`Aborted`](crate::DeliveryStatus::Aborted), and received messages not yet settled
+/// [`Aborted`](crate::channel::DeliveryStatus::Aborted), and received messages not yet settled
 /// can no longer be; the broker delivers them again. A subscription the broker ends on
 /// a live connection (its queue deleted) hands [`recv`](Messenger::recv) an error.
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use postage_core::{Config, DeliveryStatus, Envelope, Messenger};
+/// use postage_core::{Config, channel::{DeliveryStatus, Envelope}, messenger::Messenger};
 ///
 /// # async fn demo() -> postage_core::Result<()> {
 /// let mut messenger = Messenger::new(Config::from_env()?)
@@ -259,7 +263,7 @@ impl Messenger {
 
     /// Waits until the broker settled every message put so far (a blocking call). Sends
     /// whose channel a connection loss closed are settled as
-    /// [`Aborted`](crate::DeliveryStatus::Aborted).
+    /// [`Aborted`](crate::channel::DeliveryStatus::Aborted).
     pub async fn send(&self) -> Result<()> {
         let publishers = self
             .publishers

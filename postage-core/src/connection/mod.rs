@@ -15,7 +15,7 @@ use lapin::{ConnectionProperties, ErrorKind};
 
 use crate::config::{Config, Host};
 use crate::error::{Error, Result};
-use crate::queue::QueueShape;
+use crate::topology::QueueShape;
 
 /// A connection to the first broker of [`Config::hosts`] that accepts the login, kept
 /// alive: when it is lost (network cut, broker restart, node loss, closed by the broker,

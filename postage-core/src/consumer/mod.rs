@@ -15,11 +15,11 @@ use lapin::types::FieldTable;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::{ChannelLease, Connection};
-use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
-use crate::exchange::Exchange;
-use crate::message::Message;
-use crate::queue::Queue;
+use crate::topology::Exchange;
+use crate::topology::Queue;
+use crate::wire::Message;
+use crate::wire::{Encoder, JsonEncoder};
 
 /// The deliveries of one queue.
 type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Send + Sync>>;

@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
 
 use crate::error::{Error, Result};
-use crate::json;
-use crate::message::{Category, Message, RpcResult};
 use crate::producer::{Producer, Route};
+use crate::wire::json;
+use crate::wire::{Category, Message, RpcResult};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";

@@ -16,16 +16,16 @@ use tokio::sync::Notify;
 
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
-use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
-use crate::exchange::Exchange;
-use crate::fingerprint::Fingerprint;
 use crate::handler::{
     BoxFuture, Filtered, HandlerCall, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
 };
-use crate::json;
-use crate::message::{COMMAND, Category, Message, RpcResult};
-use crate::queue::Queue;
+use crate::topology::Exchange;
+use crate::topology::Queue;
+use crate::wire::Fingerprint;
+use crate::wire::json;
+use crate::wire::{COMMAND, Category, Message, RpcResult};
+use crate::wire::{Encoder, JsonEncoder};
 
 mod acks;
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::fingerprint::Fingerprint;
+use crate::wire::Fingerprint;
 
 /// The message format version Postage 1.x writes.
 pub const VERSION: &str = "2";

@@ -37,7 +37,7 @@ impl DeliveryStatus {
 /// does not cancel anything.
 ///
 /// ```no_run
-/// use postage_core::{Channel, Connection, DeliveryStatus, Envelope};
+/// use postage_core::{Connection, channel::{Channel, DeliveryStatus, Envelope}};
 ///
 /// # async fn demo() -> postage_core::Result<()> {
 /// let connection = Connection::from_env().await?;

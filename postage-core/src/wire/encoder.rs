@@ -3,7 +3,7 @@
 use std::fmt::Debug;
 
 use crate::error::Result;
-use crate::message::Message;
+use crate::wire::Message;
 
 /// Turns messages into bodies and bodies into messages, and names the AMQP
 /// `content_type` it writes. Every component of a system must use the same encoding;

@@ -2,6 +2,13 @@
 //! on the shared [`Connection`] to declare, bind, publish plain [`Envelope`]s, poll a queue,
 //! consume and cancel by consumer tag, and a close that flushes every publish.
 
+mod envelope;
+mod tracker;
+
+pub use self::envelope::{Envelope, HeaderValue, Incoming};
+pub(crate) use self::tracker::Confirms;
+pub use self::tracker::{DeliveryStatus, Tracker};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,11 +22,9 @@ use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, RwLock};
 
 use crate::connection::{ChannelLease, Connection};
-use crate::envelope::{Envelope, Incoming};
 use crate::error::{Error, Result};
-use crate::exchange::Exchange;
-use crate::queue::Queue;
-use crate::tracker::{Confirms, Tracker};
+use crate::topology::Exchange;
+use crate::topology::Queue;
 
 /// An AMQP channel on a [`Connection`], in publisher-confirm mode, for everything
 /// [`Producer`](crate::Producer) and [`Consumer`](crate::Consumer) do not wrap. Clones
@@ -34,7 +39,7 @@ use crate::tracker::{Confirms, Tracker};
 /// reconnected ([`Connection::generation`] changed), open another.
 ///
 /// ```no_run
-/// use postage_core::{Channel, Connection, Envelope, Exchange, Queue};
+/// use postage_core::{Connection, Exchange, Queue, channel::{Channel, Envelope}};
 ///
 /// # async fn demo() -> postage_core::Result<()> {
 /// let connection = Connection::from_env().await?;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::fingerprint::Fingerprint;
-use crate::message::{COMMAND, Category, NONE, RESULT, RpcResult, VERSION};
+use crate::wire::Fingerprint;
+use crate::wire::{COMMAND, Category, NONE, RESULT, RpcResult, VERSION};
 
 /// A command as [`Message::command`](crate::Message::command) builds it, borrowed.
 #[derive(Serialize)]
@@ -196,7 +196,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::message::{Message, RpcResult};
+    use crate::wire::{Message, RpcResult};
 
     #[test]
     fn command_body_reads_back_as_the_message_would_be() {

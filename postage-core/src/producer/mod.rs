@@ -12,13 +12,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::connection::{ChannelLease, Connection};
-use crate::encoder::{Encoder, JsonEncoder};
 use crate::error::{Error, Result};
-use crate::exchange::Exchange;
-use crate::fingerprint::Fingerprint;
-use crate::json;
-use crate::message::{Category, Message};
 use crate::rpc::ReplyQueue;
+use crate::topology::Exchange;
+use crate::wire::Fingerprint;
+use crate::wire::json;
+use crate::wire::{Category, Message};
+use crate::wire::{Encoder, JsonEncoder};
 
 /// How long a publish (and, in reliable mode, its confirm) may take by default before it
 /// fails: [`Error::Blocked`] under a broker's resource alarm, else [`Error::Timeout`].

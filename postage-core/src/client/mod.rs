@@ -33,12 +33,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::channel::Channel;
+use crate::channel::DeliveryStatus;
+use crate::channel::{Envelope, Incoming};
 use crate::config::Config;
 use crate::connection::Connection;
-use crate::envelope::{Envelope, Incoming};
 use crate::error::{Error, Result};
-use crate::queue::Queue;
-use crate::tracker::DeliveryStatus;
+use crate::topology::Queue;
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -226,7 +226,7 @@ impl Drop for Forget<'_> {
 /// channel.
 ///
 /// ```no_run
-/// use postage_core::{Config, Mode, Target, Transport};
+/// use postage_core::{Config, client::{Mode, Target, Transport}};
 /// use serde_json::{json, Value};
 ///
 /// # async fn demo() -> postage_core::Result<()> {
