@@ -50,7 +50,7 @@ pub mod messenger;
 
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFiles};
 pub use connection::{Connection, LinkState};
-pub use consumer::{Binding, Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use error::{Error, Result};
 pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
 pub use postage_macros::{message_handler, processor, rpc_handler};
@@ -60,7 +60,7 @@ pub use processor::{
 };
 pub use producer::{DEFAULT_PUBLISH_TIMEOUT, Producer, ProducerBuilder, Route};
 pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
-pub use topology::{Exchange, ExchangeKind, Queue, QueueShape};
+pub use topology::{Binding, Exchange, ExchangeKind, Queue, QueueShape};
 pub use wire::{
     COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,
     VERSION,

@@ -109,7 +109,10 @@ impl Channel {
     /// [`QueueShape`]: crate::QueueShape
     pub async fn declare_queue(&self, queue: &Queue) -> Result<String> {
         queue
-            .declare(&self.inner.amqp, &self.inner.connection)
+            .declare(
+                &self.inner.amqp,
+                self.inner.connection.shape_for(queue).await,
+            )
             .await
     }
 

@@ -442,7 +442,7 @@ impl Producer {
             .lock()
             .is_ok_and(|set| set.contains(exchange.name()));
         if !known {
-            exchange.declare(&self.live_channel().await?.0).await?;
+            self.inner.connection.declare_exchange(exchange).await?;
             if let Ok(mut set) = self.inner.declared.lock() {
                 set.insert(exchange.name().to_owned());
             }

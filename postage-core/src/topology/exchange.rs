@@ -119,7 +119,7 @@ impl Exchange {
 
     /// True for the AMQP default exchange, which is never declared, or for the
     /// predeclared `amq.*` exchanges.
-    fn is_predeclared(&self) -> bool {
+    pub(crate) fn is_predeclared(&self) -> bool {
         self.name.is_empty() || self.name.starts_with("amq.")
     }
 

@@ -1,8 +1,11 @@
-//! What lives on the broker: [`Exchange`]s and [`Queue`]s described once, as values, and
-//! declared by whoever needs them, with the [`QueueShape`] the broker accepts.
+//! What lives on the broker: [`Exchange`]s, [`Queue`]s and the [`Binding`]s between
+//! them, described once, as values, and declared by whoever needs them, each queue in
+//! the [`QueueShape`] the broker accepts.
 
+mod binding;
 mod exchange;
 mod queue;
 
+pub use self::binding::Binding;
 pub use self::exchange::{Exchange, ExchangeKind};
 pub use self::queue::{Queue, QueueShape};

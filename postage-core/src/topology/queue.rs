@@ -6,7 +6,6 @@ use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::topology::Exchange;
 
@@ -192,16 +191,24 @@ impl Queue {
 
     /// Declares the queue on `channel` in the shape `connection`'s broker accepts and
     /// returns its name (the broker's choice when the name was empty).
+    /// Whether the broker decides this queue's shape: only a queue neither durable nor
+    /// exclusive takes another where the broker refuses the transient one.
+    pub(crate) fn takes_shape(&self) -> bool {
+        !self.durable && !self.exclusive
+    }
+
+    /// Declares the queue on `channel` in `shape` (used only when
+    /// [`takes_shape`](Self::takes_shape)), and returns its name (the broker's choice for
+    /// an unnamed queue).
     pub(crate) async fn declare(
         &self,
         channel: &lapin::Channel,
-        connection: &Connection,
+        shape: QueueShape,
     ) -> Result<String> {
-        // Only a queue neither durable nor exclusive takes another shape: ask for no other.
-        let shape = if self.durable || self.exclusive {
-            QueueShape::Transient
+        let shape = if self.takes_shape() {
+            shape
         } else {
-            connection.queue_shape().await
+            QueueShape::Transient
         };
         let options = self.options(shape);
         let declared = channel

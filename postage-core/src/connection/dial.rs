@@ -1,0 +1,111 @@
+//! Reaching a broker: every host in turn, each within the connection timeout, a refused
+//! login or virtual host final.
+
+use std::sync::Arc;
+
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::{ConnectionProperties, ErrorKind};
+
+use super::Link;
+use super::runtime::lapin_runtime;
+use crate::config::{Config, Host};
+use crate::error::{Error, Result};
+
+/// Tries every host in turn, each for at most [`Config::connection_timeout`]; a refused
+/// login or virtual host stops at once.
+pub(super) async fn dial(config: &Config) -> Result<Link> {
+    let mut attempts = Vec::new();
+    for host in &config.hosts {
+        match open(config, host, &connection_name()).await {
+            Ok(amqp) => {
+                tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
+                return Ok(Link {
+                    amqp: Arc::new(amqp),
+                    host: host.clone(),
+                    shape: Arc::default(),
+                });
+            }
+            Err(Refusal::Final(error)) => return Err(error),
+            Err(Refusal::Next(reason)) => {
+                tracing::debug!(host = %host, %reason, "RabbitMQ host did not accept the connection");
+                attempts.push(format!("{host}: {reason}"));
+            }
+        }
+    }
+    Err(Error::ConnectionFailed {
+        attempts: attempts.join("; "),
+    })
+}
+
+/// Why one host was not connected to: a refusal that another host would repeat (login,
+/// virtual host), or a reason to try the next.
+pub(super) enum Refusal {
+    Final(Error),
+    Next(String),
+}
+
+/// Opens one AMQP connection to `host`, within [`Config::connection_timeout`].
+pub(super) async fn open(
+    config: &Config,
+    host: &Host,
+    name: &str,
+) -> Result<lapin::Connection, Refusal> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let tls = if config.tls {
+        config.tls_config().map_err(Refusal::Final)?
+    } else {
+        lapin::tcp::OwnedTLSConfig::default()
+    };
+    let runtime = lapin_runtime().map_err(Refusal::Final)?;
+    // lapin bounds neither the TCP connect nor the AMQP handshake: a frozen broker (its
+    // kernel still accepts connections) would hold the dial, and every host after it,
+    // forever.
+    let connect =
+        lapin::Connection::connect_uri_with_config(config.amqp_uri(host), properties, tls, runtime);
+    match tokio::time::timeout(config.connection_timeout, connect).await {
+        Err(_) => Err(Refusal::Next(format!(
+            "no answer within {:?}",
+            config.connection_timeout
+        ))),
+        Ok(Ok(amqp)) => Ok(amqp),
+        Ok(Err(error)) => Err(refusal(config, host, &error)),
+    }
+}
+
+/// Sorts a failed connection attempt: a refused login or virtual host is final.
+fn refusal(config: &Config, host: &Host, error: &lapin::Error) -> Refusal {
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return Refusal::Next(error.to_string());
+    };
+    match amqp.kind() {
+        AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Refusal::Final(Error::AccessRefused {
+            user: config.user.clone(),
+            vhost: config.vhost.clone(),
+            host: host.to_string(),
+        }),
+        AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Refusal::Final(Error::VhostRefused {
+            vhost: config.vhost.clone(),
+            user: config.user.clone(),
+            host: host.to_string(),
+            reason: amqp
+                .get_message()
+                .as_str()
+                .trim_start_matches("NOT_ALLOWED - ")
+                .to_owned(),
+        }),
+        _ => Refusal::Next(error.to_string()),
+    }
+}
+
+/// `program (pid N)`, shown in the broker's connection list.
+pub(super) fn connection_name() -> String {
+    let program = std::env::args()
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "postage".to_owned());
+    format!("{program} (pid {})", std::process::id())
+}

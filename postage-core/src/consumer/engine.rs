@@ -1,0 +1,466 @@
+//! What a consumer wants on the broker and how it gets it back: its channel and prefetch,
+//! its exchanges, queues and bindings (run-time ones included), and one consumer per
+//! queue it reads, reconciled by the connection's supervisor after every reconnection
+//! and every loss of its channel or of one of its consumers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+
+use futures_util::{Stream, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::mpsc;
+
+use super::Delivery;
+use crate::connection::supervisor::{Member, Reconciling, Resync};
+use crate::connection::{ChannelLease, Connection};
+use crate::error::{Error, Result};
+use crate::topology::{Binding, Exchange, Queue};
+use crate::wire::Encoder;
+
+/// The deliveries of one queue.
+pub(super) type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Send + Sync>>;
+
+/// A consumer's wanted state and its live channel, shared by the [`Consumer`]
+/// (super::Consumer), its handles and its keeper.
+#[derive(Debug)]
+pub(super) struct Engine {
+    pub(super) connection: Connection,
+    pub(super) prefetch: u16,
+    /// The live channel, replaced by each reconciliation.
+    channel: RwLock<Arc<ChannelLease>>,
+    pub(super) encoder: Arc<dyn Encoder>,
+    /// What was bound, as declared, with each queue's actual name: replayed on recovery.
+    bindings: Mutex<Vec<Bound>>,
+    /// The queues to read (`None` before `start` and after `stop`), each with the tag of
+    /// its consumer on the live channel (`None` until it runs there).
+    consuming: Mutex<Option<BTreeMap<String, Option<String>>>>,
+    /// Held by whatever changes what runs on the channel (a reconciliation, a consume, a
+    /// cancel), so no two of them ever start a second consumer of one queue.
+    changing: tokio::sync::Mutex<()>,
+    /// Hands each new queue's stream to the [`Consumer`](super::Consumer).
+    streams: mpsc::UnboundedSender<Deliveries>,
+    /// Tells the keeper a consumer or the channel was lost on a live connection.
+    resync: OnceLock<Resync>,
+}
+
+/// A binding and the name its queue has on the broker (the broker's choice when the
+/// queue was declared without one).
+#[derive(Debug, Clone)]
+struct Bound {
+    binding: Binding,
+    queue_name: String,
+}
+
+impl Engine {
+    /// Opens the channel, sets its prefetch, and has the connection's supervisor keep
+    /// the engine reconciled from now on.
+    pub(super) async fn start(
+        connection: &Connection,
+        prefetch: u16,
+        encoder: Arc<dyn Encoder>,
+        streams: mpsc::UnboundedSender<Deliveries>,
+    ) -> Result<Arc<Self>> {
+        let channel = open(connection, prefetch).await?;
+        let engine = Arc::new(Self {
+            connection: connection.clone(),
+            prefetch,
+            channel: RwLock::new(Arc::new(channel)),
+            encoder,
+            bindings: Mutex::new(Vec::new()),
+            consuming: Mutex::new(None),
+            changing: tokio::sync::Mutex::new(()),
+            streams,
+            resync: OnceLock::new(),
+        });
+        let resync = crate::connection::supervisor::keep(
+            Arc::downgrade(&engine),
+            connection.watch_generation(),
+            |engine: &Self| engine.live_lease().serial(),
+        );
+        let _ = engine.resync.set(resync);
+        Ok(engine)
+    }
+
+    pub(super) fn live_lease(&self) -> Arc<ChannelLease> {
+        match self.channel.read() {
+            Ok(lease) => Arc::clone(&lease),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Declares and binds, remembers the binding, and reads the queue when consuming.
+    pub(super) async fn bind(
+        self: &Arc<Self>,
+        exchange: &Exchange,
+        queue: &Queue,
+        routing_key: &str,
+    ) -> Result<String> {
+        queue.warn_if_dropping();
+        let name =
+            declare_and_bind(&self.connection, exchange, queue, queue.name(), routing_key).await?;
+        let binding = Binding {
+            exchange: exchange.clone(),
+            queue: queue.clone(),
+            routing_key: routing_key.to_owned(),
+        };
+        if let Ok(mut bindings) = self.bindings.lock()
+            && !bindings
+                .iter()
+                .any(|b| b.binding == binding && b.queue_name == name)
+        {
+            bindings.push(Bound {
+                binding,
+                queue_name: name.clone(),
+            });
+        }
+        let consuming = self.consuming.lock().is_ok_and(|c| c.is_some());
+        if consuming {
+            self.consume(&name).await?;
+        }
+        Ok(name)
+    }
+
+    /// Removes a binding now, and from what is restored.
+    pub(super) async fn unbind(
+        &self,
+        exchange: &Exchange,
+        queue: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        self.connection
+            .unbind_queue(queue, exchange, routing_key)
+            .await?;
+        if let Ok(mut bindings) = self.bindings.lock() {
+            bindings.retain(|b| {
+                !(b.binding.exchange.name() == exchange.name()
+                    && b.queue_name == queue
+                    && b.binding.routing_key == routing_key)
+            });
+        }
+        Ok(())
+    }
+
+    /// The bindings made, in order, each queue under its actual name.
+    pub(super) fn bindings(&self) -> Vec<Binding> {
+        self.bindings
+            .lock()
+            .map(|bound| {
+                bound
+                    .iter()
+                    .map(|b| Binding {
+                        queue: b.binding.queue.renamed(&b.queue_name),
+                        ..b.binding.clone()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Reads every bound queue from now on.
+    pub(super) async fn start_consuming(self: &Arc<Self>) -> Result<()> {
+        if let Ok(mut consuming) = self.consuming.lock() {
+            consuming.get_or_insert_with(BTreeMap::new);
+        }
+        let mut queues: Vec<String> = Vec::new();
+        for binding in self.bindings() {
+            if !queues.iter().any(|q| q == binding.queue.name()) {
+                queues.push(binding.queue.name().to_owned());
+            }
+        }
+        for queue in queues {
+            self.consume(&queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads `queue` from now on, unless it is read already.
+    async fn consume(self: &Arc<Self>, queue: &str) -> Result<()> {
+        let _changing = self.changing.lock().await;
+        let wanted = self.consuming.lock().is_ok_and(|mut c| {
+            let Some(queues) = c.as_mut() else {
+                return false;
+            };
+            queues.entry(queue.to_owned()).or_insert(None).is_none()
+        });
+        if wanted {
+            self.consume_on(&self.live_lease(), queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the consumer of `queue` on `lease` and hands its stream over. Called with
+    /// `changing` held.
+    async fn consume_on(self: &Arc<Self>, lease: &Arc<ChannelLease>, queue: &str) -> Result<()> {
+        let stream = lease
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp(format!("consuming queue {queue:?}")))?;
+        let tag = stream.tag().to_string();
+        if let Ok(mut consuming) = self.consuming.lock()
+            && let Some(queues) = consuming.as_mut()
+        {
+            queues.insert(queue.to_owned(), Some(tag.clone()));
+        }
+        let encoder = Arc::clone(&self.encoder);
+        let queue: Arc<str> = Arc::from(queue);
+        let queue_name = Arc::clone(&queue);
+        let ending = Ending {
+            engine: Arc::downgrade(self),
+            queue: Arc::clone(&queue),
+            tag,
+            lease: Arc::clone(lease),
+        };
+        let lease = Arc::clone(lease);
+        let deliveries = stream
+            .take_while(move |next| {
+                // A lost channel ends the stream: the reconciliation starts a new one.
+                if let Err(error) = next {
+                    tracing::debug!(queue = %queue_name, %error, "consumer stream failed");
+                }
+                std::future::ready(next.is_ok())
+            })
+            .filter_map(move |next| {
+                std::future::ready(next.ok().map(|inner| Delivery {
+                    inner,
+                    queue: Arc::clone(&queue),
+                    encoder: Arc::clone(&encoder),
+                    channel: Arc::clone(&lease),
+                }))
+            })
+            .chain(
+                futures_util::stream::once(async move { ending.report() })
+                    .filter_map(|()| std::future::ready(None)),
+            );
+        // The consumer is gone when the send fails: nobody reads this queue any more.
+        let _ = self.streams.send(Box::pin(deliveries));
+        Ok(())
+    }
+
+    /// Stops reading `queue`, leaving its bindings.
+    pub(super) async fn stop_consuming(&self, queue: &str) -> Result<()> {
+        let _changing = self.changing.lock().await;
+        let tag = self
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|mut c| c.as_mut().and_then(|queues| queues.remove(queue)))
+            .flatten();
+        match tag {
+            Some(tag) => self.cancel(&tag).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops reading every queue.
+    pub(super) async fn stop(&self) -> Result<()> {
+        let _changing = self.changing.lock().await;
+        let queues = self
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take())
+            .unwrap_or_default();
+        for tag in queues.into_values().flatten() {
+            self.cancel(&tag).await?;
+        }
+        Ok(())
+    }
+
+    /// Cancels the consumer `tag`; one whose channel is down has nothing to cancel.
+    async fn cancel(&self, tag: &str) -> Result<()> {
+        let channel = self.live_lease();
+        match channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await
+        {
+            Err(error) if !channel.status().connected() => {
+                tracing::debug!(%error, "consumer already gone with its channel");
+                Ok(())
+            }
+            other => other.map_err(Error::amqp(format!("cancelling consumer {tag:?}"))),
+        }
+    }
+
+    /// The queues being read now, by name.
+    pub(super) fn consumed_queues(&self) -> Vec<String> {
+        self.consuming
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|q| q.keys().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    /// Restores everything on a new channel, from whatever state the last attempt left:
+    /// QoS, exchanges, queues (server-named ones under new names), bindings, and one
+    /// consumer for each queue that is read. The channel it replaces is closed, and with
+    /// it any consumer still on it, so none stacks.
+    async fn restore(self: &Arc<Self>) -> Result<()> {
+        let _changing = self.changing.lock().await;
+        let lease = Arc::new(open(&self.connection, self.prefetch).await?);
+        let old = match self.channel.write() {
+            Ok(mut channel) => std::mem::replace(&mut *channel, Arc::clone(&lease)),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), Arc::clone(&lease)),
+        };
+        if let Ok(mut consuming) = self.consuming.lock()
+            && let Some(queues) = consuming.as_mut()
+        {
+            queues.values_mut().for_each(|tag| *tag = None);
+        }
+        // Still open when only a consumer was cancelled: its other consumers would stack
+        // on those started below, and its unacknowledged deliveries go back to the queues.
+        if old.status().connected() {
+            let _ = old
+                .close(200, "postage: consumer moved to a new channel".into())
+                .await;
+        }
+        let bound = self.bindings.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        for Bound {
+            binding,
+            queue_name,
+        } in bound
+        {
+            // A server-named queue cannot be declared again under its old `amq.gen-` name.
+            let wanted = if binding.queue.name().is_empty() {
+                renamed.get(&queue_name).cloned().unwrap_or_default()
+            } else {
+                queue_name.clone()
+            };
+            let name = declare_and_bind(
+                &self.connection,
+                &binding.exchange,
+                &binding.queue,
+                &wanted,
+                &binding.routing_key,
+            )
+            .await?;
+            if name != queue_name {
+                self.rename(&queue_name, &name);
+            }
+            renamed.insert(queue_name, name);
+        }
+        let unread: Vec<String> = self
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|c| {
+                c.as_ref().map(|q| {
+                    q.iter()
+                        .filter(|(_, t)| t.is_none())
+                        .map(|(q, _)| q.clone())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        for queue in unread {
+            self.consume_on(&lease, &queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Records that the queue declared as `old` is `new` on the broker now.
+    fn rename(&self, old: &str, new: &str) {
+        if let Ok(mut bindings) = self.bindings.lock() {
+            for bound in bindings.iter_mut().filter(|b| b.queue_name == old) {
+                bound.queue_name = new.to_owned();
+            }
+        }
+        if let Ok(mut consuming) = self.consuming.lock()
+            && let Some(queues) = consuming.as_mut()
+            && queues.remove(old).is_some()
+        {
+            queues.insert(new.to_owned(), None);
+        }
+    }
+}
+
+impl Member for Engine {
+    fn describe(&self) -> String {
+        format!("consumer of queues {:?}", self.consumed_queues())
+    }
+
+    fn reconcile(self: Arc<Self>) -> Reconciling {
+        Box::pin(async move { self.restore().await })
+    }
+}
+
+/// What a queue's stream knows to report its end.
+struct Ending {
+    engine: Weak<Engine>,
+    queue: Arc<str>,
+    tag: String,
+    lease: Arc<ChannelLease>,
+}
+
+impl Ending {
+    /// Tells the keeper when the stream ended by no doing of ours: not cancelled by `stop`
+    /// or `stop_consuming` (the queue would no longer be read under this tag), nor lost
+    /// with the connection (its re-establishment restores everything).
+    fn report(self) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let current = engine
+            .consuming
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref()?.get(&*self.queue).cloned().flatten());
+        if current.as_deref() != Some(self.tag.as_str())
+            || !engine.connection.lapin().status().connected()
+        {
+            return;
+        }
+        let why = if self.lease.status().connected() {
+            "the broker cancelled the consumer (queue deleted?)"
+        } else {
+            "the broker closed the channel"
+        };
+        tracing::warn!(queue = %self.queue, why, "consumer lost; recovering it on a new channel");
+        if let Some(resync) = engine.resync.get() {
+            resync.lost(self.lease.serial());
+        }
+    }
+}
+
+/// Opens a consumer channel with its prefetch.
+async fn open(connection: &Connection, prefetch: u16) -> Result<ChannelLease> {
+    let channel = connection.lease_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(Error::amqp(format!("setting prefetch {prefetch}")))?;
+    Ok(channel)
+}
+
+/// Declares `exchange` and `queue` (under `name`; empty for a server-named one) and binds
+/// them, on the connection's declaration channel; returns the queue's actual name.
+async fn declare_and_bind(
+    connection: &Connection,
+    exchange: &Exchange,
+    queue: &Queue,
+    name: &str,
+    routing_key: &str,
+) -> Result<String> {
+    connection.declare_exchange(exchange).await?;
+    let name = connection.declare_queue(&queue.renamed(name)).await?;
+    // The default exchange reaches every queue by its name and takes no bindings.
+    if exchange.name().is_empty() {
+        if !routing_key.is_empty() && routing_key != name {
+            return Err(Error::config(
+                "routing_key",
+                format!(
+                    "the default exchange reaches queue {name:?} only by its own name, not {routing_key:?}"
+                ),
+            ));
+        }
+        return Ok(name);
+    }
+    connection.bind_queue(&name, exchange, routing_key).await?;
+    Ok(name)
+}
