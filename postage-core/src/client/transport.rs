@@ -1,0 +1,508 @@
+//! The SDK's transport: sends in three modes, calls, and non-blocking requests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::server::{Request, Server};
+use super::{DEFAULT_CALL_TIMEOUT, FANOUT_EXCHANGE, Mode, Target};
+use crate::channel::Channel;
+use crate::channel::DeliveryStatus;
+use crate::channel::Envelope;
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// An answer to a [`Transport::request`], delivered to [`Transport::responses`] or
+/// [`Transport::on_response`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    correlation_id: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    /// The id [`Transport::request`] returned for the request this answers.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The body decoded from JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|source| Error::Payload {
+            what: format!("the answer to request {:?}", self.correlation_id),
+            source,
+        })
+    }
+}
+
+/// The answers to non-blocking requests, in arrival order: a [`Stream`], or read with
+/// [`Responses::next`].
+#[derive(Debug)]
+pub struct Responses {
+    receiver: mpsc::UnboundedReceiver<Response>,
+}
+
+impl Responses {
+    /// The next answer; `None` once the transport is closed or a newer [`Responses`]
+    /// took over.
+    pub async fn next(&mut self) -> Option<Response> {
+        self.receiver.recv().await
+    }
+}
+
+impl Stream for Responses {
+    type Item = Response;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Response>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// Who waits for the answer to a correlation id.
+#[derive(Debug)]
+enum Waiter {
+    /// A [`Transport::call`], awaiting this one answer.
+    Call(oneshot::Sender<Vec<u8>>),
+    /// A [`Transport::request`], whose answer goes to the responses sink.
+    Request,
+}
+
+/// Where answers to requests go: the latest [`Responses`], or a backlog until there is one.
+#[derive(Debug, Default)]
+struct Sink {
+    sender: Option<mpsc::UnboundedSender<Response>>,
+    backlog: Vec<Response>,
+}
+
+#[derive(Debug, Default)]
+struct Replies {
+    waiting: Mutex<HashMap<String, Waiter>>,
+    sink: Mutex<Sink>,
+}
+
+impl Replies {
+    fn deliver(&self, correlation_id: &str, body: Vec<u8>) {
+        let waiter = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(correlation_id));
+        match waiter {
+            Some(Waiter::Call(sender)) => {
+                let _ = sender.send(body);
+            }
+            Some(Waiter::Request) => {
+                let response = Response {
+                    correlation_id: correlation_id.to_owned(),
+                    body,
+                };
+                if let Ok(mut sink) = self.sink.lock() {
+                    let response = match &sink.sender {
+                        Some(sender) => match sender.send(response) {
+                            Ok(()) => return,
+                            Err(mpsc::error::SendError(response)) => response,
+                        },
+                        None => response,
+                    };
+                    sink.sender = None;
+                    sink.backlog.push(response);
+                }
+            }
+            None => tracing::debug!(correlation_id, "dropping an answer nobody waits for"),
+        }
+    }
+
+    fn forget(&self, correlation_id: &str) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(correlation_id);
+        }
+    }
+}
+
+/// Removes a call's waiter when the call ends early (error, timeout, cancellation).
+struct Forget<'a> {
+    replies: &'a Replies,
+    correlation_id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.replies.forget(self.correlation_id);
+    }
+}
+
+/// The SDK's transport: a channel on a broker connection that sends to [`Target`]s in
+/// the three [`Mode`]s, makes non-blocking requests, and serves targets. Clones share the
+/// channel.
+///
+/// ```no_run
+/// use postage_core::{Config, client::{Mode, Target, Transport}};
+/// use serde_json::{json, Value};
+///
+/// # async fn demo() -> postage_core::Result<()> {
+/// let transport = Transport::connect(&Config::from_env()?).await?;
+/// let iaas = Target::new("iaas");
+/// let body = json!({"cpu": 2, "mem": 4096, "disk": 40});
+///
+/// let answer: Value = transport.call(&iaas, &body).await?; // mode "rpc"
+/// transport.cast(&iaas, &body).await?; // one server gets it
+/// transport.fanout(&iaas, &body).await?; // every server gets it
+/// let same = transport.send(&iaas, &body, Mode::Rpc).await?; // Some(answer)
+///
+/// // Non-blocking: answers reach the callback while this task goes on.
+/// transport.on_response(|response| println!("receive message: {:?}", response.json::<Value>()));
+/// transport.request(&iaas, &body).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connection: Connection,
+    owns_connection: bool,
+    link: Mutex<Link>,
+    /// Held while the channel is reopened, so one task does it.
+    reopening: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    replies: Arc<Replies>,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+/// The transport's channel now, and whether it consumes answers yet.
+#[derive(Debug, Clone)]
+struct Link {
+    channel: Channel,
+    /// The connection's generation the channel was opened in.
+    generation: u64,
+    answering: bool,
+}
+
+impl Transport {
+    /// Connects to the first of `config`'s hosts that answers (the SDK's
+    /// `get_transport(conf)`: hosts, port, user, password, virtual host, heartbeat).
+    /// [`close`](Self::close) closes that connection.
+    pub async fn connect(config: &Config) -> Result<Self> {
+        let connection = Connection::connect(config).await?;
+        Self::open(connection, true).await
+    }
+
+    /// A transport on an existing connection, which [`close`](Self::close) leaves open.
+    pub async fn new(connection: &Connection) -> Result<Self> {
+        Self::open(connection.clone(), false).await
+    }
+
+    async fn open(connection: Connection, owns_connection: bool) -> Result<Self> {
+        let generation = connection.generation();
+        let channel = Channel::open(&connection).await?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                connection,
+                owns_connection,
+                link: Mutex::new(Link {
+                    channel,
+                    generation,
+                    answering: false,
+                }),
+                reopening: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
+                replies: Arc::default(),
+                id_prefix: format!("{:x}.{nanos:x}", std::process::id()),
+                next_id: AtomicU64::new(0),
+            }),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// A copy whose calls wait `timeout` for their answer (default 30 s).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `body` as JSON in `mode`: for [`Mode::Rpc`] waits for the answer and returns
+    /// it, otherwise returns `None` once the broker has the message (the SDK's
+    /// `send_message(message, mode)`).
+    pub async fn send(
+        &self,
+        target: &Target,
+        body: &impl Serialize,
+        mode: Mode,
+    ) -> Result<Option<Value>> {
+        match mode {
+            Mode::Rpc => self.call(target, body).await.map(Some),
+            Mode::Cast => self.cast(target, body).await.map(|()| None),
+            Mode::Fanout => self.fanout(target, body).await.map(|()| None),
+        }
+    }
+
+    /// Calls `target` and decodes its JSON answer into `T`. No server queue is
+    /// [`Error::Unroutable`]; no answer within the timeout is [`Error::Timeout`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        target: &Target,
+        body: &impl Serialize,
+    ) -> Result<T> {
+        let correlation_id = self.next_id();
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
+            waiting.insert(correlation_id.clone(), Waiter::Call(sender));
+        }
+        let _forget = Forget {
+            replies: &self.inner.replies,
+            correlation_id: &correlation_id,
+        };
+        self.publish(target, body, Some(&correlation_id)).await?;
+        let answer = match tokio::time::timeout(self.timeout, receiver).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(Error::Closed("the transport")),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: format!("waiting for the answer of target {:?}", target.name()),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        serde_json::from_slice(&answer).map_err(|source| Error::Payload {
+            what: format!("the answer of target {:?}", target.name()),
+            source,
+        })
+    }
+
+    /// Sends `body` to one server of `target`; returns once the broker has it in the
+    /// target's queue (no such queue is [`Error::Unroutable`]).
+    pub async fn cast(&self, target: &Target, body: &impl Serialize) -> Result<()> {
+        self.publish(target, body, None).await
+    }
+
+    /// Sends `body` to every server of `target` now running; returns once the broker has
+    /// it. With no server running, nobody gets it.
+    pub async fn fanout(&self, target: &Target, body: &impl Serialize) -> Result<()> {
+        let envelope = Envelope::json(body)?;
+        let key = target.fanout_key();
+        let tracker = self
+            .live_channel(false)
+            .await?
+            .publish(FANOUT_EXCHANGE, &key, envelope)
+            .await?;
+        settled(tracker.settled().await, FANOUT_EXCHANGE, &key)
+    }
+
+    /// Sends a call to `target` without waiting for its answer, and returns its
+    /// correlation id; the answer goes to [`responses`](Self::responses) or
+    /// [`on_response`](Self::on_response) (the SDK's `send_request`).
+    pub async fn request(&self, target: &Target, body: &impl Serialize) -> Result<String> {
+        let correlation_id = self.next_id();
+        if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
+            waiting.insert(correlation_id.clone(), Waiter::Request);
+        }
+        match self.publish(target, body, Some(&correlation_id)).await {
+            Ok(()) => Ok(correlation_id),
+            Err(error) => {
+                self.inner.replies.forget(&correlation_id);
+                Err(error)
+            }
+        }
+    }
+
+    /// The answers to [`request`](Self::request)s from now on, and those that came while
+    /// nobody listened. Only the latest `Responses` gets answers; an older one ends.
+    pub fn responses(&self) -> Responses {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        if let Ok(mut sink) = self.inner.replies.sink.lock() {
+            for response in sink.backlog.drain(..) {
+                let _ = sender.send(response);
+            }
+            sink.sender = Some(sender);
+        }
+        Responses { receiver }
+    }
+
+    /// Calls `callback` with each answer to a [`request`](Self::request), on a task of
+    /// its own, and returns at once (the SDK's `receive_response(on_response)`). Takes
+    /// over from any earlier [`responses`](Self::responses).
+    pub fn on_response(
+        &self,
+        mut callback: impl FnMut(Response) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let mut responses = self.responses();
+        tokio::spawn(async move {
+            while let Some(response) = responses.next().await {
+                callback(response);
+            }
+        })
+    }
+
+    /// Declares `target`'s queue and this server's private fanout queue, ready to
+    /// [`serve`](Server::serve).
+    pub async fn server(&self, target: &Target) -> Result<Server> {
+        Server::declare(&self.inner.connection, target).await
+    }
+
+    /// Serves `target` until the channel closes: each message's JSON body goes to
+    /// `handler`, and for a call its return value is the answer (the SDK's
+    /// `start_consume_message`). See [`Server::serve`].
+    pub async fn serve<F, Fut, R>(&self, target: &Target, handler: F) -> Result<()>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send,
+        R: Serialize,
+    {
+        self.server(target).await?.serve(handler).await
+    }
+
+    /// Waits until the broker has every message sent, then closes the channel, and the
+    /// connection if [`connect`](Self::connect) opened it.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.link().channel.close().await?;
+        // The end of the answers: a `Responses` stream ends.
+        if let Ok(mut sink) = self.inner.replies.sink.lock() {
+            sink.sender = None;
+        }
+        if self.inner.owns_connection {
+            self.inner.connection.close().await?;
+        }
+        Ok(())
+    }
+
+    /// The connection the transport is on.
+    pub fn connection(&self) -> &Connection {
+        &self.inner.connection
+    }
+
+    /// The transport's channel now, for anything this API does not wrap (after a
+    /// reconnection the transport opens another).
+    pub fn channel(&self) -> Channel {
+        self.link().channel
+    }
+
+    fn link(&self) -> Link {
+        match self.inner.link.lock() {
+            Ok(link) => link.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.inner.id_prefix)
+    }
+
+    /// Publishes `body` to `target`'s queue (`mandatory`, answers to direct reply-to when
+    /// `correlation_id` is given) and waits for the broker's confirm.
+    async fn publish(
+        &self,
+        target: &Target,
+        body: &impl Serialize,
+        correlation_id: Option<&str>,
+    ) -> Result<()> {
+        let mut envelope = Envelope::json(body)?.mandatory(true);
+        if let Some(id) = correlation_id {
+            envelope = envelope.reply_to(DIRECT_REPLY_TO).correlation_id(id);
+        }
+        let tracker = self
+            .live_channel(correlation_id.is_some())
+            .await?
+            .publish("", target.name(), envelope)
+            .await?;
+        settled(tracker.settled().await, "", target.name())
+    }
+
+    /// The channel to publish on, consuming answers first when `answers` (direct
+    /// reply-to is consumed on the publishing channel, as RabbitMQ requires). A channel
+    /// lost with the connection is reopened once the connection is back.
+    async fn live_channel(&self, answers: bool) -> Result<Channel> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("the transport"));
+        }
+        let link = self.link();
+        if link.channel.lapin().status().connected() && (link.answering || !answers) {
+            return Ok(link.channel);
+        }
+        let _one_at_a_time = self.inner.reopening.lock().await;
+        let mut link = self.link();
+        if !link.channel.lapin().status().connected() {
+            let generation = self
+                .inner
+                .connection
+                .wait_reconnected(link.generation)
+                .await?;
+            link = Link {
+                channel: Channel::open(&self.inner.connection).await?,
+                generation,
+                answering: false,
+            };
+            tracing::info!("the transport reopened its channel");
+        }
+        if answers && !link.answering {
+            consume_answers(&link.channel, &self.inner.replies).await?;
+            link.answering = true;
+        }
+        if let Ok(mut current) = self.inner.link.lock() {
+            *current = link.clone();
+        }
+        Ok(link.channel)
+    }
+}
+
+/// Hands each answer arriving on `channel`'s direct reply-to to whoever waits for it.
+async fn consume_answers(channel: &Channel, replies: &Arc<Replies>) -> Result<()> {
+    let mut answers = channel.consume_no_ack(DIRECT_REPLY_TO, "").await?;
+    let replies = Arc::clone(replies);
+    tokio::spawn(async move {
+        while let Some(Ok(answer)) = answers.next().await {
+            match answer.correlation_id() {
+                Some(id) => replies.deliver(id, answer.body().to_vec()),
+                None => tracing::warn!("dropping an answer without correlation id"),
+            }
+        }
+        tracing::debug!("transport answer consumer ended");
+    });
+    Ok(())
+}
+
+/// A publish's confirm as a result.
+fn settled(status: DeliveryStatus, exchange: &str, routing_key: &str) -> Result<()> {
+    match status {
+        DeliveryStatus::Accepted => Ok(()),
+        DeliveryStatus::Unroutable => Err(Error::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        DeliveryStatus::Rejected => Err(Error::PublishRefused {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+        _ => Err(Error::Closed("the transport's channel")),
+    }
+}
+
