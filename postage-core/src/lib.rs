@@ -58,8 +58,10 @@ pub use processor::{
     ControlPolicy, DEFAULT_MAX_BODY, Exit, HandlerInfo, Processor, ProcessorBuilder,
     ProcessorHandle,
 };
-pub use producer::{DEFAULT_PUBLISH_TIMEOUT, Producer, ProducerBuilder, Route};
-pub use rpc::{PendingCall, ReplyQueue, RpcOptions};
+pub use producer::{
+    DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route, RpcOptions,
+};
+pub use rpc::ReplyQueue;
 pub use topology::{Binding, Exchange, ExchangeKind, Queue, QueueShape};
 pub use wire::{
     COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,

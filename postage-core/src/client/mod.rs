@@ -21,7 +21,7 @@ mod transport;
 
 pub use self::server::{Request, Server, ServerHandle};
 pub use self::target::{Mode, Target};
-pub use self::transport::{Response, Responses, Transport};
+pub use self::transport::{RESPONSE_BUFFER, Response, Responses, Transport};
 
 use std::time::Duration;
 

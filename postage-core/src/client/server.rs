@@ -17,6 +17,7 @@ use crate::connection::Connection;
 use crate::consumer::{Consumer, Delivery};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
+use crate::rpc::ReturnAddress;
 use crate::topology::{Exchange, Queue};
 
 /// One message a [`Server`] handles: its JSON body, how it was sent, its properties.
@@ -180,7 +181,7 @@ impl Server {
             }
         };
         let properties = message.properties();
-        let reply_to = properties.reply_to().as_ref().map(|r| r.to_string());
+        let reply_to = ReturnAddress::of(properties);
         let mode = if message.exchange() == FANOUT_EXCHANGE {
             Mode::Fanout
         } else if reply_to.is_some() {
@@ -224,11 +225,10 @@ impl Server {
                 return message.reject(false).await;
             }
         };
-        let mut answer = BasicProperties::default().with_content_type("application/json".into());
-        if let Some(id) = properties.correlation_id() {
-            answer = answer.with_correlation_id(id.clone());
-        }
-        self.answers.publish_body("", &reply_to, &body, answer).await?;
+        let answer = reply_to.properties("application/json");
+        self.answers
+            .publish_body("", reply_to.reply_to(), &body, answer)
+            .await?;
         message.ack().await
     }
 }

@@ -50,4 +50,3 @@ pub enum Mode {
     /// Every server of the target handles it; nothing comes back.
     Fanout,
 }
-

@@ -1,12 +1,12 @@
 //! The SDK's transport: sends in three modes, calls, and non-blocking requests.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::Stream;
 use serde::Serialize;
@@ -23,9 +23,7 @@ use crate::channel::Envelope;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-
-/// The pseudo-queue of RabbitMQ's direct reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+use crate::rpc::{Calls, DIRECT_REPLY_TO};
 
 /// An answer to a [`Transport::request`], delivered to [`Transport::responses`] or
 /// [`Transport::on_response`].
@@ -59,7 +57,7 @@ impl Response {
 /// [`Responses::next`].
 #[derive(Debug)]
 pub struct Responses {
-    receiver: mpsc::UnboundedReceiver<Response>,
+    receiver: mpsc::Receiver<Response>,
 }
 
 impl Responses {
@@ -87,27 +85,42 @@ enum Waiter {
     Request,
 }
 
+/// How many answers to requests wait to be read, in a [`Responses`] or before there is
+/// one; past that the eldest goes, with a warning.
+pub const RESPONSE_BUFFER: usize = 1024;
+
 /// Where answers to requests go: the latest [`Responses`], or a backlog until there is one.
 #[derive(Debug, Default)]
 struct Sink {
-    sender: Option<mpsc::UnboundedSender<Response>>,
-    backlog: Vec<Response>,
+    sender: Option<mpsc::Sender<Response>>,
+    backlog: VecDeque<Response>,
 }
 
-#[derive(Debug, Default)]
+impl Sink {
+    /// Keeps `response` for a [`Responses`] to come, the eldest dropped when full.
+    fn keep(&mut self, response: Response) {
+        if self.backlog.len() >= RESPONSE_BUFFER
+            && let Some(dropped) = self.backlog.pop_front()
+        {
+            tracing::warn!(
+                correlation_id = dropped.correlation_id,
+                "dropping the eldest unread answer: {RESPONSE_BUFFER} wait to be read"
+            );
+        }
+        self.backlog.push_back(response);
+    }
+}
+
+#[derive(Debug)]
 struct Replies {
-    waiting: Mutex<HashMap<String, Waiter>>,
+    /// The calls and requests waiting, by correlation id, each until its timeout.
+    waiting: Calls<Waiter>,
     sink: Mutex<Sink>,
 }
 
 impl Replies {
     fn deliver(&self, correlation_id: &str, body: Vec<u8>) {
-        let waiter = self
-            .waiting
-            .lock()
-            .ok()
-            .and_then(|mut w| w.remove(correlation_id));
-        match waiter {
+        match self.waiting.take(correlation_id) {
             Some(Waiter::Call(sender)) => {
                 let _ = sender.send(body);
             }
@@ -118,14 +131,21 @@ impl Replies {
                 };
                 if let Ok(mut sink) = self.sink.lock() {
                     let response = match &sink.sender {
-                        Some(sender) => match sender.send(response) {
+                        Some(sender) => match sender.try_send(response) {
                             Ok(()) => return,
-                            Err(mpsc::error::SendError(response)) => response,
+                            Err(mpsc::error::TrySendError::Full(response)) => {
+                                tracing::warn!(
+                                    correlation_id = response.correlation_id,
+                                    "dropping an answer: {RESPONSE_BUFFER} wait to be read"
+                                );
+                                return;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(response)) => response,
                         },
                         None => response,
                     };
                     sink.sender = None;
-                    sink.backlog.push(response);
+                    sink.keep(response);
                 }
             }
             None => tracing::debug!(correlation_id, "dropping an answer nobody waits for"),
@@ -133,9 +153,7 @@ impl Replies {
     }
 
     fn forget(&self, correlation_id: &str) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.remove(correlation_id);
-        }
+        self.waiting.forget(correlation_id);
     }
 }
 
@@ -189,8 +207,6 @@ struct Inner {
     reopening: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     replies: Arc<Replies>,
-    id_prefix: String,
-    next_id: AtomicU64,
 }
 
 /// The transport's channel now, and whether it consumes answers yet.
@@ -219,9 +235,6 @@ impl Transport {
     async fn open(connection: Connection, owns_connection: bool) -> Result<Self> {
         let generation = connection.generation();
         let channel = Channel::open(&connection).await?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
         Ok(Self {
             inner: Arc::new(Inner {
                 connection,
@@ -233,9 +246,10 @@ impl Transport {
                 }),
                 reopening: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
-                replies: Arc::default(),
-                id_prefix: format!("{:x}.{nanos:x}", std::process::id()),
-                next_id: AtomicU64::new(0),
+                replies: Arc::new(Replies {
+                    waiting: Calls::new(),
+                    sink: Mutex::default(),
+                }),
             }),
             timeout: DEFAULT_CALL_TIMEOUT,
         })
@@ -273,9 +287,11 @@ impl Transport {
     ) -> Result<T> {
         let correlation_id = self.next_id();
         let (sender, receiver) = oneshot::channel();
-        if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
-            waiting.insert(correlation_id.clone(), Waiter::Call(sender));
-        }
+        let until = tokio::time::Instant::now() + self.timeout;
+        self.inner
+            .replies
+            .waiting
+            .wait(&correlation_id, until, Waiter::Call(sender));
         let _forget = Forget {
             replies: &self.inner.replies,
             correlation_id: &correlation_id,
@@ -321,9 +337,13 @@ impl Transport {
     /// [`on_response`](Self::on_response) (the SDK's `send_request`).
     pub async fn request(&self, target: &Target, body: &impl Serialize) -> Result<String> {
         let correlation_id = self.next_id();
-        if let Ok(mut waiting) = self.inner.replies.waiting.lock() {
-            waiting.insert(correlation_id.clone(), Waiter::Request);
-        }
+        // Expires with the transport's call timeout: an answer later than that is
+        // dropped, as a call's would be.
+        let until = tokio::time::Instant::now() + self.timeout;
+        self.inner
+            .replies
+            .waiting
+            .wait(&correlation_id, until, Waiter::Request);
         match self.publish(target, body, Some(&correlation_id)).await {
             Ok(()) => Ok(correlation_id),
             Err(error) => {
@@ -336,10 +356,10 @@ impl Transport {
     /// The answers to [`request`](Self::request)s from now on, and those that came while
     /// nobody listened. Only the latest `Responses` gets answers; an older one ends.
     pub fn responses(&self) -> Responses {
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(RESPONSE_BUFFER);
         if let Ok(mut sink) = self.inner.replies.sink.lock() {
             for response in sink.backlog.drain(..) {
-                let _ = sender.send(response);
+                let _ = sender.try_send(response);
             }
             sink.sender = Some(sender);
         }
@@ -413,8 +433,7 @@ impl Transport {
     }
 
     fn next_id(&self) -> String {
-        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}.{n}", self.inner.id_prefix)
+        self.inner.replies.waiting.next_id()
     }
 
     /// Publishes `body` to `target`'s queue (`mandatory`, answers to direct reply-to when
@@ -505,4 +524,3 @@ fn settled(status: DeliveryStatus, exchange: &str, routing_key: &str) -> Result<
         _ => Err(Error::Closed("the transport's channel")),
     }
 }
-

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use tokio::sync::Notify;
 
@@ -20,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::handler::{
     BoxFuture, Filtered, HandlerCall, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
 };
+use crate::rpc::ReturnAddress;
 use crate::topology::Exchange;
 use crate::topology::Queue;
 use crate::wire::Fingerprint;
@@ -663,8 +663,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let sent = Arc::new(AtomicBool::new(false));
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
             channel: self.consumer.live_channel(),
-            reply_to,
-            correlation_id: metadata.correlation_id.clone(),
+            to: ReturnAddress::new(reply_to, metadata.correlation_id.as_deref()),
             encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),
         });
@@ -742,8 +741,7 @@ fn filter(handler: &HandlerRegistration, mut message: Message) -> Option<Result<
 #[derive(Debug)]
 struct ChannelReply {
     channel: lapin::Channel,
-    reply_to: String,
-    correlation_id: Option<String>,
+    to: ReturnAddress,
     /// `None` for the default JSON encoder.
     encoder: Option<Arc<dyn Encoder>>,
     fingerprint: Arc<Fingerprint>,
@@ -762,12 +760,9 @@ impl ReplySender for ChannelReply {
                 (encoder.encode(&message), encoder.content_type())
             }
         };
-        let mut properties = BasicProperties::default().with_content_type(content_type.into());
-        if let Some(id) = &self.correlation_id {
-            properties = properties.with_correlation_id(id.as_str().into());
-        }
+        let properties = self.to.properties(content_type);
         let channel = self.channel.clone();
-        let reply_to = self.reply_to.clone();
+        let reply_to = self.to.reply_to().to_owned();
         Box::pin(async move {
             let body = body?;
             channel

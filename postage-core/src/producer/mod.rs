@@ -14,6 +14,14 @@ use serde_json::{Map, Value};
 use crate::connection::{ChannelLease, Connection};
 use crate::error::{Error, Result};
 use crate::rpc::ReplyQueue;
+
+mod api;
+mod call;
+mod route;
+
+pub use self::call::{PendingCall, RpcOptions};
+pub(crate) use self::call::{RpcSettings, RpcState};
+pub use self::route::Route;
 use crate::topology::Exchange;
 use crate::wire::Fingerprint;
 use crate::wire::json;
@@ -23,37 +31,6 @@ use crate::wire::{Encoder, JsonEncoder};
 /// How long a publish (and, in reliable mode, its confirm) may take by default before it
 /// fails: [`Error::Blocked`] under a broker's resource alarm, else [`Error::Timeout`].
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where a message goes: the producer's defaults, one routing key on its first exchange
-/// (Postage's `_key`), or an explicit list of (exchange, routing key) pairs (`_eks`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Route {
-    /// Every (exchange, key) pair the producer was built with.
-    #[default]
-    Default,
-    /// The producer's first exchange with this routing key.
-    Key(String),
-    /// These pairs instead of the defaults.
-    Pairs(Vec<(Exchange, String)>),
-}
-
-impl Route {
-    /// The producer's first exchange with routing key `key`.
-    pub fn key(key: impl Into<String>) -> Self {
-        Self::Key(key.into())
-    }
-
-    /// Exactly these (exchange, routing key) pairs.
-    pub fn pairs<K: Into<String>>(pairs: impl IntoIterator<Item = (Exchange, K)>) -> Self {
-        Self::Pairs(pairs.into_iter().map(|(e, k)| (e, k.into())).collect())
-    }
-}
-
-impl From<&str> for Route {
-    fn from(key: &str) -> Self {
-        Self::key(key)
-    }
-}
 
 /// Publishes Postage messages, stamped with its fingerprint, to default (exchange,
 /// routing key) pairs or to a [`Route`] given per call. Clones share one channel.
@@ -97,7 +74,7 @@ struct Inner {
     persistent: bool,
     publish_timeout: Duration,
     declared: Mutex<HashSet<String>>,
-    pub(crate) rpc: crate::rpc::RpcState,
+    pub(crate) rpc: RpcState,
 }
 
 /// Configures a [`Producer`]; made by [`Producer::builder`].
@@ -111,7 +88,7 @@ pub struct ProducerBuilder {
     reliable: bool,
     persistent: bool,
     publish_timeout: Duration,
-    rpc: crate::rpc::RpcSettings,
+    rpc: RpcSettings,
 }
 
 impl ProducerBuilder {
@@ -211,7 +188,7 @@ impl ProducerBuilder {
                 persistent: self.persistent,
                 publish_timeout: self.publish_timeout,
                 declared: Mutex::new(HashSet::new()),
-                rpc: crate::rpc::RpcState::new(self.rpc),
+                rpc: RpcState::new(self.rpc),
             }),
         };
         for (exchange, _) in &producer.inner.destinations {
@@ -233,7 +210,7 @@ impl Producer {
             reliable: false,
             persistent: false,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
-            rpc: crate::rpc::RpcSettings::default(),
+            rpc: RpcSettings::default(),
         }
     }
 
@@ -398,7 +375,7 @@ impl Producer {
         self.inner.plain_json
     }
 
-    pub(crate) fn rpc_state(&self) -> &crate::rpc::RpcState {
+    pub(crate) fn rpc_state(&self) -> &RpcState {
         &self.inner.rpc
     }
 
@@ -530,102 +507,4 @@ async fn open(connection: &Connection, reliable: bool) -> Result<ChannelLease> {
             .map_err(Error::amqp("enabling publisher confirms"))?;
     }
     Ok(channel)
-}
-
-/// Declares a producer whose commands are named, typed methods: what Postage's
-/// `message_<name>()` and `rpc_<name>()` gave, checked by the compiler.
-///
-/// Each line is `message method(args) = "command";` for a fire-and-forget command or
-/// `rpc method(args) -> Answer = "command";` for a call. A method with one argument sends
-/// it as the parameters (as `producer.message_echo("text")` does in Postage); several
-/// arguments are sent as an object keyed by their names; none as `{}`. The generated
-/// type wraps a [`Producer`]; `.to(route)` gives a copy that sends along another
-/// [`Route`].
-///
-/// ```no_run
-/// use postage_core::{Connection, Exchange, Producer, Route, producer_api};
-///
-/// const ECHO: Exchange = Exchange::new("echo-exchange");
-///
-/// producer_api! {
-///     /// The echo service's commands.
-///     pub struct EchoApi {
-///         /// Prints `text` on every receiver.
-///         message message_echo(text: &str) = "echo";
-///         /// Adds two numbers remotely.
-///         rpc sum(a: i64, b: i64) -> i64 = "sum";
-///     }
-/// }
-///
-/// # async fn demo() -> postage_core::Result<()> {
-/// let connection = Connection::from_env().await?;
-/// let api = EchoApi::new(Producer::builder(&connection).destination(ECHO, "echo-rk").build().await?);
-/// api.message_echo("A test message").await?;
-/// api.to(Route::key("echo-fanout-rk")).message_echo("to everyone").await?;
-/// let three: i64 = api.sum(1, 2).await?;
-/// # Ok(()) }
-/// ```
-#[macro_export]
-macro_rules! producer_api {
-    (
-        $(#[$meta:meta])*
-        $vis:vis struct $name:ident {
-            $(
-                $(#[$method_meta:meta])*
-                $kind:ident $method:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $answer:ty)? = $command:literal;
-            )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone)]
-        $vis struct $name {
-            producer: $crate::Producer,
-            route: $crate::Route,
-        }
-
-        impl $name {
-            /// Wraps a producer; commands go to its default destinations.
-            pub fn new(producer: $crate::Producer) -> Self {
-                Self { producer, route: $crate::Route::Default }
-            }
-
-            /// A copy that sends along `route` instead.
-            #[must_use]
-            pub fn to(&self, route: $crate::Route) -> Self {
-                Self { producer: self.producer.clone(), route }
-            }
-
-            /// The producer underneath.
-            pub fn producer(&self) -> &$crate::Producer {
-                &self.producer
-            }
-
-            $(
-                $crate::producer_api!(@method [$(#[$method_meta])*] $kind $method ($($arg : $ty),*) $(-> $answer)? = $command);
-            )*
-        }
-    };
-    (@method [$(#[$meta:meta])*] message $method:ident ($($arg:ident : $ty:ty),*) = $command:literal) => {
-        $(#[$meta])*
-        pub async fn $method(&self, $($arg: $ty),*) -> $crate::Result<()> {
-            self.producer
-                .command_to(self.route.clone(), $command, $crate::producer_api!(@params $($arg),*))
-                .await
-        }
-    };
-    (@method [$(#[$meta:meta])*] rpc $method:ident ($($arg:ident : $ty:ty),*) -> $answer:ty = $command:literal) => {
-        $(#[$meta])*
-        pub async fn $method(&self, $($arg: $ty),*) -> $crate::Result<$answer> {
-            self.producer
-                .call_with::<$answer>(
-                    $command,
-                    $crate::producer_api!(@params $($arg),*),
-                    $crate::RpcOptions::new().route(self.route.clone()),
-                )
-                .await
-        }
-    };
-    (@params) => { $crate::__private::serde_json::json!({}) };
-    (@params $arg:ident) => { &$arg };
-    (@params $($arg:ident),+) => { $crate::__private::serde_json::json!({ $(stringify!($arg): $arg),+ }) };
 }

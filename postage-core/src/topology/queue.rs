@@ -21,6 +21,7 @@ use crate::topology::Exchange;
 /// [`Connection::queue_shape`]), and uses `Transient` where the broker accepts it.
 ///
 /// [`Config::queue_shape`]: crate::Config::queue_shape
+/// [`Connection::queue_shape`]: crate::Connection::queue_shape
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QueueShape {
     /// Every queue is declared with its own flags: the wire contract's, which Python

@@ -11,8 +11,8 @@ use postage_core::lapin::types::FieldTable;
 use postage_core::lapin::{BasicProperties, options::QueueDeclareOptions};
 use postage_core::{
     Consumer, ControlPolicy, Error, Exchange, Exit, Filtered, Fingerprint, HandlerError, Message,
-    Metadata, Processor, ProcessorBuilder, ProcessorHandle, Producer, Queue, Reply, Route,
-    RpcOptions, RpcResult, processor,
+    Metadata, Processor, ProcessorBuilder, ProcessorHandle, Producer, Queue, Reply, ReplyQueue,
+    Route, RpcOptions, RpcResult, processor,
 };
 use postage_tests::{connect, exchange, next_within, unique};
 use serde::{Deserialize, Serialize};
@@ -547,7 +547,7 @@ async fn a_call_written_as_python_postage_writes_it_is_answered_on_its_queue() {
 }
 
 #[tokio::test]
-async fn an_answer_without_correlation_id_reaches_the_only_caller() {
+async fn an_answer_without_correlation_id_reaches_a_call_with_a_reply_queue_of_its_own() {
     let connection = connect().await;
     let ex = exchange("pyrecv");
     // A receiver as Python Postage writes it: answers on reply_to, copies no correlation id.
@@ -580,8 +580,13 @@ async fn an_answer_without_correlation_id_reaches_the_only_caller() {
         .build()
         .await
         .unwrap();
+    // The Postage-compatible mode: a reply queue per call, as Python Postage 1.x makes.
+    let compatible = RpcOptions::new().reply_queue(ReplyQueue::PerCall);
     assert_eq!(
-        producer.call::<String>("echo", "hi").await.unwrap(),
+        producer
+            .call_with::<String>("echo", "hi", compatible)
+            .await
+            .unwrap(),
         "from python"
     );
 }

@@ -1,0 +1,554 @@
+//! RPC calls from a producer: many calls in flight on one channel, each matched to its
+//! answer by correlation id through the RPC engine, the answers coming back over
+//! RabbitMQ's direct reply-to, a private reply queue, or a queue per call (see
+//! [`ReplyQueue`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::types::ShortString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, oneshot};
+
+use crate::connection::ChannelLease;
+use crate::error::{Error, Result};
+use crate::producer::{Producer, Route};
+use crate::rpc::{Calls, ReplyQueue, start_reply_consumer};
+use crate::wire::json;
+use crate::wire::{Category, Message, RpcResult};
+
+/// How long an RPC call waits and how often it is re-sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RpcSettings {
+    pub(crate) timeout: Duration,
+    pub(crate) max_retry: u32,
+    pub(crate) reply_queue: ReplyQueue,
+}
+
+impl Default for RpcSettings {
+    /// Postage's defaults: 30 s, re-sent up to 4 times; answers over a private queue.
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_retry: 4,
+            reply_queue: ReplyQueue::default(),
+        }
+    }
+}
+
+/// A call waiting for its answer.
+#[derive(Debug)]
+struct Waiter {
+    /// The answer consumer (its [`RpcState::epoch`]) the call was last sent for.
+    epoch: u64,
+    answer: oneshot::Sender<Vec<u8>>,
+}
+
+/// A producer's calls in flight and its answer consumer, started with the first call.
+///
+/// No task of its own reads the answers: a waiting call does, for every call, while no
+/// other call does (the first in line holds `answers`). A lone caller so gets its answer
+/// from lapin without a hop to another task and thread.
+#[derive(Debug)]
+pub(crate) struct RpcState {
+    pub(crate) settings: RpcSettings,
+    /// The calls waiting, by correlation id; each gets its answer's body, read by the
+    /// caller.
+    waiters: Calls<Waiter>,
+    /// The `reply_to` address once the answer consumer runs, with the serial of the
+    /// channel it runs on: a reopened channel needs a new consumer.
+    reply_to: tokio::sync::Mutex<Option<(u64, ShortString)>>,
+    /// The answer consumer; `None` once it ended with its channel.
+    answers: tokio::sync::Mutex<Option<lapin::Consumer>>,
+    /// Whether `answers` holds a running consumer.
+    answering: AtomicBool,
+    /// Tells the call reading `answers` to let go: a new consumer replaces it.
+    replacing: Notify,
+    /// Counts the answer consumers started. The answers to calls sent for an earlier one
+    /// cannot come: when it is replaced, those calls are told at once to send again.
+    epoch: AtomicU64,
+}
+
+impl RpcState {
+    pub(crate) fn new(settings: RpcSettings) -> Self {
+        Self {
+            settings,
+            waiters: Calls::new(),
+            reply_to: tokio::sync::Mutex::new(None),
+            answers: tokio::sync::Mutex::new(None),
+            answering: AtomicBool::new(false),
+            replacing: Notify::new(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Per-call RPC settings: route, timeout and retries, each defaulting to the producer's.
+#[derive(Debug, Clone, Default)]
+pub struct RpcOptions {
+    route: Option<Route>,
+    timeout: Option<Duration>,
+    max_retry: Option<u32>,
+    reply_queue: Option<ReplyQueue>,
+}
+
+impl RpcOptions {
+    /// The producer's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends the call along `route`; only its first (exchange, key) pair is used.
+    #[must_use]
+    pub fn route(mut self, route: Route) -> Self {
+        self.route = Some(route);
+        self
+    }
+
+    /// Sends the call with routing key `key` on the producer's first exchange.
+    #[must_use]
+    pub fn key(self, key: impl Into<String>) -> Self {
+        self.route(Route::Key(key.into()))
+    }
+
+    /// How long each attempt waits for the answer (Postage: 30 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Where this call's answer comes back, instead of the producer's
+    /// [`ReplyQueue`]; [`ReplyQueue::PerCall`] to call a Python Postage 1.x receiver,
+    /// which answers without a correlation id.
+    #[must_use]
+    pub fn reply_queue(mut self, reply_queue: ReplyQueue) -> Self {
+        self.reply_queue = Some(reply_queue);
+        self
+    }
+
+    /// How many times the call is re-sent after a timeout (Postage: 4).
+    #[must_use]
+    pub fn max_retry(mut self, max_retry: u32) -> Self {
+        self.max_retry = Some(max_retry);
+        self
+    }
+}
+
+impl Producer {
+    /// Calls the RPC command `name` with `parameters` and returns the answer as Postage
+    /// does: a success, error or exception result; after the last retry an exception of
+    /// kind `TimeoutError`.
+    pub async fn rpc(&self, name: &str, parameters: impl Serialize) -> Result<RpcResult> {
+        self.rpc_with(name, parameters, RpcOptions::new()).await
+    }
+
+    /// [`Producer::rpc`] with per-call options.
+    pub async fn rpc_with(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        options: RpcOptions,
+    ) -> Result<RpcResult> {
+        match self
+            .rpc_deferred(name, parameters, options)
+            .await?
+            .result()
+            .await
+        {
+            Err(Error::RpcTimeout {
+                attempts, timeout, ..
+            }) => Ok(RpcResult::exception(
+                "TimeoutError",
+                format!("no answer in {attempts} attempts of {timeout:?}"),
+            )),
+            other => other,
+        }
+    }
+
+    /// Calls `name` and decodes a success into `T`; an error or exception result is
+    /// [`Error::RemoteError`] or [`Error::RemoteException`], no answer [`Error::RpcTimeout`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+    ) -> Result<T> {
+        self.call_with(name, parameters, RpcOptions::new()).await
+    }
+
+    /// [`Producer::call`] with per-call options.
+    pub async fn call_with<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        options: RpcOptions,
+    ) -> Result<T> {
+        self.rpc_deferred(name, parameters, options)
+            .await?
+            .value()
+            .await
+    }
+
+    /// Sends the call now and returns a [`PendingCall`] to await the answer later
+    /// (Postage's `_queue_only`).
+    pub async fn rpc_deferred(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        options: RpcOptions,
+    ) -> Result<PendingCall> {
+        let state = self.rpc_state();
+        let route = options.route.unwrap_or_default();
+        let (exchange, routing_key) = self
+            .resolve(&route)?
+            .first()
+            .map(|(e, k)| (e.name().to_owned(), k.clone()))
+            .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
+        let body = if self.plain_json() {
+            self.command_body(name, Category::Rpc, &parameters)?
+        } else {
+            let message = Message::rpc_command(name, parameters)?
+                .with_fingerprint(self.fingerprint().clone());
+            if self.connection().config().debug {
+                tracing::info!(exchange = %exchange, routing_key = %routing_key, name, content = %message.content, "--> RPC call");
+            }
+            self.encoder().encode(&message)?
+        };
+        let id = state.waiters.next_id();
+        // Registered for its answer by `send`.
+        let (_, receiver) = oneshot::channel();
+        let timeout = options.timeout.unwrap_or(state.settings.timeout);
+        let mut call = PendingCall {
+            producer: self.clone(),
+            command: name.to_owned(),
+            exchange,
+            routing_key,
+            body,
+            correlation_id: id,
+            receiver,
+            timeout,
+            max_retry: options.max_retry.unwrap_or(state.settings.max_retry),
+            attempts: 1,
+            deadline: tokio::time::Instant::now() + timeout,
+            epoch: 0,
+            own: (options.reply_queue.unwrap_or(state.settings.reply_queue) == ReplyQueue::PerCall)
+                .then_some(None),
+        };
+        call.send().await?;
+        Ok(call)
+    }
+}
+
+/// An RPC call already sent, whose answer is awaited with [`PendingCall::result`] or
+/// [`PendingCall::value`]. Dropping it forgets the call.
+#[derive(Debug)]
+pub struct PendingCall {
+    producer: Producer,
+    command: String,
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    correlation_id: String,
+    receiver: oneshot::Receiver<Vec<u8>>,
+    timeout: Duration,
+    max_retry: u32,
+    /// How many times the call was sent, and when the last send stops waiting.
+    attempts: u32,
+    deadline: tokio::time::Instant,
+    /// The answer consumer the call was last sent for.
+    epoch: u64,
+    /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared.
+    own: Option<Option<OwnReplies>>,
+}
+
+/// A call's own reply queue: consumed on a channel of its own, closed (and the queue,
+/// auto-delete, gone) with the call.
+#[derive(Debug)]
+struct OwnReplies {
+    address: ShortString,
+    answers: lapin::Consumer,
+    _channel: ChannelLease,
+}
+
+impl PendingCall {
+    /// Sends the call (again), waiting for its answer on the producer's answer consumer.
+    async fn send(&mut self) -> Result<()> {
+        // One deadline for the attempt: starting the answer consumer, the request's
+        // publish and its confirm count against it, so a call under a resource alarm (when
+        // lapin writes nothing at all) ends in time too.
+        let started = tokio::time::Instant::now();
+        self.deadline = started + self.timeout;
+        match tokio::time::timeout_at(self.deadline, self.send_now()).await {
+            Ok(sent) => sent,
+            Err(_) => Err(self.producer.connection().overdue(
+                format!(
+                    "sending RPC {:?} to routing key {:?}",
+                    self.command, self.routing_key
+                ),
+                started.elapsed(),
+            )),
+        }
+    }
+
+    async fn send_now(&mut self) -> Result<()> {
+        let reply_to = match &mut self.own {
+            Some(own) => {
+                let lost = own
+                    .as_ref()
+                    .is_some_and(|o| !o._channel.status().connected());
+                if own.is_none() || lost {
+                    let connection = self.producer.connection();
+                    let channel = connection.lease_channel().await?;
+                    let (address, answers) =
+                        start_reply_consumer(connection, &channel, ReplyQueue::PerCall).await?;
+                    *own = Some(OwnReplies {
+                        address,
+                        answers,
+                        _channel: channel,
+                    });
+                }
+                own.as_ref().map(|o| o.address.clone()).unwrap_or_default()
+            }
+            None => {
+                let (reply_to, epoch) = self.producer.reply_address().await?;
+                self.epoch = epoch;
+                self.wait_again();
+                reply_to
+            }
+        };
+        let properties = self
+            .producer
+            .properties()
+            .with_reply_to(reply_to)
+            .with_correlation_id(self.correlation_id.as_str().into());
+        // Bounded by `send`'s deadline.
+        self.producer
+            .publish_now(&self.exchange, &self.routing_key, &self.body, properties)
+            .await?;
+        let state = self.producer.rpc_state();
+        // Replaced while this was sent: its answer cannot come, so the waiter goes and
+        // the call is sent again when awaited.
+        if self.own.is_none() && state.epoch.load(Ordering::SeqCst) != self.epoch {
+            state.waiters.forget(&self.correlation_id);
+        }
+        Ok(())
+    }
+
+    /// The correlation id the call was sent with.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// Waits for the answer and reads it as Postage does: a success, error or exception
+    /// result. Each attempt waits the call's timeout; then the call is sent again, up to
+    /// its retry count. A body that is not a Postage message is logged and skipped.
+    pub async fn result(mut self) -> Result<RpcResult> {
+        loop {
+            let body = self.next_body().await?;
+            if let Some(message) = self.read(&body) {
+                return Ok(message.to_result());
+            }
+        }
+    }
+
+    /// Waits for the answer, as [`PendingCall::result`], and decodes a success into `T`.
+    pub async fn value<T: DeserializeOwned>(mut self) -> Result<T> {
+        let plain_json = self.producer.encodes_json();
+        let result = loop {
+            let body = self.next_body().await?;
+            // The common case in one pass: a success whose value is a `T`.
+            if plain_json && let Some(value) = json::success::<T>(&body) {
+                return Ok(value);
+            }
+            if let Some(message) = self.read(&body) {
+                break message.to_result();
+            }
+        };
+        let command = self.command.clone();
+        match result {
+            RpcResult::Success { value, .. } => {
+                T::deserialize(&value).map_err(|source| Error::Payload {
+                    what: format!("answer to {command:?}"),
+                    source,
+                })
+            }
+            RpcResult::Error { message } => Err(Error::RemoteError { command, message }),
+            RpcResult::Exception { kind, message } => Err(Error::RemoteException {
+                command,
+                kind,
+                message,
+            }),
+        }
+    }
+
+    /// The next answer's body, sending the call again after a timeout or when the answer
+    /// consumer was lost with its channel, up to the retry count.
+    async fn next_body(&mut self) -> Result<Vec<u8>> {
+        loop {
+            let deadline = self.deadline;
+            match tokio::time::timeout_at(deadline, self.answer()).await {
+                Ok(Ok(body)) => return Ok(body),
+                // The answer consumer ended with its channel: wait for the producer to
+                // recover, then send again.
+                Ok(Err(_)) if self.attempts <= self.max_retry => {
+                    tracing::debug!(command = %self.command, attempts = self.attempts, "RPC answer consumer lost; sending again");
+                    self.attempts += 1;
+                    self.send().await?;
+                }
+                Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
+                Err(_) if self.attempts <= self.max_retry => {
+                    tracing::debug!(command = %self.command, attempts = self.attempts, "RPC timed out; sending again");
+                    self.attempts += 1;
+                    self.send().await?;
+                }
+                Err(_) => {
+                    return Err(Error::RpcTimeout {
+                        command: self.command.clone(),
+                        routing_key: self.routing_key.clone(),
+                        attempts: self.attempts,
+                        timeout: self.timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits for this call's answer, reading the producer's answers for every call while
+    /// no other call does; an error when the answer consumer ended with its channel.
+    async fn answer(&mut self) -> std::result::Result<Vec<u8>, oneshot::error::RecvError> {
+        // A queue of its own: whatever comes there answers this call, correlated or not.
+        if let Some(Some(own)) = &mut self.own {
+            return match own.answers.next().await {
+                Some(Ok(delivery)) => Ok(delivery.data),
+                _ => (&mut oneshot::channel::<Vec<u8>>().1).await,
+            };
+        }
+        let state = self.producer.rpc_state();
+        loop {
+            let mut answers = tokio::select! {
+                biased;
+                answer = &mut self.receiver => return answer,
+                answers = state.answers.lock() => answers,
+            };
+            let Some(consumer) = answers.as_mut() else {
+                drop(answers);
+                return (&mut self.receiver).await;
+            };
+            let replacing = state.replacing.notified();
+            tokio::pin!(replacing);
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut self.receiver => return answer,
+                    () = &mut replacing => break,
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => deliver(&state.waiters, delivery),
+                        // Ended with its channel: calls still waiting learn at once that
+                        // no answer can come, this one included.
+                        _ => {
+                            tracing::debug!("RPC answer consumer ended");
+                            *answers = None;
+                            state.answering.store(false, Ordering::SeqCst);
+                            state.waiters.retain(|_| false);
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Decodes an answer; one that is not a Postage message is logged, and the call
+    /// waits on for another.
+    fn read(&mut self, body: &[u8]) -> Option<Message> {
+        match self.producer.encoder().decode(body) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::warn!(command = %self.command, %error, "dropping a malformed RPC answer");
+                self.wait_again();
+                None
+            }
+        }
+    }
+
+    /// Registers the call for its next answer, as sent for the consumer of `self.epoch`.
+    fn wait_again(&mut self) {
+        if self.own.is_some() {
+            return;
+        }
+        let (answer, receiver) = oneshot::channel();
+        let waiter = Waiter {
+            epoch: self.epoch,
+            answer,
+        };
+        self.producer
+            .rpc_state()
+            .waiters
+            .wait(&self.correlation_id, self.deadline, waiter);
+        self.receiver = receiver;
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.producer
+            .rpc_state()
+            .waiters
+            .forget(&self.correlation_id);
+    }
+}
+
+impl Producer {
+    /// The `reply_to` address of this producer's calls and the epoch of the answer
+    /// consumer behind it, starting that consumer on the live channel when it is not
+    /// running there yet.
+    async fn reply_address(&self) -> Result<(ShortString, u64)> {
+        let state = self.rpc_state();
+        let (channel, _) = self.live_channel().await?;
+        let key = channel.serial();
+        let mut current = state.reply_to.lock().await;
+        if let Some((running, address)) = &*current
+            && *running == key
+            && state.answering.load(Ordering::SeqCst)
+        {
+            return Ok((address.clone(), state.epoch.load(Ordering::SeqCst)));
+        }
+        // The shared queue: a producer whose calls each have their own takes the private
+        // one for those that do not.
+        let shared = match state.settings.reply_queue {
+            ReplyQueue::PerCall => ReplyQueue::Private,
+            other => other,
+        };
+        let (address, consumer) = start_reply_consumer(self.connection(), &channel, shared).await?;
+        state.replacing.notify_waiters();
+        *state.answers.lock().await = Some(consumer);
+        state.answering.store(true, Ordering::SeqCst);
+        let epoch = state.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        // Calls sent for the consumer replaced wait in vain, even those nobody awaits
+        // now (`rpc_deferred`): dropping their waiters has them sent again when awaited.
+        state.waiters.retain(|waiter| waiter.epoch >= epoch);
+        *current = Some((key, address.clone()));
+        Ok((address, epoch))
+    }
+}
+
+/// Hands an answer's body, undecoded, to its waiting call, which reads it. One without
+/// a correlation id cannot be matched on a shared reply queue: it may answer an earlier
+/// call that gave up, so it goes to nobody.
+fn deliver(waiters: &Calls<Waiter>, delivery: lapin::message::Delivery) {
+    let Some(id) = delivery.properties.correlation_id() else {
+        tracing::warn!(
+            "dropping an RPC answer without a correlation id (Python Postage 1.x receivers \
+             answer so: call them with ReplyQueue::PerCall)"
+        );
+        return;
+    };
+    match waiters.take(id.as_str()) {
+        Some(waiter) => {
+            let _ = waiter.answer.send(delivery.data);
+        }
+        None => tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for"),
+    }
+}

@@ -1,0 +1,122 @@
+//! The table of calls waiting for their answers, by correlation id.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// How many waiters a table holds before it first drops those past their time.
+const FIRST_SWEEP: usize = 256;
+
+/// The calls of one caller waiting for their answers: correlation ids unique in the
+/// process and over restarts, and for each the waiter `W` an answer goes to. A waiter
+/// is removed when its answer comes or its call forgets it, and expires at the time it
+/// was given: a call nobody awaits any more cannot hold its place for ever.
+#[derive(Debug)]
+pub(crate) struct Calls<W> {
+    prefix: String,
+    next_id: AtomicU64,
+    waiting: Mutex<Table<W>>,
+}
+
+#[derive(Debug)]
+struct Table<W> {
+    waiters: HashMap<String, (Instant, W)>,
+    /// The size at which expired waiters are dropped next.
+    sweep_at: usize,
+}
+
+impl<W> Calls<W> {
+    pub(crate) fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self {
+            prefix: format!("{:x}.{nanos:x}", std::process::id()),
+            next_id: AtomicU64::new(0),
+            waiting: Mutex::new(Table {
+                waiters: HashMap::new(),
+                sweep_at: FIRST_SWEEP,
+            }),
+        }
+    }
+
+    /// A correlation id no other call of this process has used.
+    pub(crate) fn next_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.prefix)
+    }
+
+    /// Registers (or replaces) the waiter of `id`, valid until `until`.
+    pub(crate) fn wait(&self, id: &str, until: Instant, waiter: W) {
+        let Ok(mut table) = self.waiting.lock() else {
+            return;
+        };
+        if table.waiters.len() >= table.sweep_at {
+            let now = Instant::now();
+            table.waiters.retain(|_, (until, _)| *until > now);
+            table.sweep_at = (table.waiters.len() * 2).max(FIRST_SWEEP);
+        }
+        table.waiters.insert(id.to_owned(), (until, waiter));
+    }
+
+    /// The waiter of `id`, removed, unless it expired.
+    pub(crate) fn take(&self, id: &str) -> Option<W> {
+        let (until, waiter) = self.waiting.lock().ok()?.waiters.remove(id)?;
+        (until > Instant::now()).then_some(waiter)
+    }
+
+    /// Forgets the waiter of `id`.
+    pub(crate) fn forget(&self, id: &str) {
+        if let Ok(mut table) = self.waiting.lock() {
+            table.waiters.remove(id);
+        }
+    }
+
+    /// Keeps only the waiters `keep` says yes to.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&W) -> bool) {
+        if let Ok(mut table) = self.waiting.lock() {
+            table.waiters.retain(|_, (_, waiter)| keep(waiter));
+        }
+    }
+
+    /// How many calls wait.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.waiting.lock().map_or(0, |t| t.waiters.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_reaches_its_waiter_once() {
+        let calls = Calls::new();
+        let id = calls.next_id();
+        calls.wait(&id, Instant::now() + Duration::from_secs(5), 7);
+        assert_eq!(calls.take(&id), Some(7));
+        assert_eq!(calls.take(&id), None);
+        assert_ne!(calls.next_id(), id);
+    }
+
+    #[tokio::test]
+    async fn expired_waiters_get_nothing_and_are_swept() {
+        let calls = Calls::new();
+        let past = Instant::now();
+        for n in 0..FIRST_SWEEP * 4 {
+            calls.wait(&n.to_string(), past, n);
+        }
+        assert_eq!(calls.take("0"), None, "an expired waiter gets no answer");
+        assert!(
+            calls.len() <= FIRST_SWEEP,
+            "{} expired waiters kept",
+            calls.len()
+        );
+    }
+}
