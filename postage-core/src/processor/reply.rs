@@ -1,0 +1,56 @@
+//! Answering an RPC call: the answer goes to the caller's return address.
+
+use std::sync::Arc;
+
+use lapin::options::BasicPublishOptions;
+
+use crate::error::{Error, Result};
+use crate::handler::{BoxFuture, ReplySender};
+use crate::rpc::ReturnAddress;
+use crate::wire::Fingerprint;
+use crate::wire::json;
+use crate::wire::{Encoder, JsonEncoder};
+use crate::wire::{Message, RpcResult};
+
+/// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange.
+#[derive(Debug)]
+pub(super) struct ChannelReply {
+    pub(super) channel: lapin::Channel,
+    pub(super) to: ReturnAddress,
+    /// `None` for the default JSON encoder.
+    pub(super) encoder: Option<Arc<dyn Encoder>>,
+    pub(super) fingerprint: Arc<Fingerprint>,
+}
+
+impl ReplySender for ChannelReply {
+    fn send(&self, result: RpcResult) -> BoxFuture<Result<()>> {
+        let (body, content_type) = match &self.encoder {
+            None => (
+                json::result(&result, &self.fingerprint),
+                JsonEncoder.content_type(),
+            ),
+            Some(encoder) => {
+                let message =
+                    Message::result(&result).with_fingerprint((*self.fingerprint).clone());
+                (encoder.encode(&message), encoder.content_type())
+            }
+        };
+        let properties = self.to.properties(content_type);
+        let channel = self.channel.clone();
+        let reply_to = self.to.reply_to().to_owned();
+        Box::pin(async move {
+            let body = body?;
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(Error::amqp(format!("answering on {reply_to:?}")))?;
+            Ok(())
+        })
+    }
+}
