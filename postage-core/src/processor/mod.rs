@@ -14,7 +14,7 @@ pub use self::control::ControlPolicy;
 pub use self::table::HandlerInfo;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -36,8 +36,9 @@ pub enum Exit {
     ConsumerClosed,
 }
 
-/// Stops a running processor from elsewhere: it stops taking deliveries, finishes the
-/// handlers in flight, and [`Processor::run`] returns [`Exit::Shutdown`].
+/// Stops a running processor from elsewhere (it stops taking deliveries, finishes the
+/// handlers in flight, and [`Processor::run`] returns [`Exit::Shutdown`]), and tells how
+/// much it holds.
 #[derive(Debug, Clone)]
 pub struct ProcessorHandle {
     stop: Arc<Stop>,
@@ -49,13 +50,23 @@ impl ProcessorHandle {
         self.stop.requested.store(true, Ordering::SeqCst);
         self.stop.wake.notify_one();
     }
+
+    /// How many deliveries the processor keeps records of now: those its handlers run,
+    /// those finished and waiting for a coalesced acknowledgement, and the records of
+    /// settled ones it needs to acknowledge safely. Bounded by the prefetch, whatever
+    /// the traffic, a handler that never finishes included.
+    pub fn tracked_deliveries(&self) -> usize {
+        self.stop.tracked.load(Ordering::Relaxed)
+    }
 }
 
-/// A stop request: a flag read between deliveries, and a wake-up for a waiting loop.
+/// What a handle shares with its processor: a stop request (a flag read between
+/// deliveries, and a wake-up for a waiting loop), and the size of its records.
 #[derive(Debug, Default)]
 struct Stop {
     requested: AtomicBool,
     wake: Notify,
+    tracked: Arc<AtomicUsize>,
 }
 
 /// Who may send the control commands, how big a body may be, and how a stop goes.

@@ -26,10 +26,13 @@ impl<P: Send + Sync + 'static> Processor<P> {
         }
         let (shared, stop) = (Arc::clone(&self.shared), Arc::clone(&self.stop));
         // With prefetch 0 (no limit) acknowledgements wait for a quiet queue or 100 more.
-        let mut acks = Acks::new(match self.prefetch {
-            0 => 100,
-            prefetch => usize::from(prefetch / 2),
-        });
+        let mut acks = Acks::new(
+            match self.prefetch {
+                0 => 100,
+                prefetch => usize::from(prefetch / 2),
+            },
+            Arc::clone(&self.stop.tracked),
+        );
         // The handlers in flight run on this task: no task and no wake-up per message.
         let mut running = FuturesUnordered::new();
         let mut control = None;

@@ -173,3 +173,41 @@ async fn a_stop_acknowledges_what_finished_and_leaves_the_rest_to_the_broker() {
     eventually("message 0 back in its queue", || counts(&queue) == (1, 0)).await;
     rabbitmqctl(&["delete_queue", &queue]);
 }
+
+#[tokio::test]
+async fn a_handler_that_never_finishes_leaves_the_records_bounded() {
+    let queue = unique("acks-stuck");
+    let running = serve(
+        &[(Queue::new(queue.clone()).auto_delete(true), "a")],
+        Duration::from_millis(300),
+    )
+    .await;
+    // Message 0 never finishes while 5,000 more go through the other three slots.
+    let total = 5_000u64;
+    for n in 0..=total {
+        running.producer.command("work", n).await.unwrap();
+    }
+    for _ in 0..300 {
+        if running.finished() == total as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        running.finished(),
+        total as usize,
+        "every other message handled"
+    );
+    // The prefetch (20) bounds what is unsettled; the records must not grow with the
+    // traffic behind the one that never ends.
+    let tracked = running.handle.tracked_deliveries();
+    assert!(
+        tracked <= 2 * 20,
+        "{tracked} deliveries tracked after {total} went by a stuck handler"
+    );
+    eventually("only the stuck message unacknowledged", || {
+        counts(&queue) == (0, 1)
+    })
+    .await;
+    running.stop().await;
+}
