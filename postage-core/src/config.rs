@@ -100,6 +100,12 @@ pub struct Config {
     /// (`POSTAGE_QUEUE_SHAPE`): `None` (the default, `auto`) asks each broker when
     /// connecting, on a connection of its own, whether it accepts them.
     pub queue_shape: Option<QueueShape>,
+    /// Whether producers publish on a connection of their own, opened beside this one
+    /// with the first of them (`POSTAGE_PUBLISHING_CONNECTION`, default `true`). A
+    /// broker's resource alarm blocks a connection that publishes, every frame of it
+    /// acknowledgements included; with a connection of their own, consumers keep
+    /// acknowledging through an alarm, as Spring AMQP's publisher connection does.
+    pub publishing_connection: bool,
 }
 
 /// PEM files for TLS connections (`amqps`). The broker's certificate is always verified.
@@ -129,6 +135,7 @@ impl Default for Config {
             debug: false,
             tls_files: TlsFiles::default(),
             queue_shape: None,
+            publishing_connection: true,
         }
     }
 }
@@ -178,6 +185,9 @@ impl Config {
         }
         if let Some(debug) = lookup("POSTAGE_DEBUG_MODE") {
             config.debug = parse_flag(&debug, "POSTAGE_DEBUG_MODE")?;
+        }
+        if let Some(separate) = lookup("POSTAGE_PUBLISHING_CONNECTION") {
+            config.publishing_connection = parse_flag(&separate, "POSTAGE_PUBLISHING_CONNECTION")?;
         }
         if let Some(shape) = lookup("POSTAGE_QUEUE_SHAPE") {
             config.queue_shape = QueueShape::parse_setting(&shape, "POSTAGE_QUEUE_SHAPE")?;

@@ -201,6 +201,8 @@ pub struct Transport {
 #[derive(Debug)]
 struct Inner {
     connection: Connection,
+    /// The connection the channel is on: `connection`'s publishing one.
+    publisher: Connection,
     owns_connection: bool,
     link: Mutex<Link>,
     /// Held while the channel is reopened, so one task does it.
@@ -233,11 +235,13 @@ impl Transport {
     }
 
     async fn open(connection: Connection, owns_connection: bool) -> Result<Self> {
-        let generation = connection.generation();
-        let channel = Channel::open(&connection).await?;
+        let publisher = connection.publishing().await?;
+        let generation = publisher.generation();
+        let channel = Channel::open(&publisher).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 connection,
+                publisher,
                 owns_connection,
                 link: Mutex::new(Link {
                     channel,
@@ -472,11 +476,11 @@ impl Transport {
         if !link.channel.lapin().status().connected() {
             let generation = self
                 .inner
-                .connection
+                .publisher
                 .wait_reconnected(link.generation)
                 .await?;
             link = Link {
-                channel: Channel::open(&self.inner.connection).await?,
+                channel: Channel::open(&self.inner.publisher).await?,
                 generation,
                 answering: false,
             };

@@ -13,10 +13,16 @@ use crate::error::{Error, Result};
 
 /// Tries every host in turn, each for at most [`Config::connection_timeout`]; a refused
 /// login or virtual host stops at once.
-pub(super) async fn dial(config: &Config) -> Result<Link> {
+/// A publishing connection (`publishing`) says so in its name, in the broker's list.
+pub(super) async fn dial(config: &Config, publishing: bool) -> Result<Link> {
+    let name = if publishing {
+        format!("{} publishing", connection_name())
+    } else {
+        connection_name()
+    };
     let mut attempts = Vec::new();
     for host in &config.hosts {
-        match open(config, host, &connection_name()).await {
+        match open(config, host, &name).await {
             Ok(amqp) => {
                 tracing::debug!(host = %host, vhost = %config.vhost, "connected to RabbitMQ");
                 return Ok(Link {

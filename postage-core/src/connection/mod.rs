@@ -49,6 +49,12 @@ struct Inner {
     closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// The channel declarations run on, kept between them (see `declare.rs`).
     declaring: Mutex<Option<lapin::Channel>>,
+    /// The connection producers publish on, opened with the first of them when
+    /// [`Config::publishing_connection`] says so.
+    publishing: tokio::sync::OnceCell<Connection>,
+    /// For a publishing connection, the state of the connection it publishes for, which
+    /// shows its blocks: the user watches that one.
+    reports_to: Option<watch::Sender<LinkState>>,
 }
 
 /// What a connection's link to RabbitMQ is doing, for a program to watch
@@ -91,8 +97,12 @@ impl Connection {
     /// the broker refuses stops at once with [`Error::AccessRefused`]; when no host
     /// answers, [`Error::ConnectionFailed`] lists why for each.
     pub async fn connect(config: &Config) -> Result<Self> {
+        Self::open(config, None).await
+    }
+
+    async fn open(config: &Config, reports_to: Option<watch::Sender<LinkState>>) -> Result<Self> {
         config.validate()?;
-        let link = dial(config).await?;
+        let link = dial(config, reports_to.is_some()).await?;
         let events = link.amqp.events_listener();
         let connection = Self {
             inner: Arc::new(Inner {
@@ -103,6 +113,8 @@ impl Connection {
                 closed: AtomicBool::new(false),
                 closing: Arc::default(),
                 declaring: Mutex::new(None),
+                publishing: tokio::sync::OnceCell::new(),
+                reports_to,
             }),
         };
         tokio::spawn(supervise(
@@ -126,6 +138,19 @@ impl Connection {
             .create_channel()
             .await
             .map_err(Error::amqp(format!("opening a channel on {}", link.host)))
+    }
+
+    /// The connection to publish on: one of its own beside this one, opened the first
+    /// time (see [`Config::publishing_connection`]), or this one.
+    pub(crate) async fn publishing(&self) -> Result<Connection> {
+        if !self.inner.config.publishing_connection || self.inner.reports_to.is_some() {
+            return Ok(self.clone());
+        }
+        self.inner
+            .publishing
+            .get_or_try_init(|| Self::open(&self.inner.config, Some(self.inner.state.clone())))
+            .await
+            .cloned()
     }
 
     /// Opens a channel that is closed explicitly when dropped, and that
@@ -243,6 +268,9 @@ impl Connection {
     /// once, and the close goes out when the alarm clears or the socket closes with the
     /// process.
     pub async fn close(&self) -> Result<()> {
+        if let Some(publishing) = self.inner.publishing.get() {
+            Box::pin(publishing.close()).await?;
+        }
         let state = self.state();
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.state.send_replace(LinkState::Closed);

@@ -196,7 +196,7 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut events: Events) {
             if strong.closed.load(Ordering::SeqCst) {
                 return;
             }
-            match dial(&strong.config).await {
+            match dial(&strong.config, strong.reports_to.is_some()).await {
                 Ok(fresh) => break fresh,
                 Err(error) => {
                     drop(strong);
@@ -221,9 +221,27 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut events: Events) {
 }
 
 fn set_state(inner: &Weak<Inner>, state: LinkState) {
-    if let Some(inner) = inner.upgrade() {
-        inner.state.send_replace(state);
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    // A publishing connection's block is its parent's: that is where the user looks.
+    if let Some(parent) = &inner.reports_to {
+        match &state {
+            LinkState::Blocked { .. } => {
+                parent.send_replace(state.clone());
+            }
+            _ => {
+                parent.send_if_modified(|current| {
+                    let blocked = matches!(current, LinkState::Blocked { .. });
+                    if blocked {
+                        *current = LinkState::Connected;
+                    }
+                    blocked
+                });
+            }
+        }
     }
+    inner.state.send_replace(state);
 }
 
 /// A connection the broker closed over something postage sent (a refused feature, a

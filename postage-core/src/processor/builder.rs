@@ -9,6 +9,7 @@ use super::{Limits, Processor, Shared};
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
+use crate::producer::Producer;
 use crate::topology::Exchange;
 use crate::topology::Queue;
 use crate::wire::Fingerprint;
@@ -154,12 +155,13 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         sets.extend(self.more_handlers);
         let table = HandlerTable::new(&sets)?;
         let consumer = self.consumer.build().await?;
+        let answers = Producer::builder(&self.connection).build().await?;
         Ok(Processor {
             connection: self.connection,
             shared: Arc::new(Shared {
                 state,
                 table,
-                consumer: consumer.handle(),
+                answers,
                 encoder: self.encoder,
                 plain_json: self.plain_json,
                 fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),

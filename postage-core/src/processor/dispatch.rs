@@ -110,7 +110,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         };
         let sent = Arc::new(AtomicBool::new(false));
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
-            channel: self.consumer.live_channel(),
+            answers: self.answers.clone(),
             to: ReturnAddress::new(reply_to, metadata.correlation_id.as_deref()),
             encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),

@@ -21,7 +21,8 @@ use tokio::sync::Notify;
 
 use self::table::HandlerTable;
 use crate::connection::Connection;
-use crate::consumer::{Consumer, ConsumerHandle};
+use crate::consumer::Consumer;
+use crate::producer::Producer;
 use crate::wire::{Encoder, Fingerprint};
 
 /// Why [`Processor::run`] returned.
@@ -136,8 +137,8 @@ pub struct Processor<P> {
 struct Shared<P> {
     state: Arc<P>,
     table: HandlerTable,
-    /// Answers go out on the consumer's live channel.
-    consumer: ConsumerHandle,
+    /// Publishes the answers to RPC calls.
+    answers: Producer,
     encoder: Arc<dyn Encoder>,
     plain_json: bool,
     fingerprint: Arc<Fingerprint>,

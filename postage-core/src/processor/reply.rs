@@ -2,20 +2,21 @@
 
 use std::sync::Arc;
 
-use lapin::options::BasicPublishOptions;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::handler::{BoxFuture, ReplySender};
+use crate::producer::Producer;
 use crate::rpc::ReturnAddress;
 use crate::wire::Fingerprint;
 use crate::wire::json;
 use crate::wire::{Encoder, JsonEncoder};
 use crate::wire::{Message, RpcResult};
 
-/// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange.
+/// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange,
+/// with the processor's producer (on the publishing connection: a resource alarm that
+/// holds the answer back does not hold back the consumer's acknowledgements).
 #[derive(Debug)]
 pub(super) struct ChannelReply {
-    pub(super) channel: lapin::Channel,
+    pub(super) answers: Producer,
     pub(super) to: ReturnAddress,
     /// `None` for the default JSON encoder.
     pub(super) encoder: Option<Arc<dyn Encoder>>,
@@ -36,21 +37,12 @@ impl ReplySender for ChannelReply {
             }
         };
         let properties = self.to.properties(content_type);
-        let channel = self.channel.clone();
+        let answers = self.answers.clone();
         let reply_to = self.to.reply_to().to_owned();
         Box::pin(async move {
-            let body = body?;
-            channel
-                .basic_publish(
-                    "".into(),
-                    reply_to.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
+            answers
+                .publish_body("", &reply_to, &body?, properties)
                 .await
-                .map_err(Error::amqp(format!("answering on {reply_to:?}")))?;
-            Ok(())
         })
     }
 }

@@ -299,7 +299,7 @@ impl PendingCall {
                     .as_ref()
                     .is_some_and(|o| !o._channel.status().connected());
                 if own.is_none() || lost {
-                    let connection = self.producer.connection();
+                    let connection = self.producer.link();
                     let channel = connection.lease_channel().await?;
                     let (address, answers) =
                         start_reply_consumer(connection, &channel, ReplyQueue::PerCall).await?;
@@ -521,7 +521,7 @@ impl Producer {
             ReplyQueue::PerCall => ReplyQueue::Private,
             other => other,
         };
-        let (address, consumer) = start_reply_consumer(self.connection(), &channel, shared).await?;
+        let (address, consumer) = start_reply_consumer(self.link(), &channel, shared).await?;
         state.replacing.notify_waiters();
         *state.answers.lock().await = Some(consumer);
         state.answering.store(true, Ordering::SeqCst);

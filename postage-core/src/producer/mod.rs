@@ -59,6 +59,9 @@ pub struct Producer {
 #[derive(Debug)]
 struct Inner {
     connection: Connection,
+    /// The connection the channel is on: `connection`'s publishing one (see
+    /// [`Config::publishing_connection`](crate::Config::publishing_connection)).
+    link: Connection,
     /// The channel and the connection generation it was opened on.
     live: RwLock<(Arc<ChannelLease>, u64)>,
     /// Held while the channel is being reopened after a reconnection.
@@ -172,11 +175,13 @@ impl ProducerBuilder {
     }
 
     async fn build_now(self) -> Result<Producer> {
-        let generation = self.connection.generation();
-        let channel = open(&self.connection, self.reliable).await?;
+        let link = self.connection.publishing().await?;
+        let generation = link.generation();
+        let channel = open(&link, self.reliable).await?;
         let producer = Producer {
             inner: Arc::new(Inner {
                 connection: self.connection,
+                link,
                 live: RwLock::new((Arc::new(channel), generation)),
                 reopening: tokio::sync::Mutex::new(()),
                 destinations: self.destinations,
@@ -348,8 +353,8 @@ impl Producer {
         if channel.status().connected() {
             return Ok((channel, generation));
         }
-        let generation = self.inner.connection.wait_reconnected(generation).await?;
-        let fresh = Arc::new(open(&self.inner.connection, self.inner.reliable).await?);
+        let generation = self.inner.link.wait_reconnected(generation).await?;
+        let fresh = Arc::new(open(&self.inner.link, self.inner.reliable).await?);
         if let Ok(mut declared) = self.inner.declared.lock() {
             declared.clear();
         }
@@ -361,9 +366,15 @@ impl Producer {
         Ok((fresh, generation))
     }
 
-    /// The connection the producer publishes on.
+    /// The connection the producer was built on.
     pub fn connection(&self) -> &Connection {
         &self.inner.connection
+    }
+
+    /// The connection its channel is on (the publishing one, unless the configuration
+    /// says otherwise).
+    pub(crate) fn link(&self) -> &Connection {
+        &self.inner.link
     }
 
     pub(crate) fn encoder(&self) -> &dyn Encoder {

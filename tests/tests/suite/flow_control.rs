@@ -4,6 +4,8 @@
 //! is blocked, and once the alarm clears everything works again without a restart.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use postage_core::{
@@ -11,9 +13,13 @@ use postage_core::{
     processor,
 };
 use postage_tests::{OwnNode, binary, ctl, unique};
+use tokio::task::JoinHandle;
 
 /// (name, AMQP port, distribution port) of the node the alarm is raised on.
 const NODE: (&str, u16, u16) = ("postage-alarm", 5731, 25731);
+
+/// The node of the test whose consumers acknowledge through an alarm.
+const ACKING_NODE: (&str, u16, u16) = ("postage-alarm-acks", 5732, 25732);
 
 struct Doubler;
 
@@ -26,12 +32,33 @@ impl Doubler {
 }
 
 fn config() -> Config {
+    config_for(NODE.1)
+}
+
+fn config_for(port: u16) -> Config {
     Config {
         hosts: vec![Host {
             name: "127.0.0.1".into(),
-            port: NODE.1,
+            port,
         }],
         ..Config::default()
+    }
+}
+
+/// Handles `work` messages and, as a component in a pipeline does, publishes a note of
+/// each downstream, on the same connection; a publish the alarm holds back fails after
+/// its bound and the work counts as done all the same.
+struct Forwarder {
+    downstream: Producer,
+    handled: AtomicUsize,
+}
+
+#[processor]
+impl Forwarder {
+    #[message_handler("command", "work")]
+    async fn work(&self, n: u64) {
+        let _ = self.downstream.command("noted", n).await;
+        self.handled.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -141,4 +168,107 @@ async fn a_memory_alarm_bounds_publishes_and_calls_and_everything_works_after_it
     running.await.unwrap().unwrap();
     client.close().await.unwrap();
     server.close().await.unwrap();
+}
+
+/// Messages (ready, unacknowledged) in `queue` on `node`, as the broker counts them.
+fn counts(node: &str, queue: &str) -> (u64, u64) {
+    let listing = ctl(
+        node,
+        &[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+    );
+    listing
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (fields.first() == Some(&queue))
+                .then(|| (fields[1].parse().unwrap(), fields[2].parse().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("queue {queue} listed:\n{listing}"))
+}
+
+#[tokio::test]
+async fn consumers_keep_acknowledging_through_a_memory_alarm() {
+    let (name, port, dist) = ACKING_NODE;
+    let _node = OwnNode::start(name, port, dist, "");
+    let exchange = Exchange::named(unique("alarm-acks"));
+    let queue = unique("alarm-acks");
+
+    // 50 messages wait in the queue before the alarm.
+    let client = Connection::connect(&config_for(port)).await.unwrap();
+    let producer = Producer::builder(&client)
+        .destination(exchange.clone(), "work")
+        .reliable(true)
+        .build()
+        .await
+        .unwrap();
+    let filling = postage_core::Consumer::builder(&client)
+        .bind(exchange.clone(), Queue::new(queue.as_str()), "work")
+        .build()
+        .await
+        .unwrap();
+    for n in 0..50u64 {
+        producer.command("work", n).await.unwrap();
+    }
+    filling.close().await.unwrap();
+    assert_eq!(counts(name, &queue), (50, 0));
+
+    ctl(name, &["set_vm_memory_high_watermark", "0.0000001"]);
+
+    // A component starts under the alarm: it reads the queue and publishes downstream
+    // on its connection, which the alarm blocks.
+    let server = Connection::connect(&config_for(port)).await.unwrap();
+    let downstream = Producer::builder(&server)
+        .destination(Exchange::named(unique("alarm-notes")), "noted")
+        .publish_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let forwarder = Processor::builder(
+        &server,
+        Forwarder {
+            downstream,
+            handled: AtomicUsize::new(0),
+        },
+    )
+    .bind(exchange, Queue::new(queue.as_str()), "work")
+    .prefetch(10)
+    .concurrency(10)
+    .build()
+    .await
+    .unwrap();
+    let (state, stop) = (Arc::clone(forwarder.state()), forwarder.handle());
+    let running: JoinHandle<_> = tokio::spawn(forwarder.run());
+
+    // Every message is handled and acknowledged while the alarm lasts.
+    let mut drained = false;
+    for _ in 0..100 {
+        if state.handled.load(Ordering::SeqCst) >= 50 && counts(name, &queue) == (0, 0) {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ready, unacked) = counts(name, &queue);
+    assert!(
+        drained,
+        "under the alarm {} handled, {ready} ready and {unacked} unacknowledged: the \
+         acknowledgements did not get through",
+        state.handled.load(Ordering::SeqCst)
+    );
+    assert!(
+        matches!(server.state(), LinkState::Blocked { .. }),
+        "the publishing side is blocked: {:?}",
+        server.state()
+    );
+
+    ctl(name, &["set_vm_memory_high_watermark", "0.4"]);
+    stop.shutdown();
+    running.await.unwrap().unwrap();
+    server.close().await.unwrap();
+    client.close().await.unwrap();
 }
