@@ -4,7 +4,8 @@
 //! `broker_faults` closes every connection of the shared broker and restarts it, so
 //! `scripts/test.sh` runs it on its own (`-- broker_faults::`) after the rest
 //! (`-- --skip broker_faults::`). Tests that need nodes of their own (a cluster, frozen
-//! nodes, TLS, a short consumer timeout) start them with `scripts/node.sh`.
+//! nodes, TLS, a short consumer timeout, a two-minute outage) start them with
+//! `scripts/node.sh`.
 
 mod acks;
 mod application;
@@ -26,5 +27,6 @@ mod processor;
 mod producer_consumer;
 mod reply_queue;
 mod shutdown;
+mod supervision;
 mod tls;
 mod wire;
