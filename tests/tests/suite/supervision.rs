@@ -20,8 +20,11 @@ use postage_core::lapin::options::{
 use postage_core::lapin::types::FieldTable;
 use postage_core::lapin::{BasicProperties, ExchangeKind};
 use postage_core::{
-    Channel, Config, Connection, Consumer, DeliveryStatus, Envelope, Error, Exchange, Fingerprint,
-    Host, Messenger, Processor, Producer, Queue, Request, Route, RpcOptions, Target, Transport,
+    Config, Connection, Consumer, Error, Exchange, Fingerprint, Host, Processor, Producer, Queue,
+    Route, RpcOptions,
+    channel::{Channel, DeliveryStatus, Envelope},
+    client::{Request, Target, Transport},
+    messenger::Messenger,
     processor,
 };
 use postage_tests::{OwnNode, connect, ctl, exchange, init_tracing, unique};
