@@ -106,6 +106,10 @@ pub struct Config {
     /// acknowledgements included; with a connection of their own, consumers keep
     /// acknowledging through an alarm, as Spring AMQP's publisher connection does.
     pub publishing_connection: bool,
+    /// The name the broker shows for this component's connections
+    /// (`POSTAGE_CONNECTION_NAME`; default `program (pid N)`); the publishing one adds
+    /// ` publishing`.
+    pub connection_name: Option<String>,
 }
 
 /// PEM files for TLS connections (`amqps`). The broker's certificate is always verified.
@@ -136,6 +140,7 @@ impl Default for Config {
             tls_files: TlsFiles::default(),
             queue_shape: None,
             publishing_connection: true,
+            connection_name: None,
         }
     }
 }
@@ -185,6 +190,9 @@ impl Config {
         }
         if let Some(debug) = lookup("POSTAGE_DEBUG_MODE") {
             config.debug = parse_flag(&debug, "POSTAGE_DEBUG_MODE")?;
+        }
+        if let Some(name) = lookup("POSTAGE_CONNECTION_NAME") {
+            config.connection_name = Some(name);
         }
         if let Some(separate) = lookup("POSTAGE_PUBLISHING_CONNECTION") {
             config.publishing_connection = parse_flag(&separate, "POSTAGE_PUBLISHING_CONNECTION")?;

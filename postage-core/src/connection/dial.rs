@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 /// A publishing connection (`publishing`) says so in its name, in the broker's list.
 pub(super) async fn dial(config: &Config, publishing: bool) -> Result<Link> {
     let name = if publishing {
-        format!("{} publishing", connection_name())
+        format!("{} publishing", connection_name(config))
     } else {
-        connection_name()
+        connection_name(config)
     };
     let mut attempts = Vec::new();
     for host in &config.hosts {
@@ -103,8 +103,12 @@ fn refusal(config: &Config, host: &Host, error: &lapin::Error) -> Refusal {
     }
 }
 
-/// `program (pid N)`, shown in the broker's connection list.
-pub(super) fn connection_name() -> String {
+/// The name shown in the broker's connection list: [`Config::connection_name`], by
+/// default `program (pid N)`.
+pub(super) fn connection_name(config: &Config) -> String {
+    if let Some(name) = &config.connection_name {
+        return name.clone();
+    }
     let program = std::env::args()
         .next()
         .and_then(|p| {

@@ -15,7 +15,7 @@ use crate::topology::QueueShape;
 /// other reason) the wire contract's shape is kept, and a refused declaration later says
 /// which setting to change.
 pub(super) async fn probe_shape(config: &Config, host: &Host) -> QueueShape {
-    let name = format!("{} queue shape probe", connection_name());
+    let name = format!("{} queue shape probe", connection_name(config));
     let Ok(probe) = open(config, host, &name).await else {
         return QueueShape::Transient;
     };

@@ -35,6 +35,8 @@ fn defaults_are_postages() {
         ),
         ("guest", "guest", "/")
     );
+    assert!(config.publishing_connection, "publishing on a connection of its own");
+    assert_eq!(config.connection_name, None);
 }
 
 #[test]
@@ -47,6 +49,8 @@ fn reads_every_variable() {
         ("POSTAGE_PASSWORD", SECRET),
         ("POSTAGE_HEARTBEAT", "7"),
         ("POSTAGE_DEBUG_MODE", "true"),
+        ("POSTAGE_CONNECTION_NAME", "inventory"),
+        ("POSTAGE_PUBLISHING_CONNECTION", "false"),
     ])
     .unwrap();
     assert_eq!(
@@ -62,6 +66,8 @@ fn reads_every_variable() {
     assert_eq!(config.password.expose(), SECRET);
     assert_eq!(config.heartbeat, Duration::from_secs(7));
     assert!(config.debug);
+    assert_eq!(config.connection_name.as_deref(), Some("inventory"));
+    assert!(!config.publishing_connection);
 }
 
 #[test]

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use postage_core::{Error, Processor, Producer, Queue, ReplyQueue, RpcOptions, processor};
+use postage_core::{
+    Config, Connection, Error, Processor, Producer, Queue, ReplyQueue, RpcOptions, processor,
+};
 use postage_tests::{connect, exchange, rabbitmqctl, unique};
 
 struct Doubler;
@@ -18,13 +20,13 @@ impl Doubler {
     }
 }
 
-/// The broker-named exclusive queues (`amq.gen-...`) owned by a connection of this test
-/// process: the private reply queues of its producers.
-fn my_reply_queues() -> Vec<String> {
-    let me = format!("(pid {})", std::process::id());
+/// The broker-named exclusive queues (`amq.gen-...`) owned by the connections named
+/// `name` (tests run in parallel in one process: each names its own): the private reply
+/// queues of their producers.
+fn my_reply_queues(name: &str) -> Vec<String> {
     let connections: Vec<String> = rabbitmqctl(&["list_connections", "pid", "client_properties"])
         .lines()
-        .filter(|line| line.contains(&me))
+        .filter(|line| line.contains(name))
         .filter_map(|line| line.split('\t').next())
         .map(str::to_owned)
         .collect();
@@ -56,7 +58,13 @@ async fn private_reply_queue_answers_many_calls_over_one_queue() {
     let handle = doubler.handle();
     let running = tokio::spawn(doubler.run());
 
-    let client = connect().await;
+    // A name of its own, to tell its queues from those of tests running beside it.
+    let name = unique("replyq-client");
+    let config = Config {
+        connection_name: Some(name.clone()),
+        ..Config::from_env().unwrap()
+    };
+    let client = Connection::connect(&config).await.unwrap();
     let producer = Producer::builder(&client)
         .destination(ex.clone(), key.as_str())
         .reply_queue(ReplyQueue::Private)
@@ -74,7 +82,7 @@ async fn private_reply_queue_answers_many_calls_over_one_queue() {
     let sequential: i64 = producer.call("double", 21).await.unwrap();
     assert_eq!(sequential, 42);
 
-    let mine = my_reply_queues();
+    let mine = my_reply_queues(&name);
     assert_eq!(
         mine.len(),
         1,
@@ -94,12 +102,12 @@ async fn private_reply_queue_answers_many_calls_over_one_queue() {
         matches!(error, Error::RpcTimeout { attempts: 2, .. }),
         "{error:?}"
     );
-    assert_eq!(my_reply_queues(), mine);
+    assert_eq!(my_reply_queues(&name), mine);
 
     client.close().await.unwrap();
     let mut gone = false;
     for _ in 0..50 {
-        if !my_reply_queues().contains(&mine[0]) {
+        if !my_reply_queues(&name).contains(&mine[0]) {
             gone = true;
             break;
         }
