@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
+use lapin::BasicProperties;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -17,12 +20,10 @@ use tokio::task::JoinHandle;
 
 use super::server::{Request, Server};
 use super::{DEFAULT_CALL_TIMEOUT, FANOUT_EXCHANGE, Mode, Target};
-use crate::channel::Channel;
-use crate::channel::DeliveryStatus;
-use crate::channel::Envelope;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::producer::Producer;
 use crate::rpc::{Calls, DIRECT_REPLY_TO};
 
 /// An answer to a [`Transport::request`], delivered to [`Transport::responses`] or
@@ -201,23 +202,15 @@ pub struct Transport {
 #[derive(Debug)]
 struct Inner {
     connection: Connection,
-    /// The connection the channel is on: `connection`'s publishing one.
-    publisher: Connection,
     owns_connection: bool,
-    link: Mutex<Link>,
-    /// Held while the channel is reopened, so one task does it.
-    reopening: tokio::sync::Mutex<()>,
+    /// Publishes with confirms, `mandatory`, on the publishing connection, and reopens
+    /// its channel after a reconnection.
+    producer: Producer,
+    /// The serial of the producer's channel that direct reply-to answers are consumed
+    /// on (RabbitMQ wants them consumed on the channel that publishes the calls).
+    answering: tokio::sync::Mutex<Option<u64>>,
     closed: AtomicBool,
     replies: Arc<Replies>,
-}
-
-/// The transport's channel now, and whether it consumes answers yet.
-#[derive(Debug, Clone)]
-struct Link {
-    channel: Channel,
-    /// The connection's generation the channel was opened in.
-    generation: u64,
-    answering: bool,
 }
 
 impl Transport {
@@ -235,20 +228,16 @@ impl Transport {
     }
 
     async fn open(connection: Connection, owns_connection: bool) -> Result<Self> {
-        let publisher = connection.publishing().await?;
-        let generation = publisher.generation();
-        let channel = Channel::open(&publisher).await?;
+        let producer = Producer::builder(&connection)
+            .reliable(true)
+            .build()
+            .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 connection,
-                publisher,
                 owns_connection,
-                link: Mutex::new(Link {
-                    channel,
-                    generation,
-                    answering: false,
-                }),
-                reopening: tokio::sync::Mutex::new(()),
+                producer,
+                answering: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
                 replies: Arc::new(Replies {
                     waiting: Calls::new(),
@@ -300,8 +289,15 @@ impl Transport {
             replies: &self.inner.replies,
             correlation_id: &correlation_id,
         };
-        self.publish(target, body, Some(&correlation_id)).await?;
-        let answer = match tokio::time::timeout(self.timeout, receiver).await {
+        // One deadline for the call: the request's publish and confirm, and the answer.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let operation = || format!("calling target {:?}", target.name());
+        let publish = self.publish(target, body, Some(&correlation_id));
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(published) => published?,
+            Err(_) => return Err(self.inner.connection.overdue(operation(), self.timeout)),
+        }
+        let answer = match tokio::time::timeout_at(deadline, receiver).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => return Err(Error::Closed("the transport")),
             Err(_) => {
@@ -326,14 +322,17 @@ impl Transport {
     /// Sends `body` to every server of `target` now running; returns once the broker has
     /// it. With no server running, nobody gets it.
     pub async fn fanout(&self, target: &Target, body: &impl Serialize) -> Result<()> {
-        let envelope = Envelope::json(body)?;
-        let key = target.fanout_key();
-        let tracker = self
-            .live_channel(false)
-            .await?
-            .publish(FANOUT_EXCHANGE, &key, envelope)
-            .await?;
-        settled(tracker.settled().await, FANOUT_EXCHANGE, &key)
+        let body = json_body(body)?;
+        let properties = BasicProperties::default().with_content_type(JSON.into());
+        self.live()?
+            .publish_body_to(
+                FANOUT_EXCHANGE,
+                &target.fanout_key(),
+                &body,
+                properties,
+                false,
+            )
+            .await
     }
 
     /// Sends a call to `target` without waiting for its answer, and returns its
@@ -407,7 +406,7 @@ impl Transport {
     /// connection if [`connect`](Self::connect) opened it.
     pub async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.link().channel.close().await?;
+        self.inner.producer.close_channel().await?;
         // The end of the answers: a `Responses` stream ends.
         if let Ok(mut sink) = self.inner.replies.sink.lock() {
             sink.sender = None;
@@ -425,106 +424,87 @@ impl Transport {
 
     /// The transport's channel now, for anything this API does not wrap (after a
     /// reconnection the transport opens another).
-    pub fn channel(&self) -> Channel {
-        self.link().channel
-    }
-
-    fn link(&self) -> Link {
-        match self.inner.link.lock() {
-            Ok(link) => link.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    pub fn channel(&self) -> lapin::Channel {
+        self.inner.producer.channel()
     }
 
     fn next_id(&self) -> String {
         self.inner.replies.waiting.next_id()
     }
 
+    /// The producer, unless the transport was closed.
+    fn live(&self) -> Result<&Producer> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed("the transport"));
+        }
+        Ok(&self.inner.producer)
+    }
+
     /// Publishes `body` to `target`'s queue (`mandatory`, answers to direct reply-to when
-    /// `correlation_id` is given) and waits for the broker's confirm.
+    /// `correlation_id` is given) and waits for the broker's confirm, within the
+    /// producer's publish timeout.
     async fn publish(
         &self,
         target: &Target,
         body: &impl Serialize,
         correlation_id: Option<&str>,
     ) -> Result<()> {
-        let mut envelope = Envelope::json(body)?.mandatory(true);
+        let body = json_body(body)?;
+        let producer = self.live()?;
+        let mut properties = BasicProperties::default().with_content_type(JSON.into());
         if let Some(id) = correlation_id {
-            envelope = envelope.reply_to(DIRECT_REPLY_TO).correlation_id(id);
+            self.consume_answers().await?;
+            properties = properties
+                .with_reply_to(DIRECT_REPLY_TO.into())
+                .with_correlation_id(id.into());
         }
-        let tracker = self
-            .live_channel(correlation_id.is_some())
-            .await?
-            .publish("", target.name(), envelope)
-            .await?;
-        settled(tracker.settled().await, "", target.name())
+        producer
+            .publish_body("", target.name(), &body, properties)
+            .await
     }
 
-    /// The channel to publish on, consuming answers first when `answers` (direct
-    /// reply-to is consumed on the publishing channel, as RabbitMQ requires). A channel
-    /// lost with the connection is reopened once the connection is back.
-    async fn live_channel(&self, answers: bool) -> Result<Channel> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed("the transport"));
+    /// Consumes direct reply-to answers on the producer's live channel, unless that is
+    /// done already, and hands each to whoever waits for it.
+    async fn consume_answers(&self) -> Result<()> {
+        let (lease, _) = self.inner.producer.live_channel().await?;
+        let mut answering = self.inner.answering.lock().await;
+        if *answering == Some(lease.serial()) {
+            return Ok(());
         }
-        let link = self.link();
-        if link.channel.lapin().status().connected() && (link.answering || !answers) {
-            return Ok(link.channel);
-        }
-        let _one_at_a_time = self.inner.reopening.lock().await;
-        let mut link = self.link();
-        if !link.channel.lapin().status().connected() {
-            let generation = self
-                .inner
-                .publisher
-                .wait_reconnected(link.generation)
-                .await?;
-            link = Link {
-                channel: Channel::open(&self.inner.publisher).await?,
-                generation,
-                answering: false,
-            };
-            tracing::info!("the transport reopened its channel");
-        }
-        if answers && !link.answering {
-            consume_answers(&link.channel, &self.inner.replies).await?;
-            link.answering = true;
-        }
-        if let Ok(mut current) = self.inner.link.lock() {
-            *current = link.clone();
-        }
-        Ok(link.channel)
-    }
-}
-
-/// Hands each answer arriving on `channel`'s direct reply-to to whoever waits for it.
-async fn consume_answers(channel: &Channel, replies: &Arc<Replies>) -> Result<()> {
-    let mut answers = channel.consume_no_ack(DIRECT_REPLY_TO, "").await?;
-    let replies = Arc::clone(replies);
-    tokio::spawn(async move {
-        while let Some(Ok(answer)) = answers.next().await {
-            match answer.correlation_id() {
-                Some(id) => replies.deliver(id, answer.body().to_vec()),
-                None => tracing::warn!("dropping an answer without correlation id"),
+        let mut answers = lease
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::amqp("consuming the transport's answers"))?;
+        *answering = Some(lease.serial());
+        let replies = Arc::clone(&self.inner.replies);
+        tokio::spawn(async move {
+            while let Some(Ok(answer)) = answers.next().await {
+                match answer.properties.correlation_id() {
+                    Some(id) => replies.deliver(id.as_str(), answer.data),
+                    None => tracing::warn!("dropping an answer without correlation id"),
+                }
             }
-        }
-        tracing::debug!("transport answer consumer ended");
-    });
-    Ok(())
+            tracing::debug!("transport answer consumer ended");
+        });
+        Ok(())
+    }
 }
 
-/// A publish's confirm as a result.
-fn settled(status: DeliveryStatus, exchange: &str, routing_key: &str) -> Result<()> {
-    match status {
-        DeliveryStatus::Accepted => Ok(()),
-        DeliveryStatus::Unroutable => Err(Error::Unroutable {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-        }),
-        DeliveryStatus::Rejected => Err(Error::PublishRefused {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-        }),
-        _ => Err(Error::Closed("the transport's channel")),
-    }
+/// The content type of the simple client's bodies.
+const JSON: &str = "application/json";
+
+/// `body` as JSON.
+fn json_body(body: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(body).map_err(|source| Error::Payload {
+        what: "a request".to_owned(),
+        source,
+    })
 }

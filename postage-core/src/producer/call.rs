@@ -325,7 +325,13 @@ impl PendingCall {
             .with_correlation_id(self.correlation_id.as_str().into());
         // Bounded by `send`'s deadline.
         self.producer
-            .publish_now(&self.exchange, &self.routing_key, &self.body, properties)
+            .publish_now(
+                &self.exchange,
+                &self.routing_key,
+                &self.body,
+                properties,
+                self.producer.reliable(),
+            )
             .await?;
         let state = self.producer.rpc_state();
         // Replaced while this was sent: its answer cannot come, so the waiter goes and

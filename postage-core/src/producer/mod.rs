@@ -366,6 +366,23 @@ impl Producer {
         Ok((fresh, generation))
     }
 
+    /// Closes the producer's channel now (a clone's next publish opens another).
+    pub(crate) async fn close_channel(&self) -> Result<()> {
+        let (channel, _) = self.snapshot();
+        if !channel.status().connected() {
+            return Ok(());
+        }
+        channel
+            .close(200, "postage: producer closed".into())
+            .await
+            .map_err(Error::amqp("closing a producer's channel"))
+    }
+
+    /// Whether the producer publishes `mandatory` with confirms.
+    pub(crate) fn reliable(&self) -> bool {
+        self.inner.reliable
+    }
+
     /// The connection the producer was built on.
     pub fn connection(&self) -> &Connection {
         &self.inner.connection
@@ -447,8 +464,23 @@ impl Producer {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
+        let mandatory = self.inner.reliable;
+        self.publish_body_to(exchange, routing_key, body, properties, mandatory)
+            .await
+    }
+
+    /// [`publish_body`](Self::publish_body), `mandatory` or not: a fanout to whoever
+    /// listens now is not, even from a reliable producer.
+    pub(crate) async fn publish_body_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
         let bound = self.inner.publish_timeout;
-        let publish = self.publish_now(exchange, routing_key, body, properties);
+        let publish = self.publish_now(exchange, routing_key, body, properties, mandatory);
         match tokio::time::timeout(bound, publish).await {
             Ok(published) => published,
             Err(_) => Err(self.inner.connection.overdue(
@@ -466,10 +498,11 @@ impl Producer {
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<()> {
         let reliable = self.inner.reliable;
         let options = BasicPublishOptions {
-            mandatory: reliable,
+            mandatory,
             immediate: false,
         };
         let operation = || format!("publishing to exchange {exchange:?} with key {routing_key:?}");

@@ -14,6 +14,7 @@ use postage_core::lapin::types::FieldTable;
 use postage_core::lapin::{self, BasicProperties};
 use postage_core::{
     Config, Error, Host, Queue,
+    channel::Channel,
     client::{Mode, Request, Server, ServerHandle, Target, Transport},
 };
 use postage_tests::{connect, unique};
@@ -356,8 +357,8 @@ async fn a_call_nobody_answers_times_out() {
         .with_timeout(Duration::from_millis(300));
     // A queue that exists but that no server reads; gone with the connection.
     let silent = unique("silent");
-    transport
-        .channel()
+    let channel = Channel::open(&connection).await.unwrap();
+    channel
         .declare_queue(&Queue::new(silent.as_str()).exclusive(true))
         .await
         .unwrap();

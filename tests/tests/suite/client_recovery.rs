@@ -1,32 +1,46 @@
 //! The simple client and the messenger across a lost connection: the broker closes this
-//! process's connections, the connection comes back, and they go on.
-//!
-//! A test binary of its own, so closing "this process's connections" touches no other
-//! test binary; its tests take turns.
+//! module's connections (named so: tests of other modules run beside these), the
+//! connection comes back, and they go on. The module's tests take turns.
 
 use std::time::{Duration, Instant};
 
 use postage_core::{
-    Error, Queue,
+    Config, Connection, Error, Queue,
     channel::{Channel, DeliveryStatus, Envelope},
     client::{Mode, Request, Target, Transport},
     messenger::Messenger,
 };
-use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
+use postage_tests::{consumers_of, rabbitmqctl, unique};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Has the broker close every connection this process opened.
+/// A connection under a name of its own: `close_my_connections` closes it and leaves the
+/// connections of tests running beside this one alone.
+async fn connect() -> Connection {
+    postage_tests::init_tracing();
+    let config = Config {
+        connection_name: Some(NAME.to_owned()),
+        ..Config::from_env().expect("POSTAGE_* settings")
+    };
+    Connection::connect(&config)
+        .await
+        .expect("the broker answers")
+}
+
+/// The name this module's connections go by (its publishing ones add ` publishing`).
+const NAME: &str = "postage client recovery test";
+
+/// Has the broker close every connection of this module's tests.
 async fn close_my_connections() {
-    let marker = format!("(pid {})", std::process::id());
+    let marker = NAME;
     tokio::task::spawn_blocking(move || {
         let listing = rabbitmqctl(&["list_connections", "pid", "client_properties"]);
         let mine: Vec<&str> = listing
             .lines()
-            .filter(|line| line.contains(&marker))
+            .filter(|line| line.contains(marker))
             .filter_map(|line| line.split('\t').next())
             .collect();
         assert!(

@@ -35,7 +35,10 @@ fn defaults_are_postages() {
         ),
         ("guest", "guest", "/")
     );
-    assert!(config.publishing_connection, "publishing on a connection of its own");
+    assert!(
+        config.publishing_connection,
+        "publishing on a connection of its own"
+    );
     assert_eq!(config.connection_name, None);
 }
 
