@@ -69,9 +69,7 @@ pub async fn drain(consumer: &mut Consumer, quiet: Duration) -> Vec<String> {
 /// Runs `rabbitmqctl` with `args` against the broker the tests use (`RABBITMQ_NODENAME`,
 /// default `rabbit@localhost`) and returns its standard output.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let node = std::env::var("RABBITMQ_NODENAME").unwrap_or_else(|_| "rabbit@localhost".into());
-    let name = node.split('@').next().unwrap_or(&node).to_owned();
-    ctl(&name, args)
+    ctl(&test_node(), args)
 }
 
 /// Runs `rabbitmqctl` with `args` against the node `name@localhost` of the RabbitMQ the
@@ -154,6 +152,34 @@ pub fn rabbitmq_major() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
+}
+
+/// Messages (ready, unacknowledged) in `queue` on the node `name@localhost`, as the
+/// broker counts them.
+pub fn message_counts(node: &str, queue: &str) -> (u64, u64) {
+    let listing = ctl(
+        node,
+        &[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+    );
+    listing
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (fields.first() == Some(&queue))
+                .then(|| (fields[1].parse().unwrap(), fields[2].parse().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("queue {queue} listed:\n{listing}"))
+}
+
+/// The node name (`rabbit`) of the broker the tests use (`RABBITMQ_NODENAME`).
+pub fn test_node() -> String {
+    let node = std::env::var("RABBITMQ_NODENAME").unwrap_or_else(|_| "rabbit@localhost".into());
+    node.split('@').next().unwrap_or(&node).to_owned()
 }
 
 /// How many consumers read `queue`, read back from the broker (`None`: no such queue).

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use postage_core::{Exit, Processor, ProcessorHandle, Producer, Queue, Route, processor};
-use postage_tests::{connect, exchange, rabbitmqctl, unique};
+use postage_tests::{connect, exchange, message_counts, rabbitmqctl, test_node, unique};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -30,20 +30,7 @@ impl Work {
 
 /// Messages ready and unacknowledged in `queue`, as the broker counts them.
 fn counts(queue: &str) -> (u64, u64) {
-    let listing = rabbitmqctl(&[
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ]);
-    listing
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            (fields.first() == Some(&queue))
-                .then(|| (fields[1].parse().unwrap(), fields[2].parse().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("queue {queue} listed:\n{listing}"))
+    message_counts(&test_node(), queue)
 }
 
 /// Polls `condition` every 200 ms for up to 10 s.

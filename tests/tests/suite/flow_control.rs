@@ -12,7 +12,7 @@ use postage_core::{
     Config, Connection, Error, Exchange, Host, LinkState, Processor, Producer, Queue, RpcOptions,
     processor,
 };
-use postage_tests::{OwnNode, binary, ctl, unique};
+use postage_tests::{OwnNode, binary, ctl, message_counts, unique};
 use tokio::task::JoinHandle;
 
 /// (name, AMQP port, distribution port) of the node the alarm is raised on.
@@ -170,27 +170,6 @@ async fn a_memory_alarm_bounds_publishes_and_calls_and_everything_works_after_it
     server.close().await.unwrap();
 }
 
-/// Messages (ready, unacknowledged) in `queue` on `node`, as the broker counts them.
-fn counts(node: &str, queue: &str) -> (u64, u64) {
-    let listing = ctl(
-        node,
-        &[
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ],
-    );
-    listing
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            (fields.first() == Some(&queue))
-                .then(|| (fields[1].parse().unwrap(), fields[2].parse().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("queue {queue} listed:\n{listing}"))
-}
-
 #[tokio::test]
 async fn consumers_keep_acknowledging_through_a_memory_alarm() {
     let (name, port, dist) = ACKING_NODE;
@@ -215,7 +194,7 @@ async fn consumers_keep_acknowledging_through_a_memory_alarm() {
         producer.command("work", n).await.unwrap();
     }
     filling.close().await.unwrap();
-    assert_eq!(counts(name, &queue), (50, 0));
+    assert_eq!(message_counts(name, &queue), (50, 0));
 
     ctl(name, &["set_vm_memory_high_watermark", "0.0000001"]);
 
@@ -247,13 +226,13 @@ async fn consumers_keep_acknowledging_through_a_memory_alarm() {
     // Every message is handled and acknowledged while the alarm lasts.
     let mut drained = false;
     for _ in 0..100 {
-        if state.handled.load(Ordering::SeqCst) >= 50 && counts(name, &queue) == (0, 0) {
+        if state.handled.load(Ordering::SeqCst) >= 50 && message_counts(name, &queue) == (0, 0) {
             drained = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (ready, unacked) = counts(name, &queue);
+    let (ready, unacked) = message_counts(name, &queue);
     assert!(
         drained,
         "under the alarm {} handled, {ready} ready and {unacked} unacknowledged: the \
