@@ -49,10 +49,12 @@ for version in $versions; do
     skip=(--skip macro_ui::)
   fi
   # broker_faults closes every connection of the broker and restarts it: on its own, after.
-  env "${broker[@]}" cargo test "${tests[@]}" --locked --no-fail-fast -- --test-threads=4 \
-    --skip broker_faults:: "${skip[@]}" || failed+=("$version")
-  env "${broker[@]}" cargo test -p postage-tests --test suite --locked -- broker_faults:: ||
-    failed+=("$version faults")
+  # A hung test fails its pass (the harness names tests running for over 60 s) instead
+  # of eating CI's time: each pass takes about 6 minutes.
+  env "${broker[@]}" timeout -k 30 1200 cargo test "${tests[@]}" --locked --no-fail-fast -- \
+    --test-threads=4 --skip broker_faults:: "${skip[@]}" || failed+=("$version")
+  env "${broker[@]}" timeout -k 30 600 cargo test -p postage-tests --test suite --locked -- \
+    broker_faults:: || failed+=("$version faults")
   echo "=== RabbitMQ $version: $((SECONDS - started)) s" >&2
   first=0
 done

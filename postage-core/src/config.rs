@@ -91,6 +91,12 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How long one connection attempt to one host may take.
     pub connection_timeout: Duration,
+    /// How long one exchange with the broker may take once connected: opening a channel,
+    /// a declaration, a binding, starting or cancelling a consumer
+    /// (`POSTAGE_OPERATION_TIMEOUT`, seconds; default 30). Past it the operation fails
+    /// with [`Error::Timeout`](crate::Error::Timeout) naming it, instead of waiting for a
+    /// broker that does not answer.
+    pub operation_timeout: Duration,
     /// Verbose message tracing (`POSTAGE_DEBUG_MODE=true`).
     pub debug: bool,
     /// PEM files for TLS: the CA that signs the broker's certificate (default: the
@@ -136,6 +142,7 @@ impl Default for Config {
             tls: false,
             heartbeat: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
             debug: false,
             tls_files: TlsFiles::default(),
             queue_shape: None,
@@ -150,8 +157,8 @@ impl Config {
     /// `amqp[s]://user:pass@host:port/vhost` URL) first, then each of `POSTAGE_HOST`
     /// (comma-separated `host[:port]` list), `POSTAGE_PORT`, `POSTAGE_VHOST`,
     /// `POSTAGE_USER` (or the deprecated `POSTAGE_RMQ_USER`), `POSTAGE_PASSWORD` (or
-    /// `POSTAGE_RMQ_PASSWORD`), `POSTAGE_HEARTBEAT` (seconds) and `POSTAGE_DEBUG_MODE`
-    /// overrides what the URL said; `POSTAGE_QUEUE_SHAPE` (`auto`, `transient` or
+    /// `POSTAGE_RMQ_PASSWORD`), `POSTAGE_HEARTBEAT` (seconds), `POSTAGE_OPERATION_TIMEOUT`
+    /// (seconds) and `POSTAGE_DEBUG_MODE` overrides what the URL said; `POSTAGE_QUEUE_SHAPE` (`auto`, `transient` or
     /// `durable`, see [`QueueShape`]) and `POSTAGE_TLS_*` are read too. A wrong value is an
     /// error naming the variable.
     pub fn from_env() -> Result<Self> {
@@ -187,6 +194,9 @@ impl Config {
         }
         if let Some(heartbeat) = lookup("POSTAGE_HEARTBEAT") {
             config.heartbeat = parse_seconds(&heartbeat, "POSTAGE_HEARTBEAT")?;
+        }
+        if let Some(timeout) = lookup("POSTAGE_OPERATION_TIMEOUT") {
+            config.operation_timeout = parse_seconds(&timeout, "POSTAGE_OPERATION_TIMEOUT")?;
         }
         if let Some(debug) = lookup("POSTAGE_DEBUG_MODE") {
             config.debug = parse_flag(&debug, "POSTAGE_DEBUG_MODE")?;

@@ -15,8 +15,18 @@ use crate::topology::{Exchange, Queue, QueueShape};
 impl Connection {
     /// Runs `operation` on the connection's declaration channel, opened the first time
     /// and again after it was closed (by a refusal, or with the connection); while one
-    /// operation holds it, another gets a channel of its own for the time it takes.
-    async fn declaring<T, F, Fut>(&self, operation: F) -> Result<T>
+    /// operation holds it, another gets a channel of its own for the time it takes. The
+    /// whole of it is bounded by [`Config::operation_timeout`](crate::Config), and named
+    /// `what` in the timeout's error.
+    async fn declaring<T, F, Fut>(&self, what: impl FnOnce() -> String, operation: F) -> Result<T>
+    where
+        F: FnOnce(lapin::Channel) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.bounded(what, self.declaring_unbounded(operation)).await
+    }
+
+    async fn declaring_unbounded<T, F, Fut>(&self, operation: F) -> Result<T>
     where
         F: FnOnce(lapin::Channel) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -59,16 +69,22 @@ impl Connection {
         if exchange.is_predeclared() {
             return Ok(());
         }
-        self.declaring(|channel| async move { exchange.declare(&channel).await })
-            .await
+        self.declaring(
+            || format!("declaring exchange {:?}", exchange.name()),
+            |channel| async move { exchange.declare(&channel).await },
+        )
+        .await
     }
 
     /// Declares `queue`, in the shape this connection's broker accepts, and returns its
     /// name (the broker's choice for an unnamed queue).
     pub(crate) async fn declare_queue(&self, queue: &Queue) -> Result<String> {
         let shape = self.shape_for(queue).await;
-        self.declaring(|channel| async move { queue.declare(&channel, shape).await })
-            .await
+        self.declaring(
+            || format!("declaring queue {:?}", queue.name()),
+            |channel| async move { queue.declare(&channel, shape).await },
+        )
+        .await
     }
 
     /// The shape `queue` is declared in here: asked of the broker only for a queue whose
@@ -88,7 +104,8 @@ impl Connection {
         exchange: &Exchange,
         routing_key: &str,
     ) -> Result<()> {
-        self.declaring(|channel| async move {
+        let what = || format!("binding queue {name:?} to exchange {:?}", exchange.name());
+        self.declaring(what, |channel| async move {
             channel
                 .queue_bind(
                     name.into(),
@@ -113,7 +130,8 @@ impl Connection {
         exchange: &Exchange,
         routing_key: &str,
     ) -> Result<()> {
-        self.declaring(|channel| async move {
+        let what = || format!("unbinding queue {name:?} from exchange {:?}", exchange.name());
+        self.declaring(what, |channel| async move {
             channel
                 .queue_unbind(
                     name.into(),

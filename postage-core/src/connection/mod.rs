@@ -9,6 +9,7 @@ pub(crate) mod supervisor;
 
 pub(crate) use self::lease::ChannelLease;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -134,10 +135,30 @@ impl Connection {
     /// Opens a new channel on the live connection.
     pub async fn open_channel(&self) -> Result<lapin::Channel> {
         let link = self.link();
-        link.amqp
-            .create_channel()
-            .await
-            .map_err(Error::amqp(format!("opening a channel on {}", link.host)))
+        let operation = || format!("opening a channel on {}", link.host);
+        self.bounded(operation, async {
+            link.amqp
+                .create_channel()
+                .await
+                .map_err(Error::amqp(operation()))
+        })
+        .await
+    }
+
+    /// Runs `work`, an exchange with the broker, within [`Config::operation_timeout`]:
+    /// past it, fails with a timeout (or the broker's block) naming `operation`, so no
+    /// channel open, declaration or consume waits for ever on a broker that does not
+    /// answer.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: impl FnOnce() -> String,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let bound = self.inner.config.operation_timeout;
+        match tokio::time::timeout(bound, work).await {
+            Ok(done) => done,
+            Err(_) => Err(self.overdue(operation(), bound)),
+        }
     }
 
     /// The connection to publish on: one of its own beside this one, opened the first

@@ -44,7 +44,8 @@ pub(super) async fn probe_shape(config: &Config, host: &Host) -> QueueShape {
         Err(_) => QueueShape::Transient,
     };
     if probe.status().connected() {
-        let _ = probe.close(200, "postage: queue shape probe".into()).await;
+        let closing = probe.close(200, "postage: queue shape probe".into());
+        let _ = tokio::time::timeout(config.connection_timeout, closing).await;
     }
     shape
 }

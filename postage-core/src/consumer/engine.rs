@@ -192,15 +192,19 @@ impl Engine {
     /// Starts the consumer of `queue` on `lease` and hands its stream over. Called with
     /// `changing` held.
     async fn consume_on(self: &Arc<Self>, lease: &Arc<ChannelLease>, queue: &str) -> Result<()> {
-        let stream = lease
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp(format!("consuming queue {queue:?}")))?;
+        let operation = || format!("consuming queue {queue:?}");
+        let consuming = async {
+            lease
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(Error::amqp(operation()))
+        };
+        let stream = self.connection.bounded(operation, consuming).await?;
         let tag = stream.tag().to_string();
         if let Ok(mut consuming) = self.consuming.lock()
             && let Some(queues) = consuming.as_mut()
@@ -275,15 +279,19 @@ impl Engine {
     /// Cancels the consumer `tag`; one whose channel is down has nothing to cancel.
     async fn cancel(&self, tag: &str) -> Result<()> {
         let channel = self.live_lease();
-        match channel
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await
-        {
+        let operation = || format!("cancelling consumer {tag:?}");
+        let cancelling = async {
+            channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await
+                .map_err(Error::amqp(operation()))
+        };
+        match self.connection.bounded(operation, cancelling).await {
             Err(error) if !channel.status().connected() => {
                 tracing::debug!(%error, "consumer already gone with its channel");
                 Ok(())
             }
-            other => other.map_err(Error::amqp(format!("cancelling consumer {tag:?}"))),
+            other => other,
         }
     }
 
@@ -315,9 +323,8 @@ impl Engine {
         // Still open when only a consumer was cancelled: its other consumers would stack
         // on those started below, and its unacknowledged deliveries go back to the queues.
         if old.status().connected() {
-            let _ = old
-                .close(200, "postage: consumer moved to a new channel".into())
-                .await;
+            let closing = old.close(200, "postage: consumer moved to a new channel".into());
+            let _ = tokio::time::timeout(self.connection.config().operation_timeout, closing).await;
         }
         let bound = self.bindings.lock().map(|b| b.clone()).unwrap_or_default();
         let mut renamed: HashMap<String, String> = HashMap::new();
@@ -431,10 +438,15 @@ impl Ending {
 /// Opens a consumer channel with its prefetch.
 async fn open(connection: &Connection, prefetch: u16) -> Result<ChannelLease> {
     let channel = connection.lease_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(Error::amqp(format!("setting prefetch {prefetch}")))?;
+    let operation = || format!("setting prefetch {prefetch}");
+    connection
+        .bounded(operation, async {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(Error::amqp(operation()))
+        })
+        .await?;
     Ok(channel)
 }
 
