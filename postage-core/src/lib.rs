@@ -52,11 +52,11 @@ pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFile
 pub use connection::{Connection, LinkState};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use error::{Error, Result};
-pub use handler::{FilterFn, Filtered, HandlerError, Metadata, Reply};
+pub use handler::{Disposition, FilterFn, Filtered, HandlerError, Metadata, Reply};
 pub use postage_macros::{message_handler, processor, rpc_handler};
 pub use processor::{
-    ControlPolicy, DEFAULT_MAX_BODY, Exit, HandlerInfo, Processor, ProcessorBuilder,
-    ProcessorHandle,
+    ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo, Processor,
+    ProcessorBuilder, ProcessorHandle, RetryPolicy,
 };
 pub use producer::{
     DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route, RpcOptions,
@@ -80,8 +80,8 @@ pub use lapin;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{
-        BoxFuture, FilterFn, HandlerCall, HandlerRegistration, MessageOutcome, Outcome,
-        RepliedOutcome, replied, rpc_raw, rpc_result, rpc_value,
+        BoxFuture, FilterFn, HandlerCall, HandlerRegistration, MessageOutcome, Outcome, Probe,
+        RawKind, RepliedOutcome, ResultKind, ValueKind, replied,
     };
     pub use inventory;
     pub use serde_json;

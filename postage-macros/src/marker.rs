@@ -4,7 +4,9 @@
 use proc_macro2::{Span, TokenStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, LitStr, Meta, Token};
+use syn::{
+    Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, LitInt, LitStr, Meta, Token,
+};
 
 use crate::{Errors, Failure};
 
@@ -59,6 +61,10 @@ pub(crate) struct Marker {
     /// The `full_body` flag, when given.
     pub(crate) full_body: Option<Ident>,
     pub(crate) filters: Vec<ExprPath>,
+    /// `attempts = N`: at most N tries of one message.
+    pub(crate) attempts: Option<LitInt>,
+    /// `timeout = "5s"`, in milliseconds.
+    pub(crate) timeout: Option<u64>,
 }
 
 impl Marker {
@@ -105,6 +111,7 @@ impl Marker {
 
         let mut full_body = None;
         let mut filters = Vec::new();
+        let (mut attempts, mut timeout) = (None, None);
         for arg in args {
             match Setting::read(arg) {
                 Ok(Setting::FullBody(flag)) => {
@@ -121,6 +128,15 @@ impl Marker {
                     }
                 }
                 Ok(Setting::Filter(path)) => filters.push(path),
+                Ok(Setting::Attempts(n)) if category == Category::Rpc => errors.push(
+                    Error::new_spanned(
+                        n,
+                        "`attempts` applies only to #[message_handler]; an rpc caller retries \
+                         a call itself",
+                    ),
+                ),
+                Ok(Setting::Attempts(n)) => attempts = Some(n),
+                Ok(Setting::Timeout(ms)) => timeout = Some(ms),
                 Err(error) => errors.push(error),
             }
         }
@@ -137,6 +153,8 @@ impl Marker {
             name,
             full_body,
             filters,
+            attempts,
+            timeout,
         })
     }
 }
@@ -158,10 +176,14 @@ fn string(arg: Expr, what: &str) -> syn::Result<LitStr> {
 enum Setting {
     FullBody(Ident),
     Filter(ExprPath),
+    Attempts(LitInt),
+    /// In milliseconds.
+    Timeout(u64),
 }
 
 impl Setting {
-    const EXPECTED: &str = "expected `full_body` or `filter = path::to_fn`";
+    const EXPECTED: &str =
+        "expected `full_body`, `filter = path::to_fn`, `attempts = 3` or `timeout = \"30s\"`";
 
     fn read(arg: Expr) -> syn::Result<Self> {
         match arg {
@@ -176,15 +198,20 @@ impl Setting {
                 }
             }
             Expr::Assign(assign) => {
-                let is_filter = matches!(
-                    &*assign.left,
-                    Expr::Path(left) if left.path.is_ident("filter")
-                );
-                if !is_filter {
-                    return Err(Error::new_spanned(
-                        &assign.left,
-                        format!("unknown option; {}", Self::EXPECTED),
-                    ));
+                let option = match &*assign.left {
+                    Expr::Path(left) => left.path.get_ident().map(ToString::to_string),
+                    _ => None,
+                };
+                match option.as_deref() {
+                    Some("filter") => {}
+                    Some("attempts") => return attempts(*assign.right),
+                    Some("timeout") => return timeout(*assign.right),
+                    _ => {
+                        return Err(Error::new_spanned(
+                            &assign.left,
+                            format!("unknown option; {}", Self::EXPECTED),
+                        ));
+                    }
                 }
                 match *assign.right {
                     Expr::Path(path) if path.attrs.is_empty() => Ok(Self::Filter(path)),
@@ -202,6 +229,42 @@ impl Setting {
             )),
             other => Err(Error::new_spanned(other, Self::EXPECTED)),
         }
+    }
+}
+
+/// `attempts = N`, N at least 1.
+fn attempts(value: Expr) -> syn::Result<Setting> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(n), ..
+        }) if n.base10_parse::<u32>().is_ok_and(|n| n >= 1) => Ok(Setting::Attempts(n)),
+        other => Err(Error::new_spanned(
+            other,
+            "expected the number of attempts, at least 1, such as `attempts = 3`",
+        )),
+    }
+}
+
+/// `timeout = "30s"`: a number and a unit, `ms`, `s` or `m`.
+fn timeout(value: Expr) -> syn::Result<Setting> {
+    const EXPECTED: &str = "expected a duration such as `timeout = \"30s\"` (units ms, s, m)";
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(text), ..
+    }) = value
+    else {
+        return Err(Error::new_spanned(value, EXPECTED));
+    };
+    let written = text.value();
+    let digits = written.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let scale = match &written[digits.len()..] {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        _ => return Err(Error::new_spanned(text, EXPECTED)),
+    };
+    match digits.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Setting::Timeout(n.saturating_mul(scale))),
+        _ => Err(Error::new_spanned(text, EXPECTED)),
     }
 }
 

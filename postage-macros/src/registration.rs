@@ -61,16 +61,24 @@ pub(crate) fn registration(
     if signature.is_async {
         invoke = quote_spanned!(signature.output_span=> #invoke.await);
     }
-    let convert = match signature.answer {
-        Answer::Outcome => quote!(MessageOutcome::into_outcome),
-        Answer::Result => quote!(rpc_result),
-        Answer::Raw => quote!(rpc_raw),
-        Answer::Value => quote!(rpc_value),
-        Answer::Replied => quote!(replied),
-    };
-    let convert = respan(convert, signature.output_span);
-    let answer = quote_spanned! {signature.output_span=>
-        ::postage_core::__private::#convert(#invoke)
+    let answer = match signature.answer {
+        Answer::Outcome => quote_spanned! {signature.output_span=>
+            ::postage_core::__private::MessageOutcome::into_outcome(#invoke)
+        },
+        Answer::Replied => quote_spanned! {signature.output_span=>
+            ::postage_core::__private::replied(#invoke)
+        },
+        // The return type picks its conversion: an `RpcResult`, any `Result` (aliases
+        // included), or a plain value (see `postage_core::__private::Probe`).
+        Answer::Rpc => quote_spanned! {signature.output_span=>
+            {
+                #[allow(unused_imports)]
+                use ::postage_core::__private::{RawKind as _, ResultKind as _, ValueKind as _};
+                let answer = #invoke;
+                let kind = (&&&::postage_core::__private::Probe(&answer)).rpc_kind();
+                kind.rpc_outcome(answer)
+            }
+        },
     };
 
     let call_param = match (uses_call, replies) {
@@ -106,6 +114,14 @@ pub(crate) fn registration(
             #filter as ::postage_core::__private::FilterFn)
     });
     let cfgs = method.attrs.iter().filter(|attr| is_cfg(attr));
+    let attempts = match &marker.attempts {
+        Some(n) => quote!(::std::option::Option::Some(#n)),
+        None => quote!(::std::option::Option::None),
+    };
+    let timeout = match marker.timeout {
+        Some(ms) => quote!(::std::option::Option::Some(::std::time::Duration::from_millis(#ms))),
+        None => quote!(::std::option::Option::None),
+    };
 
     quote! {
         #(#cfgs)*
@@ -130,6 +146,8 @@ pub(crate) fn registration(
                     method: #method_str,
                     location: #location,
                     filters: &[#(#filters),*],
+                    attempts: #attempts,
+                    timeout: #timeout,
                     call: __postage_call,
                 }
             }

@@ -24,16 +24,13 @@ pub(crate) struct Arg {
     pub(crate) span: Span,
 }
 
-/// How the method's return value becomes the runtime's outcome.
+/// How the method's return value becomes the runtime's outcome; which conversion
+/// applies within each is decided by the return type, in the generated code.
 pub(crate) enum Answer {
-    /// A message handler: `()` or `Result<(), E>`.
+    /// A message handler: `()`, a `Disposition`, or a `Result` of either.
     Outcome,
-    /// An RPC handler returning `Result<T, E>`.
-    Result,
-    /// An RPC handler returning an `RpcResult` of its own.
-    Raw,
-    /// An RPC handler returning a plain value.
-    Value,
+    /// An RPC handler returning its answer: a value, a `Result` or an `RpcResult`.
+    Rpc,
     /// An RPC handler that answered through its reply handle.
     Replied,
 }
@@ -181,16 +178,15 @@ impl Signature {
         let answer = match category {
             Category::Message => Answer::Outcome,
             Category::Rpc if replies => Answer::Replied,
-            Category::Rpc => match rpc_answer(&sig.output) {
-                Some(answer) => answer,
-                None => {
+            Category::Rpc => {
+                if !returns_something(&sig.output) {
                     errors.push(Error::new_spanned(
                         &sig.ident,
                         "an rpc handler returns its answer, or takes a Reply",
                     ));
-                    Answer::Value
                 }
-            },
+                Answer::Rpc
+            }
         };
 
         errors.finish()?;
@@ -219,20 +215,11 @@ fn check_receiver(receiver: &Receiver) -> syn::Result<()> {
     }
 }
 
-/// How an RPC handler without a reply handle answers, from its return type; `None` when
-/// it returns nothing.
-fn rpc_answer(output: &ReturnType) -> Option<Answer> {
-    let ReturnType::Type(_, ty) = output else {
-        return None;
-    };
-    match peel(ty) {
-        Type::Tuple(tuple) if tuple.elems.is_empty() => None,
-        Type::Path(path) if path.qself.is_none() => match path.path.segments.last() {
-            Some(last) if last.ident == "Result" => Some(Answer::Result),
-            Some(last) if last.ident == "RpcResult" => Some(Answer::Raw),
-            _ => Some(Answer::Value),
-        },
-        _ => Some(Answer::Value),
+/// Whether the method returns something other than `()`.
+fn returns_something(output: &ReturnType) -> bool {
+    match output {
+        ReturnType::Default => false,
+        ReturnType::Type(_, ty) => !matches!(peel(ty), Type::Tuple(tuple) if tuple.elems.is_empty()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Settling a processor's deliveries: a rejection goes out at once, acknowledgements are
+//! Settling a processor's deliveries: a rejection (or requeue) goes out at once, acknowledgements are
 //! coalesced into one `basic.ack` with `multiple` over every delivery up to a tag, and
 //! never cover a delivery whose handlers have not finished.
 //!
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
+use super::retry::Settle;
 use crate::connection::ChannelLease;
 use crate::consumer::Delivery;
 
@@ -99,16 +100,16 @@ impl Acks {
         Some(Ticket { channel, tag })
     }
 
-    /// Settles a finished delivery: rejected now when `ok` is false (dropped or
-    /// dead-lettered), else acknowledged with the next batch.
-    pub(super) async fn finish(&mut self, ticket: Ticket, ok: bool) {
+    /// Settles a finished delivery: acknowledged with the next batch, or rejected (or
+    /// requeued) now.
+    pub(super) async fn finish(&mut self, ticket: Ticket, settle: Settle) {
         let Some(channel) = self.current(ticket) else {
             return;
         };
         if self.entries.get(&ticket.tag) != Some(&State::Running) {
             return;
         }
-        if ok {
+        if settle == Settle::Ack {
             self.entries.insert(ticket.tag, State::Done);
             self.done += 1;
             if self.done >= self.batch {
@@ -118,7 +119,12 @@ impl Acks {
             self.entries.remove(&ticket.tag);
             self.settle(ticket.tag);
             let rejected = channel
-                .basic_reject(ticket.tag, BasicRejectOptions { requeue: false })
+                .basic_reject(
+                    ticket.tag,
+                    BasicRejectOptions {
+                        requeue: settle == Settle::Requeue,
+                    },
+                )
                 .await;
             if let Err(error) = rejected {
                 failed(&channel, "reject", &error);

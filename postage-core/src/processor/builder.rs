@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::control::ControlPolicy;
+use super::retry::RetryPolicy;
 use super::table::{HandlerSet, HandlerTable};
 use super::{Limits, Processor, Shared};
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
+use crate::handler::Disposition;
 use crate::producer::Producer;
 use crate::topology::Exchange;
 use crate::topology::Queue;
@@ -29,6 +31,9 @@ pub struct ProcessorBuilder<P> {
     encoder: Arc<dyn Encoder>,
     /// The default JSON encoder: answers are written straight from their parts.
     plain_json: bool,
+    retry: Option<RetryPolicy>,
+    on_failure: Option<Disposition>,
+    handler_timeout: Option<Duration>,
 }
 
 /// A processor's prefetch unless set.
@@ -131,6 +136,34 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         self
     }
 
+    /// Retries the messages its handlers fail on, as `policy` says: with backoff, through
+    /// delay queues on the broker, then to a dead-letter queue (see [`RetryPolicy`]).
+    /// Retry becomes the default for a failure that does not say otherwise.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// What becomes of a message whose handler failed with an error that does not carry
+    /// a [`Disposition`] of its own: [`Disposition::Reject`] by default,
+    /// [`Disposition::Retry`] with a [`retry`](Self::retry) policy.
+    #[must_use]
+    pub fn on_failure(mut self, disposition: Disposition) -> Self {
+        self.on_failure = Some(disposition);
+        self
+    }
+
+    /// How long a handler may run (default: no limit); one that runs longer is
+    /// cancelled and counts as failed, so the retry policy applies, and an RPC call is
+    /// answered with a `Timeout` exception. A handler's `timeout = "5s"` marker option
+    /// overrides it.
+    #[must_use]
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
     /// The fingerprint stamped on RPC answers (default: this process, no name).
     #[must_use]
     pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
@@ -165,6 +198,16 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 encoder: self.encoder,
                 plain_json: self.plain_json,
                 fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),
+                dead_letters: self
+                    .retry
+                    .as_ref()
+                    .is_some_and(RetryPolicy::keeps_dead_letters),
+                on_failure: self.on_failure.unwrap_or(match self.retry {
+                    Some(_) => Disposition::Retry(None),
+                    None => Disposition::Reject,
+                }),
+                retry: self.retry.unwrap_or_default(),
+                handler_timeout: self.handler_timeout,
             }),
             consumer,
             prefetch: self.prefetch,
@@ -189,6 +232,9 @@ impl<P: Send + Sync + 'static> Processor<P> {
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
             plain_json: true,
+            retry: None,
+            on_failure: None,
+            handler_timeout: None,
         }
     }
 }

@@ -10,10 +10,11 @@ use futures_util::FutureExt;
 use super::Shared;
 use super::reply::ChannelReply;
 use super::table::Entry;
+use super::retry::{Verdict, attempt_of};
 use crate::consumer::Delivery;
-use crate::error::Result;
 use crate::handler::{
-    Filtered, HandlerCall, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
+    Filtered, HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply,
+    ReplySender,
 };
 use crate::rpc::ReturnAddress;
 use crate::wire::{COMMAND, Category, Message, RpcResult};
@@ -32,12 +33,13 @@ pub(super) fn metadata(delivery: &Delivery) -> Metadata {
             .as_ref()
             .map(ToString::to_string),
         user_id: properties.user_id().as_ref().map(ToString::to_string),
+        attempt: attempt_of(properties),
     }
 }
 
 impl<P: Send + Sync + 'static> Shared<P> {
-    /// Runs the handlers for a delivery; false when it must be rejected.
-    pub(super) async fn dispatch(&self, delivery: &Delivery, message: Message) -> bool {
+    /// Runs the handlers for a delivery and says what becomes of it.
+    pub(super) async fn dispatch(&self, delivery: &Delivery, message: Message) -> Verdict {
         let metadata = metadata(delivery);
         match message.category {
             Category::Message => self.dispatch_message(message, metadata).await,
@@ -46,34 +48,35 @@ impl<P: Send + Sync + 'static> Shared<P> {
     }
 
     /// Runs every handler for the message, each on the message decoded once (the last
-    /// one takes it, the others a copy); false when one failed or a filter rejected.
-    pub(super) async fn dispatch_message(&self, message: Message, metadata: Metadata) -> bool {
-        let mut ok = true;
+    /// one takes it, the others a copy); the gravest of their verdicts stands.
+    pub(super) async fn dispatch_message(&self, message: Message, metadata: Metadata) -> Verdict {
         let handlers = self.table.message_handlers(&message.kind, &message.name);
         let Some((last, others)) = handlers.split_last() else {
-            return true;
+            return Verdict::Ack;
         };
+        let mut verdict = Verdict::Ack;
         for entry in others {
-            ok &= self
+            let next = self
                 .run_message(entry, message.clone(), metadata.clone())
                 .await;
+            verdict = verdict.and(next);
         }
-        self.run_message(last, message, metadata).await && ok
+        verdict.and(self.run_message(last, message, metadata).await)
     }
 
-    /// Runs one message handler through its filters; false when it failed or a filter
-    /// rejected the message.
+    /// Runs one message handler through its filters, and says what its outcome makes of
+    /// the delivery.
     pub(super) async fn run_message(
         &self,
         entry: &Entry,
         message: Message,
         metadata: Metadata,
-    ) -> bool {
+    ) -> Verdict {
         let handler = entry.registration;
         let copy = match filter(handler, message) {
-            None => return true,
-            Some(Err(())) => return false,
-            Some(Ok(copy)) => copy,
+            Filtered::Pass(copy) => copy,
+            Filtered::Skip => return Verdict::Ack,
+            Filtered::Reject(reason) => return Verdict::Reject(reason),
         };
         let call = HandlerCall {
             message: copy,
@@ -81,40 +84,53 @@ impl<P: Send + Sync + 'static> Shared<P> {
             reply: None,
         };
         match self.call(entry, call).await {
-            Outcome::Failed(reason) => {
-                tracing::warn!(handler = handler.method, at = handler.location, kind = handler.kind, name = handler.name, %reason, "message handler failed; rejecting");
-                false
+            Outcome::Failed(error) => {
+                let disposition = error.disposition().unwrap_or(self.on_failure);
+                tracing::warn!(handler = handler.method, at = handler.location, kind = handler.kind, name = handler.name, %error, ?disposition, "message handler failed");
+                Verdict::of(disposition, handler.attempts, error.to_string())
             }
-            Outcome::Done | Outcome::Answer(_) | Outcome::Replied => true,
+            Outcome::Settle(disposition) => Verdict::of(
+                disposition,
+                handler.attempts,
+                format!("{} asked for {disposition:?}", handler.method),
+            ),
+            Outcome::Done | Outcome::Answer(_) | Outcome::Replied => Verdict::Ack,
         }
     }
 
-    /// Runs the RPC handler and answers; false when the delivery must be rejected.
-    pub(super) async fn dispatch_rpc(&self, message: Message, metadata: Metadata) -> bool {
+    /// Runs the RPC handler and answers; a call no handler serves is answered at once
+    /// with an error result naming the command, so its caller does not wait in vain.
+    pub(super) async fn dispatch_rpc(&self, message: Message, metadata: Metadata) -> Verdict {
         if message.kind != COMMAND {
-            return true;
+            return Verdict::Ack;
         }
-        let Some(entry) = self.table.rpc_handler(&message.name) else {
-            tracing::debug!(name = %message.name, "no RPC handler; acknowledging");
-            return true;
-        };
-        let handler = entry.registration;
         let Some(reply_to) = metadata.reply_to.clone() else {
-            tracing::warn!(handler = handler.method, name = %message.name, "rejecting an RPC call without reply_to");
-            return false;
+            tracing::warn!(name = %message.name, "rejecting an RPC call without reply_to");
+            return Verdict::Reject(format!("RPC call {:?} without reply_to", message.name));
         };
-        let copy = match filter(handler, message) {
-            None => return true,
-            Some(Err(())) => return false,
-            Some(Ok(copy)) => copy,
-        };
-        let sent = Arc::new(AtomicBool::new(false));
+        let to = ReturnAddress::new(reply_to, metadata.correlation_id.as_deref());
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
             answers: self.answers.clone(),
-            to: ReturnAddress::new(reply_to, metadata.correlation_id.as_deref()),
+            to,
             encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),
         });
+        let Some(entry) = self.table.rpc_handler(&message.name) else {
+            let text = format!("no RPC handler for command {:?} here", message.name);
+            tracing::warn!(name = %message.name, correlation_id = metadata.correlation_id.as_deref().unwrap_or("<none>"), "answering an RPC call no handler serves with an error");
+            if let Err(error) = sender.send(RpcResult::error(text)).await {
+                tracing::warn!(%error, name = %message.name, "could not send the RPC answer");
+            }
+            return Verdict::Ack;
+        };
+        let handler = entry.registration;
+        let copy = match filter(handler, message) {
+            Filtered::Pass(copy) => copy,
+            Filtered::Skip => return Verdict::Ack,
+            Filtered::Reject(reason) => return Verdict::Reject(reason),
+        };
+        let correlation_id = metadata.correlation_id.clone();
+        let sent = Arc::new(AtomicBool::new(false));
         let reply = Reply {
             sender: Arc::clone(&sender),
             sent: Arc::clone(&sent),
@@ -126,64 +142,98 @@ impl<P: Send + Sync + 'static> Shared<P> {
         };
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
-            Outcome::Replied | Outcome::Done => {
+            Outcome::Replied | Outcome::Done | Outcome::Settle(_) => {
                 RpcResult::error("the handler finished without replying")
             }
-            Outcome::Failed(reason) => {
-                tracing::warn!(handler = handler.method, at = handler.location, name = handler.name, %reason, "RPC handler failed; answering with an exception");
-                RpcResult::exception("HandlerFailed", reason)
+            Outcome::Failed(error) => RpcResult::exception("HandlerFailed", error.to_string()),
+        };
+        let correlation_id = correlation_id.as_deref().unwrap_or("<none>");
+        let verdict = match &answer {
+            RpcResult::Success { .. } => Verdict::Ack,
+            RpcResult::Error { message } => {
+                tracing::warn!(handler = handler.method, at = handler.location, name = handler.name, correlation_id, error = %message, "RPC handler failed; answered with an error");
+                Verdict::Ack
+            }
+            RpcResult::Exception { kind, message } => {
+                tracing::warn!(handler = handler.method, at = handler.location, name = handler.name, correlation_id, %kind, error = %message, "RPC handler failed; answered with an exception");
+                Verdict::Reject(format!("{kind}: {message}"))
             }
         };
-        let ok = !matches!(answer, RpcResult::Exception { .. });
         // An answer the handler already sent through its Reply stands.
         if !sent.swap(true, Ordering::SeqCst)
             && let Err(error) = sender.send(answer).await
         {
             tracing::warn!(%error, name = handler.name, "could not send the RPC answer");
         }
-        ok
+        verdict
     }
 
-    /// Calls one handler; a panic becomes a failure (answered with an exception in RPC).
+    /// Calls one handler, within its timeout; a panic or a timeout becomes a failure
+    /// (answered with an exception in RPC).
     pub(super) async fn call(&self, entry: &Entry, call: HandlerCall) -> Outcome {
         let handler = entry.registration;
         let rpc = call.reply.is_some();
-        match AssertUnwindSafe((handler.call)(Arc::clone(&entry.state), call))
-            .catch_unwind()
-            .await
-        {
+        let run = AssertUnwindSafe((handler.call)(Arc::clone(&entry.state), call)).catch_unwind();
+        let ran = match handler.timeout.or(self.handler_timeout) {
+            None => run.await,
+            Some(bound) => match tokio::time::timeout(bound, run).await {
+                Ok(ran) => ran,
+                Err(_) => {
+                    tracing::warn!(handler = handler.method, at = handler.location, timeout = ?bound, "handler ran past its timeout; cancelled");
+                    let error = HandlerError::exception(
+                        "Timeout",
+                        format!("{} ran past its timeout of {bound:?}", handler.method),
+                    );
+                    return failed(rpc, error);
+                }
+            },
+        };
+        match ran {
             Ok(outcome) => outcome,
             Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(ToString::to_string)
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_owned());
+                let text = panic_text(&*panic);
                 tracing::error!(handler = handler.method, at = handler.location, panic = %text, "handler panicked");
-                if rpc {
-                    Outcome::Answer(RpcResult::exception("Panic", text))
-                } else {
-                    Outcome::Failed(format!("panicked: {text}"))
-                }
+                failed(rpc, HandlerError::exception("Panic", text))
             }
         }
     }
 }
 
-/// Runs the handler's filters: `None` to skip, `Some(Err)` to reject.
-pub(super) fn filter(
-    handler: &HandlerRegistration,
-    mut message: Message,
-) -> Option<Result<Message, ()>> {
+/// What a panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// The outcome of a handler that failed with `error`: an exception answer in RPC.
+fn failed(rpc: bool, error: HandlerError) -> Outcome {
+    if rpc {
+        Outcome::Answer(error.to_result())
+    } else {
+        Outcome::Failed(error)
+    }
+}
+
+/// Runs the handler's filters over the message, each on what the one before passed.
+pub(super) fn filter(handler: &HandlerRegistration, mut message: Message) -> Filtered {
     for filter in handler.filters {
-        match filter(message) {
+        let filtered = std::panic::catch_unwind(AssertUnwindSafe(move || filter(message)));
+        let filtered = filtered.unwrap_or_else(|panic| {
+            let text = panic_text(&*panic);
+            tracing::error!(handler = handler.method, at = handler.location, panic = %text, "filter panicked");
+            Filtered::Reject(format!("a filter panicked: {text}"))
+        });
+        match filtered {
             Filtered::Pass(next) => message = next,
-            Filtered::Skip => return None,
+            Filtered::Skip => return Filtered::Skip,
             Filtered::Reject(reason) => {
                 tracing::warn!(handler = handler.method, %reason, "a filter rejected the message");
-                return Some(Err(()));
+                return Filtered::Reject(reason);
             }
         }
     }
-    Some(Ok(message))
+    Filtered::Pass(message)
 }

@@ -6,11 +6,13 @@ mod builder;
 mod control;
 mod dispatch;
 mod reply;
+mod retry;
 mod run;
 mod table;
 
 pub use self::builder::{DEFAULT_MAX_BODY, ProcessorBuilder};
 pub use self::control::ControlPolicy;
+pub use self::retry::{ATTEMPT_HEADER, ERROR_HEADER, RetryPolicy};
 pub use self::table::HandlerInfo;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio::sync::Notify;
 
 use self::table::HandlerTable;
 use crate::connection::Connection;
+use crate::handler::Disposition;
 use crate::consumer::Consumer;
 use crate::producer::Producer;
 use crate::wire::{Encoder, Fingerprint};
@@ -142,6 +145,14 @@ struct Shared<P> {
     encoder: Arc<dyn Encoder>,
     plain_json: bool,
     fingerprint: Arc<Fingerprint>,
+    /// How failed messages are retried and dead-lettered.
+    retry: RetryPolicy,
+    /// Whether rejected messages go to their queue's `.dead` queue.
+    dead_letters: bool,
+    /// What becomes of a message whose handler failed without saying.
+    on_failure: Disposition,
+    /// How long a handler may run, unless its marker says.
+    handler_timeout: Option<Duration>,
 }
 
 /// What the loop does with one delivery before handing it to the handlers.

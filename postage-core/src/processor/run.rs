@@ -7,6 +7,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use super::acks::Acks;
+use super::retry::{Settle, Verdict};
 use super::control::ControlPolicy;
 use super::control::{control_command, restart, watch_signals};
 use super::{Control, Exit, Processor};
@@ -38,8 +39,8 @@ impl<P: Send + Sync + 'static> Processor<P> {
         let mut control = None;
         let exit = loop {
             // What finished is settled first, without waiting.
-            while let Some(Some((ticket, ok))) = running.next().now_or_never() {
-                acks.finish(ticket, ok).await;
+            while let Some(Some((ticket, settle))) = running.next().now_or_never() {
+                acks.finish(ticket, settle).await;
             }
             if stop.requested.load(Ordering::Relaxed) {
                 break Exit::Shutdown;
@@ -61,8 +62,8 @@ impl<P: Send + Sync + 'static> Processor<P> {
                     tokio::select! {
                         biased;
                         () = stop.wake.notified() => break Exit::Shutdown,
-                        Some((ticket, ok)) = running.next(), if !running.is_empty() => {
-                            acks.finish(ticket, ok).await;
+                        Some((ticket, settle)) = running.next(), if !running.is_empty() => {
+                            acks.finish(ticket, settle).await;
                             continue;
                         }
                         next = self.consumer.next(), if free => next,
@@ -84,25 +85,31 @@ impl<P: Send + Sync + 'static> Processor<P> {
                 );
                 continue;
             };
-            let Some(message) = self.admit(&delivery) else {
-                acks.finish(ticket, false).await;
-                continue;
-            };
-            if let Some(command) = control_command(&message) {
+            let admitted = self.admit(&delivery);
+            if let Ok(message) = &admitted
+                && let Some(command) = control_command(message)
+            {
                 let user = delivery.properties().user_id().as_ref().map(|u| u.as_str());
                 if self.limits.control.allows(user) {
-                    acks.finish(ticket, true).await;
+                    acks.finish(ticket, Settle::Ack).await;
                     control = Some(command);
                     break Exit::Quit;
                 }
                 if self.limits.control != ControlPolicy::Off {
                     tracing::warn!(command = %message.name, user = user.unwrap_or("<none>"), "ignoring a control command from a sender not allowed to send it");
-                    acks.finish(ticket, true).await;
+                    acks.finish(ticket, Settle::Ack).await;
                     continue;
                 }
             }
             let shared = &*shared;
-            running.push(async move { (ticket, shared.dispatch(&delivery, message).await) });
+            running.push(async move {
+                let verdict = match admitted {
+                    Ok(message) => shared.dispatch(&delivery, message).await,
+                    // Bad input is never retried: rejected, or dead-lettered with its reason.
+                    Err(reason) => Verdict::Reject(reason),
+                };
+                (ticket, shared.settle(&delivery, verdict).await)
+            });
         };
         self.consumer.stop().await?;
         // Deliveries received but not started go straight back to their queue.
@@ -112,8 +119,8 @@ impl<P: Send + Sync + 'static> Processor<P> {
             }
         }
         let finished = tokio::time::timeout(self.limits.shutdown_timeout, async {
-            while let Some((ticket, ok)) = running.next().await {
-                acks.finish(ticket, ok).await;
+            while let Some((ticket, settle)) = running.next().await {
+                acks.finish(ticket, settle).await;
             }
         })
         .await;
@@ -133,9 +140,9 @@ impl<P: Send + Sync + 'static> Processor<P> {
         Ok(exit)
     }
 
-    /// Decodes a delivery, or says with a log line why it must be rejected: too big, a
-    /// content type of another encoding, not a message.
-    pub(super) fn admit(&self, delivery: &Delivery) -> Option<Message> {
+    /// Decodes a delivery, or says why it must be rejected: too big, a content type of
+    /// another encoding, not a message.
+    pub(super) fn admit(&self, delivery: &Delivery) -> Result<Message, String> {
         let why = if delivery.body().len() > self.limits.max_body {
             Some(format!(
                 "body of {} bytes exceeds the limit of {}",
@@ -156,17 +163,11 @@ impl<P: Send + Sync + 'static> Processor<P> {
             Some(why) => Err(why),
             None => delivery.message().map_err(|e| e.to_string()),
         };
-        match message {
-            Ok(message) => {
-                if self.connection.config().debug {
-                    tracing::info!(queue = delivery.queue(), routing_key = delivery.routing_key(), kind = %message.kind, name = %message.name, category = message.category.as_str(), sender = %message.fingerprint.name, content = %message.content, "<-- received");
-                }
-                Some(message)
-            }
-            Err(reason) => {
-                tracing::warn!(queue = delivery.queue(), routing_key = delivery.routing_key(), %reason, "rejecting a delivery");
-                None
-            }
+        if let Ok(message) = &message
+            && self.connection.config().debug
+        {
+            tracing::info!(queue = delivery.queue(), routing_key = delivery.routing_key(), kind = %message.kind, name = %message.name, category = message.category.as_str(), sender = %message.fingerprint.name, content = %message.content, "<-- received");
         }
+        message
     }
 }

@@ -293,7 +293,7 @@ async fn the_wrapper_passes_the_metadata_and_the_handler_result() {
     let empty =
         Message::command("greet", serde_json::json!({"text": ""})).expect("a greeting encodes");
     match (greet.call)(calculator(), call(empty)).await {
-        Outcome::Failed(reason) => assert_eq!(reason, "empty greeting on calc-rk"),
+        Outcome::Failed(error) => assert_eq!(error.message(), "empty greeting on calc-rk"),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
