@@ -4,9 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{
-    Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, LitInt, LitStr, Meta, Token,
-};
+use syn::{Attribute, Error, Expr, ExprLit, ExprPath, Ident, Lit, LitInt, LitStr, Meta, Token};
 
 use crate::{Errors, Failure};
 
@@ -128,13 +126,13 @@ impl Marker {
                     }
                 }
                 Ok(Setting::Filter(path)) => filters.push(path),
-                Ok(Setting::Attempts(n)) if category == Category::Rpc => errors.push(
-                    Error::new_spanned(
+                Ok(Setting::Attempts(n)) if category == Category::Rpc => {
+                    errors.push(Error::new_spanned(
                         n,
                         "`attempts` applies only to #[message_handler]; an rpc caller retries \
                          a call itself",
-                    ),
-                ),
+                    ))
+                }
                 Ok(Setting::Attempts(n)) => attempts = Some(n),
                 Ok(Setting::Timeout(ms)) => timeout = Some(ms),
                 Err(error) => errors.push(error),
@@ -249,7 +247,8 @@ fn attempts(value: Expr) -> syn::Result<Setting> {
 fn timeout(value: Expr) -> syn::Result<Setting> {
     const EXPECTED: &str = "expected a duration such as `timeout = \"30s\"` (units ms, s, m)";
     let Expr::Lit(ExprLit {
-        lit: Lit::Str(text), ..
+        lit: Lit::Str(text),
+        ..
     }) = value
     else {
         return Err(Error::new_spanned(value, EXPECTED));

@@ -151,7 +151,10 @@ mod tests {
             out.contains("filters :: only_admins as :: postage_core :: __private :: FilterFn"),
             "{out}"
         );
-        assert!(out.contains("rpc_result (this . sum (payload))"), "{out}");
+        assert!(
+            out.contains("let answer = this . sum (payload) ; let kind = (&& & :: postage_core :: __private :: Probe (& answer)) . rpc_kind () ;"),
+            "{out}"
+        );
         assert!(
             out.contains("category : :: postage_core :: Category :: Rpc"),
             "{out}"
@@ -192,12 +195,48 @@ mod tests {
                 fn value(&self) -> Vec<u8> { todo!() }
             }
         });
-        assert!(out.contains("rpc_raw (this . raw ())"), "{out}");
-        assert!(out.contains("rpc_value (this . value ())"), "{out}");
+        // Which conversion applies is the return type's to say, in the generated code.
+        assert_eq!(out.matches(". rpc_kind ()").count(), 2, "{out}");
+        assert!(out.contains("let answer = this . raw () ;"), "{out}");
+        assert!(out.contains("let answer = this . value () ;"), "{out}");
         // Nothing of the call is used, so the parameter is unnamed.
         assert!(
             out.contains("_ : :: postage_core :: __private :: HandlerCall"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn attempts_and_timeout_reach_the_registration() {
+        let out = expansion(quote! {
+            impl Worker {
+                #[message_handler("command", "work", attempts = 5, timeout = "1500ms")]
+                fn work(&self) {}
+                #[rpc_handler("command", "ask", timeout = "2m")]
+                fn ask(&self) -> u8 { 0 }
+            }
+        });
+        assert!(
+            out.contains("attempts : :: std :: option :: Option :: Some (5)"),
+            "{out}"
+        );
+        assert!(out.contains("Duration :: from_millis (1500u64)"), "{out}");
+        assert!(out.contains("Duration :: from_millis (120000u64)"), "{out}");
+        let found = errors(quote! {
+            impl Worker {
+                #[message_handler("command", "a", attempts = 0, timeout = "soon")]
+                fn a(&self) {}
+                #[rpc_handler("command", "b", attempts = 2)]
+                fn b(&self) -> u8 { 0 }
+            }
+        });
+        assert_eq!(
+            found,
+            [
+                "expected the number of attempts, at least 1, such as `attempts = 3`",
+                "expected a duration such as `timeout = \"30s\"` (units ms, s, m)",
+                "`attempts` applies only to #[message_handler]; an rpc caller retries a call itself",
+            ]
         );
     }
 
@@ -283,7 +322,8 @@ mod tests {
                 "rpc handlers answer only \"command\" messages",
                 "`full_body` applies only to #[message_handler]; \
                  an rpc handler's payload is the command's parameters",
-                "unknown flag `verbose`; expected `full_body` or `filter = path::to_fn`",
+                "unknown flag `verbose`; expected `full_body`, `filter = path::to_fn`, \
+                 `attempts = 3` or `timeout = \"30s\"`",
                 "a handler takes `&self`, not `self` by value: the processor is shared by every call",
                 "an rpc handler returns its answer, or takes a Reply",
                 "too many arguments by value: an rpc handler takes its payload, \
@@ -357,7 +397,8 @@ mod tests {
                 "expected the message type and name, as in #[message_handler(\"command\", \"echo\")]",
                 "expected the message type, such as \"command\" as a string literal",
                 "expected the path of a filter function, such as `filters::only_admins`",
-                "unknown option; expected `full_body` or `filter = path::to_fn`",
+                "unknown option; expected `full_body`, `filter = path::to_fn`, \
+                 `attempts = 3` or `timeout = \"30s\"`",
                 "unexpected string: the message type and name come first, once",
                 "`full_body` hands the whole `Message` to the handler, \
                  but this method takes no argument by value",

@@ -219,7 +219,9 @@ fn check_receiver(receiver: &Receiver) -> syn::Result<()> {
 fn returns_something(output: &ReturnType) -> bool {
     match output {
         ReturnType::Default => false,
-        ReturnType::Type(_, ty) => !matches!(peel(ty), Type::Tuple(tuple) if tuple.elems.is_empty()),
+        ReturnType::Type(_, ty) => {
+            !matches!(peel(ty), Type::Tuple(tuple) if tuple.elems.is_empty())
+        }
     }
 }
 

@@ -23,7 +23,8 @@ impl Connection {
         F: FnOnce(lapin::Channel) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.bounded(what, self.declaring_unbounded(operation)).await
+        self.bounded(what, self.declaring_unbounded(operation))
+            .await
     }
 
     async fn declaring_unbounded<T, F, Fut>(&self, operation: F) -> Result<T>
@@ -130,7 +131,12 @@ impl Connection {
         exchange: &Exchange,
         routing_key: &str,
     ) -> Result<()> {
-        let what = || format!("unbinding queue {name:?} from exchange {:?}", exchange.name());
+        let what = || {
+            format!(
+                "unbinding queue {name:?} from exchange {:?}",
+                exchange.name()
+            )
+        };
         self.declaring(what, |channel| async move {
             channel
                 .queue_unbind(

@@ -149,4 +149,3 @@ pub struct HandlerRegistration {
 }
 
 inventory::collect!(HandlerRegistration);
-

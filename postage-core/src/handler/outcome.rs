@@ -211,9 +211,15 @@ mod tests {
         ));
         let raw = RpcResult::error("raw");
         let tag = (&&&Probe(&raw)).rpc_kind();
-        assert!(matches!(tag.rpc_outcome(raw), Outcome::Answer(RpcResult::Error { .. })));
+        assert!(matches!(
+            tag.rpc_outcome(raw),
+            Outcome::Answer(RpcResult::Error { .. })
+        ));
         let text: Result<u8, String> = Err("typed".to_owned());
         let tag = (&&&Probe(&text)).rpc_kind();
-        assert!(matches!(tag.rpc_outcome(text), Outcome::Answer(RpcResult::Error { .. })));
+        assert!(matches!(
+            tag.rpc_outcome(text),
+            Outcome::Answer(RpcResult::Error { .. })
+        ));
     }
 }

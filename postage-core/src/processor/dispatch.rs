@@ -9,12 +9,11 @@ use futures_util::FutureExt;
 
 use super::Shared;
 use super::reply::ChannelReply;
-use super::table::Entry;
 use super::retry::{Verdict, attempt_of};
+use super::table::Entry;
 use crate::consumer::Delivery;
 use crate::handler::{
-    Filtered, HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply,
-    ReplySender,
+    Filtered, HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
 };
 use crate::rpc::ReturnAddress;
 use crate::wire::{COMMAND, Category, Message, RpcResult};

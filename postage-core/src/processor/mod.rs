@@ -23,8 +23,8 @@ use tokio::sync::Notify;
 
 use self::table::HandlerTable;
 use crate::connection::Connection;
-use crate::handler::Disposition;
 use crate::consumer::Consumer;
+use crate::handler::Disposition;
 use crate::producer::Producer;
 use crate::wire::{Encoder, Fingerprint};
 

@@ -319,7 +319,12 @@ impl<P: Send + Sync + 'static> Shared<P> {
                     .argument("x-dead-letter-exchange", LongString::from(""))
                     .argument("x-dead-letter-routing-key", LongString::from(queue))
                     .argument("x-expires", ttl.saturating_add(60_000));
-                (name, declared, attempt + 1, Some(delay.as_millis().to_string()))
+                (
+                    name,
+                    declared,
+                    attempt + 1,
+                    Some(delay.as_millis().to_string()),
+                )
             }
             Target::Dead => {
                 let name = format!("{queue}.dead");
@@ -340,7 +345,10 @@ impl<P: Send + Sync + 'static> Shared<P> {
         );
         // RabbitMQ refuses a user_id that is not the publisher's own login.
         let ours = self.answers.connection().config().user.as_str();
-        let keep_user = original.user_id().as_ref().is_some_and(|u| u.as_str() == ours);
+        let keep_user = original
+            .user_id()
+            .as_ref()
+            .is_some_and(|u| u.as_str() == ours);
         let mut properties = copy(original, keep_user).with_headers(headers);
         if let Some(ms) = expiration {
             properties = properties.with_expiration(ShortString::from(ms));
@@ -355,7 +363,10 @@ impl<P: Send + Sync + 'static> Shared<P> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     /// The delay queue of `tier`, to come back after `delay` (at most `tier`).
-    Delay { tier: Duration, delay: Duration },
+    Delay {
+        tier: Duration,
+        delay: Duration,
+    },
     Dead,
 }
 
@@ -455,6 +466,9 @@ mod tests {
         let mut headers = FieldTable::default();
         assert_eq!(attempt_of(&BasicProperties::default()), 1);
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(3));
-        assert_eq!(attempt_of(&BasicProperties::default().with_headers(headers)), 3);
+        assert_eq!(
+            attempt_of(&BasicProperties::default().with_headers(headers)),
+            3
+        );
     }
 }

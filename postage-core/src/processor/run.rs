@@ -7,9 +7,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use super::acks::Acks;
-use super::retry::{Settle, Verdict};
 use super::control::ControlPolicy;
 use super::control::{control_command, restart, watch_signals};
+use super::retry::{Settle, Verdict};
 use super::{Control, Exit, Processor};
 use crate::consumer::Delivery;
 use crate::error::Result;
