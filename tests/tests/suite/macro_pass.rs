@@ -6,7 +6,9 @@ use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use postage_core::__private::{HandlerCall, HandlerRegistration, Outcome, inventory};
-use postage_core::{Category, Filtered, HandlerError, Message, Metadata, RpcResult, processor};
+use postage_core::{
+    Category, Disposition, Filtered, HandlerError, Message, Metadata, RpcResult, processor,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -327,4 +329,109 @@ async fn full_body_hands_over_the_whole_message() {
     let online = registration("online");
     let outcome = (online.call)(calculator(), call(Message::status("online"))).await;
     assert!(matches!(outcome, Outcome::Done));
+}
+
+/// The result type a user's crate might name for its handlers.
+type InvResult<T> = Result<T, HandlerError>;
+
+/// Handlers with the return types Rust users write.
+#[derive(Debug, Default)]
+struct Inventory;
+
+#[processor]
+impl Inventory {
+    #[rpc_handler("command", "inv_alias")]
+    fn alias(&self, n: i64) -> InvResult<i64> {
+        if n < 0 {
+            return Err(HandlerError::error("negative"));
+        }
+        Ok(n)
+    }
+
+    #[rpc_handler("command", "inv_anyhow")]
+    async fn any(&self, n: i64) -> anyhow::Result<i64> {
+        anyhow::ensure!(n >= 0, "negative");
+        Ok(n)
+    }
+
+    #[rpc_handler("command", "inv_text")]
+    fn text(&self, n: i64) -> Result<i64, String> {
+        if n < 0 {
+            return Err("negative".to_owned());
+        }
+        Ok(n)
+    }
+
+    #[rpc_handler("command", "inv_boxed")]
+    fn boxed(&self, n: i64) -> Result<u8, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(u8::try_from(n)?)
+    }
+
+    #[message_handler("command", "inv_later")]
+    async fn later(&self, n: i64) -> anyhow::Result<Disposition> {
+        anyhow::ensure!(n != 0, "zero");
+        Ok(if n > 0 {
+            Disposition::Ack
+        } else {
+            Disposition::Retry(None)
+        })
+    }
+}
+
+/// The outcome of Inventory's handler `name` called with `n`.
+async fn run_inventory(name: &str, n: i64) -> Outcome {
+    let registration = registrations_of::<Inventory>()
+        .into_iter()
+        .find(|registration| registration.name == name)
+        .expect("the handler is registered");
+    let message = if registration.category == Category::Rpc {
+        Message::rpc_command(name, n)
+    } else {
+        Message::command(name, n)
+    };
+    (registration.call)(
+        Arc::new(Inventory),
+        call(message.expect("a number encodes")),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn aliases_anyhow_strings_and_boxed_errors_answer_as_what_they_are() {
+    for name in ["inv_alias", "inv_anyhow", "inv_text"] {
+        match run_inventory(name, 4).await {
+            Outcome::Answer(result) => assert_eq!(result, RpcResult::success(4).unwrap()),
+            other => panic!("{name}: expected a success, got {other:?}"),
+        }
+    }
+    // Foreseen errors: a HandlerError::error through an alias, a String.
+    for name in ["inv_alias", "inv_text"] {
+        match run_inventory(name, -1).await {
+            Outcome::Answer(RpcResult::Error { message }) => assert_eq!(message, "negative"),
+            other => panic!("{name}: expected an error result, got {other:?}"),
+        }
+    }
+    // Any other error: an exception.
+    match run_inventory("inv_anyhow", -1).await {
+        Outcome::Answer(RpcResult::Exception { kind, message }) => {
+            assert_eq!((kind.as_str(), message.as_str()), ("Error", "negative"))
+        }
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    match run_inventory("inv_boxed", 300).await {
+        Outcome::Answer(RpcResult::Exception { message, .. }) => {
+            assert!(message.contains("out of range"), "{message}")
+        }
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    // A message handler says what becomes of its message.
+    assert!(matches!(run_inventory("inv_later", 1).await, Outcome::Done));
+    assert!(matches!(
+        run_inventory("inv_later", -1).await,
+        Outcome::Settle(Disposition::Retry(None))
+    ));
+    match run_inventory("inv_later", 0).await {
+        Outcome::Failed(error) => assert_eq!(error.message(), "zero"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }
