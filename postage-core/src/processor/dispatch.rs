@@ -103,7 +103,12 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if message.kind != COMMAND {
             return Verdict::Ack;
         }
+        let entry = self.table.rpc_handler(&message.name);
         let Some(reply_to) = metadata.reply_to.clone() else {
+            if entry.is_none() {
+                tracing::debug!(name = %message.name, "no RPC handler, nor anyone to tell; acknowledging");
+                return Verdict::Ack;
+            }
             tracing::warn!(name = %message.name, "rejecting an RPC call without reply_to");
             return Verdict::Reject(format!("RPC call {:?} without reply_to", message.name));
         };
@@ -114,7 +119,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),
         });
-        let Some(entry) = self.table.rpc_handler(&message.name) else {
+        let Some(entry) = entry else {
             let text = format!("no RPC handler for command {:?} here", message.name);
             tracing::warn!(name = %message.name, correlation_id = metadata.correlation_id.as_deref().unwrap_or("<none>"), "answering an RPC call no handler serves with an error");
             if let Err(error) = sender.send(RpcResult::error(text)).await {

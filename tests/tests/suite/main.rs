@@ -26,6 +26,7 @@ mod messenger;
 mod processor;
 mod producer_consumer;
 mod reply_queue;
+mod retries;
 mod shutdown;
 mod supervision;
 mod tls;
