@@ -19,7 +19,12 @@ struct Receiver {
 
 impl Receiver {
     fn start(program: &str) -> Self {
+        Self::start_with(program, &[])
+    }
+
+    fn start_with(program: &str, args: &[&str]) -> Self {
         let mut child = Command::new(program)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("the demo starts");
@@ -179,6 +184,99 @@ fn send_command(name: &str) {
             .expect("sent");
         connection.close().await.expect("closed");
     });
+}
+
+/// Runs `work` on a runtime of its own with a connection to the broker.
+fn with_broker<F, T>(work: impl FnOnce(postage_core::Connection) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let connection = postage_core::Connection::from_env().await.expect("broker");
+        let done = work(connection.clone()).await;
+        connection.close().await.expect("closed");
+        done
+    })
+}
+
+/// Sends `flaky_worker` a command, as `postage send --exchange flaky-exchange flaky` does.
+fn send_flaky(name: &str, parameters: serde_json::Value) {
+    with_broker(|connection| async move {
+        let producer = postage_core::Producer::builder(&connection)
+            .destination(postage_core::Exchange::new("flaky-exchange"), "flaky")
+            .build()
+            .await
+            .expect("producer");
+        producer.command(name, parameters).await.expect("sent");
+    });
+}
+
+/// Takes the message of job `id` out of `flaky-queue.dead`: the error header it carries.
+fn dead_letter_of(id: u32) -> Option<String> {
+    with_broker(|connection| async move {
+        let channel = connection.open_channel().await.expect("channel");
+        let mut found = None;
+        while let Ok(Some(message)) = channel
+            .basic_get(
+                "flaky-queue.dead".into(),
+                postage_core::lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+        {
+            let body = String::from_utf8_lossy(&message.delivery.data).into_owned();
+            if body.contains(&format!("\"id\": {id}")) || body.contains(&format!("\"id\":{id}")) {
+                let headers = message.properties.headers().clone().unwrap_or_default();
+                found = match headers.inner().get(postage_core::ERROR_HEADER) {
+                    Some(postage_core::lapin::types::AMQPValue::LongString(error)) => {
+                        Some(error.to_string())
+                    }
+                    other => Some(format!("{other:?}")),
+                };
+            }
+        }
+        found
+    })
+}
+
+#[test]
+fn flaky_worker_retries_with_backoff_then_dead_letters() {
+    // Its own queue: no need to wait for the echo demos' turn.
+    let id = std::process::id();
+    let mut worker = Receiver::start(env!("CARGO_BIN_EXE_flaky_worker"));
+    send_flaky("work", serde_json::json!({ "id": id }));
+    worker.expect_line(&format!("attempt 1 id={id}"));
+    let first = Instant::now();
+    worker.expect_line(&format!("attempt 2 id={id}"));
+    assert!(
+        first.elapsed() >= Duration::from_millis(900),
+        "the first retry waits 1 s"
+    );
+    worker.expect_line(&format!("attempt 3 id={id}"));
+    assert!(
+        first.elapsed() >= Duration::from_millis(2900),
+        "the second waits 2 s more"
+    );
+    worker.expect_line(&format!("done id={id}"));
+    send_flaky("quit", serde_json::json!({}));
+    worker.expect_line("quit");
+    worker.wait_exit(Duration::from_secs(10));
+
+    let mut failing = Receiver::start_with(env!("CARGO_BIN_EXE_flaky_worker"), &["--always-fail"]);
+    let id = id + 1;
+    send_flaky("work", serde_json::json!({ "id": id }));
+    for attempt in 1..=3 {
+        failing.expect_line(&format!("attempt {attempt} id={id}"));
+    }
+    send_flaky("quit", serde_json::json!({}));
+    let after = failing.expect_line("quit");
+    assert!(after.is_empty(), "no fourth attempt: {after:?}");
+    failing.wait_exit(Duration::from_secs(10));
+    let error = dead_letter_of(id).expect("the job is in flaky-queue.dead");
+    assert!(error.contains("failed at attempt 3 on purpose"), "{error}");
 }
 
 #[test]

@@ -71,6 +71,7 @@ pub(crate) fn registration(
         // The return type picks its conversion: an `RpcResult`, any `Result` (aliases
         // included), or a plain value (see `postage_core::__private::Probe`).
         Answer::Rpc => quote_spanned! {signature.output_span=>
+            #[allow(clippy::needless_borrow)]
             {
                 #[allow(unused_imports)]
                 use ::postage_core::__private::{RawKind as _, ResultKind as _, ValueKind as _};

@@ -196,6 +196,7 @@ mod tests {
     type Answer<T> = Result<T, HandlerError>;
 
     #[test]
+    #[allow(clippy::needless_borrow, reason = "the borrows pick the kind")]
     fn each_return_type_answers_as_what_it_is() {
         let value = 3u8;
         let tag = (&&&Probe(&value)).rpc_kind();

@@ -225,7 +225,7 @@ pub(super) fn attempt_of(properties: &BasicProperties) -> u32 {
         .as_ref()
         .and_then(|headers| headers.inner().get(ATTEMPT_HEADER).cloned());
     let attempt = match value {
-        Some(AMQPValue::LongLongInt(n)) => i64::from(n),
+        Some(AMQPValue::LongLongInt(n)) => n,
         Some(AMQPValue::LongInt(n)) => i64::from(n),
         Some(AMQPValue::LongUInt(n)) => i64::from(n),
         Some(AMQPValue::ShortInt(n)) => i64::from(n),
@@ -240,9 +240,9 @@ pub(super) fn attempt_of(properties: &BasicProperties) -> u32 {
 /// A delay as it appears in a delay queue's name: `1s`, `1500ms`, `2m`.
 fn delay_name(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms % 60_000 == 0 {
+    if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
