@@ -54,6 +54,7 @@ fn reads_every_variable() {
         ("POSTAGE_DEBUG_MODE", "true"),
         ("POSTAGE_CONNECTION_NAME", "inventory"),
         ("POSTAGE_PUBLISHING_CONNECTION", "false"),
+        ("POSTAGE_OPERATION_TIMEOUT", "12"),
     ])
     .unwrap();
     assert_eq!(
@@ -71,6 +72,8 @@ fn reads_every_variable() {
     assert!(config.debug);
     assert_eq!(config.connection_name.as_deref(), Some("inventory"));
     assert!(!config.publishing_connection);
+    assert_eq!(config.operation_timeout, Duration::from_secs(12));
+    assert_eq!(Config::default().operation_timeout, Duration::from_secs(30));
 }
 
 #[test]
