@@ -24,6 +24,39 @@ pub async fn gather(
     message: &Message,
     wait: Duration,
 ) -> Result<Vec<Message>> {
+    collect(connection, exchange, routing_key, message, wait, None).await
+}
+
+/// [`gather`], returning `grace` after the first answer (or at `timeout` without one):
+/// a call's answer, and whether others answered too (a fanout key runs the handler on
+/// every component it reaches).
+pub async fn gather_first(
+    connection: &Connection,
+    exchange: &Exchange,
+    routing_key: &str,
+    message: &Message,
+    timeout: Duration,
+    grace: Duration,
+) -> Result<Vec<Message>> {
+    collect(
+        connection,
+        exchange,
+        routing_key,
+        message,
+        timeout,
+        Some(grace),
+    )
+    .await
+}
+
+/// Publishes `message` with a private reply queue of its own and confirms it; returns
+/// the channel and the consumer of the answers.
+async fn ask(
+    connection: &Connection,
+    exchange: &Exchange,
+    routing_key: &str,
+    message: &Message,
+) -> Result<(postage_core::lapin::Channel, postage_core::lapin::Consumer)> {
     let channel = connection.open_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -44,7 +77,7 @@ pub async fn gather(
             operation: "declaring a reply queue".into(),
             source,
         })?;
-    let mut replies = channel
+    let replies = channel
         .basic_consume(
             queue.name().clone(),
             "".into(),
@@ -63,6 +96,7 @@ pub async fn gather(
     let body = message.to_json()?;
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
+        .with_user_id(connection.config().user.as_str().into())
         .with_reply_to(queue.name().clone());
     let publish_error = |source| Error::Amqp {
         operation: format!(
@@ -95,15 +129,40 @@ pub async fn gather(
             routing_key: routing_key.to_owned(),
         });
     }
+    Ok((channel, replies))
+}
+
+async fn collect(
+    connection: &Connection,
+    exchange: &Exchange,
+    routing_key: &str,
+    message: &Message,
+    wait: Duration,
+    grace: Option<Duration>,
+) -> Result<Vec<Message>> {
+    // Under a resource alarm the publish waits: it too must end within `wait`.
+    let asked = tokio::time::timeout(wait, ask(connection, exchange, routing_key, message)).await;
+    let Ok(asked) = asked else {
+        return Err(connection.overdue(
+            format!("asking {:?} with key {routing_key:?}", exchange.name()),
+            wait,
+        ));
+    };
+    let (channel, mut replies) = asked?;
     let mut answers = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
+    let mut deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, replies.next()).await {
         match Message::from_json(&delivery.data) {
             Ok(answer) => answers.push(answer),
             Err(error) => tracing::warn!(%error, "ignoring a malformed answer"),
         }
+        if let Some(grace) = grace
+            && answers.len() == 1
+        {
+            deadline = deadline.min(tokio::time::Instant::now() + grace);
+        }
     }
-    let _ = channel.close(200, "done".into()).await;
+    let _ = tokio::time::timeout(wait, channel.close(200, "done".into())).await;
     Ok(answers)
 }
 
@@ -111,7 +170,11 @@ pub async fn gather(
 /// its fingerprint, groups and handlers.
 pub async fn components(connection: &Connection, wait: Duration) -> Result<Vec<Description>> {
     let ask = Message::rpc_command("describe", serde_json::json!({}))?;
-    let answers = gather(connection, &DISCOVERY_EXCHANGE, "", &ask, wait).await?;
+    let answers = match gather(connection, &DISCOVERY_EXCHANGE, "", &ask, wait).await {
+        // No application listens on the discovery exchange: none is running.
+        Err(Error::Unroutable { .. }) => return Ok(Vec::new()),
+        answers => answers?,
+    };
     let mut found: Vec<Description> = answers
         .iter()
         .filter_map(|answer| match answer.to_result() {

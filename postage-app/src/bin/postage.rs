@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use postage_app::{GENERIC_APPLICATION_EXCHANGE, components, gather};
+use postage_app::{GENERIC_APPLICATION_EXCHANGE, components, gather, gather_first};
 use postage_core::{
-    Config, Connection, Error, Exchange, Fingerprint, Message, Producer, RpcOptions, RpcResult,
+    Config, Connection, Error, Exchange, Fingerprint, Message, Producer, RpcResult,
 };
 use serde_json::{Value, json};
 
@@ -22,9 +22,13 @@ struct Cli {
     /// Broker URL, `amqp[s]://user:pass@host:port/vhost` (default: the POSTAGE_* variables).
     #[arg(long, global = true)]
     url: Option<String>,
-    /// One JSON object a line instead of text for people.
+    /// One JSON object a line instead of text for people (error answers included).
     #[arg(long, global = true)]
     json: bool,
+    /// Exchange (default `generic-application-exchange`; `components` asks on the
+    /// discovery exchange).
+    #[arg(long, global = true)]
+    exchange: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,11 +44,9 @@ enum Command {
         /// Parameters as JSON (default `{}`).
         #[arg(long)]
         params: Option<String>,
-        /// Exchange (default `generic-application-exchange`).
-        #[arg(long)]
-        exchange: Option<String>,
     },
-    /// Calls an RPC command and prints its result.
+    /// Calls an RPC command and prints its result (the first, and how many answered when
+    /// the key reached more than one component).
     Rpc {
         /// Routing key.
         key: String,
@@ -56,9 +58,6 @@ enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
-        /// Exchange (default `generic-application-exchange`).
-        #[arg(long)]
-        exchange: Option<String>,
     },
     /// Pings every application a key reaches and prints each fingerprint.
     Ping {
@@ -171,6 +170,10 @@ fn parameters(params: Option<String>) -> Result<Value, Failure> {
     }
 }
 
+/// How long `rpc` waits after the first answer for others (one per component a fanout
+/// key reaches).
+const FANOUT_GRACE: Duration = Duration::from_millis(300);
+
 fn exchange(name: Option<String>) -> Exchange {
     name.map_or(GENERIC_APPLICATION_EXCHANGE, Exchange::named)
 }
@@ -181,7 +184,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         None => Config::from_env()?,
     };
     let connection = Connection::connect(&config).await?;
-    let result = execute(&connection, cli.command, cli.json).await;
+    let exchange = exchange(cli.exchange);
+    let result = execute(&connection, cli.command, cli.json, exchange).await;
     let _ = connection.close().await;
     result
 }
@@ -222,22 +226,19 @@ async fn send(
     Ok(())
 }
 
-async fn execute(connection: &Connection, command: Command, json: bool) -> Result<(), Failure> {
+async fn execute(
+    connection: &Connection,
+    command: Command,
+    json: bool,
+    exchange: Exchange,
+) -> Result<(), Failure> {
     match command {
         Command::Send {
             key,
             command,
             params,
-            exchange: name,
         } => {
-            send(
-                connection,
-                &key,
-                &command,
-                parameters(params)?,
-                exchange(name),
-            )
-            .await?;
+            send(connection, &key, &command, parameters(params)?, exchange).await?;
             report(
                 json,
                 json!({"sent": command, "key": key}),
@@ -245,14 +246,7 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
             );
         }
         Command::Quit { key } => {
-            send(
-                connection,
-                &key,
-                "quit",
-                json!({}),
-                GENERIC_APPLICATION_EXCHANGE,
-            )
-            .await?;
+            send(connection, &key, "quit", json!({}), exchange.clone()).await?;
             report(
                 json,
                 json!({"sent": "quit", "key": key}),
@@ -260,14 +254,7 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
             );
         }
         Command::Restart { key } => {
-            send(
-                connection,
-                &key,
-                "restart",
-                json!({}),
-                GENERIC_APPLICATION_EXCHANGE,
-            )
-            .await?;
+            send(connection, &key, "restart", json!({}), exchange.clone()).await?;
             report(
                 json,
                 json!({"sent": "restart", "key": key}),
@@ -280,7 +267,7 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
                 &key,
                 "join_group",
                 json!({"group_name": group}),
-                GENERIC_APPLICATION_EXCHANGE,
+                exchange.clone(),
             )
             .await?;
             report(
@@ -295,7 +282,7 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
                 &key,
                 "leave_group",
                 json!({"group_name": group}),
-                GENERIC_APPLICATION_EXCHANGE,
+                exchange.clone(),
             )
             .await?;
             report(
@@ -309,45 +296,56 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
             command,
             params,
             timeout,
-            exchange: name,
         } => {
             let timeout = seconds(timeout, "--timeout")?;
-            let producer = producer(connection, exchange(name), &key, timeout).await?;
-            let options = RpcOptions::new().timeout(timeout).max_retry(0);
-            let pending = producer
-                .rpc_deferred(&command, parameters(params)?, options)
-                .await?;
-            match pending.result().await? {
+            let ask = Message::rpc_command(&command, parameters(params)?)?
+                .with_fingerprint(Fingerprint::new("postage-cli", "tool"));
+            let answers =
+                gather_first(connection, &exchange, &key, &ask, timeout, FANOUT_GRACE).await?;
+            let Some(first) = answers.first() else {
+                return Err(Failure::from(Error::RpcTimeout {
+                    command,
+                    routing_key: key,
+                    attempts: 1,
+                    timeout,
+                }));
+            };
+            if answers.len() > 1 {
+                eprintln!(
+                    "postage: {} components answered on {key} (a fanout key runs the \
+                     handler on each); the first answer:",
+                    answers.len()
+                );
+            }
+            let (object, failure) = match first.to_result() {
                 RpcResult::Success { value, .. } => {
                     let text = value
                         .as_str()
                         .map_or_else(|| value.to_string(), str::to_owned);
                     report(json, json!({"type": "success", "value": value}), text);
+                    return Ok(());
                 }
-                RpcResult::Error { message } => {
-                    return Err(Failure {
-                        code: 1,
-                        text: format!("{command} answered an error: {message}"),
-                    });
-                }
-                RpcResult::Exception { kind, message } => {
-                    return Err(Failure {
-                        code: 1,
-                        text: format!("{command} raised {kind}: {message}"),
-                    });
-                }
+                RpcResult::Error { message } => (
+                    json!({"type": "error", "message": message}),
+                    format!("{command} answered an error: {message}"),
+                ),
+                RpcResult::Exception { kind, message } => (
+                    json!({"type": "exception", "kind": kind, "message": message}),
+                    format!("{command} raised {kind}: {message}"),
+                ),
+            };
+            if json {
+                println!("{object}");
             }
+            return Err(Failure {
+                code: 1,
+                text: failure,
+            });
         }
         Command::Ping { key, wait } => {
             let ask = Message::rpc_command("ping", json!({}))?;
-            let answers = gather(
-                connection,
-                &GENERIC_APPLICATION_EXCHANGE,
-                &key,
-                &ask,
-                seconds(wait, "--wait")?,
-            )
-            .await?;
+            let answers =
+                gather(connection, &exchange, &key, &ask, seconds(wait, "--wait")?).await?;
             if answers.is_empty() {
                 return Err(Failure {
                     code: 3,
@@ -372,10 +370,8 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
         Command::Components { wait } => {
             let found = components(connection, seconds(wait, "--wait")?).await?;
             if found.is_empty() {
-                return Err(Failure {
-                    code: 3,
-                    text: format!("no application answered within {wait} s"),
-                });
+                // Nothing running is an answer too: an empty list.
+                report(json, json!([]), "no component answered".to_owned());
             }
             for component in found {
                 let f = &component.fingerprint;

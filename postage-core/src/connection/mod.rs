@@ -237,9 +237,10 @@ impl Connection {
         self.inner.state.subscribe()
     }
 
-    /// The error for `operation`, which did not finish within `waited`: the broker's block
-    /// when one is in effect, else a plain timeout.
-    pub(crate) fn overdue(&self, operation: String, waited: Duration) -> Error {
+    /// The error for `operation` on this connection, which did not finish within
+    /// `waited`: [`Error::Blocked`] when a resource alarm blocks the connection, else
+    /// [`Error::Timeout`].
+    pub fn overdue(&self, operation: String, waited: Duration) -> Error {
         match self.state() {
             LinkState::Blocked { reason } => Error::Blocked {
                 operation,

@@ -407,9 +407,15 @@ impl Producer {
         &self.inner.rpc
     }
 
+    /// The properties of what the producer publishes: its content type, its login as
+    /// `user_id` (which RabbitMQ checks, so a receiver's [`ControlPolicy::Users`] can
+    /// trust it), and persistence when asked for.
+    ///
+    /// [`ControlPolicy::Users`]: crate::ControlPolicy::Users
     pub(crate) fn properties(&self) -> BasicProperties {
-        let properties =
-            BasicProperties::default().with_content_type(self.inner.encoder.content_type().into());
+        let properties = BasicProperties::default()
+            .with_content_type(self.inner.encoder.content_type().into())
+            .with_user_id(self.inner.connection.config().user.as_str().into());
         if self.inner.persistent {
             properties.with_delivery_mode(2)
         } else {

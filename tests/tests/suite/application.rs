@@ -113,6 +113,19 @@ fn cli(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Runs the CLI; returns its exit code, standard output and standard error.
+fn cli_all(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary("postage"))
+        .args(args)
+        .output()
+        .expect("postage runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 fn cli_ok(args: &[&str]) -> String {
     let (code, out) = cli(args);
     assert_eq!(code, 0, "postage {args:?} failed");
@@ -408,12 +421,128 @@ async fn cli_fails_clearly() {
     assert_eq!(code, 5, "no broker there");
     let (code, _) = cli(&["send", "k", "c", "--params", "{not json"]);
     assert_eq!(code, 2, "bad parameters");
-    // A key that routes somewhere nobody answers: the call times out.
+    // A key that routes to a queue nobody reads: the call times out.
+    let connection = connect().await;
     let name = unique("mute");
-    let app = App::start(&name, &[]);
-    let (code, _) = cli(&["rpc", &name, "no-such-rpc", "--timeout", "0.5"]);
+    let unread = postage_core::Consumer::builder(&connection)
+        .bind(
+            GENERIC_APPLICATION_EXCHANGE,
+            postage_core::Queue::new(unique("unread")).auto_delete(true),
+            name.as_str(),
+        )
+        .build()
+        .await
+        .unwrap();
+    let (code, _) = cli(&["rpc", &name, "ping", "--timeout", "0.5"]);
     assert_eq!(code, 3, "no answer in time");
+    drop(unread);
+    // A command the component has no handler for: an error answer at once.
+    let name = unique("typo");
+    let app = App::start(&name, &[]);
+    let (code, out) = cli(&["--json", "rpc", &name, "no-such-rpc", "--timeout", "5"]);
+    assert_eq!(code, 1, "an error answer");
+    let answer: Value = serde_json::from_str(out.trim()).expect("the error answer as JSON");
+    assert_eq!(answer["type"], "error");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"no-such-rpc\""),
+        "{answer}"
+    );
     drop(app);
+    connection.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tool_speaks_as_its_login_on_any_exchange_and_tells_of_fanouts() {
+    use postage_app::GenericApplication;
+    use postage_core::{ControlPolicy, Fingerprint, Queue};
+
+    // The login's user_id is on what the tool and producers send, so a policy naming it
+    // obeys our own `postage quit`.
+    let connection = connect().await;
+    let login = connection.config().user.clone();
+    let name = unique("guarded");
+    let fingerprint = Fingerprint::new(&name, "application").with_pid(unique("pid"));
+    let app = GenericApplication::builder(&connection, fingerprint)
+        .control_policy(ControlPolicy::Users(vec![login.clone()]))
+        .stop_on_signals(false)
+        .build()
+        .await
+        .unwrap();
+    let uid = app.addresses().uid().name().to_owned();
+    let running = tokio::spawn(app.run());
+    cli_ok(&["quit", &uid]);
+    let exit = tokio::time::timeout(PATIENCE, running)
+        .await
+        .expect("the application quits")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, postage_core::Exit::Quit);
+
+    // Declared as the tool declares an exchange it is given: Postage's defaults.
+    let ex = postage_core::Exchange::named(unique("tool"));
+    let key = unique("key");
+    let mut reader = postage_core::Consumer::builder(&connection)
+        .bind(
+            ex.clone(),
+            Queue::new(unique("tool-q")).auto_delete(true),
+            key.as_str(),
+        )
+        .build()
+        .await
+        .unwrap();
+    reader.start().await.unwrap();
+    producer()
+        .await
+        .command_to(
+            postage_core::Route::pairs([(ex.clone(), key.clone())]),
+            "hello",
+            "x",
+        )
+        .await
+        .unwrap();
+    // --exchange is global: before or after the subcommand.
+    cli_ok(&["--exchange", ex.name(), "send", &key, "hello"]);
+    cli_ok(&["send", &key, "hello", "--exchange", ex.name()]);
+    for _ in 0..3 {
+        let delivery = postage_tests::next_within(&mut reader, PATIENCE)
+            .await
+            .expect("a message");
+        assert_eq!(
+            delivery.properties().user_id().as_ref().map(|u| u.as_str()),
+            Some(login.as_str())
+        );
+        delivery.ack().await.unwrap();
+    }
+    reader.close().await.unwrap();
+    let channel = connection.open_channel().await.unwrap();
+    channel
+        .exchange_delete(ex.name().into(), Default::default())
+        .await
+        .unwrap();
+
+    // A fanout key reaches every instance; the tool says how many answered.
+    let name = unique("fanned");
+    let apps: Vec<App> = (0..2).map(|_| App::start(&name, &[])).collect();
+    let (code, out, err) = cli_all(&["rpc", &name, "ping"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&name), "{out}");
+    assert!(err.contains("2 components answered"), "{err}");
+    drop(apps);
+
+    // Nothing running: an empty list, not an error.
+    let vhost = unique("empty-vhost");
+    rabbitmqctl(&["add_vhost", &vhost]);
+    rabbitmqctl(&["set_permissions", "-p", &vhost, &login, ".*", ".*", ".*"]);
+    let port = std::env::var("POSTAGE_PORT").unwrap_or_else(|_| "5672".into());
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/{vhost}");
+    let (code, out, err) = cli_all(&["--url", &url, "--json", "components", "--wait", "0.5"]);
+    rabbitmqctl(&["delete_vhost", &vhost]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "[]");
+    connection.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
