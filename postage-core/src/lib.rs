@@ -80,8 +80,9 @@ pub use lapin;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{
-        BoxFuture, FilterFn, HandlerCall, HandlerRegistration, MessageOutcome, Outcome, Probe,
-        RawKind, RepliedOutcome, ResultKind, ValueKind, replied,
+        BoxFuture, FilterResult, Filtered, FreeFilter, HandlerCall, HandlerRegistration,
+        MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind, ValueKind, replied,
+        run_filter,
     };
     pub use inventory;
     pub use serde_json;

@@ -148,7 +148,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("filters :: only_admins as :: postage_core :: __private :: FilterFn"),
+            out.contains("run_filter (& filters :: only_admins , message , & call . metadata)"),
             "{out}"
         );
         assert!(

@@ -18,9 +18,45 @@ pub(crate) fn registration(
     signature: &Signature,
 ) -> TokenStream {
     let replies = matches!(signature.answer, Answer::Replied);
-    let uses_call = !signature.args.is_empty();
+    let filtered = !marker.filters.is_empty();
+    let uses_call = !signature.args.is_empty() || filtered;
 
+    // The filters first, each on what the one before passed; inside the call, so a panic
+    // in one is caught as one in the handler.
     let mut prelude = TokenStream::new();
+    for filter in &marker.filters {
+        let span = syn::spanned::Spanned::span(filter);
+        let is_method = filter
+            .path
+            .segments
+            .first()
+            .is_some_and(|s| s.ident == "Self");
+        let path = replace_self(filter.to_token_stream(), self_ty);
+        let run = if is_method {
+            quote_spanned! {span=>
+                ::postage_core::__private::FilterResult::into_filtered(
+                    #path(this, message, &call.metadata),
+                )
+                .await
+            }
+        } else {
+            quote_spanned! {span=>
+                ::postage_core::__private::run_filter(&#path, message, &call.metadata)
+            }
+        };
+        prelude.extend(quote! {
+            let message = call.message;
+            call.message = match #run {
+                ::postage_core::__private::Filtered::Pass(next) => next,
+                ::postage_core::__private::Filtered::Skip => {
+                    return ::postage_core::__private::Outcome::Skipped;
+                }
+                ::postage_core::__private::Filtered::Reject(reason) => {
+                    return ::postage_core::__private::Outcome::Refused(reason);
+                }
+            };
+        });
+    }
     let mut args = Vec::new();
     for arg in &signature.args {
         match &arg.role {
@@ -82,7 +118,7 @@ pub(crate) fn registration(
         },
     };
 
-    let call_param = match (uses_call, replies) {
+    let call_param = match (uses_call, replies || filtered) {
         (_, true) => quote!(mut call),
         (true, false) => quote!(call),
         (false, false) => quote!(_),
@@ -110,10 +146,6 @@ pub(crate) fn registration(
     let location = quote_spanned! {marker.span=>
         ::std::concat!(::std::file!(), ":", ::std::line!())
     };
-    let filters = marker.filters.iter().map(|filter| {
-        quote_spanned!(syn::spanned::Spanned::span(filter)=>
-            #filter as ::postage_core::__private::FilterFn)
-    });
     let cfgs = method.attrs.iter().filter(|attr| is_cfg(attr));
     let attempts = match &marker.attempts {
         Some(n) => quote!(::std::option::Option::Some(#n)),
@@ -146,7 +178,6 @@ pub(crate) fn registration(
                     full_body: #full_body,
                     method: #method_str,
                     location: #location,
-                    filters: &[#(#filters),*],
                     attempts: #attempts,
                     timeout: #timeout,
                     call: __postage_call,

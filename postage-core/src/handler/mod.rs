@@ -3,9 +3,11 @@
 //! becomes of the message.
 
 mod failure;
+mod filter;
 mod outcome;
 
 pub use self::failure::{Disposition, HandlerError};
+pub use self::filter::{FilterFn, FilterResult, Filtered, FreeFilter, run_filter};
 pub use self::outcome::{
     MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind, ValueKind, replied,
 };
@@ -51,25 +53,6 @@ pub struct Metadata {
     /// the processor's [`RetryPolicy`](crate::RetryPolicy) (counted in the message's
     /// `x-postage-attempt` header).
     pub attempt: u32,
-}
-
-/// A filter run before a handler on a copy of the message: it passes the message on
-/// (possibly rewritten), makes that handler skip it, or rejects the delivery.
-pub type FilterFn = fn(Message) -> Filtered;
-
-/// What a [`FilterFn`] decided.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "the message passes by value from filter to filter"
-)]
-pub enum Filtered {
-    /// Hand this message (the original or a rewritten one) to the next filter or the handler.
-    Pass(Message),
-    /// This handler does not see the message; the delivery is still acknowledged.
-    Skip,
-    /// Reject the delivery without requeue, for the reason given.
-    Reject(String),
 }
 
 /// The handle an RPC handler answers through, so it can reply first and keep working.
@@ -140,7 +123,6 @@ pub struct HandlerRegistration {
     pub full_body: bool,
     pub method: &'static str,
     pub location: &'static str,
-    pub filters: &'static [FilterFn],
     /// The marker's `attempts`: at most this many tries of one message.
     pub attempts: Option<u32>,
     /// The marker's `timeout`: a run that takes longer is cancelled, and failed.

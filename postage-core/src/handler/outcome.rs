@@ -23,6 +23,10 @@ pub enum Outcome {
     Answer(RpcResult),
     /// The handler answered through its [`Reply`](super::Reply) itself.
     Replied,
+    /// A filter made the handler skip the message.
+    Skipped,
+    /// A filter rejected the message, for this reason.
+    Refused(String),
 }
 
 impl Outcome {

@@ -1,5 +1,5 @@
-//! Dispatch: a message to the handlers registered for it, filters first, and their
-//! outcome to a disposition and an answer.
+//! Dispatch: a message to the handlers registered for it (their filters run in their
+//! calls), and their outcome to a disposition and an answer.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -12,9 +12,7 @@ use super::reply::ChannelReply;
 use super::retry::{Verdict, attempt_of};
 use super::table::Entry;
 use crate::consumer::Delivery;
-use crate::handler::{
-    Filtered, HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
-};
+use crate::handler::{HandlerCall, HandlerError, Metadata, Outcome, Reply, ReplySender};
 use crate::rpc::ReturnAddress;
 use crate::wire::{COMMAND, Category, Message, RpcResult};
 
@@ -72,13 +70,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
         metadata: Metadata,
     ) -> Verdict {
         let handler = entry.registration;
-        let copy = match filter(handler, message) {
-            Filtered::Pass(copy) => copy,
-            Filtered::Skip => return Verdict::Ack,
-            Filtered::Reject(reason) => return Verdict::Reject(reason),
-        };
         let call = HandlerCall {
-            message: copy,
+            message,
             metadata,
             reply: None,
         };
@@ -93,7 +86,13 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 handler.attempts,
                 format!("{} asked for {disposition:?}", handler.method),
             ),
-            Outcome::Done | Outcome::Answer(_) | Outcome::Replied => Verdict::Ack,
+            Outcome::Refused(reason) => {
+                tracing::warn!(handler = handler.method, %reason, "a filter rejected the message");
+                Verdict::Reject(reason)
+            }
+            Outcome::Done | Outcome::Answer(_) | Outcome::Replied | Outcome::Skipped => {
+                Verdict::Ack
+            }
         }
     }
 
@@ -128,11 +127,6 @@ impl<P: Send + Sync + 'static> Shared<P> {
             return Verdict::Ack;
         };
         let handler = entry.registration;
-        let copy = match filter(handler, message) {
-            Filtered::Pass(copy) => copy,
-            Filtered::Skip => return Verdict::Ack,
-            Filtered::Reject(reason) => return Verdict::Reject(reason),
-        };
         let correlation_id = metadata.correlation_id.clone();
         let sent = Arc::new(AtomicBool::new(false));
         let reply = Reply {
@@ -140,12 +134,24 @@ impl<P: Send + Sync + 'static> Shared<P> {
             sent: Arc::clone(&sent),
         };
         let call = HandlerCall {
-            message: copy,
+            message,
             metadata,
             reply: Some(reply),
         };
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
+            // Filtered out: no answer (as Python Postage's filters).
+            Outcome::Skipped => return Verdict::Ack,
+            Outcome::Refused(reason) => {
+                tracing::warn!(handler = handler.method, %reason, "a filter rejected the call");
+                return Verdict::Reject(reason);
+            }
+            // Answered through its Reply.
+            Outcome::Replied | Outcome::Done | Outcome::Settle(_)
+                if sent.load(Ordering::SeqCst) =>
+            {
+                return Verdict::Ack;
+            }
             Outcome::Replied | Outcome::Done | Outcome::Settle(_) => {
                 RpcResult::error("the handler finished without replying")
             }
@@ -219,25 +225,4 @@ fn failed(rpc: bool, error: HandlerError) -> Outcome {
     } else {
         Outcome::Failed(error)
     }
-}
-
-/// Runs the handler's filters over the message, each on what the one before passed.
-pub(super) fn filter(handler: &HandlerRegistration, mut message: Message) -> Filtered {
-    for filter in handler.filters {
-        let filtered = std::panic::catch_unwind(AssertUnwindSafe(move || filter(message)));
-        let filtered = filtered.unwrap_or_else(|panic| {
-            let text = panic_text(&*panic);
-            tracing::error!(handler = handler.method, at = handler.location, panic = %text, "filter panicked");
-            Filtered::Reject(format!("a filter panicked: {text}"))
-        });
-        match filtered {
-            Filtered::Pass(next) => message = next,
-            Filtered::Skip => return Filtered::Skip,
-            Filtered::Reject(reason) => {
-                tracing::warn!(handler = handler.method, %reason, "a filter rejected the message");
-                return Filtered::Reject(reason);
-            }
-        }
-    }
-    Filtered::Pass(message)
 }

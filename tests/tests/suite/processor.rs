@@ -64,8 +64,43 @@ fn reject_bad(message: Message) -> Filtered {
     }
 }
 
+/// A filter of the message and its metadata: only senders that say who they are.
+fn needs_user(message: Message, metadata: &Metadata) -> Filtered {
+    match metadata.user_id {
+        Some(_) => Filtered::Pass(message),
+        None => Filtered::Reject("no user_id".into()),
+    }
+}
+
+fn explode(_: Message) -> Filtered {
+    panic!("a filter panicked on purpose")
+}
+
+impl Probe {
+    /// A filter with the processor's state, async.
+    async fn audit(&self, message: Message, metadata: &Metadata) -> Filtered {
+        tokio::task::yield_now().await;
+        self.note(format!(
+            "audit {} user={}",
+            message.name,
+            metadata.user_id.as_deref().unwrap_or("<none>")
+        ));
+        Filtered::Pass(message)
+    }
+}
+
 #[processor]
 impl Probe {
+    #[message_handler("command", "guarded", filter = Self::audit, filter = needs_user)]
+    fn guarded(&self, text: String) {
+        self.note(format!("guarded {text}"));
+    }
+
+    #[message_handler("command", "boom", filter = explode)]
+    fn boom(&self, _text: String) {
+        self.note("boom ran");
+    }
+
     #[message_handler("command", "twice")]
     fn first(&self, text: String) {
         self.note(format!("first {text}"));
@@ -308,6 +343,36 @@ async fn filters_rewrite_skip_and_reject() {
         vec!["filtered"],
         "only the rejected one is dead-lettered"
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn filters_see_metadata_and_state_and_a_panicking_one_rejects_its_message() {
+    let mut h = start(1).await;
+    let login = h.producer.connection().config().user.clone();
+    h.producer.command("guarded", "hi").await.unwrap();
+    let anonymous = br#"{"type": "command", "name": "guarded", "category": "message", "content": {"parameters": "anon"}}"#;
+    h.publish_raw(
+        anonymous,
+        BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await;
+    h.producer.command("boom", "x").await.unwrap();
+    h.producer
+        .command("typed", json!({"a": 1, "b": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.events().await,
+        vec![
+            "audit guarded user=<none>".to_owned(),
+            format!("audit guarded user={login}"),
+            "guarded hi".to_owned(),
+            "typed 2".to_owned(),
+        ],
+        "the producer says who sent it; the anonymous one and the panic are rejected"
+    );
+    assert_eq!(h.rejected().await, vec!["guarded", "boom"]);
     h.stop().await;
 }
 
