@@ -53,7 +53,7 @@ pub use connection::{Connection, LinkState};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use error::{Error, Result};
 pub use handler::{Disposition, FilterFn, Filtered, HandlerError, Metadata, Reply};
-pub use postage_macros::{message_handler, processor, rpc_handler};
+pub use postage_macros::{message_handler, processor, rpc_handler, timer};
 pub use processor::{
     ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo, Processor,
     ProcessorBuilder, ProcessorHandle, RetryPolicy,
@@ -81,8 +81,8 @@ pub use lapin;
 pub mod __private {
     pub use crate::handler::{
         BoxFuture, FilterResult, Filtered, FreeFilter, HandlerCall, HandlerRegistration,
-        MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind, ValueKind, replied,
-        run_filter,
+        MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind, TimerRegistration,
+        ValueKind, replied, run_filter,
     };
     pub use inventory;
     pub use serde_json;

@@ -34,6 +34,7 @@ mod marker;
 mod processor;
 mod registration;
 mod signature;
+mod timer;
 
 use proc_macro::TokenStream;
 use quote::quote;
@@ -51,12 +52,17 @@ use crate::marker::Category;
 /// - at most one reference: the delivery's `&Metadata`;
 /// - for an RPC handler, a second argument by value: the `Reply` to answer through.
 ///
-/// A message handler returns `()` or `Result<(), E>` where `E: Display`. An RPC handler
-/// returns its answer: a serializable value, a `Result<T, E>` where `E: Into<HandlerError>`,
-/// or an `RpcResult`; or it takes a `Reply` and returns `()` or `Result<(), E>`.
+/// A message handler returns `()`, a `Disposition`, or a `Result` of either whose error
+/// implements `Display`. An RPC handler returns its answer: a serializable value, a
+/// `Result<T, E>` (any alias of one) where `E: Display`, or an `RpcResult`; or it takes a
+/// `Reply` and returns `()` or `Result<(), E>`.
 ///
-/// Marker options: `full_body` (message handlers only) and `filter = path::to_fn`,
-/// repeatable, run in order before the handler.
+/// Marker options: `full_body` (message handlers only), `filter = path` (repeatable, run
+/// in order before the handler: `fn(Message) -> Filtered`, `fn(Message, &Metadata) ->
+/// Filtered`, or `Self::method` taking `(&self, Message, &Metadata)`, sync or async),
+/// `attempts = N` (message handlers only: at most N tries of a message under the
+/// processor's retry policy) and `timeout = "30s"` (a run that takes longer is cancelled
+/// and failed). `#[timer(every = "30s")]` marks a method run every period.
 ///
 /// A type may have several `#[processor]` impl blocks, in any module of its crate.
 #[proc_macro_attribute]
@@ -82,6 +88,18 @@ pub fn message_handler(_args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn rpc_handler(_args: TokenStream, item: TokenStream) -> TokenStream {
     marker::expand(Category::Rpc, item.into())
+        .unwrap_or_else(Failure::into_tokens)
+        .into()
+}
+
+/// Marks a method of a `#[processor]` impl block as a timer: `#[timer(every = "30s")]`.
+/// The processor runs it every period (the first time one period after it starts) for
+/// as long as it runs, and stops it with itself. A timer takes only `&self`, may be
+/// async, and returns `()` or a `Result<(), E>` whose error is logged. A tick that takes
+/// longer than the period delays the next; ticks never pile up.
+#[proc_macro_attribute]
+pub fn timer(_args: TokenStream, item: TokenStream) -> TokenStream {
+    timer::expand(item.into())
         .unwrap_or_else(Failure::into_tokens)
         .into()
 }

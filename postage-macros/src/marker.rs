@@ -245,13 +245,19 @@ fn attempts(value: Expr) -> syn::Result<Setting> {
 
 /// `timeout = "30s"`: a number and a unit, `ms`, `s` or `m`.
 fn timeout(value: Expr) -> syn::Result<Setting> {
-    const EXPECTED: &str = "expected a duration such as `timeout = \"30s\"` (units ms, s, m)";
+    duration_ms(value, "timeout").map(Setting::Timeout)
+}
+
+/// A duration written `"30s"` (a number and a unit, `ms`, `s` or `m`) as the value of
+/// option `option`, in milliseconds.
+pub(crate) fn duration_ms(value: Expr, option: &str) -> syn::Result<u64> {
+    let expected = format!("expected a duration such as `{option} = \"30s\"` (units ms, s, m)");
     let Expr::Lit(ExprLit {
         lit: Lit::Str(text),
         ..
     }) = value
     else {
-        return Err(Error::new_spanned(value, EXPECTED));
+        return Err(Error::new_spanned(value, expected));
     };
     let written = text.value();
     let digits = written.trim_end_matches(|c: char| c.is_ascii_alphabetic());
@@ -259,11 +265,11 @@ fn timeout(value: Expr) -> syn::Result<Setting> {
         "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
-        _ => return Err(Error::new_spanned(text, EXPECTED)),
+        _ => return Err(Error::new_spanned(text, expected)),
     };
     match digits.trim().parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Setting::Timeout(n.saturating_mul(scale))),
-        _ => Err(Error::new_spanned(text, EXPECTED)),
+        Ok(n) if n > 0 => Ok(n.saturating_mul(scale)),
+        _ => Err(Error::new_spanned(text, expected)),
     }
 }
 

@@ -6,8 +6,9 @@ use quote::{ToTokens, quote};
 use syn::{Attribute, Error, ImplItem, Item, ItemImpl};
 
 use crate::marker::{Category, Marker};
-use crate::registration::registration;
+use crate::registration::{registration, type_name};
 use crate::signature::Signature;
+use crate::timer;
 use crate::{Errors, Failure};
 
 const CONCRETE: &str = "#[processor] goes on an inherent impl of a concrete type";
@@ -62,7 +63,25 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Result<TokenStream
 /// well-formed ones; the others are reported in `errors`.
 fn handlers(block: &mut ItemImpl, errors: &mut Errors) -> Vec<TokenStream> {
     let mut registrations = Vec::new();
+    let block_ty = (*block.self_ty).clone();
     for item in &mut block.items {
+        if let ImplItem::Fn(method) = item {
+            let timers: Vec<Attribute> = method
+                .attrs
+                .iter()
+                .filter(|a| timer::is_timer(a))
+                .cloned()
+                .collect();
+            method.attrs.retain(|a| !timer::is_timer(a));
+            for attr in &timers {
+                let name = type_name(&block_ty);
+                if let Some(tokens) =
+                    errors.take(timer::registration(&block_ty, method, attr, &name))
+                {
+                    registrations.push(tokens);
+                }
+            }
+        }
         let (markers, method) = match item {
             ImplItem::Fn(method) => (take_markers(&mut method.attrs), Some(&*method)),
             ImplItem::Const(item) => (take_markers(&mut item.attrs), None),

@@ -233,7 +233,7 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 /// The processor's name for people: its type without the module path, spaced as a person
 /// would write it (`Echo` for `super::Echo`, `Pair<(u8, u16)>`). The runtime tells
 /// processors apart by `TypeId`; this is only for messages.
-fn type_name(ty: &Type) -> String {
+pub(crate) fn type_name(ty: &Type) -> String {
     let tokens = match ty {
         Type::Path(path) if path.qself.is_none() => match path.path.segments.last() {
             Some(last) => last.to_token_stream(),

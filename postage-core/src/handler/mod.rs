@@ -131,3 +131,17 @@ pub struct HandlerRegistration {
 }
 
 inventory::collect!(HandlerRegistration);
+
+/// One timer, as `#[timer(every = "...")]` in a `#[processor]` impl registers it.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct TimerRegistration {
+    pub processor: fn() -> TypeId,
+    pub processor_name: &'static str,
+    pub method: &'static str,
+    pub location: &'static str,
+    pub every: std::time::Duration,
+    pub call: fn(Arc<dyn Any + Send + Sync>) -> BoxFuture<Outcome>,
+}
+
+inventory::collect!(TimerRegistration);

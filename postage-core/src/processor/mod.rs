@@ -9,6 +9,7 @@ mod reply;
 mod retry;
 mod run;
 mod table;
+mod timers;
 
 pub use self::builder::{DEFAULT_MAX_BODY, ProcessorBuilder};
 pub use self::control::ControlPolicy;

@@ -10,6 +10,7 @@ use super::acks::Acks;
 use super::control::ControlPolicy;
 use super::control::{control_command, restart, watch_signals};
 use super::retry::{Settle, Verdict};
+use super::timers::Timers;
 use super::{Control, Exit, Processor};
 use crate::consumer::Delivery;
 use crate::error::Result;
@@ -25,6 +26,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
         if self.limits.stop_on_signals {
             watch_signals(self.handle())?;
         }
+        let timers = Timers::start(&self.shared.table);
         let (shared, stop) = (Arc::clone(&self.shared), Arc::clone(&self.stop));
         // With prefetch 0 (no limit) acknowledgements wait for a quiet queue or 100 more.
         let mut acks = Acks::new(
@@ -131,6 +133,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
             );
         }
         drop(running);
+        timers.stop(self.limits.shutdown_timeout).await;
         acks.flush(true).await;
         self.consumer.close().await?;
         if let Some(Control::Restart) = control {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::handler::HandlerRegistration;
+use crate::handler::{HandlerRegistration, TimerRegistration};
 use crate::wire::Category;
 
 /// One value whose `#[processor]` handlers a processor serves.
@@ -39,6 +39,8 @@ pub(super) struct HandlerTable {
     pub(super) message: HashMap<&'static str, HashMap<&'static str, Vec<Entry>>>,
     /// command name -> handler.
     pub(super) rpc: HashMap<&'static str, Entry>,
+    /// The timers, with the values they are methods of.
+    pub(super) timers: Vec<(&'static TimerRegistration, Arc<dyn Any + Send + Sync>)>,
 }
 
 impl HandlerTable {
@@ -46,6 +48,12 @@ impl HandlerTable {
     /// naming both.
     pub(super) fn new(sets: &[HandlerSet]) -> Result<Self> {
         let mut table = Self::default();
+        for timer in inventory::iter::<TimerRegistration> {
+            let id = (timer.processor)();
+            if let Some(set) = sets.iter().find(|set| set.type_id == id) {
+                table.timers.push((timer, Arc::clone(&set.state)));
+            }
+        }
         for registration in inventory::iter::<HandlerRegistration> {
             let id = (registration.processor)();
             let Some(set) = sets.iter().find(|set| set.type_id == id) else {

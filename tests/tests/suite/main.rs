@@ -29,5 +29,6 @@ mod reply_queue;
 mod retries;
 mod shutdown;
 mod supervision;
+mod timers;
 mod tls;
 mod wire;
