@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::control::ControlPolicy;
 use super::retry::RetryPolicy;
 use super::table::{HandlerSet, HandlerTable};
-use super::{Limits, Processor, Shared};
+use super::{Limits, Outbox, Processor, Shared};
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
@@ -194,7 +194,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
             shared: Arc::new(Shared {
                 state,
                 table,
-                answers,
+                answers: Outbox::Broker(answers),
                 encoder: self.encoder,
                 plain_json: self.plain_json,
                 fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),

@@ -9,6 +9,7 @@ mod reply;
 mod retry;
 mod run;
 mod table;
+pub(crate) mod testing;
 mod timers;
 
 pub use self::builder::{DEFAULT_MAX_BODY, ProcessorBuilder};
@@ -141,8 +142,8 @@ pub struct Processor<P> {
 struct Shared<P> {
     state: Arc<P>,
     table: HandlerTable,
-    /// Publishes the answers to RPC calls.
-    answers: Producer,
+    /// Where the answers to RPC calls (and messages moved for retries) go.
+    answers: Outbox,
     encoder: Arc<dyn Encoder>,
     plain_json: bool,
     fingerprint: Arc<Fingerprint>,
@@ -154,6 +155,16 @@ struct Shared<P> {
     on_failure: Disposition,
     /// How long a handler may run, unless its marker says.
     handler_timeout: Option<Duration>,
+}
+
+/// Where a processor's answers go: to the broker, or kept by a
+/// [`TestProcessor`](crate::testing::TestProcessor).
+#[derive(Debug, Clone)]
+enum Outbox {
+    /// Through the processor's producer.
+    Broker(Producer),
+    /// Kept in order.
+    Kept(Arc<std::sync::Mutex<Vec<crate::wire::RpcResult>>>),
 }
 
 /// What the loop does with one delivery before handing it to the handlers.

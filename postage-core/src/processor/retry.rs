@@ -11,9 +11,9 @@ use std::time::Duration;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, LongString, ShortString};
 
-use super::Shared;
+use super::{Outbox, Shared};
 use crate::consumer::Delivery;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handler::Disposition;
 use crate::topology::Queue;
 
@@ -257,29 +257,20 @@ impl<P: Send + Sync + 'static> Shared<P> {
     pub(super) async fn settle(&self, delivery: &Delivery, verdict: Verdict) -> Settle {
         let attempt = attempt_of(delivery.properties());
         let queue = delivery.queue();
-        let (target, reason) = match verdict {
-            Verdict::Ack => return Settle::Ack,
-            Verdict::Requeue => return Settle::Requeue,
-            Verdict::Retry {
-                delay,
-                attempts,
-                reason,
-            } if attempt < self.retry.attempts_for(attempts) => {
-                let delay = delay.unwrap_or_else(|| self.jittered(self.retry.delay(attempt)));
-                let tier = delay_tier(delay, &self.retry);
-                tracing::info!(queue, attempt, ?delay, %reason, "retrying a message later");
-                (Target::Delay { tier, delay }, reason)
+        let (target, reason) = match self.resolve(verdict, attempt) {
+            Resolved::Ack => return Settle::Ack,
+            Resolved::Requeue => return Settle::Requeue,
+            Resolved::Reject(reason) => {
+                tracing::warn!(queue, attempt, %reason, "rejecting a message");
+                return Settle::Reject;
             }
-            Verdict::Retry { reason, .. } => {
-                let reason = format!("{reason} (attempt {attempt}, the last)");
-                (Target::Dead, reason)
+            Resolved::Move(target, reason) => {
+                if let Target::Delay { delay, .. } = target {
+                    tracing::info!(queue, attempt, ?delay, %reason, "retrying a message later");
+                }
+                (target, reason)
             }
-            Verdict::Reject(reason) => (Target::Dead, reason),
         };
-        if target == Target::Dead && !self.dead_letters {
-            tracing::warn!(queue, attempt, %reason, "rejecting a message");
-            return Settle::Reject;
-        }
         match self.republish(delivery, &target, attempt, &reason).await {
             Ok(()) => {
                 if target == Target::Dead {
@@ -292,6 +283,32 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 Settle::Requeue
             }
         }
+    }
+
+    /// What `verdict` comes to for attempt `attempt` of a message, under the policy.
+    pub(super) fn resolve(&self, verdict: Verdict, attempt: u32) -> Resolved {
+        let (target, reason) = match verdict {
+            Verdict::Ack => return Resolved::Ack,
+            Verdict::Requeue => return Resolved::Requeue,
+            Verdict::Retry {
+                delay,
+                attempts,
+                reason,
+            } if attempt < self.retry.attempts_for(attempts) => {
+                let delay = delay.unwrap_or_else(|| self.jittered(self.retry.delay(attempt)));
+                let tier = delay_tier(delay, &self.retry);
+                (Target::Delay { tier, delay }, reason)
+            }
+            Verdict::Retry { reason, .. } => (
+                Target::Dead,
+                format!("{reason} (attempt {attempt}, the last)"),
+            ),
+            Verdict::Reject(reason) => (Target::Dead, reason),
+        };
+        if target == Target::Dead && !self.dead_letters {
+            return Resolved::Reject(reason);
+        }
+        Resolved::Move(target, reason)
     }
 
     /// `delay` less up to the policy's jitter of it, at random.
@@ -308,6 +325,9 @@ impl<P: Send + Sync + 'static> Shared<P> {
         attempt: u32,
         reason: &str,
     ) -> Result<()> {
+        let Outbox::Broker(answers) = &self.answers else {
+            return Err(Error::Closed("a test processor's outbox"));
+        };
         let queue = delivery.queue();
         let (name, declared, next_attempt, expiration) = match target {
             Target::Delay { tier, delay } => {
@@ -332,7 +352,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 (name, declared, attempt, None)
             }
         };
-        self.answers.connection().declare_queue(&declared).await?;
+        answers.connection().declare_queue(&declared).await?;
         let original = delivery.properties();
         let mut headers = original.headers().clone().unwrap_or_default();
         headers.insert(
@@ -344,7 +364,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             AMQPValue::LongString(LongString::from(reason)),
         );
         // RabbitMQ refuses a user_id that is not the publisher's own login.
-        let ours = self.answers.connection().config().user.as_str();
+        let ours = answers.connection().config().user.as_str();
         let keep_user = original
             .user_id()
             .as_ref()
@@ -353,15 +373,26 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if let Some(ms) = expiration {
             properties = properties.with_expiration(ShortString::from(ms));
         }
-        self.answers
+        answers
             .publish_body_to("", &name, delivery.body(), properties, true)
             .await
     }
 }
 
+/// What a verdict comes to under the retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Resolved {
+    Ack,
+    Requeue,
+    /// Rejected to the broker, for this reason.
+    Reject(String),
+    /// Moved to a delay or dead-letter queue, for this reason.
+    Move(Target, String),
+}
+
 /// Where a message goes when it is not settled on its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
+pub(super) enum Target {
     /// The delay queue of `tier`, to come back after `delay` (at most `tier`).
     Delay {
         tier: Duration,

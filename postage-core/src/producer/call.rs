@@ -372,21 +372,7 @@ impl PendingCall {
                 break message.to_result();
             }
         };
-        let command = self.command.clone();
-        match result {
-            RpcResult::Success { value, .. } => {
-                T::deserialize(&value).map_err(|source| Error::Payload {
-                    what: format!("answer to {command:?}"),
-                    source,
-                })
-            }
-            RpcResult::Error { message } => Err(Error::RemoteError { command, message }),
-            RpcResult::Exception { kind, message } => Err(Error::RemoteException {
-                command,
-                kind,
-                message,
-            }),
-        }
+        result.into_value(&self.command)
     }
 
     /// The next answer's body, sending the call again after a timeout or when the answer

@@ -270,6 +270,26 @@ impl RpcResult {
         matches!(self, Self::Success { .. })
     }
 
+    /// The answer to `command` as a caller takes it: a success's value decoded into `T`,
+    /// an error [`Error::RemoteError`], an exception [`Error::RemoteException`].
+    pub fn into_value<T: serde::de::DeserializeOwned>(self, command: &str) -> Result<T> {
+        let command = command.to_owned();
+        match self {
+            Self::Success { value, .. } => {
+                T::deserialize(&value).map_err(|source| Error::Payload {
+                    what: format!("answer to {command:?}"),
+                    source,
+                })
+            }
+            Self::Error { message } => Err(Error::RemoteError { command, message }),
+            Self::Exception { kind, message } => Err(Error::RemoteException {
+                command,
+                kind,
+                message,
+            }),
+        }
+    }
+
     /// The result as the `content` object of a result message.
     pub fn to_content(&self) -> Value {
         match self {

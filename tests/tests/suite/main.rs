@@ -18,6 +18,7 @@ mod cluster;
 mod config;
 mod flow_control;
 mod fuzz;
+mod harness;
 mod heartbeat;
 mod lowlevel;
 mod macro_pass;
