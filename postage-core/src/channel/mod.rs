@@ -82,6 +82,11 @@ struct Inner {
 }
 
 impl Channel {
+    /// This channel's number, unique in the process (see `ChannelLease::serial`).
+    pub(crate) fn serial(&self) -> u64 {
+        self.inner.amqp.serial()
+    }
+
     /// Opens a channel on `connection` and turns on publisher confirms.
     pub async fn open(connection: &Connection) -> Result<Self> {
         let amqp = connection.lease_channel().await?;

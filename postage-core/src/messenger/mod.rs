@@ -8,8 +8,8 @@ pub use self::address::{Address, RouteTable};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -21,6 +21,7 @@ use crate::channel::{Channel, Subscription};
 use crate::channel::{Envelope, Incoming};
 use crate::config::{Config, Host, Password};
 use crate::connection::Connection;
+use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
 use crate::error::{Error, Result};
 use crate::topology::Queue;
 
@@ -331,9 +332,10 @@ impl Messenger {
         };
         let consuming = source.consume().await?;
         let name = consuming.subscription.queue().to_owned();
+        let kept = Kept::keep(source, &consuming);
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(forward(
-            source,
+            kept,
             consuming,
             self.incoming_sender.clone(),
             Arc::clone(&self.incoming_count),
@@ -504,19 +506,17 @@ struct Source {
 }
 
 /// A subscription's channel (one each: a missing queue closes that channel only) and
-/// consumer, on the connection of `generation`.
+/// consumer.
 #[derive(Debug)]
 struct Consuming {
     channel: Channel,
     subscription: Subscription,
-    generation: u64,
 }
 
 impl Source {
     /// Opens a channel and consumes the queue (declared first when the subscription
     /// declares it).
     async fn consume(&self) -> Result<Consuming> {
-        let generation = self.connection.generation();
         let channel = Channel::open(&self.connection).await?;
         channel.qos(self.prefetch).await?;
         let name = if self.declare {
@@ -528,33 +528,82 @@ impl Source {
         Ok(Consuming {
             channel,
             subscription,
-            generation,
         })
-    }
-
-    /// Consumes again once the connection lost since `seen` is back.
-    async fn consume_again(&self, mut seen: u64) -> Result<Consuming> {
-        loop {
-            let generation = self.connection.wait_reconnected(seen).await?;
-            match self.consume().await {
-                Ok(consuming) => return Ok(consuming),
-                // Lost again while consuming again: wait for the next connection.
-                Err(_)
-                    if self.connection.generation() != generation
-                        || !self.connection.lapin().status().connected() =>
-                {
-                    seen = generation;
-                }
-                Err(error) => return Err(error),
-            }
-        }
     }
 }
 
-/// Hands a subscription's messages to the messenger until told to stop, consuming again
-/// on a new channel whenever a connection loss closed the old one.
-async fn forward(
+/// A subscription as a member of its connection's supervisor: after each reconnection,
+/// and each loss of its channel it reports, the supervisor has it consume again on a
+/// new channel, and the new consumer goes to the subscription's forwarding task.
+#[derive(Debug)]
+struct Kept {
     source: Source,
+    /// The channel the subscription consumes on now, and its serial.
+    current: Mutex<Channel>,
+    serial: AtomicU64,
+    next: mpsc::UnboundedSender<Consuming>,
+    arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Consuming>>,
+    resync: OnceLock<Resync>,
+}
+
+impl Kept {
+    /// Hands `source`, consumed now by `consuming`, to the supervisor.
+    fn keep(source: Source, consuming: &Consuming) -> Arc<Self> {
+        let (next, arrivals) = mpsc::unbounded_channel();
+        let generations = source.connection.watch_generation();
+        let kept = Arc::new(Self {
+            source,
+            current: Mutex::new(consuming.channel.clone()),
+            serial: AtomicU64::new(consuming.channel.serial()),
+            next,
+            arrivals: tokio::sync::Mutex::new(arrivals),
+            resync: OnceLock::new(),
+        });
+        let resync = keep(Arc::downgrade(&kept), generations, |kept: &Self| {
+            kept.serial.load(Ordering::Acquire)
+        });
+        let _ = kept.resync.set(resync);
+        kept
+    }
+
+    /// Waits for the consumer that replaces the one on channel `serial`, lost.
+    async fn replacement(&self, serial: u64) -> Option<Consuming> {
+        if let Some(resync) = self.resync.get() {
+            resync.lost(serial);
+        }
+        self.arrivals.lock().await.recv().await
+    }
+}
+
+impl Member for Kept {
+    fn describe(&self) -> String {
+        format!("messenger subscription of {:?}", self.source.queue.name())
+    }
+
+    /// Consumes again on a new channel, unless the current one is still open (a
+    /// reconnection and the report of the channel's loss both ask): never two consumers.
+    fn reconcile(self: Arc<Self>) -> Reconciling {
+        Box::pin(async move {
+            let open = self.current.lock().is_ok_and(|current| is_open(&current));
+            if open {
+                return Ok(());
+            }
+            let consuming = self.source.consume().await?;
+            if let Ok(mut current) = self.current.lock() {
+                *current = consuming.channel.clone();
+            }
+            self.serial
+                .store(consuming.channel.serial(), Ordering::Release);
+            let _ = self.next.send(consuming);
+            Ok(())
+        })
+    }
+}
+
+/// Hands a subscription's messages to the messenger until told to stop, going on with
+/// the consumer the supervisor starts whenever the old one was lost with its channel.
+async fn forward(
+    kept: Arc<Kept>,
     mut consuming: Consuming,
     sender: mpsc::UnboundedSender<Result<Incoming>>,
     count: Arc<AtomicUsize>,
@@ -583,20 +632,15 @@ async fn forward(
                 None => {
                     let queue = consuming.subscription.queue().to_owned();
                     tracing::info!(queue, "messenger subscription lost with its channel; consuming again");
-                    let again = tokio::select! {
+                    let serial = consuming.channel.serial();
+                    consuming = tokio::select! {
                         biased;
                         () = stop.notified() => return Ok(()),
-                        again = source.consume_again(consuming.generation) => again,
+                        next = kept.replacement(serial) => match next {
+                            Some(next) => next,
+                            None => return Ok(()),
+                        },
                     };
-                    match again {
-                        Ok(next) => consuming = next,
-                        Err(error) => {
-                            tracing::warn!(queue, %error, "a messenger subscription could not consume again");
-                            count.fetch_add(1, Ordering::AcqRel);
-                            let _ = sender.send(Err(error));
-                            return Ok(());
-                        }
-                    }
                 }
             },
         }
