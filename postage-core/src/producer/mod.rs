@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -11,6 +11,7 @@ use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
 use crate::connection::{ChannelLease, Connection};
 use crate::error::{Error, Result};
 use crate::rpc::ReplyQueue;
@@ -78,6 +79,9 @@ struct Inner {
     publish_timeout: Duration,
     declared: Mutex<HashSet<String>>,
     pub(crate) rpc: RpcState,
+    /// The supervisor's keeper of this producer, which it tells nothing (a channel lost
+    /// on a live connection is reopened by the next publish) but must keep alive.
+    _kept: OnceLock<Resync>,
 }
 
 /// Configures a [`Producer`]; made by [`Producer::builder`].
@@ -194,8 +198,18 @@ impl ProducerBuilder {
                 publish_timeout: self.publish_timeout,
                 declared: Mutex::new(HashSet::new()),
                 rpc: RpcState::new(self.rpc),
+                _kept: OnceLock::new(),
             }),
         };
+        let kept = keep(
+            Arc::downgrade(&producer.inner),
+            producer.inner.link.watch_generation(),
+            |inner: &Inner| match inner.live.read() {
+                Ok(live) => live.0.serial(),
+                Err(poisoned) => poisoned.into_inner().0.serial(),
+            },
+        );
+        let _ = producer.inner._kept.set(kept);
         for (exchange, _) in &producer.inner.destinations {
             producer.ensure_declared(exchange).await?;
         }
@@ -544,6 +558,27 @@ impl Producer {
                 routing_key: routing_key.to_owned(),
             }),
         }
+    }
+}
+
+/// A producer is a member of its connection's supervisor: after each reconnection its
+/// channel is opened again, with confirms, and its exchanges declared again, before the
+/// next publish needs them (which would do the same).
+impl Member for Inner {
+    fn describe(&self) -> String {
+        let exchanges: Vec<&str> = self.destinations.iter().map(|(e, _)| e.name()).collect();
+        format!("producer to exchanges {exchanges:?}")
+    }
+
+    fn reconcile(self: Arc<Self>) -> Reconciling {
+        let producer = Producer { inner: self };
+        Box::pin(async move {
+            producer.live_channel().await?;
+            for (exchange, _) in &producer.inner.destinations {
+                producer.ensure_declared(exchange).await?;
+            }
+            Ok(())
+        })
     }
 }
 
