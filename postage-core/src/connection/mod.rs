@@ -98,7 +98,20 @@ impl Connection {
     /// the broker refuses stops at once with [`Error::AccessRefused`]; when no host
     /// answers, [`Error::ConnectionFailed`] lists why for each.
     pub async fn connect(config: &Config) -> Result<Self> {
-        Self::open(config, None).await
+        let connection = Self::open(config, None).await?;
+        if config.publishing_connection {
+            // Dialled while the component declares its topology, so it is ready when the
+            // first producer needs it; a failure here is tried again then.
+            let early = connection.clone();
+            tokio::spawn(async move {
+                if let Ok(publishing) = early.publishing().await
+                    && early.inner.closed.load(Ordering::SeqCst)
+                {
+                    let _ = publishing.close().await;
+                }
+            });
+        }
+        Ok(connection)
     }
 
     async fn open(config: &Config, reports_to: Option<watch::Sender<LinkState>>) -> Result<Self> {

@@ -259,8 +259,9 @@ pub struct PendingCall {
     deadline: tokio::time::Instant,
     /// The answer consumer the call was last sent for.
     epoch: u64,
-    /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared.
-    own: Option<Option<OwnReplies>>,
+    /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared (boxed: a
+    /// call that has none, the usual, stays small).
+    own: Option<Option<Box<OwnReplies>>>,
 }
 
 /// A call's own reply queue: consumed on a channel of its own, closed (and the queue,
@@ -303,11 +304,11 @@ impl PendingCall {
                     let channel = connection.lease_channel().await?;
                     let (address, answers) =
                         start_reply_consumer(connection, &channel, ReplyQueue::PerCall).await?;
-                    *own = Some(OwnReplies {
+                    *own = Some(Box::new(OwnReplies {
                         address,
                         answers,
                         _channel: channel,
-                    });
+                    }));
                 }
                 own.as_ref().map(|o| o.address.clone()).unwrap_or_default()
             }
