@@ -167,12 +167,7 @@ fn rpc_echo() {
 
 /// Sends one command to the echo receivers with postage itself.
 fn send_command(name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let connection = postage_core::Connection::from_env().await.expect("broker");
+    with_broker(|connection| async move {
         let producer =
             demos::echo_producer(&connection, postage_core::Fingerprint::new("test", "test"))
                 .await
@@ -182,7 +177,6 @@ fn send_command(name: &str) {
             .command(name, serde_json::json!({}))
             .await
             .expect("sent");
-        connection.close().await.expect("closed");
     });
 }
 

@@ -103,14 +103,8 @@ impl Drop for App {
 
 /// Runs the CLI; returns its exit code and standard output.
 fn cli(args: &[&str]) -> (i32, String) {
-    let output = Command::new(binary("postage"))
-        .args(args)
-        .output()
-        .expect("postage runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let (code, out, _) = cli_all(args);
+    (code, out)
 }
 
 /// Runs the CLI; returns its exit code, standard output and standard error.

@@ -125,6 +125,33 @@ impl Running {
     }
 }
 
+/// A worker on a durable queue of its own under [`policy`], and a producer to it.
+struct Durable {
+    connection: Connection,
+    ex: Exchange,
+    name: String,
+    worker: Running,
+    producer: Producer,
+}
+
+impl Durable {
+    async fn start(prefix: &str, fails: Option<u32>) -> Self {
+        let connection = connect().await;
+        let ex = exchange(prefix);
+        let name = unique(&format!("{prefix}-q"));
+        let queue = Queue::new(name.as_str()).durable(true);
+        let worker = run_worker(&connection, &ex, queue, fails, policy()).await;
+        let producer = producer(&connection, &ex).await;
+        Self {
+            connection,
+            ex,
+            name,
+            worker,
+            producer,
+        }
+    }
+}
+
 /// The fast policy of these tests: no jitter, so the delays can be read back.
 fn policy() -> RetryPolicy {
     RetryPolicy::new()
@@ -239,12 +266,13 @@ async fn a_failing_message_is_retried_with_backoff_on_classic_and_quorum_queues(
 
 #[tokio::test]
 async fn spent_rejected_and_undecodable_messages_end_in_the_dead_letter_queue() {
-    let connection = connect().await;
-    let ex = exchange("dead");
-    let name = unique("dead-q");
-    let queue = Queue::new(name.as_str()).durable(true);
-    let mut worker = run_worker(&connection, &ex, queue, None, policy()).await;
-    let producer = producer(&connection, &ex).await;
+    let Durable {
+        connection,
+        ex,
+        name,
+        mut worker,
+        producer,
+    } = Durable::start("dead", None).await;
     producer.command("work", json!({"id": 1})).await.unwrap();
     producer.command("work", json!({"id": 3})).await.unwrap();
     // A payload that never decodes is bad input: never retried.
@@ -295,18 +323,18 @@ async fn spent_rejected_and_undecodable_messages_end_in_the_dead_letter_queue() 
         "{dead:?}"
     );
     worker.stop().await;
-    postage_tests::rabbitmqctl(&["delete_queue", &name]);
     postage_tests::rabbitmqctl(&["delete_queue", &format!("{name}.dead")]);
+    postage_tests::rabbitmqctl(&["delete_queue", &name]);
 }
 
 #[tokio::test]
 async fn requeue_and_a_delay_of_its_own() {
-    let connection = connect().await;
-    let ex = exchange("requeue");
-    let name = unique("requeue-q");
-    let queue = Queue::new(name.as_str()).durable(true);
-    let mut worker = run_worker(&connection, &ex, queue, Some(0), policy()).await;
-    let producer = producer(&connection, &ex).await;
+    let Durable {
+        name,
+        mut worker,
+        producer,
+        ..
+    } = Durable::start("requeue", Some(0)).await;
     producer.command("work", json!({"id": 4})).await.unwrap();
     producer.command("work", json!({"id": 5})).await.unwrap();
     let seen = worker.seen(Duration::from_secs(2)).await;
@@ -352,12 +380,12 @@ async fn a_retry_waiting_in_its_delay_queue_outlives_its_processor() {
 
 #[tokio::test]
 async fn a_handler_past_its_timeout_is_cancelled_and_retried() {
-    let connection = connect().await;
-    let ex = exchange("timeout");
-    let name = unique("timeout-q");
-    let queue = Queue::new(name.as_str()).durable(true);
-    let mut worker = run_worker(&connection, &ex, queue, None, policy()).await;
-    let producer = producer(&connection, &ex).await;
+    let Durable {
+        name,
+        mut worker,
+        producer,
+        ..
+    } = Durable::start("timeout", None).await;
     producer.command("sleepy", json!({"id": 8})).await.unwrap();
     let seen = worker.seen(Duration::from_secs(2)).await;
     let attempts = attempts_of(&seen, 8);
