@@ -53,7 +53,9 @@ pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFile
 pub use connection::{Connection, LinkState};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use error::{Error, Result};
-pub use handler::{Disposition, FilterFn, Filtered, HandlerError, Metadata, Reply};
+pub use handler::{
+    Deadline, Disposition, FilterFn, Filtered, HandlerError, Metadata, Reply, UserId,
+};
 pub use postage_macros::{message_handler, processor, rpc_handler, timer};
 pub use processor::{
     ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo, Processor,
@@ -81,9 +83,9 @@ pub use lapin;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{
-        BoxFuture, FilterResult, Filtered, FreeFilter, HandlerCall, HandlerRegistration,
-        MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind, TimerRegistration,
-        ValueKind, replied, run_filter,
+        BoxFuture, CallParts, FilterResult, Filtered, FreeFilter, FromCall, HandlerCall,
+        HandlerRegistration, MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind,
+        TimerRegistration, ValueKind, replied, run_filter,
     };
     pub use inventory;
     pub use serde_json;

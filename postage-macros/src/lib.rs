@@ -45,12 +45,14 @@ use crate::marker::Category;
 ///
 /// Each method marked `#[message_handler(type, name, ...)]` or
 /// `#[rpc_handler("command", name, ...)]` becomes a handler of messages of that type and
-/// name. A handler is a method (async or not) taking `&self` and then, in any order:
+/// name. A handler is a method (async or not) taking `&self` and then, in any order,
+/// arguments recognised by their type:
 ///
-/// - at most one argument by value: the payload, decoded from the message (a command's
-///   parameters, any other message's content), or the whole `Message` with `full_body`;
-/// - at most one reference: the delivery's `&Metadata`;
-/// - for an RPC handler, a second argument by value: the `Reply` to answer through.
+/// - at most one payload: any `serde::Deserialize` type, borrowed ones (`&str`) included,
+///   decoded from the message (a command's parameters, any other message's content), or
+///   the whole `Message` with `full_body`;
+/// - the delivery's `&Metadata`, the sender's `UserId`, the handler's `Deadline`;
+/// - for an RPC handler, the `Reply` to answer through.
 ///
 /// A message handler returns `()`, a `Disposition`, or a `Result` of either whose error
 /// implements `Display`. An RPC handler returns its answer: a serializable value, a

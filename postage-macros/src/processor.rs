@@ -161,9 +161,20 @@ mod tests {
         assert!(!out.contains("rpc_handler"), "{out}");
         assert_eq!(out.matches("inventory :: submit !").count(), 2, "{out}");
         assert!(out.contains("fn helper (& self) { }"), "{out}");
-        assert!(out.contains("call . payload :: < String > ()"), "{out}");
         assert!(
-            out.contains("this . echo (payload , & call . metadata) . await"),
+            out.contains(
+                "< String as :: postage_core :: __private :: FromCall > :: from_call (& parts)"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("< & Metadata as :: postage_core :: __private :: FromCall > :: from_call"),
+            "{out}"
+        );
+        assert!(out.contains("this . echo (arg0 , arg1) . await"), "{out}");
+        // At most one payload, checked where the types are known.
+        assert!(
+            out.contains("(< & 'static Metadata as :: postage_core :: __private :: FromCall < 'static >> :: PAYLOAD as usize) <= 1"),
             "{out}"
         );
         assert!(
@@ -171,7 +182,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("let answer = this . sum (payload) ; let kind = (&& & :: postage_core :: __private :: Probe (& answer)) . rpc_kind () ;"),
+            out.contains("let answer = this . sum (arg0) ; let kind = (&& & :: postage_core :: __private :: Probe (& answer)) . rpc_kind () ;"),
             "{out}"
         );
         assert!(
@@ -190,12 +201,11 @@ mod tests {
             }
         });
         assert!(
-            out.contains("mut call : :: postage_core :: __private :: HandlerCall"),
+            out.contains("< :: postage_core :: Reply as :: postage_core :: __private :: FromCall > :: from_call"),
             "{out}"
         );
-        assert!(out.contains("call . reply . take ()"), "{out}");
         assert!(
-            out.contains("this . slow (& call . metadata , payload , reply) . await"),
+            out.contains("this . slow (arg0 , arg1 , arg2) . await"),
             "{out}"
         );
         assert!(
@@ -268,10 +278,10 @@ mod tests {
             }
         });
         assert!(
-            out.contains("let payload = call . message . clone () ;"),
+            out.contains("let arg0 = parts . message . clone () ;"),
             "{out}"
         );
-        assert!(!out.contains("call . payload ::"), "{out}");
+        assert!(!out.contains("FromCall > :: from_call"), "{out}");
         assert!(out.contains("full_body : true"), "{out}");
     }
 
@@ -284,7 +294,7 @@ mod tests {
             }
         });
         assert!(
-            out.contains("call . payload :: < Vec < Counter > > ()"),
+            out.contains("< Vec < Counter > as :: postage_core :: __private :: FromCall >"),
             "{out}"
         );
     }
@@ -345,10 +355,9 @@ mod tests {
                  `attempts = 3` or `timeout = \"30s\"`",
                 "a handler takes `&self`, not `self` by value: the processor is shared by every call",
                 "an rpc handler returns its answer, or takes a Reply",
-                "too many arguments by value: an rpc handler takes its payload, \
-                 then optionally its `Reply`",
+                // Three payloads: checked where the types are known, by the compiler.
+                "an rpc handler returns its answer, or takes a Reply",
                 "a handler cannot be generic: the message decides its argument types",
-                "a handler takes at most one reference argument, the `&Metadata`",
                 "a handler cannot take `&mut` arguments; the metadata is borrowed as `&Metadata`",
             ]
         );
@@ -420,7 +429,7 @@ mod tests {
                  `attempts = 3` or `timeout = \"30s\"`",
                 "unexpected string: the message type and name come first, once",
                 "`full_body` hands the whole `Message` to the handler, \
-                 but this method takes no argument by value",
+                 but this method takes no argument for it",
                 "#[rpc_handler] goes on a method",
             ]
         );

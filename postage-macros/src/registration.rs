@@ -17,7 +17,6 @@ pub(crate) fn registration(
     marker: &Marker,
     signature: &Signature,
 ) -> TokenStream {
-    let replies = matches!(signature.answer, Answer::Replied);
     let filtered = !marker.filters.is_empty();
     let uses_call = !signature.args.is_empty() || filtered;
 
@@ -57,39 +56,59 @@ pub(crate) fn registration(
             };
         });
     }
+    // Each argument is taken from the call's parts by its type.
     let mut args = Vec::new();
-    for arg in &signature.args {
+    let mut typed = Vec::new();
+    if !signature.args.is_empty() {
+        prelude.extend(quote! {
+            let parts = ::postage_core::__private::CallParts::new(call);
+        });
+    }
+    for (n, arg) in signature.args.iter().enumerate() {
+        let name = quote::format_ident!("arg{n}");
         match &arg.role {
-            Role::Payload(_) if marker.full_body.is_some() => {
-                prelude.extend(quote! { let payload = call.message.clone(); });
-                args.push(quote_spanned!(arg.span=> payload));
+            Role::FullBody => {
+                prelude.extend(quote! { let #name = parts.message.clone(); });
             }
-            Role::Payload(ty) => {
-                let ty = replace_self(ty.to_token_stream(), self_ty);
-                // Spanned at the argument's type, so an undecodable type is reported there.
-                let decode = quote_spanned!(arg.span=> call.payload::<#ty>());
+            role => {
+                let ty = match role {
+                    Role::Typed(ty) => replace_self(ty.to_token_stream(), self_ty),
+                    _ => quote!(::postage_core::Reply),
+                };
+                if let Role::Typed(_) = role {
+                    typed.push(ty.clone());
+                }
+                // Spanned at the argument's type, so a type no handler is given is
+                // reported there.
+                let take = quote_spanned! {arg.span=>
+                    <#ty as ::postage_core::__private::FromCall>::from_call(&parts)
+                };
                 prelude.extend(quote! {
-                    let payload = match #decode {
-                        ::std::result::Result::Ok(payload) => payload,
+                    let #name = match #take {
+                        ::std::result::Result::Ok(value) => value,
                         ::std::result::Result::Err(outcome) => return outcome,
                     };
                 });
-                args.push(quote_spanned!(arg.span=> payload));
-            }
-            Role::Metadata => args.push(quote_spanned!(arg.span=> &call.metadata)),
-            Role::Reply => {
-                prelude.extend(quote! {
-                    let reply = match call.reply.take() {
-                        ::std::option::Option::Some(reply) => reply,
-                        ::std::option::Option::None => {
-                            return ::postage_core::__private::Outcome::no_reply_handle();
-                        }
-                    };
-                });
-                args.push(quote_spanned!(arg.span=> reply));
             }
         }
+        args.push(quote_spanned!(arg.span=> #name));
     }
+    // At most one argument is the payload, checked where the types are known.
+    let payload_check = if typed.len() > 1 {
+        let counted = typed.iter().map(|ty| {
+            let ty = static_lifetimes(ty.clone());
+            quote!((<#ty as ::postage_core::__private::FromCall<'static>>::PAYLOAD as usize))
+        });
+        quote_spanned! {method.sig.ident.span()=>
+            const _: () = ::std::assert!(
+                0 #(+ #counted)* <= 1,
+                "a handler takes one payload argument at most; its other arguments are \
+                 `&Metadata`, `Reply`, `UserId` and `Deadline`",
+            );
+        }
+    } else {
+        TokenStream::new()
+    };
 
     // Spanned at the return type, so a type the runtime cannot answer with is reported there.
     let method_name = &method.sig.ident;
@@ -118,7 +137,7 @@ pub(crate) fn registration(
         },
     };
 
-    let call_param = match (uses_call, replies || filtered) {
+    let call_param = match (uses_call, filtered) {
         (_, true) => quote!(mut call),
         (true, false) => quote!(call),
         (false, false) => quote!(_),
@@ -159,6 +178,8 @@ pub(crate) fn registration(
     quote! {
         #(#cfgs)*
         const _: () = {
+            #payload_check
+
             fn __postage_call(
                 processor: ::std::sync::Arc<
                     dyn ::std::any::Any + ::std::marker::Send + ::std::marker::Sync,
@@ -185,6 +206,37 @@ pub(crate) fn registration(
             }
         };
     }
+}
+
+/// `tokens` (a type) with every elided or anonymous lifetime made `'static`, to name the
+/// type outside the method, in a constant.
+fn static_lifetimes(tokens: TokenStream) -> TokenStream {
+    let mut out = Vec::new();
+    let mut trees = tokens.into_iter().peekable();
+    while let Some(tree) = trees.next() {
+        match tree {
+            TokenTree::Punct(punct) if punct.as_char() == '&' => {
+                out.push(TokenTree::Punct(punct));
+                let lifetime_follows = matches!(trees.peek(),
+                    Some(TokenTree::Punct(next)) if next.as_char() == '\'');
+                if !lifetime_follows {
+                    out.extend(quote!('static));
+                }
+            }
+            TokenTree::Punct(punct) if punct.as_char() == '\'' => {
+                // `'_` or a named lifetime: `'static` instead.
+                let _ = trees.next();
+                out.extend(quote!('static));
+            }
+            TokenTree::Group(group) => {
+                let mut inner = Group::new(group.delimiter(), static_lifetimes(group.stream()));
+                inner.set_span(group.span());
+                out.push(TokenTree::Group(inner));
+            }
+            other => out.push(other),
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// A `#[cfg]` on the method applies to its registration too.

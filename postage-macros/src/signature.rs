@@ -1,5 +1,6 @@
-//! What a handler method takes and returns, read from the shape of its signature: by
-//! value is the payload (and, for RPC, then the reply handle), by reference the metadata.
+//! What a handler method takes and returns: its arguments are recognised by type where
+//! the handler is compiled (`FromCall`); here only what the signature alone decides
+//! (`&self`, the `Reply` that makes an rpc handler answer through it, `full_body`).
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;
@@ -10,11 +11,12 @@ use crate::marker::Category;
 
 /// One argument after `&self`.
 pub(crate) enum Role {
-    /// The decoded payload, or the whole message with `full_body`.
-    Payload(Box<Type>),
-    /// `&Metadata`.
-    Metadata,
-    /// The RPC reply handle.
+    /// Taken from the call by its type (`FromCall`): the payload, `&Metadata`,
+    /// `UserId`, `Deadline`.
+    Typed(Box<Type>),
+    /// The whole message, with `full_body`.
+    FullBody,
+    /// The RPC reply handle, which also makes the handler answer through it.
     Reply,
 }
 
@@ -98,7 +100,7 @@ impl Signature {
         }
 
         let mut args = Vec::new();
-        let (mut by_value, mut metadata, mut reply) = (0, false, false);
+        let mut reply = false;
         for input in inputs {
             // A receiver after the first argument is a syntax error syn already reports.
             let FnArg::Typed(arg) = input else { continue };
@@ -112,17 +114,6 @@ impl Signature {
                     ));
                     continue;
                 }
-                Type::Reference(_) if metadata => {
-                    errors.push(Error::new_spanned(
-                        &arg.ty,
-                        "a handler takes at most one reference argument, the `&Metadata`",
-                    ));
-                    continue;
-                }
-                Type::Reference(_) => {
-                    metadata = true;
-                    Role::Metadata
-                }
                 Type::ImplTrait(_) => {
                     errors.push(Error::new_spanned(
                         &arg.ty,
@@ -130,43 +121,43 @@ impl Signature {
                     ));
                     continue;
                 }
-                // A `Reply` alone is the reply handle, not a payload: `fn ping(&self, reply: Reply)`.
-                ty if rpc && !reply && names_reply(ty) => {
+                // The reply handle: it also decides how the handler answers.
+                ty if names_reply(ty) => {
+                    if !rpc {
+                        errors.push(Error::new_spanned(
+                            &arg.ty,
+                            "a message handler has no `Reply`: only an rpc handler answers",
+                        ));
+                        continue;
+                    }
+                    if reply {
+                        errors.push(Error::new_spanned(&arg.ty, "a handler takes one `Reply`"));
+                        continue;
+                    }
                     reply = true;
                     Role::Reply
                 }
-                _ => {
-                    by_value += 1;
-                    match by_value {
-                        1 => Role::Payload(arg.ty.clone()),
-                        2 if rpc && !reply => {
-                            reply = true;
-                            Role::Reply
-                        }
-                        _ => {
-                            let message = if rpc {
-                                "too many arguments by value: an rpc handler takes its payload, \
-                                 then optionally its `Reply`"
-                            } else {
-                                "too many arguments by value: a message handler takes \
-                                 one, its payload"
-                            };
-                            errors.push(Error::new_spanned(arg, message));
-                            continue;
-                        }
-                    }
+                // With `full_body`, the first argument that is neither a reference nor
+                // the `Reply` is the whole message.
+                Type::Path(_)
+                    if full_body.is_some()
+                        && !args.iter().any(|a: &Arg| matches!(a.role, Role::FullBody)) =>
+                {
+                    Role::FullBody
                 }
+                // Anything else is recognised by its type, where the handler is compiled.
+                _ => Role::Typed(arg.ty.clone()),
             };
             args.push(Arg { role, span });
         }
 
         if let Some(flag) = full_body
-            && by_value == 0
+            && !args.iter().any(|a| matches!(a.role, Role::FullBody))
         {
             errors.push(Error::new_spanned(
                 flag,
                 "`full_body` hands the whole `Message` to the handler, \
-                 but this method takes no argument by value",
+                 but this method takes no argument for it",
             ));
         }
 

@@ -2,10 +2,12 @@
 //! handler receives, its delivery metadata, its reply handle, how it fails and what
 //! becomes of the message.
 
+mod args;
 mod failure;
 mod filter;
 mod outcome;
 
+pub use self::args::{CallParts, Deadline, FromCall, UserId};
 pub use self::failure::{Disposition, HandlerError};
 pub use self::filter::{FilterFn, FilterResult, Filtered, FreeFilter, run_filter};
 pub use self::outcome::{
@@ -21,10 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapin::types::FieldTable;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::error::Result;
-use crate::wire::{COMMAND, Category, Message, RpcResult};
+use crate::wire::{Category, Message, RpcResult};
 
 /// A boxed future, as handler wrappers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -91,24 +92,8 @@ pub struct HandlerCall {
     pub message: Message,
     pub metadata: Metadata,
     pub reply: Option<Reply>,
-}
-
-impl HandlerCall {
-    /// The payload decoded for the handler: a command's `parameters`, any other message's
-    /// whole `content`.
-    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Outcome> {
-        let value = if self.message.kind == COMMAND {
-            self.message.raw_parameters()
-        } else {
-            &self.message.content
-        };
-        T::deserialize(value).map_err(|e| {
-            Outcome::undecodable(format!(
-                "payload does not decode into {}: {e}",
-                std::any::type_name::<T>()
-            ))
-        })
-    }
+    /// When the processor cancels the handler, with a timeout.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// One handler, as `#[processor]` registers it through `inventory`.

@@ -74,6 +74,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             message,
             metadata,
             reply: None,
+            deadline: None,
         };
         match self.call(entry, call).await {
             Outcome::Failed(error) => {
@@ -137,6 +138,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             message,
             metadata,
             reply: Some(reply),
+            deadline: None,
         };
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
@@ -180,11 +182,13 @@ impl<P: Send + Sync + 'static> Shared<P> {
 
     /// Calls one handler, within its timeout; a panic or a timeout becomes a failure
     /// (answered with an exception in RPC).
-    pub(super) async fn call(&self, entry: &Entry, call: HandlerCall) -> Outcome {
+    pub(super) async fn call(&self, entry: &Entry, mut call: HandlerCall) -> Outcome {
         let handler = entry.registration;
         let rpc = call.reply.is_some();
+        let timeout = handler.timeout.or(self.handler_timeout);
+        call.deadline = timeout.map(|bound| tokio::time::Instant::now() + bound);
         let run = AssertUnwindSafe((handler.call)(Arc::clone(&entry.state), call)).catch_unwind();
-        let ran = match handler.timeout.or(self.handler_timeout) {
+        let ran = match timeout {
             None => run.await,
             Some(bound) => match tokio::time::timeout(bound, run).await {
                 Ok(ran) => ran,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use postage_core::__private::{HandlerCall, HandlerRegistration, Outcome, inventory};
 use postage_core::{
-    Category, Disposition, Filtered, HandlerError, Message, Metadata, RpcResult, processor,
+    Category, Deadline, Disposition, Filtered, HandlerError, Message, Metadata, Reply, RpcResult,
+    UserId, processor,
 };
 use serde::Deserialize;
 
@@ -160,6 +161,7 @@ fn call(message: Message) -> HandlerCall {
         message,
         metadata,
         reply: None,
+        deadline: None,
     }
 }
 
@@ -370,6 +372,37 @@ impl Inventory {
         Ok(u8::try_from(n)?)
     }
 
+    /// Arguments by type, in any order, the payload borrowed.
+    #[message_handler("command", "inv_restock")]
+    fn restock(
+        &self,
+        metadata: &Metadata,
+        sku: &str,
+        user: UserId,
+        deadline: Deadline,
+    ) -> Result<(), String> {
+        if user.get() != Some("ops") {
+            return Err(format!(
+                "{} may not restock {sku} via {}",
+                user.get().unwrap_or("nobody"),
+                metadata.routing_key
+            ));
+        }
+        assert_eq!(deadline.remaining(), None, "no timeout here");
+        Ok(())
+    }
+
+    /// The reply handle first, a borrowed payload after it, in an async handler.
+    #[rpc_handler("command", "inv_shout")]
+    async fn shout(&self, reply: Reply, text: &str) -> Result<(), HandlerError> {
+        let loud = text.to_uppercase();
+        tokio::task::yield_now().await;
+        reply
+            .success(loud)
+            .await
+            .map_err(|e| HandlerError::error(e.to_string()))
+    }
+
     #[message_handler("command", "inv_later")]
     async fn later(&self, n: i64) -> anyhow::Result<Disposition> {
         anyhow::ensure!(n != 0, "zero");
@@ -397,6 +430,32 @@ async fn run_inventory(name: &str, n: i64) -> Outcome {
         call(message.expect("a number encodes")),
     )
     .await
+}
+
+#[tokio::test]
+async fn arguments_are_recognised_by_type_in_any_order() {
+    let restock = registrations_of::<Inventory>()
+        .into_iter()
+        .find(|registration| registration.name == "inv_restock")
+        .expect("registered");
+    let message = || Message::command("inv_restock", "apple").expect("a text encodes");
+    match (restock.call)(Arc::new(Inventory), call(message())).await {
+        Outcome::Failed(error) => {
+            assert_eq!(error.message(), "nobody may not restock apple via calc-rk")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let mut by_ops = call(message());
+    by_ops.metadata.user_id = Some("ops".into());
+    assert!(matches!(
+        (restock.call)(Arc::new(Inventory), by_ops).await,
+        Outcome::Done
+    ));
+    let inventory = postage_core::testing::TestProcessor::new(Inventory).unwrap();
+    assert_eq!(
+        inventory.call::<String>("inv_shout", "hi").await.unwrap(),
+        "HI"
+    );
 }
 
 #[tokio::test]
