@@ -38,4 +38,4 @@ mod discovery;
 
 pub use addresses::{Addresses, DISCOVERY_EXCHANGE, GENERIC_APPLICATION_EXCHANGE};
 pub use application::{Description, GenericApplication, GenericApplicationBuilder};
-pub use discovery::{components, gather, gather_first};
+pub use discovery::components;

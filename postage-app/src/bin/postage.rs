@@ -9,10 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use postage_app::{GENERIC_APPLICATION_EXCHANGE, components, gather, gather_first};
-use postage_core::{
-    Config, Connection, Error, Exchange, Fingerprint, Message, Producer, RpcResult,
-};
+use postage_app::{GENERIC_APPLICATION_EXCHANGE, components};
+use postage_core::{Config, Connection, Error, Exchange, Fingerprint, Producer, Route, RpcResult};
 use serde_json::{Value, json};
 
 /// Talk to postage components: send commands, call them, ping, list, control.
@@ -298,10 +296,16 @@ async fn execute(
             timeout,
         } => {
             let timeout = seconds(timeout, "--timeout")?;
-            let ask = Message::rpc_command(&command, parameters(params)?)?
-                .with_fingerprint(Fingerprint::new("postage-cli", "tool"));
-            let answers =
-                gather_first(connection, &exchange, &key, &ask, timeout, FANOUT_GRACE).await?;
+            let producer = producer(connection, exchange, &key, timeout).await?;
+            let answers = producer
+                .gather(
+                    &command,
+                    parameters(params)?,
+                    &Route::Default,
+                    timeout,
+                    Some(FANOUT_GRACE),
+                )
+                .await?;
             let Some(first) = answers.first() else {
                 return Err(Failure::from(Error::RpcTimeout {
                     command,
@@ -317,7 +321,7 @@ async fn execute(
                     answers.len()
                 );
             }
-            let (object, failure) = match first.to_result() {
+            let (object, failure) = match first.clone() {
                 RpcResult::Success { value, .. } => {
                     let text = value
                         .as_str()
@@ -343,9 +347,11 @@ async fn execute(
             });
         }
         Command::Ping { key, wait } => {
-            let ask = Message::rpc_command("ping", json!({}))?;
-            let answers =
-                gather(connection, &exchange, &key, &ask, seconds(wait, "--wait")?).await?;
+            let wait_for = seconds(wait, "--wait")?;
+            let answers = producer(connection, exchange, &key, wait_for)
+                .await?
+                .gather("ping", json!({}), &Route::Default, wait_for, None)
+                .await?;
             if answers.is_empty() {
                 return Err(Failure {
                     code: 3,
@@ -353,7 +359,7 @@ async fn execute(
                 });
             }
             for answer in answers {
-                if let RpcResult::Success { value, .. } = answer.to_result() {
+                if let RpcResult::Success { value, .. } = answer {
                     let f: Fingerprint = serde_json::from_value(value.clone())
                         .unwrap_or_else(|_| Fingerprint::blank());
                     report(

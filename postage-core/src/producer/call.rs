@@ -16,6 +16,7 @@ use crate::connection::ChannelLease;
 use crate::error::{Error, Result};
 use crate::producer::{Producer, Route};
 use crate::rpc::{Calls, ReplyQueue, start_reply_consumer};
+use crate::topology::Exchange;
 use crate::wire::json;
 use crate::wire::{Category, Message, RpcResult};
 
@@ -200,22 +201,9 @@ impl Producer {
         options: RpcOptions,
     ) -> Result<PendingCall> {
         let state = self.rpc_state();
-        let route = options.route.unwrap_or_default();
-        let (exchange, routing_key) = self
-            .resolve(&route)?
-            .first()
-            .map(|(e, k)| (e.name().to_owned(), k.clone()))
-            .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
-        let body = if self.plain_json() {
-            self.command_body(name, Category::Rpc, &parameters)?
-        } else {
-            let message = Message::rpc_command(name, parameters)?
-                .with_fingerprint(self.fingerprint().clone());
-            if self.connection().config().debug {
-                tracing::info!(exchange = %exchange, routing_key = %routing_key, name, content = %message.content, "--> RPC call");
-            }
-            self.encoder().encode(&message)?
-        };
+        let (exchange, routing_key, body) =
+            self.request(name, parameters, &options.route.unwrap_or_default())?;
+        let exchange = exchange.name().to_owned();
         let id = state.waiters.next_id();
         // Registered for its answer by `send`.
         let (_, receiver) = oneshot::channel();
@@ -238,6 +226,87 @@ impl Producer {
         };
         call.send().await?;
         Ok(call)
+    }
+}
+
+impl Producer {
+    /// The exchange, routing key and body of a call of `name` along `route`.
+    fn request(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        route: &Route,
+    ) -> Result<(Exchange, String, Vec<u8>)> {
+        let (exchange, routing_key) = self
+            .resolve(route)?
+            .first()
+            .map(|(e, k)| (e.clone(), k.clone()))
+            .ok_or_else(|| Error::config("route", "an RPC route needs one (exchange, key) pair"))?;
+        let body = if self.plain_json() {
+            self.command_body(name, Category::Rpc, &parameters)?
+        } else {
+            let message = Message::rpc_command(name, parameters)?
+                .with_fingerprint(self.fingerprint().clone());
+            if self.connection().config().debug {
+                tracing::info!(exchange = %exchange.name(), routing_key = %routing_key, name, content = %message.content, "--> RPC call");
+            }
+            self.encoder().encode(&message)?
+        };
+        Ok((exchange, routing_key, body))
+    }
+
+    /// Calls `name` on every component `route` reaches (a fanout key runs the handler on
+    /// each) and collects their answers for `wait`, or, with `after_first`, until that
+    /// long after the first one. The answers come on a reply queue of the call's own (as
+    /// [`ReplyQueue::PerCall`]), so answers without a correlation id count too. Sending
+    /// counts against `wait`; under a resource alarm the call fails with
+    /// [`Error::Blocked`]. A reliable producer reports a route no queue takes as
+    /// [`Error::Unroutable`].
+    pub async fn gather(
+        &self,
+        name: &str,
+        parameters: impl Serialize,
+        route: &Route,
+        wait: Duration,
+        after_first: Option<Duration>,
+    ) -> Result<Vec<RpcResult>> {
+        let (exchange, routing_key, body) = self.request(name, parameters, route)?;
+        let id = self.rpc_state().waiters.next_id();
+        let link = self.link();
+        let asked = async {
+            self.ensure_declared(&exchange).await?;
+            let channel = link.lease_channel().await?;
+            let (address, answers) =
+                start_reply_consumer(link, &channel, ReplyQueue::PerCall).await?;
+            let properties = self
+                .properties()
+                .with_reply_to(address)
+                .with_correlation_id(id.as_str().into());
+            self.publish_now(exchange.name(), &routing_key, &body, properties, true)
+                .await?;
+            Ok::<_, Error>((channel, answers))
+        };
+        let Ok(asked) = tokio::time::timeout(wait, asked).await else {
+            return Err(self.connection().overdue(
+                format!("calling {name:?} on routing key {routing_key:?}"),
+                wait,
+            ));
+        };
+        let (_channel, mut answers) = asked?;
+        let mut found = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, answers.next()).await {
+            match self.encoder().decode(&delivery.data) {
+                Ok(answer) => found.push(answer.to_result()),
+                Err(error) => tracing::warn!(%error, name, "ignoring a malformed answer"),
+            }
+            if let Some(grace) = after_first
+                && found.len() == 1
+            {
+                deadline = deadline.min(tokio::time::Instant::now() + grace);
+            }
+        }
+        Ok(found)
     }
 }
 

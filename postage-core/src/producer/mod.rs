@@ -460,7 +460,7 @@ impl Producer {
         }
     }
 
-    async fn ensure_declared(&self, exchange: &Exchange) -> Result<()> {
+    pub(crate) async fn ensure_declared(&self, exchange: &Exchange) -> Result<()> {
         let known = self
             .inner
             .declared

@@ -3,8 +3,10 @@
 //! back on ([`ReplyQueue`]), and the return address an answer goes to ([`ReturnAddress`]).
 //!
 //! The front ends are [`Producer::call`](crate::Producer::call) and its kin (Postage
-//! RPC, `producer/call.rs`), the simple client's [`Transport`](crate::client::Transport)
-//! on the calling side, and the processor and the simple client's
+//! RPC, `producer/call.rs`; [`Producer::gather`](crate::Producer::gather) collects the
+//! answers of every component a fanout key reaches, which `postage ping`, `postage rpc`
+//! and `postage_app::components` use), the simple client's
+//! [`Transport`](crate::client::Transport) on the calling side, and the processor and the simple client's
 //! [`Server`](crate::client::Server) on the answering side.
 //!
 //! An answer without a correlation id (Python Postage 1.x receivers send them) is taken
