@@ -147,9 +147,18 @@ async fn a_frozen_node_is_caught_by_heartbeats_and_the_component_fails_over() {
         json!({"n": 1}),
         "served on A"
     );
+    // The first call on B starts its answer consumer: under load that can take longer
+    // than an echo's 500 ms, and an unroutable call fails at once whatever its timeout.
+    let first_on_b = to_b
+        .call_with::<Value>(
+            "echo",
+            json!({ "n": 2 }),
+            RpcOptions::new().timeout(Duration::from_secs(10)).max_retry(0),
+        )
+        .await;
     assert!(
-        matches!(echo(&to_b, 2).await, Err(Error::Unroutable { .. })),
-        "nothing serves on B yet"
+        matches!(first_on_b, Err(Error::Unroutable { .. })),
+        "nothing serves on B yet: {first_on_b:?}"
     );
     on_a.close().await.unwrap();
 
