@@ -153,7 +153,9 @@ async fn a_frozen_node_is_caught_by_heartbeats_and_the_component_fails_over() {
         .call_with::<Value>(
             "echo",
             json!({ "n": 2 }),
-            RpcOptions::new().timeout(Duration::from_secs(10)).max_retry(0),
+            RpcOptions::new()
+                .timeout(Duration::from_secs(10))
+                .max_retry(0),
         )
         .await;
     assert!(
