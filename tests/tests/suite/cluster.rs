@@ -50,10 +50,14 @@ fn start_cluster() -> Cluster {
         ctl(name, &["join_cluster", "postage-c1@localhost"]);
         // RabbitMQ 4.0 with transient queues denied sometimes fails to boot a node that
         // joins while the cluster's tables are still copying ("can't be denied because
-        // ... actively used", with no such queue anywhere): a broker race, so try again.
-        let started = (0..3).any(|attempt| {
+        // ... actively used", with no such queue anywhere): a broker race, so the node
+        // leaves, joins again from a clean state and starts again, a few times.
+        let started = (0..5).any(|attempt| {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_secs(2));
+                let _ = try_ctl(name, &["stop_app"]);
+                let _ = try_ctl(name, &["reset"]);
+                let _ = try_ctl(name, &["join_cluster", "postage-c1@localhost"]);
             }
             try_ctl(name, &["start_app"]).is_ok()
         });
