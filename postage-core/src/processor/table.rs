@@ -10,7 +10,7 @@ use crate::handler::{HandlerRegistration, TimerRegistration};
 use crate::wire::Category;
 
 /// One value whose `#[processor]` handlers a processor serves.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct HandlerSet {
     pub(super) type_id: TypeId,
     pub(super) state: Arc<dyn Any + Send + Sync>,

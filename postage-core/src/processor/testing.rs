@@ -60,6 +60,8 @@ pub struct Handled {
 #[derive(Debug)]
 pub struct TestProcessor<P> {
     shared: Shared<P>,
+    /// The values whose handlers it serves: its state's first.
+    sets: Vec<HandlerSet>,
     kept: Arc<Mutex<Vec<RpcResult>>>,
     /// One message at a time, so each gets its own answer back.
     turn: tokio::sync::Mutex<()>,
@@ -70,13 +72,8 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
     /// [`ProcessorBuilder::build`](super::ProcessorBuilder::build) does on two RPC
     /// handlers for one command.
     pub fn new(state: P) -> Result<Self> {
-        Self::with(state, Vec::new())
-    }
-
-    fn with(state: P, more: Vec<HandlerSet>) -> Result<Self> {
         let state = Arc::new(state);
-        let mut sets = vec![HandlerSet::of(Arc::clone(&state))];
-        sets.extend(more);
+        let sets = vec![HandlerSet::of(Arc::clone(&state))];
         let kept = Arc::new(Mutex::new(Vec::new()));
         let encoder: Arc<dyn Encoder> = Arc::new(JsonEncoder);
         Ok(Self {
@@ -92,6 +89,7 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
                 on_failure: Disposition::Reject,
                 handler_timeout: None,
             },
+            sets,
             kept,
             turn: tokio::sync::Mutex::new(()),
         })
@@ -99,10 +97,10 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
 
     /// Also serves `other`'s handlers, as
     /// [`ProcessorBuilder::handlers`](super::ProcessorBuilder::handlers).
-    pub fn handlers<Q: Send + Sync + 'static>(self, other: Q) -> Result<Self> {
-        let Shared { state, .. } = self.shared;
-        let state = Arc::try_unwrap(state).unwrap_or_else(|_| unreachable!("not shared yet"));
-        Self::with(state, vec![HandlerSet::of(Arc::new(other))])
+    pub fn handlers<Q: Send + Sync + 'static>(mut self, other: Q) -> Result<Self> {
+        self.sets.push(HandlerSet::of(Arc::new(other)));
+        self.shared.table = HandlerTable::new(&self.sets)?;
+        Ok(self)
     }
 
     /// Retries as `policy` says, as [`ProcessorBuilder::retry`](super::ProcessorBuilder::retry).

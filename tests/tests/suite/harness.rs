@@ -55,6 +55,17 @@ impl Shop {
     }
 }
 
+/// Handlers added to another processor's, as `ProcessorBuilder::handlers` adds them.
+struct Clerk;
+
+#[processor]
+impl Clerk {
+    #[rpc_handler("command", "hours")]
+    fn hours(&self, _day: String) -> &'static str {
+        "9-17"
+    }
+}
+
 fn with_user() -> Metadata {
     Metadata {
         user_id: Some("guest".into()),
@@ -130,6 +141,14 @@ async fn a_test_processor_settles_and_answers_without_a_broker() {
     );
     let garbage = shop.send_body(b"{not json", with_user()).await;
     assert_eq!(garbage.disposition, Disposition::Reject);
+
+    // Another value's handlers served beside the processor's own.
+    let both = TestProcessor::new(Shop).unwrap().handlers(Clerk).unwrap();
+    assert_eq!(
+        both.call::<String>("hours", "monday").await.unwrap(),
+        "9-17"
+    );
+    assert_eq!(both.call::<u32>("price", "apple").await.unwrap(), 3);
 }
 
 #[tokio::test]
