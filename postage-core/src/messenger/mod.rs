@@ -8,7 +8,7 @@ pub use self::address::{Address, RouteTable};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -538,9 +538,8 @@ impl Source {
 #[derive(Debug)]
 struct Kept {
     source: Source,
-    /// The channel the subscription consumes on now, and its serial.
+    /// The channel the subscription consumes on now.
     current: Mutex<Channel>,
-    serial: AtomicU64,
     next: mpsc::UnboundedSender<Consuming>,
     arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Consuming>>,
     resync: OnceLock<Resync>,
@@ -554,13 +553,12 @@ impl Kept {
         let kept = Arc::new(Self {
             source,
             current: Mutex::new(consuming.channel.clone()),
-            serial: AtomicU64::new(consuming.channel.serial()),
             next,
             arrivals: tokio::sync::Mutex::new(arrivals),
             resync: OnceLock::new(),
         });
         let resync = keep(Arc::downgrade(&kept), generations, |kept: &Self| {
-            kept.serial.load(Ordering::Acquire)
+            kept.current.lock().map_or(0, |current| current.serial())
         });
         let _ = kept.resync.set(resync);
         kept
@@ -592,8 +590,6 @@ impl Member for Kept {
             if let Ok(mut current) = self.current.lock() {
                 *current = consuming.channel.clone();
             }
-            self.serial
-                .store(consuming.channel.serial(), Ordering::Release);
             let _ = self.next.send(consuming);
             Ok(())
         })

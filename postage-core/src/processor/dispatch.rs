@@ -37,7 +37,11 @@ pub(super) fn metadata(delivery: &Delivery) -> Metadata {
 impl<P: Send + Sync + 'static> Shared<P> {
     /// Runs the handlers for a delivery and says what becomes of it.
     pub(super) async fn dispatch(&self, delivery: &Delivery, message: Message) -> Verdict {
-        let metadata = metadata(delivery);
+        self.dispatch_with(message, metadata(delivery)).await
+    }
+
+    /// Runs the handlers for `message`, delivered with `metadata`.
+    pub(super) async fn dispatch_with(&self, message: Message, metadata: Metadata) -> Verdict {
         match message.category {
             Category::Message => self.dispatch_message(message, metadata).await,
             Category::Rpc => self.dispatch_rpc(message, metadata).await,

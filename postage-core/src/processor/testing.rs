@@ -147,10 +147,7 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
         }
         let attempt = metadata.attempt;
         let _turn = self.turn.lock().await;
-        let verdict = match message.category {
-            crate::wire::Category::Message => self.shared.dispatch_message(message, metadata).await,
-            crate::wire::Category::Rpc => self.shared.dispatch_rpc(message, metadata).await,
-        };
+        let verdict = self.shared.dispatch_with(message, metadata).await;
         self.handled(verdict, attempt)
     }
 
