@@ -54,7 +54,7 @@ pub use connection::{Connection, LinkState};
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerHandle, Delivery};
 pub use error::{Error, Result};
 pub use handler::{
-    Deadline, Disposition, FilterFn, Filtered, HandlerError, Metadata, Reply, UserId,
+    Deadline, Disposition, FilterFn, Filtered, HandlerError, Metadata, Reply, State, UserId,
 };
 pub use postage_macros::{message_handler, processor, rpc_handler, timer};
 pub use processor::{
@@ -85,7 +85,7 @@ pub mod __private {
     pub use crate::handler::{
         BoxFuture, CallParts, FilterResult, Filtered, FreeFilter, FromCall, HandlerCall,
         HandlerRegistration, MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind,
-        TimerRegistration, ValueKind, replied, run_filter,
+        StateNeed, States, TimerRegistration, ValueKind, replied, run_filter,
     };
     pub use inventory;
     pub use serde_json;

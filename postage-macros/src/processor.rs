@@ -40,7 +40,11 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> Result<TokenStream
     if !block.generics.params.is_empty() {
         errors.push(Error::new_spanned(
             &block.generics,
-            format!("{CONCRETE}, not on a generic impl"),
+            format!(
+                "{CONCRETE}, not on a generic impl (handlers are registered for one type \
+                 each): hold what varies as a field (`Box<dyn Trait>`, `Arc<dyn Trait>`) \
+                 or take it as a `State<T>` argument"
+            ),
         ));
     } else if let Some(where_clause) = &block.generics.where_clause {
         errors.push(Error::new_spanned(

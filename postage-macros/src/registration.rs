@@ -103,12 +103,19 @@ pub(crate) fn registration(
             const _: () = ::std::assert!(
                 0 #(+ #counted)* <= 1,
                 "a handler takes one payload argument at most; its other arguments are \
-                 `&Metadata`, `Reply`, `UserId` and `Deadline`",
+                 `&Metadata`, `Reply`, `UserId`, `Deadline` and `State<T>`",
             );
         }
     } else {
         TokenStream::new()
     };
+
+    // The shared values the arguments take, for the processor's build to check.
+    let states = typed.iter().map(|ty| {
+        let ty = static_lifetimes(ty.clone());
+        quote!(<#ty as ::postage_core::__private::FromCall<'static>>::state)
+    });
+    let states = quote!(&[#(#states),*]);
 
     // Spanned at the return type, so a type the runtime cannot answer with is reported there.
     let method_name = &method.sig.ident;
@@ -201,6 +208,7 @@ pub(crate) fn registration(
                     location: #location,
                     attempts: #attempts,
                     timeout: #timeout,
+                    states: #states,
                     call: __postage_call,
                 }
             }

@@ -482,7 +482,11 @@ impl Bench {
                         .await
                         .expect("published");
                 }
-                flush(&producer.channel(), &exchange).await;
+                flush(
+                    &producer.channel().expect("a producer on a connection"),
+                    &exchange,
+                )
+                .await;
                 let elapsed = start.stop(n);
                 self.purge(&queue).await;
                 elapsed

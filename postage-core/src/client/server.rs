@@ -161,7 +161,14 @@ impl Server {
         }
         match server.consumer.close().await {
             // Closed by the application with its connection: nothing more to close.
-            Err(_) if !server.answers.connection().lapin().status().connected() => Ok(()),
+            Err(_)
+                if server
+                    .answers
+                    .connection()
+                    .is_some_and(|c| !c.lapin().status().connected()) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }

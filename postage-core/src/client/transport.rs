@@ -423,8 +423,9 @@ impl Transport {
     }
 
     /// The transport's channel now, for anything this API does not wrap (after a
-    /// reconnection the transport opens another).
-    pub fn channel(&self) -> lapin::Channel {
+    /// reconnection the transport opens another); `None` never, as its producer is on a
+    /// connection.
+    pub fn channel(&self) -> Option<lapin::Channel> {
         self.inner.producer.channel()
     }
 

@@ -1,8 +1,11 @@
 //! A handler's arguments, recognised by type: the payload (any `serde` type, borrowed
 //! `&str` included), the delivery's `&Metadata`, the RPC `Reply`, the sender's
-//! [`UserId`] and the handler's [`Deadline`], in any order.
+//! [`UserId`], the handler's [`Deadline`] and shared [`State`], in any order.
 
-use std::sync::Mutex;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -36,6 +39,76 @@ impl Deadline {
     }
 }
 
+/// A value the handlers of a processor share, given to it with
+/// [`ProcessorBuilder::with_state`](crate::ProcessorBuilder::with_state) (a pool, a
+/// client, a cache: what the processor's own struct does not hold), one per type. A
+/// handler that takes a `State<T>` the processor was not given fails its build.
+///
+/// ```
+/// use postage_core::{State, processor};
+///
+/// struct Prices(std::collections::HashMap<String, u32>);
+/// struct Shop;
+///
+/// #[processor]
+/// impl Shop {
+///     #[rpc_handler("command", "price")]
+///     fn price(&self, sku: &str, prices: State<Prices>) -> Option<u32> {
+///         prices.0.get(sku).copied()
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct State<T> {
+    value: Arc<T>,
+}
+
+impl<T> State<T> {
+    /// The shared value itself, to keep beyond the call.
+    pub fn arc(&self) -> &Arc<T> {
+        &self.value
+    }
+}
+
+impl<T> Clone for State<T> {
+    fn clone(&self) -> Self {
+        Self {
+            value: Arc::clone(&self.value),
+        }
+    }
+}
+
+impl<T> Deref for State<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// The shared values a processor was given, by type.
+#[derive(Debug, Default, Clone)]
+#[doc(hidden)]
+pub struct States {
+    values: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl States {
+    /// Adds `value`, replacing one of its type.
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.values.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub(crate) fn contains(&self, id: TypeId) -> bool {
+        self.values.contains_key(&id)
+    }
+
+    fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let value = Arc::clone(self.values.get(&TypeId::of::<T>())?);
+        value.downcast::<T>().ok()
+    }
+}
+
 /// One call's parts, which a handler's arguments are taken from.
 #[derive(Debug)]
 #[doc(hidden)]
@@ -44,6 +117,7 @@ pub struct CallParts {
     pub metadata: Metadata,
     reply: Mutex<Option<Reply>>,
     deadline: Option<Instant>,
+    states: Arc<States>,
 }
 
 impl CallParts {
@@ -53,6 +127,7 @@ impl CallParts {
             metadata: call.metadata,
             reply: Mutex::new(call.reply),
             deadline: call.deadline,
+            states: call.states,
         }
     }
 }
@@ -63,12 +138,17 @@ impl CallParts {
     label = "not something a handler is given",
     note = "a handler takes, in any order: its payload (any type that implements \
             `serde::Deserialize`, `&str` included), `&Metadata`, `Reply` (rpc handlers), \
-            `UserId` and `Deadline`"
+            `UserId`, `Deadline` and `State<T>`"
 )]
 #[doc(hidden)]
 pub trait FromCall<'a>: Sized {
     /// Whether this argument is the payload: a handler takes one at most.
     const PAYLOAD: bool = false;
+
+    /// The shared value this argument needs, for the processor's build to check.
+    fn state() -> Option<(TypeId, &'static str)> {
+        None
+    }
 
     fn from_call(call: &'a CallParts) -> Result<Self, Outcome>;
 }
@@ -117,5 +197,18 @@ impl<'a> FromCall<'a> for UserId {
 impl<'a> FromCall<'a> for Deadline {
     fn from_call(call: &'a CallParts) -> Result<Self, Outcome> {
         Ok(Self(call.deadline))
+    }
+}
+
+impl<'a, T: Send + Sync + 'static> FromCall<'a> for State<T> {
+    fn state() -> Option<(TypeId, &'static str)> {
+        Some((TypeId::of::<T>(), std::any::type_name::<T>()))
+    }
+
+    fn from_call(call: &'a CallParts) -> Result<Self, Outcome> {
+        call.states
+            .get::<T>()
+            .map(|value| State { value })
+            .ok_or_else(|| Outcome::missing_state(std::any::type_name::<T>()))
     }
 }

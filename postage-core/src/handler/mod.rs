@@ -7,7 +7,7 @@ mod failure;
 mod filter;
 mod outcome;
 
-pub use self::args::{CallParts, Deadline, FromCall, UserId};
+pub use self::args::{CallParts, Deadline, FromCall, State, States, UserId};
 pub use self::failure::{Disposition, HandlerError};
 pub use self::filter::{FilterFn, FilterResult, Filtered, FreeFilter, run_filter};
 pub use self::outcome::{
@@ -94,7 +94,13 @@ pub struct HandlerCall {
     pub reply: Option<Reply>,
     /// When the processor cancels the handler, with a timeout.
     pub deadline: Option<tokio::time::Instant>,
+    /// The shared values the processor was given.
+    pub states: Arc<States>,
 }
+
+/// Which shared value (`State<T>`) an argument needs, if any: its type and name.
+#[doc(hidden)]
+pub type StateNeed = fn() -> Option<(TypeId, &'static str)>;
 
 /// One handler, as `#[processor]` registers it through `inventory`.
 #[derive(Debug)]
@@ -112,6 +118,8 @@ pub struct HandlerRegistration {
     pub attempts: Option<u32>,
     /// The marker's `timeout`: a run that takes longer is cancelled, and failed.
     pub timeout: Option<std::time::Duration>,
+    /// The shared values (`State<T>`) its arguments take, by type and name.
+    pub states: &'static [StateNeed],
     pub call: fn(Arc<dyn Any + Send + Sync>, HandlerCall) -> BoxFuture<Outcome>,
 }
 

@@ -40,6 +40,15 @@ impl Outcome {
         Self::Failed(HandlerError::error("no reply handle for this call").reject())
     }
 
+    /// A handler took a `State<T>` its processor was not given (a build checks it; a
+    /// test harness may not have been).
+    pub(crate) fn missing_state(type_name: &str) -> Self {
+        Self::Failed(HandlerError::error(format!(
+            "the handler takes State<{type_name}>, which its processor was not given \
+             (give it with with_state)"
+        )))
+    }
+
     /// The payload did not decode: bad input, rejected and never retried.
     pub(crate) fn undecodable(reason: String) -> Self {
         Self::Failed(HandlerError::error(reason).reject())

@@ -6,11 +6,11 @@ use std::time::Duration;
 use super::control::ControlPolicy;
 use super::retry::RetryPolicy;
 use super::table::{HandlerSet, HandlerTable};
-use super::{Limits, Outbox, Processor, Shared};
+use super::{Limits, Processor, Shared};
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
-use crate::handler::Disposition;
+use crate::handler::{Disposition, States};
 use crate::producer::Producer;
 use crate::topology::Exchange;
 use crate::topology::Queue;
@@ -34,6 +34,7 @@ pub struct ProcessorBuilder<P> {
     retry: Option<RetryPolicy>,
     on_failure: Option<Disposition>,
     handler_timeout: Option<Duration>,
+    states: States,
 }
 
 /// A processor's prefetch unless set.
@@ -164,6 +165,15 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         self
     }
 
+    /// Gives the handlers `value`, which they take as a [`State<T>`](crate::State)
+    /// argument; one value per type (a second replaces the first). A handler that takes
+    /// a state the processor was not given fails [`build`](Self::build), naming both.
+    #[must_use]
+    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
     /// The fingerprint stamped on RPC answers (default: this process, no name).
     #[must_use]
     pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
@@ -187,6 +197,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         let mut sets = vec![HandlerSet::of(Arc::clone(&state))];
         sets.extend(self.more_handlers);
         let table = HandlerTable::new(&sets)?;
+        table.check_states(&self.states)?;
         let consumer = self.consumer.build().await?;
         let answers = Producer::builder(&self.connection).build().await?;
         Ok(Processor {
@@ -194,7 +205,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
             shared: Arc::new(Shared {
                 state,
                 table,
-                answers: Outbox::Broker(answers),
+                answers,
                 encoder: self.encoder,
                 plain_json: self.plain_json,
                 fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),
@@ -208,6 +219,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 }),
                 retry: self.retry.unwrap_or_default(),
                 handler_timeout: self.handler_timeout,
+                states: Arc::new(self.states),
             }),
             consumer,
             prefetch: self.prefetch,
@@ -235,6 +247,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
             retry: None,
             on_failure: None,
             handler_timeout: None,
+            states: States::default(),
         }
     }
 }

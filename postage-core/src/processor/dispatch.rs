@@ -79,6 +79,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             metadata,
             reply: None,
             deadline: None,
+            states: Arc::clone(&self.states),
         };
         match self.call(entry, call).await {
             Outcome::Failed(error) => {
@@ -143,6 +144,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             metadata,
             reply: Some(reply),
             deadline: None,
+            states: Arc::clone(&self.states),
         };
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use self::table::HandlerTable;
 use crate::connection::Connection;
 use crate::consumer::Consumer;
-use crate::handler::Disposition;
+use crate::handler::{Disposition, States};
 use crate::producer::Producer;
 use crate::wire::{Encoder, Fingerprint};
 
@@ -143,7 +143,7 @@ struct Shared<P> {
     state: Arc<P>,
     table: HandlerTable,
     /// Where the answers to RPC calls (and messages moved for retries) go.
-    answers: Outbox,
+    answers: Producer,
     encoder: Arc<dyn Encoder>,
     plain_json: bool,
     fingerprint: Arc<Fingerprint>,
@@ -155,16 +155,8 @@ struct Shared<P> {
     on_failure: Disposition,
     /// How long a handler may run, unless its marker says.
     handler_timeout: Option<Duration>,
-}
-
-/// Where a processor's answers go: to the broker, or kept by a
-/// [`TestProcessor`](crate::testing::TestProcessor).
-#[derive(Debug, Clone)]
-enum Outbox {
-    /// Through the processor's producer.
-    Broker(Producer),
-    /// Kept in order.
-    Kept(Arc<std::sync::Mutex<Vec<crate::wire::RpcResult>>>),
+    /// The shared values handlers take as `State<T>`.
+    states: Arc<States>,
 }
 
 /// What the loop does with one delivery before handing it to the handlers.

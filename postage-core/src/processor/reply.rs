@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use super::Outbox;
 use crate::error::Result;
 use crate::handler::{BoxFuture, ReplySender};
+use crate::producer::Producer;
 use crate::rpc::ReturnAddress;
 use crate::wire::Fingerprint;
 use crate::wire::json;
@@ -13,11 +13,11 @@ use crate::wire::{Message, RpcResult};
 
 /// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange,
 /// with the processor's producer (on the publishing connection: a resource alarm that
-/// holds the answer back does not hold back the consumer's acknowledgements), or keeps it
-/// for a test.
+/// holds the answer back does not hold back the consumer's acknowledgements; a test's is
+/// a recording one).
 #[derive(Debug)]
 pub(super) struct ChannelReply {
-    pub(super) answers: Outbox,
+    pub(super) answers: Producer,
     pub(super) to: ReturnAddress,
     /// `None` for the default JSON encoder.
     pub(super) encoder: Option<Arc<dyn Encoder>>,
@@ -38,15 +38,7 @@ impl ReplySender for ChannelReply {
             }
         };
         let properties = self.to.properties(content_type);
-        let answers = match &self.answers {
-            Outbox::Broker(producer) => producer.clone(),
-            Outbox::Kept(kept) => {
-                if let Ok(mut kept) = kept.lock() {
-                    kept.push(result);
-                }
-                return Box::pin(async { Ok(()) });
-            }
-        };
+        let answers = self.answers.clone();
         let reply_to = self.to.reply_to().to_owned();
         Box::pin(async move {
             answers

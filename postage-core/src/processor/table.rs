@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::handler::{HandlerRegistration, TimerRegistration};
+use crate::handler::{HandlerRegistration, States, TimerRegistration};
 use crate::wire::Category;
 
 /// One value whose `#[processor]` handlers a processor serves.
@@ -93,6 +93,32 @@ impl HandlerTable {
             }
         }
         Ok(table)
+    }
+
+    /// Fails, naming the handler and the type, when a handler takes a `State<T>` that
+    /// `states` does not hold.
+    pub(super) fn check_states(&self, states: &States) -> Result<()> {
+        let entries = self
+            .message
+            .values()
+            .flat_map(|kinds| kinds.values().flatten())
+            .chain(self.rpc.values());
+        for entry in entries {
+            let handler = entry.registration;
+            for (id, name) in handler.states.iter().filter_map(|state| state()) {
+                if !states.contains(id) {
+                    return Err(Error::config(
+                        "with_state",
+                        format!(
+                            "handler {}::{} at {} takes State<{name}>, which the processor \
+                             was not given: add .with_state(..) with one to its builder",
+                            handler.processor_name, handler.method, handler.location
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn message_handlers(&self, kind: &str, name: &str) -> &[Entry] {

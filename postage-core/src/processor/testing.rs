@@ -1,15 +1,16 @@
 //! [`TestProcessor`]: a processor's handlers without a broker, through the same dispatch.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::Shared;
 use super::retry::{Resolved, RetryPolicy, Target, Verdict};
 use super::table::{HandlerSet, HandlerTable};
-use super::{Outbox, Shared};
 use crate::error::Result;
 use crate::handler::{Disposition, Metadata};
+use crate::producer::Recording;
 use crate::wire::{Encoder, Fingerprint, JsonEncoder, Message, RpcResult};
 
 /// What a processor did with one message: what becomes of it, why, and the RPC answer
@@ -62,7 +63,8 @@ pub struct TestProcessor<P> {
     shared: Shared<P>,
     /// The values whose handlers it serves: its state's first.
     sets: Vec<HandlerSet>,
-    kept: Arc<Mutex<Vec<RpcResult>>>,
+    /// Where its answers go.
+    answers: Recording,
     /// One message at a time, so each gets its own answer back.
     turn: tokio::sync::Mutex<()>,
 }
@@ -74,13 +76,13 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
     pub fn new(state: P) -> Result<Self> {
         let state = Arc::new(state);
         let sets = vec![HandlerSet::of(Arc::clone(&state))];
-        let kept = Arc::new(Mutex::new(Vec::new()));
+        let answers = Recording::new();
         let encoder: Arc<dyn Encoder> = Arc::new(JsonEncoder);
         Ok(Self {
             shared: Shared {
                 state,
                 table: HandlerTable::new(&sets)?,
-                answers: Outbox::Kept(Arc::clone(&kept)),
+                answers: answers.producer(),
                 encoder,
                 plain_json: true,
                 fingerprint: Arc::new(Fingerprint::default()),
@@ -88,9 +90,10 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
                 dead_letters: false,
                 on_failure: Disposition::Reject,
                 handler_timeout: None,
+                states: Arc::default(),
             },
             sets,
-            kept,
+            answers,
             turn: tokio::sync::Mutex::new(()),
         })
     }
@@ -101,6 +104,14 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
         self.sets.push(HandlerSet::of(Arc::new(other)));
         self.shared.table = HandlerTable::new(&self.sets)?;
         Ok(self)
+    }
+
+    /// Gives the handlers `value` as a [`State<T>`](crate::State), as
+    /// [`ProcessorBuilder::with_state`](super::ProcessorBuilder::with_state).
+    #[must_use]
+    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.shared.states).insert(value);
+        self
     }
 
     /// Retries as `policy` says, as [`ProcessorBuilder::retry`](super::ProcessorBuilder::retry).
@@ -177,10 +188,10 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
 
     fn handled(&self, verdict: Verdict, attempt: u32) -> Handled {
         let answer = self
-            .kept
-            .lock()
-            .ok()
-            .and_then(|mut kept| std::mem::take(&mut *kept).pop());
+            .answers
+            .take()
+            .pop()
+            .map(|sent| sent.message.to_result());
         let (disposition, reason) = match self.shared.resolve(verdict, attempt) {
             Resolved::Ack => (Disposition::Ack, None),
             Resolved::Requeue => (Disposition::Requeue, None),

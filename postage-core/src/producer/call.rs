@@ -221,8 +221,9 @@ impl Producer {
             attempts: 1,
             deadline: tokio::time::Instant::now() + timeout,
             epoch: 0,
-            own: (options.reply_queue.unwrap_or(state.settings.reply_queue) == ReplyQueue::PerCall)
-                .then_some(None),
+            own: (options.reply_queue.unwrap_or(state.settings.reply_queue) == ReplyQueue::PerCall
+                && self.recording().is_none())
+            .then_some(None),
         };
         call.send().await?;
         Ok(call)
@@ -247,7 +248,7 @@ impl Producer {
         } else {
             let message = Message::rpc_command(name, parameters)?
                 .with_fingerprint(self.fingerprint().clone());
-            if self.connection().config().debug {
+            if self.debug() {
                 tracing::info!(exchange = %exchange.name(), routing_key = %routing_key, name, content = %message.content, "--> RPC call");
             }
             self.encoder().encode(&message)?
@@ -272,7 +273,13 @@ impl Producer {
     ) -> Result<Vec<RpcResult>> {
         let (exchange, routing_key, body) = self.request(name, parameters, route)?;
         let id = self.rpc_state().waiters.next_id();
-        let link = self.link();
+        if let Some(recording) = self.recording() {
+            let properties = self.properties().with_correlation_id(id.as_str().into());
+            self.publish_now(exchange.name(), &routing_key, &body, properties, true)
+                .await?;
+            return Ok(recording.answer_of(name).into_iter().collect());
+        }
+        let link = self.link()?;
         let asked = async {
             self.ensure_declared(&exchange).await?;
             let channel = link.lease_channel().await?;
@@ -287,7 +294,7 @@ impl Producer {
             Ok::<_, Error>((channel, answers))
         };
         let Ok(asked) = tokio::time::timeout(wait, asked).await else {
-            return Err(self.connection().overdue(
+            return Err(self.overdue(
                 format!("calling {name:?} on routing key {routing_key:?}"),
                 wait,
             ));
@@ -352,7 +359,7 @@ impl PendingCall {
         self.deadline = started + self.timeout;
         match tokio::time::timeout_at(self.deadline, self.send_now()).await {
             Ok(sent) => sent,
-            Err(_) => Err(self.producer.connection().overdue(
+            Err(_) => Err(self.producer.overdue(
                 format!(
                     "sending RPC {:?} to routing key {:?}",
                     self.command, self.routing_key
@@ -369,7 +376,7 @@ impl PendingCall {
                     .as_ref()
                     .is_some_and(|o| !o._channel.status().connected());
                 if own.is_none() || lost {
-                    let connection = self.producer.link();
+                    let connection = self.producer.link()?;
                     let channel = connection.lease_channel().await?;
                     let (address, answers) =
                         start_reply_consumer(connection, &channel, ReplyQueue::PerCall).await?;
@@ -568,6 +575,9 @@ impl Producer {
     /// running there yet.
     async fn reply_address(&self) -> Result<(ShortString, u64)> {
         let state = self.rpc_state();
+        if self.recording().is_some() {
+            return Ok((ShortString::from("postage.recording"), 0));
+        }
         let (channel, _) = self.live_channel().await?;
         let key = channel.serial();
         let mut current = state.reply_to.lock().await;
@@ -583,7 +593,7 @@ impl Producer {
             ReplyQueue::PerCall => ReplyQueue::Private,
             other => other,
         };
-        let (address, consumer) = start_reply_consumer(self.link(), &channel, shared).await?;
+        let (address, consumer) = start_reply_consumer(self.link()?, &channel, shared).await?;
         state.replacing.notify_waiters();
         *state.answers.lock().await = Some(consumer);
         state.answering.store(true, Ordering::SeqCst);
@@ -593,6 +603,15 @@ impl Producer {
         state.waiters.retain(|waiter| waiter.epoch >= epoch);
         *current = Some((key, address.clone()));
         Ok((address, epoch))
+    }
+}
+
+impl Producer {
+    /// Hands a recorded call's answer to the call waiting for it.
+    pub(super) fn answer_recorded(&self, correlation_id: &str, body: Vec<u8>) {
+        if let Some(waiter) = self.rpc_state().waiters.take(correlation_id) {
+            let _ = waiter.answer.send(body);
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -18,10 +19,12 @@ use crate::rpc::ReplyQueue;
 
 mod api;
 mod call;
+mod recording;
 mod route;
 
 pub use self::call::{PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};
+pub use self::recording::{RECORDING_LIMIT, Recording, Sent};
 pub use self::route::Route;
 use crate::topology::Exchange;
 use crate::wire::Fingerprint;
@@ -59,14 +62,12 @@ pub struct Producer {
 
 #[derive(Debug)]
 struct Inner {
-    connection: Connection,
-    /// The connection the channel is on: `connection`'s publishing one (see
-    /// [`Config::publishing_connection`](crate::Config::publishing_connection)).
-    link: Connection,
-    /// The channel and the connection generation it was opened on.
-    live: RwLock<(Arc<ChannelLease>, u64)>,
-    /// Held while the channel is being reopened after a reconnection.
-    reopening: tokio::sync::Mutex<()>,
+    /// Where its messages go.
+    sink: Sink,
+    /// The login sent as every message's `user_id`.
+    user: ShortString,
+    /// Debug mode: every message sent is logged.
+    debug: bool,
     destinations: Vec<(Exchange, String)>,
     fingerprint: Fingerprint,
     encoder: Arc<dyn Encoder>,
@@ -79,15 +80,35 @@ struct Inner {
     publish_timeout: Duration,
     declared: Mutex<HashSet<String>>,
     pub(crate) rpc: RpcState,
+}
+
+/// Where a producer's messages go: to RabbitMQ, or into a [`Recording`] for a test.
+#[derive(Debug)]
+enum Sink {
+    Broker(Broker),
+    Recording(Recording),
+}
+
+/// A producer's link to RabbitMQ.
+#[derive(Debug)]
+struct Broker {
+    connection: Connection,
+    /// The connection the channel is on: `connection`'s publishing one (see
+    /// [`Config::publishing_connection`](crate::Config::publishing_connection)).
+    link: Connection,
+    /// The channel and the connection generation it was opened on.
+    live: RwLock<(Arc<ChannelLease>, u64)>,
+    /// Held while the channel is being reopened after a reconnection.
+    reopening: tokio::sync::Mutex<()>,
     /// The supervisor's keeper of this producer, which it tells nothing (a channel lost
     /// on a live connection is reopened by the next publish) but must keep alive.
-    _kept: OnceLock<Resync>,
+    kept: OnceLock<Resync>,
 }
 
 /// Configures a [`Producer`]; made by [`Producer::builder`].
 #[derive(Debug)]
 pub struct ProducerBuilder {
-    connection: Connection,
+    target: Target,
     destinations: Vec<(Exchange, String)>,
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
@@ -96,6 +117,13 @@ pub struct ProducerBuilder {
     persistent: bool,
     publish_timeout: Duration,
     rpc: RpcSettings,
+}
+
+/// What a builder builds a producer for.
+#[derive(Debug)]
+enum Target {
+    Connection(Connection),
+    Recording(Recording),
 }
 
 impl ProducerBuilder {
@@ -169,25 +197,69 @@ impl ProducerBuilder {
 
     /// Opens the producer's channel and declares its default exchanges, within the
     /// publish timeout (under a resource alarm lapin writes nothing: [`Error::Blocked`]).
+    /// A recording producer ([`Recording::builder`]) is built at once.
     pub async fn build(self) -> Result<Producer> {
-        let connection = self.connection.clone();
+        let connection = match &self.target {
+            Target::Connection(connection) => connection.clone(),
+            Target::Recording(recording) => {
+                let recording = recording.clone();
+                return Ok(self.recorded(recording));
+            }
+        };
         let timeout = self.publish_timeout;
-        match tokio::time::timeout(timeout, self.build_now()).await {
+        match tokio::time::timeout(timeout, self.build_now(connection.clone())).await {
             Ok(built) => built,
             Err(_) => Err(connection.overdue("opening a producer's channel".into(), timeout)),
         }
     }
 
-    async fn build_now(self) -> Result<Producer> {
-        let link = self.connection.publishing().await?;
+    async fn build_now(self, connection: Connection) -> Result<Producer> {
+        let link = connection.publishing().await?;
         let generation = link.generation();
         let channel = open(&link, self.reliable).await?;
-        let producer = Producer {
+        let (user, debug) = (
+            ShortString::from(connection.config().user.as_str()),
+            connection.config().debug,
+        );
+        let sink = Sink::Broker(Broker {
+            connection,
+            link,
+            live: RwLock::new((Arc::new(channel), generation)),
+            reopening: tokio::sync::Mutex::new(()),
+            kept: OnceLock::new(),
+        });
+        let producer = self.producer(sink, user, debug);
+        let Sink::Broker(broker) = &producer.inner.sink else {
+            unreachable!("built for a connection")
+        };
+        let kept = keep(
+            Arc::downgrade(&producer.inner),
+            broker.link.watch_generation(),
+            |inner: &Inner| {
+                inner
+                    .broker()
+                    .map_or(0, |broker| broker.snapshot().0.serial())
+            },
+        );
+        let _ = broker.kept.set(kept);
+        for (exchange, _) in &producer.inner.destinations {
+            producer.ensure_declared(exchange).await?;
+        }
+        Ok(producer)
+    }
+
+    /// A producer that records into `recording`, built at once.
+    fn recorded(self, recording: Recording) -> Producer {
+        let user = ShortString::from(recording.user());
+        self.producer(Sink::Recording(recording), user, false)
+    }
+
+    fn producer(self, sink: Sink, user: ShortString, debug: bool) -> Producer {
+        Producer {
             inner: Arc::new(Inner {
-                connection: self.connection,
-                link,
-                live: RwLock::new((Arc::new(channel), generation)),
-                reopening: tokio::sync::Mutex::new(()),
+                sink,
+                user,
+                debug,
                 destinations: self.destinations,
                 fingerprint: self.fingerprint.unwrap_or_default(),
                 encoder: self.encoder,
@@ -198,30 +270,15 @@ impl ProducerBuilder {
                 publish_timeout: self.publish_timeout,
                 declared: Mutex::new(HashSet::new()),
                 rpc: RpcState::new(self.rpc),
-                _kept: OnceLock::new(),
             }),
-        };
-        let kept = keep(
-            Arc::downgrade(&producer.inner),
-            producer.inner.link.watch_generation(),
-            |inner: &Inner| match inner.live.read() {
-                Ok(live) => live.0.serial(),
-                Err(poisoned) => poisoned.into_inner().0.serial(),
-            },
-        );
-        let _ = producer.inner._kept.set(kept);
-        for (exchange, _) in &producer.inner.destinations {
-            producer.ensure_declared(exchange).await?;
         }
-        Ok(producer)
     }
 }
 
-impl Producer {
-    /// Starts configuring a producer on `connection`.
-    pub fn builder(connection: &Connection) -> ProducerBuilder {
-        ProducerBuilder {
-            connection: connection.clone(),
+impl ProducerBuilder {
+    fn new(target: Target) -> Self {
+        Self {
+            target,
             destinations: Vec::new(),
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
@@ -231,6 +288,13 @@ impl Producer {
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             rpc: RpcSettings::default(),
         }
+    }
+}
+
+impl Producer {
+    /// Starts configuring a producer on `connection`.
+    pub fn builder(connection: &Connection) -> ProducerBuilder {
+        ProducerBuilder::new(Target::Connection(connection.clone()))
     }
 
     /// Sends the command `name` with `parameters` to every default destination.
@@ -292,7 +356,7 @@ impl Producer {
     /// Publishes `body` along `route`; `message`, when given, is what debug mode traces.
     async fn send_body(&self, body: &[u8], route: &Route, message: Option<&Message>) -> Result<()> {
         let properties = self.properties();
-        let debug = self.inner.connection.config().debug;
+        let debug = self.inner.debug;
         for (exchange, key) in self.resolve(route)?.iter() {
             self.ensure_declared(exchange).await?;
             if debug && let Some(message) = message {
@@ -328,7 +392,17 @@ impl Producer {
     /// True when bodies may be written straight from their parts: the default JSON
     /// encoder, and no debug mode (which traces each message).
     pub(crate) fn plain_json(&self) -> bool {
-        self.inner.plain_json && !self.inner.connection.config().debug
+        self.inner.plain_json && !self.inner.debug
+    }
+
+    /// The login it names as the `user_id` of what it sends.
+    pub(crate) fn user(&self) -> &str {
+        self.inner.user.as_str()
+    }
+
+    /// Debug mode: every message sent is logged.
+    pub(crate) fn debug(&self) -> bool {
+        self.inner.debug
     }
 
     /// The fingerprint this producer stamps on its messages.
@@ -336,43 +410,49 @@ impl Producer {
         &self.inner.fingerprint
     }
 
-    /// The producer's channel, for anything postage does not wrap. After a reconnection
-    /// the producer opens a new one with its next publish; ask again then.
-    pub fn channel(&self) -> lapin::Channel {
-        (*self.snapshot().0).clone()
+    /// The producer's channel, for anything postage does not wrap (`None` for a
+    /// recording producer). After a reconnection the producer opens a new one with its
+    /// next publish; ask again then.
+    pub fn channel(&self) -> Option<lapin::Channel> {
+        self.inner
+            .broker()
+            .map(|broker| (*broker.snapshot().0).clone())
     }
 
-    /// The current channel (shared, not copied: a lapin channel is many handles) and
-    /// its connection generation.
-    fn snapshot(&self) -> (Arc<ChannelLease>, u64) {
-        match self.inner.live.read() {
-            Ok(live) => (Arc::clone(&live.0), live.1),
-            Err(poisoned) => {
-                let live = poisoned.into_inner();
-                (Arc::clone(&live.0), live.1)
-            }
+    /// The recording this producer sends into, `None` for one on a connection.
+    pub(crate) fn recording(&self) -> Option<&Recording> {
+        match &self.inner.sink {
+            Sink::Broker(_) => None,
+            Sink::Recording(recording) => Some(recording),
         }
+    }
+
+    fn broker(&self) -> Result<&Broker> {
+        self.inner.broker().ok_or(Error::Closed(
+            "a recording producer's channel (it has none)",
+        ))
     }
 
     /// The channel to publish on, reopened (with confirms, exchanges declared again and a
     /// new RPC answer consumer) when the connection was re-established since it opened.
     /// Returns it with the connection generation it belongs to.
     pub(crate) async fn live_channel(&self) -> Result<(Arc<ChannelLease>, u64)> {
-        let (channel, generation) = self.snapshot();
+        let broker = self.broker()?;
+        let (channel, generation) = broker.snapshot();
         if channel.status().connected() {
             return Ok((channel, generation));
         }
-        let _reopening = self.inner.reopening.lock().await;
-        let (channel, generation) = self.snapshot();
+        let _reopening = broker.reopening.lock().await;
+        let (channel, generation) = broker.snapshot();
         if channel.status().connected() {
             return Ok((channel, generation));
         }
-        let generation = self.inner.link.wait_reconnected(generation).await?;
-        let fresh = Arc::new(open(&self.inner.link, self.inner.reliable).await?);
+        let generation = broker.link.wait_reconnected(generation).await?;
+        let fresh = Arc::new(open(&broker.link, self.inner.reliable).await?);
         if let Ok(mut declared) = self.inner.declared.lock() {
             declared.clear();
         }
-        match self.inner.live.write() {
+        match broker.live.write() {
             Ok(mut live) => *live = (Arc::clone(&fresh), generation),
             Err(poisoned) => *poisoned.into_inner() = (Arc::clone(&fresh), generation),
         }
@@ -382,7 +462,10 @@ impl Producer {
 
     /// Closes the producer's channel now (a clone's next publish opens another).
     pub(crate) async fn close_channel(&self) -> Result<()> {
-        let (channel, _) = self.snapshot();
+        let Some(broker) = self.inner.broker() else {
+            return Ok(());
+        };
+        let (channel, _) = broker.snapshot();
         if !channel.status().connected() {
             return Ok(());
         }
@@ -397,15 +480,27 @@ impl Producer {
         self.inner.reliable
     }
 
-    /// The connection the producer was built on.
-    pub fn connection(&self) -> &Connection {
-        &self.inner.connection
+    /// The connection the producer was built on, `None` for a recording producer.
+    pub fn connection(&self) -> Option<&Connection> {
+        self.inner.broker().map(|broker| &broker.connection)
     }
 
     /// The connection its channel is on (the publishing one, unless the configuration
     /// says otherwise).
-    pub(crate) fn link(&self) -> &Connection {
-        &self.inner.link
+    pub(crate) fn link(&self) -> Result<&Connection> {
+        Ok(&self.broker()?.link)
+    }
+
+    /// The error of an operation that ran past `bound`: [`Error::Blocked`] under a
+    /// resource alarm, else [`Error::Timeout`].
+    pub(crate) fn overdue(&self, operation: String, bound: Duration) -> Error {
+        match self.inner.broker() {
+            Some(broker) => broker.connection.overdue(operation, bound),
+            None => Error::Timeout {
+                operation,
+                timeout: bound,
+            },
+        }
     }
 
     pub(crate) fn encoder(&self) -> &dyn Encoder {
@@ -429,7 +524,7 @@ impl Producer {
     pub(crate) fn properties(&self) -> BasicProperties {
         let properties = BasicProperties::default()
             .with_content_type(self.inner.encoder.content_type().into())
-            .with_user_id(self.inner.connection.config().user.as_str().into());
+            .with_user_id(self.inner.user.clone());
         if self.inner.persistent {
             properties.with_delivery_mode(2)
         } else {
@@ -467,7 +562,10 @@ impl Producer {
             .lock()
             .is_ok_and(|set| set.contains(exchange.name()));
         if !known {
-            self.inner.connection.declare_exchange(exchange).await?;
+            let Some(broker) = self.inner.broker() else {
+                return Ok(());
+            };
+            broker.connection.declare_exchange(exchange).await?;
             if let Ok(mut set) = self.inner.declared.lock() {
                 set.insert(exchange.name().to_owned());
             }
@@ -503,7 +601,7 @@ impl Producer {
         let publish = self.publish_now(exchange, routing_key, body, properties, mandatory);
         match tokio::time::timeout(bound, publish).await {
             Ok(published) => published,
-            Err(_) => Err(self.inner.connection.overdue(
+            Err(_) => Err(self.overdue(
                 format!("publishing to exchange {exchange:?} with key {routing_key:?}"),
                 bound,
             )),
@@ -525,6 +623,9 @@ impl Producer {
             mandatory,
             immediate: false,
         };
+        if let Some(recording) = self.recording() {
+            return recording.record(self, exchange, routing_key, body, &properties);
+        }
         let operation = || format!("publishing to exchange {exchange:?} with key {routing_key:?}");
         let (channel, _) = self.live_channel().await?;
         let confirm = channel
@@ -579,6 +680,29 @@ impl Member for Inner {
             }
             Ok(())
         })
+    }
+}
+
+impl Inner {
+    fn broker(&self) -> Option<&Broker> {
+        match &self.sink {
+            Sink::Broker(broker) => Some(broker),
+            Sink::Recording(_) => None,
+        }
+    }
+}
+
+impl Broker {
+    /// The current channel (shared, not copied: a lapin channel is many handles) and
+    /// its connection generation.
+    fn snapshot(&self) -> (Arc<ChannelLease>, u64) {
+        match self.live.read() {
+            Ok(live) => (Arc::clone(&live.0), live.1),
+            Err(poisoned) => {
+                let live = poisoned.into_inner();
+                (Arc::clone(&live.0), live.1)
+            }
+        }
     }
 }
 

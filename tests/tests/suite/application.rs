@@ -696,7 +696,10 @@ async fn control_commands_can_be_restricted_to_some_users() {
     let producer = producer().await;
     let publish = |name: &str, parameters: serde_json::Value| {
         let body = serde_json::to_vec(&serde_json::json!({"type": "command", "name": name, "category": "message", "content": {"parameters": parameters}})).unwrap();
-        let channel = producer.channel().clone();
+        let channel = producer
+            .channel()
+            .expect("a producer on a connection")
+            .clone();
         let uid = uid.clone();
         async move {
             channel

@@ -210,6 +210,7 @@ async fn a_producer_channel_closed_by_the_broker_is_reopened_for_the_next_call()
     // A passive declare of an exchange that does not exist: NOT_FOUND closes the channel.
     let refused = producer
         .channel()
+        .expect("a producer on a connection")
         .exchange_declare(
             unique("missing").as_str().into(),
             postage_core::lapin::ExchangeKind::Direct,
@@ -221,14 +222,27 @@ async fn a_producer_channel_closed_by_the_broker_is_reopened_for_the_next_call()
         )
         .await;
     assert!(refused.is_err());
-    assert!(!producer.channel().status().connected());
+    assert!(
+        !producer
+            .channel()
+            .expect("a producer on a connection")
+            .status()
+            .connected()
+    );
 
     let after: String = tokio::time::timeout(PATIENCE, producer.call_with("echo", "after", echo()))
         .await
         .expect("answered, not left to time out")
         .unwrap();
     assert_eq!(after, "after");
-    assert!(producer.channel().status().connected(), "a new channel");
+    assert!(
+        producer
+            .channel()
+            .expect("a producer on a connection")
+            .status()
+            .connected(),
+        "a new channel"
+    );
     served.stop().await;
 }
 

@@ -211,6 +211,7 @@ async fn a_processor_fed_random_bodies_keeps_serving() {
         }
         producer
             .channel()
+            .expect("a producer on a connection")
             .basic_publish(
                 ex.name().into(),
                 "fuzz".into(),

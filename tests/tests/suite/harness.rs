@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use postage_core::lapin::types::{AMQPValue, FieldTable};
-use postage_core::testing::TestProcessor;
+use postage_core::testing::{Recording, TestProcessor};
 use postage_core::{
-    Disposition, Filtered, HandlerError, Message, Metadata, Processor, Producer, Queue,
-    RetryPolicy, RpcResult, processor,
+    Consumer, Disposition, Error, Filtered, HandlerError, Message, Metadata, Processor, Producer,
+    Queue, RetryPolicy, Route, RpcResult, State, processor,
 };
-use postage_tests::{connect, exchange, unique};
+use postage_tests::{connect, exchange, next_within, unique};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -207,6 +207,214 @@ async fn a_test_processor_answers_as_the_processor_on_the_broker() {
         )
         .await;
     assert_eq!(handled.disposition, Disposition::Ack);
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+}
+
+/// Prices, shared with the handlers as a `State`.
+struct Prices(Vec<(&'static str, u32)>);
+
+/// A handler that sends: it asks the stock for what is left and tells the shelf.
+#[derive(Debug)]
+struct Till {
+    stock: Producer,
+}
+
+#[processor]
+impl Till {
+    #[rpc_handler("command", "sell")]
+    async fn sell(&self, sku: &str, prices: State<Prices>) -> Result<u32, anyhow::Error> {
+        let price = prices
+            .0
+            .iter()
+            .find(|(name, _)| *name == sku)
+            .map(|(_, price)| *price)
+            .ok_or_else(|| anyhow::anyhow!("no price for {sku}"))?;
+        let left: u32 = self.stock.call("take", sku).await?;
+        if left < 2 {
+            self.stock
+                .command_to(Route::key("shelf"), "reorder", sku)
+                .await?;
+        }
+        Ok(price)
+    }
+}
+
+fn prices() -> Prices {
+    Prices(vec![("apple", 3), ("pear", 4)])
+}
+
+#[tokio::test]
+async fn code_that_sends_is_tested_with_a_recording_producer() {
+    let recording = Recording::new();
+    recording.answer("take", 1).unwrap();
+    let stock = recording
+        .builder()
+        .destination(postage_core::Exchange::new("stock-exchange"), "stock")
+        .build()
+        .await
+        .unwrap();
+    let till = TestProcessor::new(Till { stock })
+        .unwrap()
+        .with_state(prices());
+
+    assert_eq!(till.call::<u32>("sell", "apple").await.unwrap(), 3);
+    let sent = recording.take();
+    let what: Vec<(&str, &str, &str)> = sent
+        .iter()
+        .map(|s| {
+            (
+                s.exchange.as_str(),
+                s.routing_key.as_str(),
+                s.message.name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        what,
+        [
+            ("stock-exchange", "stock", "take"),
+            ("stock-exchange", "shelf", "reorder")
+        ]
+    );
+    assert_eq!(sent[1].message.parameters::<String>().unwrap(), "apple");
+
+    // Plenty left: no reorder. An error answer is the handler's error.
+    recording.answer("take", 10).unwrap();
+    assert_eq!(till.call::<u32>("sell", "pear").await.unwrap(), 4);
+    assert_eq!(recording.take().len(), 1);
+    recording.answer_with("take", RpcResult::error("the stock room is locked"));
+    let failed = till.call::<u32>("sell", "pear").await.unwrap_err();
+    assert!(
+        failed.to_string().contains("the stock room is locked"),
+        "{failed}"
+    );
+    // No answer set: an error naming the command, at once.
+    let unanswered = Recording::new();
+    let lonely = unanswered
+        .builder()
+        .destination(postage_core::Exchange::new("stock-exchange"), "stock")
+        .build()
+        .await
+        .unwrap();
+    let error = lonely.call::<u32>("take", "x").await.unwrap_err();
+    assert!(error.to_string().contains("\"take\""), "{error}");
+    assert!(lonely.connection().is_none() && lonely.channel().is_none());
+
+    // The harness without the state: the handler's failure says what is missing.
+    let bare = TestProcessor::new(Till { stock: lonely }).unwrap();
+    let handled = bare
+        .send(Message::rpc_command("sell", "apple").unwrap())
+        .await;
+    let answer = handled.answer.expect("an answer");
+    assert!(format!("{answer:?}").contains("with_state"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_recording_producer_records_what_a_producer_puts_on_the_wire() {
+    let connection = connect().await;
+    let ex = exchange("recorded");
+    let mut reader = Consumer::builder(&connection)
+        .bind(
+            ex.clone(),
+            Queue::new(unique("recorded-q")).auto_delete(true),
+            "shelf",
+        )
+        .build()
+        .await
+        .unwrap();
+    reader.start().await.unwrap();
+    let real = Producer::builder(&connection)
+        .destination(ex.clone(), "shelf")
+        .build()
+        .await
+        .unwrap();
+    let recording = Recording::new();
+    let recorded = recording
+        .builder()
+        .destination(ex.clone(), "shelf")
+        .build()
+        .await
+        .unwrap();
+    let message = Message::command("restock", json!({"sku": "apple", "n": 2})).unwrap();
+    for producer in [&real, &recorded] {
+        producer
+            .command("restock", json!({"sku": "apple", "n": 2}))
+            .await
+            .unwrap();
+        producer
+            .publish(message.clone(), &Route::Default)
+            .await
+            .unwrap();
+        producer.status(Route::Default, "ready").await.unwrap();
+    }
+    let mut on_wire = Vec::new();
+    while let Some(delivery) = next_within(&mut reader, Duration::from_secs(5)).await {
+        on_wire.push((
+            delivery.exchange().to_owned(),
+            delivery.routing_key().to_owned(),
+            delivery.message().unwrap(),
+        ));
+        delivery.ack().await.unwrap();
+        if on_wire.len() == 3 {
+            break;
+        }
+    }
+    let kept: Vec<_> = recording
+        .take()
+        .into_iter()
+        .map(|sent| (sent.exchange, sent.routing_key, sent.message))
+        .collect();
+    assert_eq!(kept, on_wire);
+}
+
+#[tokio::test]
+async fn shared_state_reaches_handlers_and_a_missing_one_fails_the_build() {
+    let connection = connect().await;
+    let ex = exchange("stated");
+    let queue = || Queue::new(unique("stated-q")).auto_delete(true);
+    let recording = Recording::new();
+    recording.answer("take", 5).unwrap();
+    let till = || Till {
+        stock: futures_util::FutureExt::now_or_never(
+            recording
+                .builder()
+                .destination(postage_core::Exchange::new("stock-exchange"), "stock")
+                .build(),
+        )
+        .expect("a recording producer is built at once")
+        .unwrap(),
+    };
+    let missing = Processor::builder(&connection, till())
+        .bind(ex.clone(), queue(), "till")
+        .build()
+        .await
+        .unwrap_err();
+    let text = missing.to_string();
+    assert!(
+        text.contains("Till::sell") && text.contains("Prices") && text.contains("with_state"),
+        "{text}"
+    );
+    assert!(
+        matches!(missing, Error::InvalidConfig { .. }),
+        "{missing:?}"
+    );
+
+    let processor = Processor::builder(&connection, till())
+        .bind(ex.clone(), queue(), "till")
+        .with_state(prices())
+        .build()
+        .await
+        .unwrap();
+    let handle = processor.handle();
+    let running = tokio::spawn(processor.run());
+    let caller = Producer::builder(&connection)
+        .destination(ex, "till")
+        .rpc_defaults(Duration::from_secs(5), 0)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(caller.call::<u32>("sell", "pear").await.unwrap(), 4);
     handle.shutdown();
     running.await.unwrap().unwrap();
 }

@@ -162,6 +162,7 @@ fn call(message: Message) -> HandlerCall {
         metadata,
         reply: None,
         deadline: None,
+        states: Arc::default(),
     }
 }
 

@@ -291,6 +291,7 @@ impl Harness {
     async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
         self.producer
             .channel()
+            .expect("a producer on a connection")
             .basic_publish(
                 self.exchange.name().into(),
                 self.key.as_str().into(),
@@ -349,7 +350,13 @@ async fn filters_rewrite_skip_and_reject() {
 #[tokio::test]
 async fn filters_see_metadata_and_state_and_a_panicking_one_rejects_its_message() {
     let mut h = start(1).await;
-    let login = h.producer.connection().config().user.clone();
+    let login = h
+        .producer
+        .connection()
+        .expect("a producer on a connection")
+        .config()
+        .user
+        .clone();
     h.producer.command("guarded", "hi").await.unwrap();
     let anonymous = br#"{"type": "command", "name": "guarded", "category": "message", "content": {"parameters": "anon"}}"#;
     h.publish_raw(
@@ -561,7 +568,7 @@ async fn deferred_call_is_sent_now_and_awaited_later() {
 #[tokio::test]
 async fn a_call_written_as_python_postage_writes_it_is_answered_on_its_queue() {
     let h = start(1).await;
-    let channel = h.producer.channel();
+    let channel = h.producer.channel().expect("a producer on a connection");
     // Postage 1.x: a private exclusive queue per call, no correlation id.
     let reply_queue = channel
         .queue_declare(

@@ -234,6 +234,7 @@ async fn a_failing_message_is_retried_with_backoff_on_classic_and_quorum_queues(
         let python = br#"{"type": "command", "name": "work", "category": "message", "version": "2", "fingerprint": {}, "content": {"parameters": {"id": 2}}}"#;
         producer
             .channel()
+            .expect("a producer on a connection")
             .basic_publish(
                 ex.name().into(),
                 "work".into(),
@@ -282,6 +283,7 @@ async fn spent_rejected_and_undecodable_messages_end_in_the_dead_letter_queue() 
         .unwrap();
     producer
         .channel()
+        .expect("a producer on a connection")
         .basic_publish(
             ex.name().into(),
             "work".into(),
