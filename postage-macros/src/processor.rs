@@ -399,7 +399,9 @@ mod tests {
             found,
             [
                 "#[processor] goes on an inherent impl of a concrete type, not on a trait impl",
-                "#[processor] goes on an inherent impl of a concrete type, not on a generic impl",
+                "#[processor] goes on an inherent impl of a concrete type, not on a generic impl \
+                 (handlers are registered for one type each): hold what varies as a field \
+                 (`Box<dyn Trait>`, `Arc<dyn Trait>`) or take it as a `State<T>` argument",
             ]
         );
     }
