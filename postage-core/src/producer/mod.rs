@@ -229,19 +229,18 @@ impl ProducerBuilder {
             kept: OnceLock::new(),
         });
         let producer = self.producer(sink, user, debug);
-        let Sink::Broker(broker) = &producer.inner.sink else {
-            unreachable!("built for a connection")
-        };
-        let kept = keep(
-            Arc::downgrade(&producer.inner),
-            broker.link.watch_generation(),
-            |inner: &Inner| {
-                inner
-                    .broker()
-                    .map_or(0, |broker| broker.snapshot().0.serial())
-            },
-        );
-        let _ = broker.kept.set(kept);
+        if let Some(broker) = producer.inner.broker() {
+            let kept = keep(
+                Arc::downgrade(&producer.inner),
+                broker.link.watch_generation(),
+                |inner: &Inner| {
+                    inner
+                        .broker()
+                        .map_or(0, |broker| broker.snapshot().0.serial())
+                },
+            );
+            let _ = broker.kept.set(kept);
+        }
         for (exchange, _) in &producer.inner.destinations {
             producer.ensure_declared(exchange).await?;
         }
