@@ -609,9 +609,18 @@ impl Producer {
 impl Producer {
     /// Hands a recorded call's answer to the call waiting for it.
     pub(super) fn answer_recorded(&self, correlation_id: &str, body: Vec<u8>) {
-        if let Some(waiter) = self.rpc_state().waiters.take(correlation_id) {
+        hand(&self.rpc_state().waiters, correlation_id, body);
+    }
+}
+
+/// Gives `body` to the call waiting under `id`; false when none waits.
+fn hand(waiters: &Calls<Waiter>, id: &str, body: Vec<u8>) -> bool {
+    match waiters.take(id) {
+        Some(waiter) => {
             let _ = waiter.answer.send(body);
+            true
         }
+        None => false,
     }
 }
 
@@ -626,10 +635,7 @@ fn deliver(waiters: &Calls<Waiter>, delivery: lapin::message::Delivery) {
         );
         return;
     };
-    match waiters.take(id.as_str()) {
-        Some(waiter) => {
-            let _ = waiter.answer.send(delivery.data);
-        }
-        None => tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for"),
+    if !hand(waiters, id.as_str(), delivery.data) {
+        tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for");
     }
 }
