@@ -24,6 +24,8 @@ for version in $versions; do
 done
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The workspace's tests turn on postage-core's `otel` feature; without it, on its own.
+cargo clippy -p postage-core --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The tests start the workspace's programs (demos, the `postage` CLI) from target/debug.
 cargo build --workspace --bins --tests --locked

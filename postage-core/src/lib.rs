@@ -47,6 +47,7 @@ mod wire;
 pub mod channel;
 pub mod client;
 pub mod messenger;
+pub mod telemetry;
 pub mod testing;
 
 pub use config::{Config, DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Password, TlsFiles};

@@ -46,6 +46,29 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Has the broker close every connection whose client properties mention `marker` (a
+/// connection name of the test's own), as a network cut or a restart would.
+pub async fn close_connections_named(marker: &str) {
+    let marker = marker.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let listing = rabbitmqctl(&["list_connections", "pid", "client_properties"]);
+        let mine: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains(&marker))
+            .filter_map(|line| line.split('\t').next())
+            .collect();
+        assert!(
+            !mine.is_empty(),
+            "no connection named {marker:?} in {listing}"
+        );
+        for pid in mine {
+            rabbitmqctl(&["close_connection", pid, "closed by a test"]);
+        }
+    })
+    .await
+    .expect("rabbitmqctl ran");
+}
+
 /// The next delivery within `wait`, or `None`.
 pub async fn next_within(consumer: &mut Consumer, wait: Duration) -> Option<Delivery> {
     match tokio::time::timeout(wait, consumer.next()).await {

@@ -30,6 +30,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How a handler run ended, as spans and metrics name it, and whether that is well.
+    pub(crate) fn describe(&self) -> (&'static str, bool) {
+        match self {
+            Self::Done => ("done", true),
+            Self::Settle(Disposition::Ack) => ("ack", true),
+            Self::Settle(Disposition::Reject) => ("reject", false),
+            Self::Settle(Disposition::Requeue) => ("requeue", false),
+            Self::Settle(Disposition::Retry(_)) => ("retry", false),
+            Self::Failed(_) => ("failed", false),
+            Self::Answer(RpcResult::Success { .. }) => ("success", true),
+            Self::Answer(RpcResult::Error { .. }) => ("error", false),
+            Self::Answer(RpcResult::Exception { .. }) => ("exception", false),
+            Self::Replied => ("replied", true),
+            Self::Skipped => ("filtered", true),
+            Self::Refused(_) => ("refused", false),
+        }
+    }
+
     /// The registration's type check failed: a bug in postage, not in the user's code.
     pub fn wrong_processor() -> Self {
         Self::Failed(HandlerError::error("handler registered for another processor type").reject())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use super::Shared;
 use super::reply::ChannelReply;
@@ -14,6 +15,7 @@ use super::table::Entry;
 use crate::consumer::Delivery;
 use crate::handler::{HandlerCall, HandlerError, Metadata, Outcome, Reply, ReplySender};
 use crate::rpc::ReturnAddress;
+use crate::telemetry::{Scope, current_deadline, span};
 use crate::wire::{COMMAND, Category, Message, RpcResult};
 
 pub(super) fn metadata(delivery: &Delivery) -> Metadata {
@@ -35,8 +37,15 @@ pub(super) fn metadata(delivery: &Delivery) -> Metadata {
 }
 
 impl<P: Send + Sync + 'static> Shared<P> {
-    /// Runs the handlers for a delivery and says what becomes of it.
+    /// Runs the handlers for a delivery and says what becomes of it; a request that
+    /// arrives after its deadline is not run (its caller no longer waits).
     pub(super) async fn dispatch(&self, delivery: &Delivery, message: Message) -> Verdict {
+        if let Some(deadline) = current_deadline()
+            && deadline <= tokio::time::Instant::now()
+        {
+            tracing::info!(queue = delivery.queue(), kind = %message.kind, name = %message.name, category = message.category.as_str(), late = ?deadline.elapsed(), "skipping a message that arrived after its deadline");
+            return Verdict::Expired;
+        }
         self.dispatch_with(message, metadata(delivery)).await
     }
 
@@ -186,14 +195,35 @@ impl<P: Send + Sync + 'static> Shared<P> {
         verdict
     }
 
-    /// Calls one handler, within its timeout; a panic or a timeout becomes a failure
-    /// (answered with an exception in RPC).
-    pub(super) async fn call(&self, entry: &Entry, mut call: HandlerCall) -> Outcome {
+    /// Calls one handler, within its timeout, in a span of its own; a panic or a timeout
+    /// becomes a failure (answered with an exception in RPC). What it sends carries its
+    /// trace context, and the calls it makes wait no longer than its deadline: the
+    /// request's, or its timeout's if that comes first.
+    pub(super) async fn call(&self, entry: &Entry, call: HandlerCall) -> Outcome {
+        let handler = entry.registration;
+        let span = span::handler(handler);
+        let started = tokio::time::Instant::now();
+        let outcome = self.call_in(entry, call).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record(
+                "postage.duration_ms",
+                started.elapsed().as_secs_f64() * 1000.0,
+            );
+            let (name, ok) = outcome.describe();
+            span::outcome(&span, "postage.outcome", name, ok);
+        }
+        outcome
+    }
+
+    async fn call_in(&self, entry: &Entry, mut call: HandlerCall) -> Outcome {
         let handler = entry.registration;
         let rpc = call.reply.is_some();
         let timeout = handler.timeout.or(self.handler_timeout);
-        call.deadline = timeout.map(|bound| tokio::time::Instant::now() + bound);
-        let run = AssertUnwindSafe((handler.call)(Arc::clone(&entry.state), call)).catch_unwind();
+        let scope =
+            Scope::current().bounded_by(timeout.map(|bound| tokio::time::Instant::now() + bound));
+        call.deadline = scope.deadline;
+        let run = (handler.call)(Arc::clone(&entry.state), call);
+        let run = scope.run(AssertUnwindSafe(run).catch_unwind());
         let ran = match timeout {
             None => run.await,
             Some(bound) => match tokio::time::timeout(bound, run).await {

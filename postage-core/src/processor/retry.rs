@@ -15,6 +15,7 @@ use super::Shared;
 use crate::consumer::Delivery;
 use crate::error::Result;
 use crate::handler::Disposition;
+use crate::telemetry::span;
 use crate::topology::Queue;
 
 /// The header that counts the attempts at a message (absent: the first).
@@ -145,6 +146,8 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Verdict {
     Ack,
+    /// Arrived after its deadline: acknowledged, not run.
+    Expired,
     /// Rejected for good, for this reason.
     Reject(String),
     Requeue,
@@ -178,7 +181,7 @@ impl Verdict {
     pub(super) fn and(self, other: Self) -> Self {
         fn rank(verdict: &Verdict) -> u8 {
             match verdict {
-                Verdict::Ack => 0,
+                Verdict::Ack | Verdict::Expired => 0,
                 Verdict::Requeue => 1,
                 Verdict::Retry { .. } => 2,
                 Verdict::Reject(_) => 3,
@@ -255,14 +258,28 @@ impl<P: Send + Sync + 'static> Shared<P> {
     /// that copy cannot be published, the original goes back to its queue, so nothing
     /// is lost.
     pub(super) async fn settle(&self, delivery: &Delivery, verdict: Verdict) -> Settle {
+        let (settle, disposition) = self.settle_as(delivery, verdict).await;
+        let span = tracing::Span::current();
+        span::outcome(
+            &span,
+            "postage.disposition",
+            disposition,
+            settle == Settle::Ack,
+        );
+        settle
+    }
+
+    /// [`settle`](Self::settle), and what became of the message, as spans name it.
+    async fn settle_as(&self, delivery: &Delivery, verdict: Verdict) -> (Settle, &'static str) {
         let attempt = attempt_of(delivery.properties());
         let queue = delivery.queue();
         let (target, reason) = match self.resolve(verdict, attempt) {
-            Resolved::Ack => return Settle::Ack,
-            Resolved::Requeue => return Settle::Requeue,
+            Resolved::Ack => return (Settle::Ack, "ack"),
+            Resolved::Expired => return (Settle::Ack, "expired"),
+            Resolved::Requeue => return (Settle::Requeue, "requeue"),
             Resolved::Reject(reason) => {
                 tracing::warn!(queue, attempt, %reason, "rejecting a message");
-                return Settle::Reject;
+                return (Settle::Reject, "reject");
             }
             Resolved::Move(target, reason) => {
                 if let Target::Delay { delay, .. } = target {
@@ -272,15 +289,14 @@ impl<P: Send + Sync + 'static> Shared<P> {
             }
         };
         match self.republish(delivery, &target, attempt, &reason).await {
-            Ok(()) => {
-                if target == Target::Dead {
-                    tracing::warn!(queue, attempt, %reason, dead_letter_queue = %format!("{queue}.dead"), "dead-lettering a message");
-                }
-                Settle::Ack
+            Ok(()) if target == Target::Dead => {
+                tracing::warn!(queue, attempt, %reason, dead_letter_queue = %format!("{queue}.dead"), "dead-lettering a message");
+                (Settle::Ack, "dead-letter")
             }
+            Ok(()) => (Settle::Ack, "retry"),
             Err(error) => {
                 tracing::error!(queue, %error, "could not move a message to its retry or dead-letter queue; handing it back to its queue");
-                Settle::Requeue
+                (Settle::Requeue, "requeue")
             }
         }
     }
@@ -289,6 +305,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
     pub(super) fn resolve(&self, verdict: Verdict, attempt: u32) -> Resolved {
         let (target, reason) = match verdict {
             Verdict::Ack => return Resolved::Ack,
+            Verdict::Expired => return Resolved::Expired,
             Verdict::Requeue => return Resolved::Requeue,
             Verdict::Retry {
                 delay,
@@ -383,6 +400,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Resolved {
     Ack,
+    /// Acknowledged without a run: it came after its deadline.
+    Expired,
     Requeue,
     /// Rejected to the broker, for this reason.
     Reject(String),

@@ -5,15 +5,17 @@ use std::sync::atomic::Ordering;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use tracing::Instrument;
 
 use super::acks::Acks;
 use super::control::ControlPolicy;
 use super::control::{control_command, restart, watch_signals};
-use super::retry::{Settle, Verdict};
+use super::retry::{Settle, Verdict, attempt_of};
 use super::timers::Timers;
 use super::{Control, Exit, Processor};
 use crate::consumer::Delivery;
 use crate::error::Result;
+use crate::telemetry::{Scope, span};
 use crate::wire::Message;
 
 impl<P: Send + Sync + 'static> Processor<P> {
@@ -104,14 +106,27 @@ impl<P: Send + Sync + 'static> Processor<P> {
                 }
             }
             let shared = &*shared;
-            running.push(async move {
-                let verdict = match admitted {
-                    Ok(message) => shared.dispatch(&delivery, message).await,
-                    // Bad input is never retried: rejected, or dead-lettered with its reason.
-                    Err(reason) => Verdict::Reject(reason),
-                };
-                (ticket, shared.settle(&delivery, verdict).await)
-            });
+            let properties = delivery.properties();
+            let span = span::delivery(
+                delivery.queue(),
+                delivery.lapin(),
+                admitted.as_ref().ok(),
+                attempt_of(properties),
+            );
+            let scope = Scope::of(properties.headers().as_ref());
+            running.push(
+                scope.run(
+                    async move {
+                        let verdict = match admitted {
+                            Ok(message) => shared.dispatch(&delivery, message).await,
+                            // Bad input is never retried: rejected, or dead-lettered with its reason.
+                            Err(reason) => Verdict::Reject(reason),
+                        };
+                        (ticket, shared.settle(&delivery, verdict).await)
+                    }
+                    .instrument(span),
+                ),
+            );
         };
         self.consumer.stop().await?;
         // Deliveries received but not started go straight back to their queue.

@@ -193,7 +193,7 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
             .pop()
             .map(|sent| sent.message.to_result());
         let (disposition, reason) = match self.shared.resolve(verdict, attempt) {
-            Resolved::Ack => (Disposition::Ack, None),
+            Resolved::Ack | Resolved::Expired => (Disposition::Ack, None),
             Resolved::Requeue => (Disposition::Requeue, None),
             Resolved::Reject(reason) | Resolved::Move(Target::Dead, reason) => {
                 (Disposition::Reject, Some(reason))

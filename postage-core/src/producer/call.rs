@@ -11,11 +11,13 @@ use lapin::types::ShortString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
+use tracing::Instrument;
 
 use crate::connection::ChannelLease;
 use crate::error::{Error, Result};
 use crate::producer::{Producer, Route};
 use crate::rpc::{Calls, ReplyQueue, start_reply_consumer};
+use crate::telemetry::{current_deadline, span, with_deadline};
 use crate::topology::Exchange;
 use crate::wire::json;
 use crate::wire::{Category, Message, RpcResult};
@@ -208,6 +210,7 @@ impl Producer {
         // Registered for its answer by `send`.
         let (_, receiver) = oneshot::channel();
         let timeout = options.timeout.unwrap_or(state.settings.timeout);
+        let span = span::call(name, &exchange, &routing_key);
         let mut call = PendingCall {
             producer: self.clone(),
             command: name.to_owned(),
@@ -220,12 +223,18 @@ impl Producer {
             max_retry: options.max_retry.unwrap_or(state.settings.max_retry),
             attempts: 1,
             deadline: tokio::time::Instant::now() + timeout,
+            inherited: current_deadline(),
+            span,
             epoch: 0,
             own: (options.reply_queue.unwrap_or(state.settings.reply_queue) == ReplyQueue::PerCall
                 && self.recording().is_none())
             .then_some(None),
         };
-        call.send().await?;
+        let span = call.span.clone();
+        if let Err(error) = call.send().instrument(span).await {
+            call.conclude("failed");
+            return Err(error);
+        }
         Ok(call)
     }
 }
@@ -333,6 +342,10 @@ pub struct PendingCall {
     /// How many times the call was sent, and when the last send stops waiting.
     attempts: u32,
     deadline: tokio::time::Instant,
+    /// The deadline of the handler run the call was made in: no attempt waits past it.
+    inherited: Option<tokio::time::Instant>,
+    /// The call's span, from its first send to its answer.
+    span: tracing::Span,
     /// The answer consumer the call was last sent for.
     epoch: u64,
     /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared (boxed: a
@@ -356,7 +369,13 @@ impl PendingCall {
         // publish and its confirm count against it, so a call under a resource alarm (when
         // lapin writes nothing at all) ends in time too.
         let started = tokio::time::Instant::now();
-        self.deadline = started + self.timeout;
+        self.deadline = match self.inherited {
+            Some(inherited) => inherited.min(started + self.timeout),
+            None => started + self.timeout,
+        };
+        if self.deadline <= started {
+            return Err(self.timed_out());
+        }
         match tokio::time::timeout_at(self.deadline, self.send_now()).await {
             Ok(sent) => sent,
             Err(_) => Err(self.producer.overdue(
@@ -400,6 +419,7 @@ impl PendingCall {
             .properties()
             .with_reply_to(reply_to)
             .with_correlation_id(self.correlation_id.as_str().into());
+        let properties = with_deadline(properties, self.deadline);
         // Bounded by `send`'s deadline.
         self.producer
             .publish_now(
@@ -428,28 +448,69 @@ impl PendingCall {
     /// result. Each attempt waits the call's timeout; then the call is sent again, up to
     /// its retry count. A body that is not a Postage message is logged and skipped.
     pub async fn result(mut self) -> Result<RpcResult> {
-        loop {
-            let body = self.next_body().await?;
-            if let Some(message) = self.read(&body) {
-                return Ok(message.to_result());
+        let span = self.span.clone();
+        let result = async {
+            loop {
+                let body = self.next_body().await?;
+                if let Some(message) = self.read(&body) {
+                    return Ok(message.to_result());
+                }
             }
         }
+        .instrument(span)
+        .await;
+        self.conclude(match &result {
+            Ok(RpcResult::Success { .. }) => "success",
+            Ok(RpcResult::Error { .. }) => "error",
+            Ok(RpcResult::Exception { .. }) => "exception",
+            Err(error) => failure(error),
+        });
+        result
     }
 
     /// Waits for the answer, as [`PendingCall::result`], and decodes a success into `T`.
     pub async fn value<T: DeserializeOwned>(mut self) -> Result<T> {
-        let plain_json = self.producer.encodes_json();
-        let result = loop {
-            let body = self.next_body().await?;
-            // The common case in one pass: a success whose value is a `T`.
-            if plain_json && let Some(value) = json::success::<T>(&body) {
-                return Ok(value);
-            }
-            if let Some(message) = self.read(&body) {
-                break message.to_result();
-            }
-        };
-        result.into_value(&self.command)
+        let span = self.span.clone();
+        let value = async {
+            let plain_json = self.producer.encodes_json();
+            let result = loop {
+                let body = self.next_body().await?;
+                // The common case in one pass: a success whose value is a `T`.
+                if plain_json && let Some(value) = json::success::<T>(&body) {
+                    return Ok(value);
+                }
+                if let Some(message) = self.read(&body) {
+                    break message.to_result();
+                }
+            };
+            result.into_value(&self.command)
+        }
+        .instrument(span)
+        .await;
+        self.conclude(match &value {
+            Ok(_) => "success",
+            Err(error) => failure(error),
+        });
+        value
+    }
+
+    /// Records how the call ended, and after how many attempts.
+    fn conclude(&self, outcome: &'static str) {
+        if self.span.is_disabled() {
+            return;
+        }
+        self.span.record("postage.attempts", self.attempts);
+        span::outcome(&self.span, "postage.outcome", outcome, outcome == "success");
+    }
+
+    /// The error of a call whose attempts, or whose caller's deadline, ran out.
+    fn timed_out(&self) -> Error {
+        Error::RpcTimeout {
+            command: self.command.clone(),
+            routing_key: self.routing_key.clone(),
+            attempts: self.attempts,
+            timeout: self.timeout,
+        }
     }
 
     /// The next answer's body, sending the call again after a timeout or when the answer
@@ -467,21 +528,20 @@ impl PendingCall {
                     self.send().await?;
                 }
                 Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
-                Err(_) if self.attempts <= self.max_retry => {
+                Err(_) if self.attempts <= self.max_retry && !self.inherited_passed() => {
                     tracing::debug!(command = %self.command, attempts = self.attempts, "RPC timed out; sending again");
                     self.attempts += 1;
                     self.send().await?;
                 }
-                Err(_) => {
-                    return Err(Error::RpcTimeout {
-                        command: self.command.clone(),
-                        routing_key: self.routing_key.clone(),
-                        attempts: self.attempts,
-                        timeout: self.timeout,
-                    });
-                }
+                Err(_) => return Err(self.timed_out()),
             }
         }
+    }
+
+    /// True once the deadline of the handler run the call was made in has passed.
+    fn inherited_passed(&self) -> bool {
+        self.inherited
+            .is_some_and(|at| at <= tokio::time::Instant::now())
     }
 
     /// Waits for this call's answer, reading the producer's answers for every call while
@@ -637,5 +697,15 @@ fn deliver(waiters: &Calls<Waiter>, delivery: lapin::message::Delivery) {
     };
     if !hand(waiters, id.as_str(), delivery.data) {
         tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for");
+    }
+}
+
+/// How a call that failed with `error` ended, as spans and metrics name it.
+fn failure(error: &Error) -> &'static str {
+    match error {
+        Error::RemoteError { .. } => "error",
+        Error::RemoteException { .. } => "exception",
+        Error::RpcTimeout { .. } => "timeout",
+        _ => "failed",
     }
 }

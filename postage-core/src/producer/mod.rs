@@ -11,6 +11,7 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
 use crate::connection::{ChannelLease, Connection};
@@ -26,6 +27,7 @@ pub use self::call::{PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};
 pub use self::recording::{RECORDING_LIMIT, Recording, Sent};
 pub use self::route::Route;
+use crate::telemetry::{span, stamp};
 use crate::topology::Exchange;
 use crate::wire::Fingerprint;
 use crate::wire::json;
@@ -607,9 +609,37 @@ impl Producer {
         }
     }
 
-    /// Publishes one body and, in reliable mode, waits for its confirm, without a bound
-    /// of its own: the caller bounds it.
+    /// Publishes one body, in a span of its own whose trace context goes in its headers,
+    /// and, in reliable mode, waits for its confirm, without a bound of its own: the
+    /// caller bounds it.
     pub(crate) async fn publish_now(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
+        let span = span::publish(exchange, routing_key, body.len());
+        let properties = span.in_scope(|| stamp(properties));
+        let published = self
+            .publish_in_span(exchange, routing_key, body, properties, mandatory)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            let outcome = match &published {
+                Ok(()) if self.inner.reliable => "confirmed",
+                Ok(()) => "sent",
+                Err(Error::Unroutable { .. }) => "unroutable",
+                Err(Error::PublishRefused { .. }) => "refused",
+                Err(_) => "failed",
+            };
+            span::outcome(&span, "postage.outcome", outcome, published.is_ok());
+        }
+        published
+    }
+
+    async fn publish_in_span(
         &self,
         exchange: &str,
         routing_key: &str,

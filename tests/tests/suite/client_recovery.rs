@@ -10,7 +10,7 @@ use postage_core::{
     client::{Mode, Request, Target, Transport},
     messenger::Messenger,
 };
-use postage_tests::{consumers_of, rabbitmqctl, unique};
+use postage_tests::{close_connections_named, consumers_of, unique};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -35,24 +35,7 @@ const NAME: &str = "postage client recovery test";
 
 /// Has the broker close every connection of this module's tests.
 async fn close_my_connections() {
-    let marker = NAME;
-    tokio::task::spawn_blocking(move || {
-        let listing = rabbitmqctl(&["list_connections", "pid", "client_properties"]);
-        let mine: Vec<&str> = listing
-            .lines()
-            .filter(|line| line.contains(marker))
-            .filter_map(|line| line.split('\t').next())
-            .collect();
-        assert!(
-            !mine.is_empty(),
-            "no connection of this process in {listing}"
-        );
-        for pid in mine {
-            rabbitmqctl(&["close_connection", pid, "client recovery test"]);
-        }
-    })
-    .await
-    .expect("rabbitmqctl ran");
+    close_connections_named(NAME).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

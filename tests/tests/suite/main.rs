@@ -16,6 +16,7 @@ mod client;
 mod client_recovery;
 mod cluster;
 mod config;
+mod deadlines;
 mod flow_control;
 mod fuzz;
 mod harness;
@@ -32,4 +33,6 @@ mod shutdown;
 mod supervision;
 mod timers;
 mod tls;
+#[cfg(feature = "otel")]
+mod trace_context;
 mod wire;

@@ -508,6 +508,17 @@ async fn rpc_times_out_after_its_retries() {
         .await
         .unwrap();
     silent.start().await.unwrap();
+    // Each request is read as it comes: one left waiting would expire (it carries its
+    // caller's deadline) and never be seen.
+    let counting = tokio::spawn(async move {
+        let mut sent = 0;
+        while let Some(delivery) = next_within(&mut silent, Duration::from_secs(2)).await {
+            sent += 1;
+            delivery.ack().await.unwrap();
+        }
+        // Kept: with its queue gone the exchange would go too.
+        (sent, silent)
+    });
     let producer = Producer::builder(&connection)
         .destination(ex.clone(), "silent")
         .build()
@@ -523,11 +534,7 @@ async fn rpc_times_out_after_its_retries() {
         Err(Error::RpcTimeout { attempts, .. }) => assert_eq!(attempts, 3),
         other => panic!("{other:?}"),
     }
-    let mut sent = 0;
-    while let Some(delivery) = next_within(&mut silent, QUIET).await {
-        sent += 1;
-        delivery.ack().await.unwrap();
-    }
+    let (sent, _silent) = counting.await.unwrap();
     assert_eq!(sent, 3, "one send and two retries");
     match producer.rpc_with("echo", 1, options).await.unwrap() {
         RpcResult::Exception { kind, .. } => {
