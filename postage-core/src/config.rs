@@ -2,6 +2,7 @@
 //! code.
 
 use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -116,6 +117,13 @@ pub struct Config {
     /// (`POSTAGE_CONNECTION_NAME`; default `program (pid N)`); the publishing one adds
     /// ` publishing`.
     pub connection_name: Option<String>,
+    /// Where to serve metrics (Prometheus' text format, at `/metrics`) and health probes
+    /// (`/health/live`, `/health/ready`) over HTTP (`POSTAGE_METRICS=host:port`); `None`
+    /// (the default) serves nothing and keeps no metrics. Every connection of a process
+    /// with one address reports to one endpoint; port 0 picks a free port, which
+    /// [`Connection::metrics_address`](crate::Connection::metrics_address) tells. See
+    /// [`telemetry`](crate::telemetry).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// PEM files for TLS connections (`amqps`). The broker's certificate is always verified.
@@ -148,6 +156,7 @@ impl Default for Config {
             queue_shape: None,
             publishing_connection: true,
             connection_name: None,
+            metrics: None,
         }
     }
 }
@@ -159,7 +168,8 @@ impl Config {
     /// `POSTAGE_USER` (or the deprecated `POSTAGE_RMQ_USER`), `POSTAGE_PASSWORD` (or
     /// `POSTAGE_RMQ_PASSWORD`), `POSTAGE_HEARTBEAT` (seconds), `POSTAGE_OPERATION_TIMEOUT`
     /// (seconds) and `POSTAGE_DEBUG_MODE` overrides what the URL said; `POSTAGE_QUEUE_SHAPE` (`auto`, `transient` or
-    /// `durable`, see [`QueueShape`]) and `POSTAGE_TLS_*` are read too. A wrong value is an
+    /// `durable`, see [`QueueShape`]), `POSTAGE_METRICS` (`host:port`) and `POSTAGE_TLS_*`
+    /// are read too. A wrong value is an
     /// error naming the variable.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|key| std::env::var(key).ok())
@@ -206,6 +216,9 @@ impl Config {
         }
         if let Some(separate) = lookup("POSTAGE_PUBLISHING_CONNECTION") {
             config.publishing_connection = parse_flag(&separate, "POSTAGE_PUBLISHING_CONNECTION")?;
+        }
+        if let Some(address) = lookup("POSTAGE_METRICS") {
+            config.metrics = Some(parse_address(&address, "POSTAGE_METRICS")?);
         }
         if let Some(shape) = lookup("POSTAGE_QUEUE_SHAPE") {
             config.queue_shape = QueueShape::parse_setting(&shape, "POSTAGE_QUEUE_SHAPE")?;
@@ -451,6 +464,16 @@ fn parse_seconds(text: &str, setting: &'static str) -> Result<Duration> {
                 format!("{text:?} is not a number of seconds (0-65535)"),
             )
         })
+}
+
+/// A `host:port` to listen on, the host a name or an IP address.
+fn parse_address(text: &str, setting: &'static str) -> Result<SocketAddr> {
+    let invalid = |why: String| Error::config(setting, format!("{text:?} {why}"));
+    text.trim()
+        .to_socket_addrs()
+        .map_err(|e| invalid(format!("is not a host:port to listen on ({e})")))?
+        .next()
+        .ok_or_else(|| invalid("names no address".to_owned()))
 }
 
 fn parse_flag(text: &str, setting: &'static str) -> Result<bool> {

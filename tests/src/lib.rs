@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: a connection to the broker that
 //! `scripts/broker.sh` runs, unique names, and reading state back with `rabbitmqctl`.
 
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -232,4 +234,58 @@ pub fn binding_keys(exchange: &str, queue: &str) -> Vec<String> {
         .collect();
     keys.sort();
     keys
+}
+
+/// A `GET` of `path`: the status code and the body.
+pub fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).expect("the endpoint answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// [`get`], off the runtime's threads (the endpoint serves on them).
+pub async fn fetch(address: SocketAddr, path: &'static str) -> (u16, String) {
+    tokio::task::spawn_blocking(move || get(address, path))
+        .await
+        .unwrap()
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// `config` with a metrics endpoint of its own, on a free port
+/// ([`Connection::metrics_address`](postage_core::Connection::metrics_address) tells it).
+pub fn with_metrics(mut config: Config) -> Config {
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    config
 }

@@ -23,6 +23,7 @@ use self::shape::probe_shape;
 use self::supervisor::supervise;
 use crate::config::{Config, Host};
 use crate::error::{Error, Result};
+use crate::telemetry::{Telemetry, Watched};
 use crate::topology::QueueShape;
 
 /// A connection to the first broker of [`Config::hosts`] that accepts the login, kept
@@ -56,6 +57,8 @@ struct Inner {
     /// For a publishing connection, the state of the connection it publishes for, which
     /// shows its blocks: the user watches that one.
     reports_to: Option<watch::Sender<LinkState>>,
+    /// The metrics and health endpoint it reports to, with [`Config::metrics`].
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// What a connection's link to RabbitMQ is doing, for a program to watch
@@ -98,7 +101,8 @@ impl Connection {
     /// the broker refuses stops at once with [`Error::AccessRefused`]; when no host
     /// answers, [`Error::ConnectionFailed`] lists why for each.
     pub async fn connect(config: &Config) -> Result<Self> {
-        let connection = Self::open(config, None).await?;
+        let telemetry = config.metrics.map(Telemetry::at).transpose()?;
+        let connection = Self::open(config, None, telemetry).await?;
         if config.publishing_connection {
             // Dialled while the component declares its topology, so it is ready when the
             // first producer needs it; a failure here is tried again then.
@@ -114,7 +118,11 @@ impl Connection {
         Ok(connection)
     }
 
-    async fn open(config: &Config, reports_to: Option<watch::Sender<LinkState>>) -> Result<Self> {
+    async fn open(
+        config: &Config,
+        reports_to: Option<watch::Sender<LinkState>>,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Result<Self> {
         config.validate()?;
         let link = dial(config, reports_to.is_some()).await?;
         let events = link.amqp.events_listener();
@@ -129,8 +137,13 @@ impl Connection {
                 declaring: Mutex::new(None),
                 publishing: tokio::sync::OnceCell::new(),
                 reports_to,
+                telemetry,
             }),
         };
+        if let Some(telemetry) = &connection.inner.telemetry {
+            let watched: Arc<dyn Watched> = Arc::clone(&connection.inner) as _;
+            telemetry.watch(Arc::downgrade(&watched));
+        }
         tokio::spawn(supervise(
             Arc::downgrade(&connection.inner),
             Box::pin(events),
@@ -182,7 +195,13 @@ impl Connection {
         }
         self.inner
             .publishing
-            .get_or_try_init(|| Self::open(&self.inner.config, Some(self.inner.state.clone())))
+            .get_or_try_init(|| {
+                Self::open(
+                    &self.inner.config,
+                    Some(self.inner.state.clone()),
+                    self.inner.telemetry.clone(),
+                )
+            })
             .await
             .cloned()
     }
@@ -267,6 +286,16 @@ impl Connection {
         }
     }
 
+    /// Where this connection's metrics and health are served, with [`Config::metrics`].
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner.telemetry.as_ref().map(|t| t.address())
+    }
+
+    /// The metrics endpoint it reports to, if any.
+    pub(crate) fn telemetry(&self) -> Option<&Arc<Telemetry>> {
+        self.inner.telemetry.as_ref()
+    }
+
     /// The settings this connection was made with.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -346,5 +375,29 @@ impl Connection {
             Err(error) if matches!(error.kind(), ErrorKind::InvalidChannelState(..)) => Ok(()),
             other => other.map_err(Error::amqp("closing the connection")),
         }
+    }
+}
+
+/// A connection is ready while connected and not blocked.
+impl Watched for Inner {
+    fn readiness(&self) -> Option<Result<(), String>> {
+        let name = if self.reports_to.is_some() {
+            "the publishing connection"
+        } else {
+            "the connection"
+        };
+        match &*self.state.borrow() {
+            LinkState::Connected => Some(Ok(())),
+            LinkState::Blocked { reason } => Some(Err(format!(
+                "{name}: RabbitMQ blocks publishing ({reason})"
+            ))),
+            LinkState::Reconnecting => Some(Err(format!("{name}: reconnecting to RabbitMQ"))),
+            LinkState::Closed => None,
+        }
+    }
+
+    fn link_state(&self) -> Option<LinkState> {
+        let state = self.state.borrow().clone();
+        (state != LinkState::Closed).then_some(state)
     }
 }

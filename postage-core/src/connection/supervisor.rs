@@ -217,6 +217,9 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut events: Events) {
         }
         strong.state.send_replace(LinkState::Connected);
         strong.generation.send_modify(|g| *g += 1);
+        if let Some(telemetry) = &strong.telemetry {
+            telemetry.metrics.reconnect();
+        }
     }
 }
 

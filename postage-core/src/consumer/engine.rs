@@ -15,6 +15,7 @@ use super::Delivery;
 use crate::connection::supervisor::{Member, Reconciling, Resync};
 use crate::connection::{ChannelLease, Connection};
 use crate::error::{Error, Result};
+use crate::telemetry::Watched;
 use crate::topology::{Binding, Exchange, Queue};
 use crate::wire::Encoder;
 
@@ -79,6 +80,10 @@ impl Engine {
             |engine: &Self| engine.live_lease().serial(),
         );
         let _ = engine.resync.set(resync);
+        if let Some(telemetry) = connection.telemetry() {
+            let watched: Arc<dyn Watched> = Arc::clone(&engine) as _;
+            telemetry.watch(Arc::downgrade(&watched));
+        }
         Ok(engine)
     }
 
@@ -475,4 +480,26 @@ async fn declare_and_bind(
     }
     connection.bind_queue(&name, exchange, routing_key).await?;
     Ok(name)
+}
+
+/// A consumer is ready while it reads every queue it should, on a live channel; one not
+/// started, or stopped, does not count.
+impl Watched for Engine {
+    fn readiness(&self) -> Option<Result<(), String>> {
+        let consuming = self.consuming.lock().ok()?;
+        let queues = consuming.as_ref()?;
+        let waiting: Vec<&str> = queues
+            .iter()
+            .filter(|(_, tag)| tag.is_none())
+            .map(|(queue, _)| queue.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            return Some(Err(format!("not consuming queues {waiting:?}")));
+        }
+        if !queues.is_empty() && !self.live_lease().status().connected() {
+            let names: Vec<&str> = queues.keys().map(String::as_str).collect();
+            return Some(Err(format!("the channel of queues {names:?} is down")));
+        }
+        Some(Ok(()))
+    }
 }

@@ -200,6 +200,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         table.check_states(&self.states)?;
         let consumer = self.consumer.build().await?;
         let answers = Producer::builder(&self.connection).build().await?;
+        let telemetry = self.connection.telemetry().cloned();
         Ok(Processor {
             connection: self.connection,
             shared: Arc::new(Shared {
@@ -219,6 +220,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 }),
                 retry: self.retry.unwrap_or_default(),
                 handler_timeout: self.handler_timeout,
+                telemetry,
                 states: Arc::new(self.states),
             }),
             consumer,

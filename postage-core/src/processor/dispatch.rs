@@ -10,12 +10,12 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::reply::ChannelReply;
-use super::retry::{Verdict, attempt_of};
+use super::retry::{Settle, Verdict, attempt_of};
 use super::table::Entry;
 use crate::consumer::Delivery;
 use crate::handler::{HandlerCall, HandlerError, Metadata, Outcome, Reply, ReplySender};
 use crate::rpc::ReturnAddress;
-use crate::telemetry::{Scope, current_deadline, span};
+use crate::telemetry::{Scope, Telemetry, current_deadline, span};
 use crate::wire::{COMMAND, Category, Message, RpcResult};
 
 pub(super) fn metadata(delivery: &Delivery) -> Metadata {
@@ -37,16 +37,64 @@ pub(super) fn metadata(delivery: &Delivery) -> Metadata {
 }
 
 impl<P: Send + Sync + 'static> Shared<P> {
+    /// Handles a delivery (`admitted`: its message, or why it was refused) and settles
+    /// it, counted in the metrics.
+    pub(super) async fn handle(
+        &self,
+        delivery: &Delivery,
+        admitted: Result<Message, String>,
+    ) -> Settle {
+        let _in_flight = self.telemetry.as_deref().map(InFlight::new);
+        let (verdict, ran) = match admitted {
+            Ok(message) => self.dispatch(delivery, message).await,
+            // Bad input is never retried: rejected, or dead-lettered with its reason.
+            Err(reason) => (Verdict::Reject(reason), &[][..]),
+        };
+        let (settle, disposition) = self.settle(delivery, verdict).await;
+        self.count(delivery.queue(), ran, disposition);
+        settle
+    }
+
     /// Runs the handlers for a delivery and says what becomes of it; a request that
     /// arrives after its deadline is not run (its caller no longer waits).
-    pub(super) async fn dispatch(&self, delivery: &Delivery, message: Message) -> Verdict {
+    /// Also returns the handlers that ran, for the metrics.
+    pub(super) async fn dispatch(
+        &self,
+        delivery: &Delivery,
+        message: Message,
+    ) -> (Verdict, &[Entry]) {
         if let Some(deadline) = current_deadline()
             && deadline <= tokio::time::Instant::now()
         {
             tracing::info!(queue = delivery.queue(), kind = %message.kind, name = %message.name, category = message.category.as_str(), late = ?deadline.elapsed(), "skipping a message that arrived after its deadline");
-            return Verdict::Expired;
+            return (Verdict::Expired, &[]);
         }
-        self.dispatch_with(message, metadata(delivery)).await
+        let ran = match message.category {
+            Category::Message => self.table.message_handlers(&message.kind, &message.name),
+            Category::Rpc if message.kind == COMMAND => self
+                .table
+                .rpc_handler(&message.name)
+                .map(std::slice::from_ref)
+                .unwrap_or_default(),
+            Category::Rpc => &[],
+        };
+        (self.dispatch_with(message, metadata(delivery)).await, ran)
+    }
+
+    /// Counts a delivery `ran` handled (none: bad input, no handler, expired) and what
+    /// became of it.
+    fn count(&self, queue: &str, ran: &[Entry], disposition: &'static str) {
+        let Some(telemetry) = &self.telemetry else {
+            return;
+        };
+        if ran.is_empty() {
+            telemetry.metrics.delivery(queue, None, disposition);
+        }
+        for entry in ran {
+            let handler = entry.registration;
+            let name = format!("{}::{}", handler.processor_name, handler.method);
+            telemetry.metrics.delivery(queue, Some(&name), disposition);
+        }
     }
 
     /// Runs the handlers for `message`, delivered with `metadata`.
@@ -204,6 +252,10 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let span = span::handler(handler);
         let started = tokio::time::Instant::now();
         let outcome = self.call_in(entry, call).instrument(span.clone()).await;
+        if let Some(telemetry) = &self.telemetry {
+            let name = format!("{}::{}", handler.processor_name, handler.method);
+            telemetry.metrics.handler_run(&name, started.elapsed());
+        }
         if !span.is_disabled() {
             span.record(
                 "postage.duration_ms",
@@ -246,6 +298,22 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 failed(rpc, HandlerError::exception("Panic", text))
             }
         }
+    }
+}
+
+/// One delivery in flight, counted in the metrics until it is dropped.
+struct InFlight<'a>(&'a Telemetry);
+
+impl<'a> InFlight<'a> {
+    fn new(telemetry: &'a Telemetry) -> Self {
+        telemetry.metrics.in_flight(true);
+        Self(telemetry)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight(false);
     }
 }
 

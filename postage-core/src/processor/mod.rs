@@ -28,6 +28,7 @@ use crate::connection::Connection;
 use crate::consumer::Consumer;
 use crate::handler::{Disposition, States};
 use crate::producer::Producer;
+use crate::telemetry::Telemetry;
 use crate::wire::{Encoder, Fingerprint};
 
 /// Why [`Processor::run`] returned.
@@ -157,6 +158,8 @@ struct Shared<P> {
     handler_timeout: Option<Duration>,
     /// The shared values handlers take as `State<T>`.
     states: Arc<States>,
+    /// The metrics endpoint its connection reports to, if any.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// What the loop does with one delivery before handing it to the handlers.

@@ -257,7 +257,12 @@ impl<P: Send + Sync + 'static> Shared<P> {
     /// (and waits for the broker's confirm) before the original is acknowledged; when
     /// that copy cannot be published, the original goes back to its queue, so nothing
     /// is lost.
-    pub(super) async fn settle(&self, delivery: &Delivery, verdict: Verdict) -> Settle {
+    /// Also returns what became of the message, as spans and metrics name it.
+    pub(super) async fn settle(
+        &self,
+        delivery: &Delivery,
+        verdict: Verdict,
+    ) -> (Settle, &'static str) {
         let (settle, disposition) = self.settle_as(delivery, verdict).await;
         let span = tracing::Span::current();
         span::outcome(
@@ -266,10 +271,9 @@ impl<P: Send + Sync + 'static> Shared<P> {
             disposition,
             settle == Settle::Ack,
         );
-        settle
+        (settle, disposition)
     }
 
-    /// [`settle`](Self::settle), and what became of the message, as spans name it.
     async fn settle_as(&self, delivery: &Delivery, verdict: Verdict) -> (Settle, &'static str) {
         let attempt = attempt_of(delivery.properties());
         let queue = delivery.queue();

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::acks::Acks;
 use super::control::ControlPolicy;
 use super::control::{control_command, restart, watch_signals};
-use super::retry::{Settle, Verdict, attempt_of};
+use super::retry::{Settle, attempt_of};
 use super::timers::Timers;
 use super::{Control, Exit, Processor};
 use crate::consumer::Delivery;
@@ -114,19 +114,9 @@ impl<P: Send + Sync + 'static> Processor<P> {
                 attempt_of(properties),
             );
             let scope = Scope::of(properties.headers().as_ref());
-            running.push(
-                scope.run(
-                    async move {
-                        let verdict = match admitted {
-                            Ok(message) => shared.dispatch(&delivery, message).await,
-                            // Bad input is never retried: rejected, or dead-lettered with its reason.
-                            Err(reason) => Verdict::Reject(reason),
-                        };
-                        (ticket, shared.settle(&delivery, verdict).await)
-                    }
-                    .instrument(span),
-                ),
-            );
+            running.push(scope.run(
+                async move { (ticket, shared.handle(&delivery, admitted).await) }.instrument(span),
+            ));
         };
         self.consumer.stop().await?;
         // Deliveries received but not started go straight back to their queue.

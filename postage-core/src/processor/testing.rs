@@ -90,6 +90,7 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
                 dead_letters: false,
                 on_failure: Disposition::Reject,
                 handler_timeout: None,
+                telemetry: None,
                 states: Arc::default(),
             },
             sets,

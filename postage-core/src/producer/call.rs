@@ -225,6 +225,7 @@ impl Producer {
             deadline: tokio::time::Instant::now() + timeout,
             inherited: current_deadline(),
             span,
+            started: tokio::time::Instant::now(),
             epoch: 0,
             own: (options.reply_queue.unwrap_or(state.settings.reply_queue) == ReplyQueue::PerCall
                 && self.recording().is_none())
@@ -346,6 +347,8 @@ pub struct PendingCall {
     inherited: Option<tokio::time::Instant>,
     /// The call's span, from its first send to its answer.
     span: tracing::Span,
+    /// When it was first sent.
+    started: tokio::time::Instant,
     /// The answer consumer the call was last sent for.
     epoch: u64,
     /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared (boxed: a
@@ -496,6 +499,11 @@ impl PendingCall {
 
     /// Records how the call ended, and after how many attempts.
     fn conclude(&self, outcome: &'static str) {
+        if let Some(telemetry) = self.producer.telemetry() {
+            telemetry
+                .metrics
+                .call(&self.command, outcome, self.started.elapsed());
+        }
         if self.span.is_disabled() {
             return;
         }

@@ -27,7 +27,7 @@ pub use self::call::{PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};
 pub use self::recording::{RECORDING_LIMIT, Recording, Sent};
 pub use self::route::Route;
-use crate::telemetry::{span, stamp};
+use crate::telemetry::{Telemetry, span, stamp};
 use crate::topology::Exchange;
 use crate::wire::Fingerprint;
 use crate::wire::json;
@@ -486,6 +486,11 @@ impl Producer {
         self.inner.broker().map(|broker| &broker.connection)
     }
 
+    /// The metrics endpoint its connection reports to, if any.
+    pub(crate) fn telemetry(&self) -> Option<&Telemetry> {
+        self.connection()?.telemetry().map(|t| &**t)
+    }
+
     /// The connection its channel is on (the publishing one, unless the configuration
     /// says otherwise).
     pub(crate) fn link(&self) -> Result<&Connection> {
@@ -626,7 +631,8 @@ impl Producer {
             .publish_in_span(exchange, routing_key, body, properties, mandatory)
             .instrument(span.clone())
             .await;
-        if !span.is_disabled() {
+        let telemetry = self.telemetry();
+        if !span.is_disabled() || telemetry.is_some() {
             let outcome = match &published {
                 Ok(()) if self.inner.reliable => "confirmed",
                 Ok(()) => "sent",
@@ -635,6 +641,9 @@ impl Producer {
                 Err(_) => "failed",
             };
             span::outcome(&span, "postage.outcome", outcome, published.is_ok());
+            if let Some(telemetry) = telemetry {
+                telemetry.metrics.publish(outcome);
+            }
         }
         published
     }

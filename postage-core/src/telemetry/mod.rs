@@ -16,6 +16,8 @@
 //!   [`Deadline`](crate::Deadline), and the calls it makes wait no longer than that.
 
 mod context;
+mod endpoint;
+mod metrics;
 pub(crate) mod span;
 
 #[cfg(feature = "otel")]
@@ -24,3 +26,4 @@ pub mod otel;
 pub use self::context::{DEADLINE_HEADER, TRACEPARENT, TRACESTATE};
 
 pub(crate) use self::context::{Scope, current_deadline, stamp, with_deadline};
+pub(crate) use self::endpoint::{Telemetry, Watched};

@@ -144,6 +144,11 @@ fn wrong_settings_name_the_setting_and_hide_the_password() {
             "POSTAGE_URL",
         ),
         (vec![("POSTAGE_URL", "pa55-w0rd-zz")], "POSTAGE_URL"),
+        (vec![("POSTAGE_METRICS", "9100")], "POSTAGE_METRICS"),
+        (
+            vec![("POSTAGE_METRICS", "no-such-host.invalid:9100")],
+            "POSTAGE_METRICS",
+        ),
     ];
     for (vars, setting) in cases {
         let error = from(&vars).expect_err(&format!("{vars:?} must fail"));
@@ -158,6 +163,37 @@ fn wrong_settings_name_the_setting_and_hide_the_password() {
             "{text} leaks the password"
         );
     }
+}
+
+#[tokio::test]
+async fn a_metrics_address_in_use_fails_at_start_naming_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let vars = [
+        ("POSTAGE_METRICS", taken.local_addr().unwrap().to_string()),
+        (
+            "POSTAGE_PORT",
+            std::env::var("POSTAGE_PORT").unwrap_or("5672".into()),
+        ),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = from(&vars).unwrap();
+    let error = Connection::connect(&config)
+        .await
+        .expect_err("the port is taken");
+    assert!(
+        matches!(
+            error,
+            Error::InvalidConfig {
+                setting: "POSTAGE_METRICS",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("cannot serve metrics on"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -5,8 +5,13 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use postage_core::{Deadline, Error, Exchange, Processor, Producer, Queue, RpcOptions, processor};
-use postage_tests::{connect, exchange, message_counts, test_node, unique};
+use postage_core::{
+    Config, Connection, Deadline, Error, Exchange, Processor, Producer, Queue, RpcOptions,
+    processor,
+};
+use postage_tests::{
+    connect, exchange, fetch, message_counts, sample, test_node, unique, with_metrics,
+};
 
 /// Runs one request at a time, each busy for as long as it asks.
 #[derive(Default)]
@@ -57,7 +62,10 @@ impl Relay {
 
 #[tokio::test]
 async fn a_request_that_arrives_after_its_deadline_is_not_run() {
-    let connection = connect().await;
+    postage_tests::init_tracing();
+    let connection = Connection::connect(&with_metrics(Config::from_env().unwrap()))
+        .await
+        .unwrap();
     let exchange = exchange("deadline");
     let queue = unique("deadline");
     let busy = Processor::builder(&connection, Busy::default())
@@ -107,6 +115,13 @@ async fn a_request_that_arrives_after_its_deadline_is_not_run() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(*state.ran.lock().unwrap(), ["first"]);
     assert_eq!(message_counts(&test_node(), &queue), (0, 0));
+    let (_, text) = fetch(connection.metrics_address().unwrap(), "/metrics").await;
+    let expired = [("queue", queue.as_str()), ("disposition", "expired")];
+    assert_eq!(
+        sample(&text, "postage_deliveries_total", &expired),
+        Some(1.0),
+        "{text}"
+    );
 
     stop.shutdown();
     running.await.unwrap().unwrap();

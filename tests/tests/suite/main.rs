@@ -25,6 +25,7 @@ mod lowlevel;
 mod macro_pass;
 mod macro_ui;
 mod messenger;
+mod metrics;
 mod processor;
 mod producer_consumer;
 mod reply_queue;
