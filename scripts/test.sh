@@ -29,6 +29,8 @@ cargo clippy -p postage-core --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The tests start the workspace's programs (demos, the `postage` CLI) from target/debug.
 cargo build --workspace --bins --tests --locked
+# The AsyncAPI project's own parser, which the tests validate postage's documents with.
+npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
 for pid in "${pids[@]}"; do
   wait "$pid"
 done

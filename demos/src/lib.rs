@@ -1,6 +1,7 @@
 //! What the demos share, as `echo_shared.py` in Python Postage: the echo exchange, its
 //! queue and routing keys, so these demos and the Python ones talk to each other.
 
+use postage_core::asyncapi::{Component, Document};
 use postage_core::{Connection, Exchange, Producer, Queue, producer_api};
 
 /// The demos' exchange: direct and durable, Postage's defaults.
@@ -40,6 +41,21 @@ impl std::fmt::Debug for Failure {
         // The broker's words may span lines; the error stays on one.
         let text = self.0.to_string();
         f.write_str(&text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// With `--asyncapi` on its command line, a demo prints the AsyncAPI 3.0 document of
+/// `component` (see `postage_core::asyncapi`) and exits, without a broker.
+pub fn print_api_if_asked(component: impl FnOnce() -> Component) {
+    if std::env::args().any(|arg| arg == "--asyncapi") {
+        let document = Document::new("postage demos", env!("CARGO_PKG_VERSION"))
+            .component(component())
+            .to_json();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        );
+        std::process::exit(0);
     }
 }
 

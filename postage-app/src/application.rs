@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
+use postage_core::asyncapi::Component;
 use postage_core::{
     Connection, ConsumerHandle, ControlPolicy, Exit, Fingerprint, HandlerError, HandlerInfo,
     Metadata, Processor, ProcessorBuilder, ProcessorHandle, Producer, processor,
@@ -22,6 +23,10 @@ pub struct Description {
     pub groups: Vec<String>,
     /// Every (category, type, name) it handles.
     pub handlers: Vec<serde_json::Value>,
+    /// Its bindings and handlers with their schemas, for an AsyncAPI document
+    /// (`postage asyncapi`); absent from applications that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Component>,
 }
 
 /// The parameters of `join_group` and `leave_group`.
@@ -38,6 +43,8 @@ struct Builtins {
     groups: Mutex<BTreeSet<String>>,
     consumer: OnceLock<ConsumerHandle>,
     handlers: OnceLock<Vec<HandlerInfo>>,
+    /// Its API without bindings, which `describe` reads at the time.
+    api: OnceLock<Component>,
     logger: OnceLock<Producer>,
     control: OnceLock<ControlPolicy>,
 }
@@ -110,6 +117,10 @@ impl Builtins {
                 .iter()
                 .map(serde_json::to_value)
                 .collect::<Result<_, _>>()?,
+            api: self.api.get().map(|api| {
+                let bindings = self.consumer().map(|c| c.bindings()).unwrap_or_default();
+                api.clone().with_bindings(&bindings)
+            }),
         })
     }
 
@@ -236,6 +247,9 @@ impl GenericApplicationBuilder {
         let builtins = processor.state();
         let _ = builtins.consumer.set(processor.consumer().handle());
         let _ = builtins.handlers.set(processor.handlers());
+        let mut api = processor.api();
+        api.bindings.clear();
+        let _ = builtins.api.set(api);
         if let Some(logger) = self.logger {
             let _ = builtins.logger.set(logger);
         }
@@ -266,6 +280,7 @@ impl GenericApplication {
             groups: Mutex::new(BTreeSet::new()),
             consumer: OnceLock::new(),
             handlers: OnceLock::new(),
+            api: OnceLock::new(),
             logger: OnceLock::new(),
             control: OnceLock::new(),
         };

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod asyncapi;
 mod config;
 mod connection;
 mod consumer;
@@ -79,15 +80,20 @@ struct ReadmeDoctests;
 
 /// The AMQP client postage is built on, re-exported so its types always match.
 pub use lapin;
+/// The JSON Schema derive the API document reads payload types with
+/// (`#[derive(postage_core::schemars::JsonSchema)]`), re-exported so versions match.
+pub use schemars;
 
 /// What the handler attributes expand to; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::asyncapi::schema::{OpenSchema, ResultSchema, SchemaProbe, TypedSchema};
     pub use crate::handler::{
         BoxFuture, CallParts, FilterResult, Filtered, FreeFilter, FromCall, HandlerCall,
         HandlerRegistration, MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind,
         StateNeed, States, TimerRegistration, ValueKind, replied, run_filter,
     };
     pub use inventory;
+    pub use schemars::SchemaGenerator;
     pub use serde_json;
 }

@@ -110,6 +110,49 @@ pub(crate) fn registration(
         TokenStream::new()
     };
 
+    // The payload's schema and the answer's, for the API document (see
+    // `postage_core::asyncapi`): each type picks a schema of its own or an open one.
+    let payload_schemas = typed.iter().map(|ty| {
+        let ty = static_lifetimes(ty.clone());
+        quote! {
+            if <#ty as ::postage_core::__private::FromCall<'static>>::PAYLOAD {
+                return (&&&::postage_core::__private::SchemaProbe::<#ty>::new()).schema(generator);
+            }
+        }
+    });
+    let answer_schema = match (&signature.answer, &method.sig.output) {
+        (Answer::Outcome, _) => quote!(::std::option::Option::None),
+        (Answer::Rpc, syn::ReturnType::Type(_, ty)) if !names_impl(ty) => {
+            let ty = static_lifetimes(replace_self(ty.to_token_stream(), self_ty));
+            quote! {
+                ::std::option::Option::Some(
+                    (&&&::postage_core::__private::SchemaProbe::<#ty>::new()).schema(generator),
+                )
+            }
+        }
+        _ => quote!(::std::option::Option::Some(
+            ::postage_core::__private::serde_json::json!({})
+        )),
+    };
+    let schemas = quote! {
+        #[allow(unused_imports, clippy::needless_borrow)]
+        fn __postage_payload_schema(
+            generator: &mut ::postage_core::__private::SchemaGenerator,
+        ) -> ::postage_core::__private::serde_json::Value {
+            use ::postage_core::__private::{OpenSchema as _, ResultSchema as _, TypedSchema as _};
+            #(#payload_schemas)*
+            ::postage_core::__private::serde_json::json!({})
+        }
+
+        #[allow(unused_imports, unused_variables, clippy::needless_borrow)]
+        fn __postage_answer_schema(
+            generator: &mut ::postage_core::__private::SchemaGenerator,
+        ) -> ::std::option::Option<::postage_core::__private::serde_json::Value> {
+            use ::postage_core::__private::{OpenSchema as _, ResultSchema as _, TypedSchema as _};
+            #answer_schema
+        }
+    };
+
     // The shared values the arguments take, for the processor's build to check.
     let states = typed.iter().map(|ty| {
         let ty = static_lifetimes(ty.clone());
@@ -196,6 +239,8 @@ pub(crate) fn registration(
                 #body
             }
 
+            #schemas
+
             ::postage_core::__private::inventory::submit! {
                 ::postage_core::__private::HandlerRegistration {
                     processor: || ::std::any::TypeId::of::<#self_ty>(),
@@ -209,6 +254,8 @@ pub(crate) fn registration(
                     attempts: #attempts,
                     timeout: #timeout,
                     states: #states,
+                    payload_schema: __postage_payload_schema,
+                    answer_schema: __postage_answer_schema,
                     call: __postage_call,
                 }
             }
@@ -245,6 +292,14 @@ fn static_lifetimes(tokens: TokenStream) -> TokenStream {
         }
     }
     out.into_iter().collect()
+}
+
+/// Whether `ty` holds an `impl Trait`, which cannot be named outside the method.
+fn names_impl(ty: &Type) -> bool {
+    ty.to_token_stream()
+        .to_string()
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .any(|word| word == "impl")
 }
 
 /// A `#[cfg]` on the method applies to its registration too.

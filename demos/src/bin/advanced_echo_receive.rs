@@ -1,10 +1,12 @@
-//! Run with: `cargo run -p demos --bin advanced_echo_receive`
+//! Run with: `cargo run -p demos --bin advanced_echo_receive` (`-- --asyncapi` prints its
+//! AsyncAPI document)
 //!
 //! Like the basic receiver, plus: prints the sender's fingerprint (a full-body handler),
 //! and reads both the shared `echo-queue` (round robin between receivers, key `echo-rk`)
 //! and a private queue of its own (every receiver gets a copy, key `echo-fanout-rk`).
 
 use demos::{ECHO_EXCHANGE, ECHO_FANOUT_KEY, ECHO_KEY, connect, say, shared_queue};
+use postage_core::asyncapi::Component;
 use postage_core::{Fingerprint, Message, Processor, Queue, processor};
 
 struct EchoReceiveProcessor;
@@ -30,6 +32,11 @@ impl EchoReceiveProcessor {
 
 #[tokio::main]
 async fn main() -> Result<(), demos::Failure> {
+    demos::print_api_if_asked(|| {
+        Component::of::<EchoReceiveProcessor>("echo_receive")
+            .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)
+            .bind(ECHO_EXCHANGE, "echo-queue-PIDHOST", ECHO_FANOUT_KEY)
+    });
     let connection = connect().await?;
     let fingerprint = Fingerprint::new("echo_receive", "controller");
     let private_queue = Queue::new(format!(

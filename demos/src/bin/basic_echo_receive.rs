@@ -1,8 +1,10 @@
-//! Run with: `cargo run -p demos --bin basic_echo_receive`
+//! Run with: `cargo run -p demos --bin basic_echo_receive` (`-- --asyncapi` prints its
+//! AsyncAPI document)
 //!
 //! Waits for `echo` commands on `echo-queue` and prints their parameters, until a `quit`.
 
 use demos::{ECHO_EXCHANGE, ECHO_KEY, connect, say, shared_queue};
+use postage_core::asyncapi::Component;
 use postage_core::{Processor, processor};
 
 struct EchoReceiveProcessor;
@@ -19,6 +21,13 @@ impl EchoReceiveProcessor {
 
 #[tokio::main]
 async fn main() -> Result<(), demos::Failure> {
+    demos::print_api_if_asked(|| {
+        Component::of::<EchoReceiveProcessor>("echo_receive").bind(
+            ECHO_EXCHANGE,
+            shared_queue(),
+            ECHO_KEY,
+        )
+    });
     let connection = connect().await?;
     let receiver = Processor::builder(&connection, EchoReceiveProcessor)
         .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)

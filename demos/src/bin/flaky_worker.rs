@@ -1,4 +1,5 @@
-//! Run with: `cargo run -p demos --bin flaky_worker [-- --always-fail]`, then send it work
+//! Run with: `cargo run -p demos --bin flaky_worker [-- --always-fail]` (`-- --asyncapi`
+//! prints its AsyncAPI document), then send it work
 //! from a shell:
 //!
 //! ```sh
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use demos::{connect, say};
+use postage_core::asyncapi::Component;
+use postage_core::schemars::JsonSchema;
 use postage_core::{Exchange, HandlerError, Metadata, Processor, Queue, RetryPolicy, processor};
 use serde::Deserialize;
 
@@ -27,9 +30,13 @@ struct Args {
     /// Fail every attempt, so each job ends in `flaky-queue.dead`.
     #[arg(long)]
     always_fail: bool,
+    /// Print the worker's AsyncAPI document and exit.
+    #[arg(long)]
+    asyncapi: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
+#[schemars(crate = "postage_core::schemars")]
 struct Job {
     id: u64,
 }
@@ -56,6 +63,9 @@ impl FlakyWorker {
 
 #[tokio::main]
 async fn main() -> Result<(), demos::Failure> {
+    demos::print_api_if_asked(|| {
+        Component::of::<FlakyWorker>("flaky_worker").bind(FLAKY_EXCHANGE, "flaky-queue", "flaky")
+    });
     let args = Args::parse();
     let connection = connect().await?;
     let worker = Processor::builder(

@@ -1,9 +1,11 @@
-//! Run with: `cargo run -p demos --bin rpc_echo_receive`
+//! Run with: `cargo run -p demos --bin rpc_echo_receive` (`-- --asyncapi` prints its
+//! AsyncAPI document)
 //!
 //! Answers `echo` calls: prints the parameters, replies "RPC message received" first,
 //! then goes on working after the reply, as the Postage demo does.
 
 use demos::{ECHO_EXCHANGE, ECHO_KEY, connect, say, shared_queue};
+use postage_core::asyncapi::Component;
 use postage_core::{Fingerprint, Processor, Reply, processor};
 
 struct EchoReceiveProcessor;
@@ -23,6 +25,13 @@ impl EchoReceiveProcessor {
 
 #[tokio::main]
 async fn main() -> Result<(), demos::Failure> {
+    demos::print_api_if_asked(|| {
+        Component::of::<EchoReceiveProcessor>("echo_receive").bind(
+            ECHO_EXCHANGE,
+            shared_queue(),
+            ECHO_KEY,
+        )
+    });
     let connection = connect().await?;
     let receiver = Processor::builder(&connection, EchoReceiveProcessor)
         .bind(ECHO_EXCHANGE, shared_queue(), ECHO_KEY)

@@ -3,13 +3,14 @@
 //! Reads the same connection settings as the library (`POSTAGE_*`, or `--url`). Exit
 //! codes: 0 done; 1 the component answered an error or exception; 2 bad usage; 3 no
 //! answer in time; 4 no queue is bound to the key; 5 the broker could not be reached or
-//! refused the settings.
+//! refused the settings; 6 `asyncapi --check` found a breaking change.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use postage_app::{GENERIC_APPLICATION_EXCHANGE, components};
+use postage_app::{Description, GENERIC_APPLICATION_EXCHANGE, components};
+use postage_core::asyncapi::{Document, breaking_changes};
 use postage_core::{Config, Connection, Error, Exchange, Fingerprint, Producer, Route, RpcResult};
 use serde_json::{Value, json};
 
@@ -91,6 +92,30 @@ enum Command {
     },
     /// Lists the live applications with their groups and handlers.
     Components {
+        /// Seconds to collect answers.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+    },
+    /// Prints the AsyncAPI 3.0 document of the applications a key reaches (from their
+    /// `describe`), or of a document file; with `--check`, compares it with a saved one
+    /// and exits 6 on a breaking change.
+    Asyncapi {
+        /// Routing key of the applications to describe (not with `--from`).
+        #[arg(required_unless_present = "from")]
+        key: Option<String>,
+        /// Read the document from this file (a program's own `--asyncapi` output, say)
+        /// instead of asking running applications; needs no broker.
+        #[arg(long, conflicts_with = "key")]
+        from: Option<std::path::PathBuf>,
+        /// The saved document to compare with: breaking changes are listed, exit 6.
+        #[arg(long)]
+        check: Option<std::path::PathBuf>,
+        /// The document's title.
+        #[arg(long, default_value = "postage components")]
+        title: String,
+        /// The API's version in the document.
+        #[arg(long, default_value = "0.1.0")]
+        api_version: String,
         /// Seconds to collect answers.
         #[arg(long, default_value_t = 1.0)]
         wait: f64,
@@ -177,6 +202,16 @@ fn exchange(name: Option<String>) -> Exchange {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // A document read from a file needs no broker.
+    if let Command::Asyncapi {
+        from: Some(path),
+        check,
+        ..
+    } = &cli.command
+    {
+        let document = read_document(path)?;
+        return asyncapi(document, check.as_deref());
+    }
     let config = match &cli.url {
         Some(url) => Config::from_url(url)?,
         None => Config::from_env()?,
@@ -373,6 +408,38 @@ async fn execute(
                 }
             }
         }
+        Command::Asyncapi {
+            key,
+            check,
+            title,
+            api_version,
+            wait,
+            ..
+        } => {
+            let key = key.unwrap_or_default();
+            let wait_for = seconds(wait, "--wait")?;
+            let answers = producer(connection, exchange, &key, wait_for)
+                .await?
+                .gather("describe", json!({}), &Route::Default, wait_for, None)
+                .await?;
+            let mut document = Document::new(title, api_version);
+            let mut described = 0;
+            for answer in answers {
+                if let RpcResult::Success { value, .. } = answer
+                    && let Ok(Description { api: Some(api), .. }) = serde_json::from_value(value)
+                {
+                    document = document.component(api);
+                    described += 1;
+                }
+            }
+            if described == 0 {
+                return Err(Failure {
+                    code: 3,
+                    text: format!("no application described its API on {key} within {wait} s"),
+                });
+            }
+            return asyncapi(document.to_json(), check.as_deref());
+        }
         Command::Components { wait } => {
             let found = components(connection, seconds(wait, "--wait")?).await?;
             if found.is_empty() {
@@ -410,6 +477,41 @@ async fn execute(
         }
     }
     Ok(())
+}
+
+/// A JSON document from `path`, or why not.
+fn read_document(path: &std::path::Path) -> Result<Value, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| usage(format!("{} is not a JSON document: {e}", path.display())))
+}
+
+/// Prints `document`, or with `check` the breaking changes from the saved one there.
+fn asyncapi(document: Value, check: Option<&std::path::Path>) -> Result<(), Failure> {
+    let Some(saved) = check else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        );
+        return Ok(());
+    };
+    let breaking = breaking_changes(&read_document(saved)?, &document);
+    if breaking.is_empty() {
+        println!("no breaking change from {}", saved.display());
+        return Ok(());
+    }
+    for change in &breaking {
+        println!("breaking: {change}");
+    }
+    Err(Failure {
+        code: 6,
+        text: format!(
+            "{} breaking change(s) from {}",
+            breaking.len(),
+            saved.display()
+        ),
+    })
 }
 
 fn report(json: bool, object: Value, text: String) {

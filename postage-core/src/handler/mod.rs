@@ -120,6 +120,10 @@ pub struct HandlerRegistration {
     pub timeout: Option<std::time::Duration>,
     /// The shared values (`State<T>`) its arguments take, by type and name.
     pub states: &'static [StateNeed],
+    /// The JSON Schema of its payload (open when its type has none).
+    pub payload_schema: fn(&mut schemars::SchemaGenerator) -> serde_json::Value,
+    /// The JSON Schema of an RPC handler's answer; `None` for a message handler.
+    pub answer_schema: fn(&mut schemars::SchemaGenerator) -> Option<serde_json::Value>,
     pub call: fn(Arc<dyn Any + Send + Sync>, HandlerCall) -> BoxFuture<Outcome>,
 }
 

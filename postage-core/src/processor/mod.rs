@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use self::table::HandlerTable;
+use crate::asyncapi::Component;
 use crate::connection::Connection;
 use crate::consumer::Consumer;
 use crate::handler::{Disposition, States};
@@ -189,5 +190,15 @@ impl<P: Send + Sync + 'static> Processor<P> {
     /// Every message this processor answers to (its handlers', built-ins left out).
     pub fn handlers(&self) -> Vec<HandlerInfo> {
         self.shared.table.describe()
+    }
+
+    /// What this processor answers to, for an API document: its bindings and its
+    /// handlers with their schemas, under its fingerprint's name.
+    pub fn api(&self) -> Component {
+        Component::from_registrations(
+            self.shared.fingerprint.name.clone(),
+            self.shared.table.registrations(),
+        )
+        .with_bindings(&self.consumer.bindings())
     }
 }

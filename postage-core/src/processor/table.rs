@@ -132,17 +132,23 @@ impl HandlerTable {
         self.rpc.get(name)
     }
 
-    /// Every (category, type, name) served, sorted: the processor's message API.
-    pub(super) fn describe(&self) -> Vec<HandlerInfo> {
-        let mut handlers: Vec<HandlerInfo> = self
-            .message
+    /// Every handler, message handlers then RPC ones.
+    pub(super) fn registrations(&self) -> impl Iterator<Item = &'static HandlerRegistration> {
+        self.message
             .values()
             .flat_map(|kinds| kinds.values().flatten())
             .chain(self.rpc.values())
-            .map(|entry| HandlerInfo {
-                category: entry.registration.category,
-                kind: entry.registration.kind,
-                name: entry.registration.name,
+            .map(|entry| entry.registration)
+    }
+
+    /// Every (category, type, name) served, sorted: the processor's message API.
+    pub(super) fn describe(&self) -> Vec<HandlerInfo> {
+        let mut handlers: Vec<HandlerInfo> = self
+            .registrations()
+            .map(|registration| HandlerInfo {
+                category: registration.category,
+                kind: registration.kind,
+                name: registration.name,
             })
             .collect();
         handlers.sort_by_key(|h| (h.category.as_str(), h.kind, h.name));

@@ -9,6 +9,7 @@
 
 mod acks;
 mod application;
+mod asyncapi;
 mod broker_faults;
 mod broker_versions;
 mod channel_loss;
