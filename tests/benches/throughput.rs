@@ -18,6 +18,12 @@
 //! the other side's server, a raw client with a reply task of its own, a ladder of
 //! hand-written consumers from raw lapin to the processor, and lapin's memory when told
 //! the frame size.
+//!
+//! Spans cost nothing without a subscriber, the default here. With the `otel` feature
+//! (on by default in this crate; `--no-default-features` leaves OpenTelemetry out of the
+//! build), `POSTAGE_BENCH_TRACE=otel` records every span as an OpenTelemetry span, with
+//! trace context in every message, through a provider that exports nowhere: the cost of
+//! tracing itself.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -100,14 +106,36 @@ impl Plan {
     }
 }
 
+/// With `POSTAGE_BENCH_TRACE=otel`, records every span as an OpenTelemetry span, and
+/// says so in the first line; the provider is kept until the end.
+#[cfg(feature = "otel")]
+fn tracing_setting() -> (&'static str, Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
+    if std::env::var("POSTAGE_BENCH_TRACE").as_deref() != Ok("otel") {
+        return ("no subscriber", None);
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")))
+        .init();
+    ("OpenTelemetry spans of every operation", Some(provider))
+}
+
+#[cfg(not(feature = "otel"))]
+fn tracing_setting() -> (&'static str, Option<()>) {
+    ("no subscriber, no otel feature", None)
+}
+
 fn main() {
     let plan = Plan::from_env();
+    let (tracing, _provider) = tracing_setting();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     println!(
-        "# postage vs raw lapin {}, broker {}: medians of {} run(s){}; prefetch {PREFETCH}",
+        "# postage vs raw lapin {}, broker {}: medians of {} run(s){}; prefetch {PREFETCH}; tracing: {tracing}",
         env!("CARGO_PKG_VERSION"),
         redacted(&broker_url()),
         plan.runs,
