@@ -109,7 +109,10 @@ impl Plan {
 /// With `POSTAGE_BENCH_TRACE=otel`, records every span as an OpenTelemetry span, and
 /// says so in the first line; the provider is kept until the end.
 #[cfg(feature = "otel")]
-fn tracing_setting() -> (&'static str, Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
+fn tracing_setting() -> (
+    &'static str,
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+) {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::prelude::*;
     if std::env::var("POSTAGE_BENCH_TRACE").as_deref() != Ok("otel") {

@@ -25,14 +25,16 @@ impl UserId {
     }
 }
 
-/// When the processor cancels this handler (its timeout, see
-/// [`ProcessorBuilder::handler_timeout`](crate::ProcessorBuilder::handler_timeout)), so
-/// that it can give up in time on work of its own; `None` without a timeout.
+/// When this handler's work must be done: the deadline its RPC request came with (when
+/// the caller stops waiting), or when the processor cancels the handler (its timeout, see
+/// [`ProcessorBuilder::handler_timeout`](crate::ProcessorBuilder::handler_timeout)),
+/// whichever comes first; `None` without either. The calls the handler makes wait no
+/// longer than this, so it can give up in time on work of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Option<Instant>);
 
 impl Deadline {
-    /// What is left of the time, `None` without a timeout.
+    /// What is left of the time, `None` without a deadline.
     pub fn remaining(&self) -> Option<std::time::Duration> {
         self.0
             .map(|at| at.saturating_duration_since(Instant::now()))

@@ -18,7 +18,8 @@ use tracing::field::Empty;
 use crate::handler::HandlerRegistration;
 use crate::wire::Message;
 
-/// The span of one delivery, from its arrival to its settlement.
+/// The span of one delivery, from its arrival to its settlement: a root (whatever span
+/// the processor runs in), or the child of the span that sent it, named in its headers.
 pub(crate) fn delivery(
     queue: &str,
     delivery: &lapin::message::Delivery,
@@ -27,6 +28,7 @@ pub(crate) fn delivery(
 ) -> Span {
     let properties = &delivery.properties;
     let span = tracing::info_span!(
+        parent: None,
         "process",
         otel.name = %format_args!("process {queue}"),
         otel.kind = "consumer",
