@@ -10,7 +10,7 @@ use postage_core::{
     Config, Connection, HandlerError, Host, Metadata, Processor, Producer, Queue, RetryPolicy,
     processor,
 };
-use postage_tests::{OwnNode, ctl, exchange, fetch, sample, unique, with_metrics};
+use postage_tests::{OwnNode, ctl, exchange, fetch, sample, start_app, unique, with_metrics};
 
 /// (name, AMQP port, distribution port) of the node stopped under a component.
 const NODE: (&str, u16, u16) = ("postage-ready", 5761, 25761);
@@ -199,7 +199,9 @@ async fn ready_goes_503_while_the_broker_is_stopped_and_200_after() {
         200,
         "the process still serves"
     );
-    ctl(node, &["start_app"]);
+    tokio::task::spawn_blocking(move || start_app(node))
+        .await
+        .unwrap();
     ready_within(200).await;
     let (_, text) = fetch(address, "/metrics").await;
     assert!(

@@ -27,7 +27,7 @@ use postage_core::{
     messenger::Messenger,
     processor,
 };
-use postage_tests::{OwnNode, connect, ctl, exchange, init_tracing, unique};
+use postage_tests::{OwnNode, connect, ctl, exchange, init_tracing, start_app, unique};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -358,7 +358,7 @@ async fn a_two_minute_outage_is_served_through() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(120)).await;
-    tokio::task::spawn_blocking(move || ctl(node, &["start_app"]))
+    tokio::task::spawn_blocking(move || start_app(node))
         .await
         .unwrap();
     let back = Instant::now();
