@@ -94,10 +94,34 @@ pub struct Otlp {
 }
 
 impl Otlp {
-    /// An exporter for the service `service` (OpenTelemetry's `service.name`).
+    /// An exporter for the service `service` (OpenTelemetry's `service.name`), to the
+    /// collector `OTEL_EXPORTER_OTLP_ENDPOINT` names (default `http://localhost:4318`).
     pub fn from_env(service: &str) -> Result<Self> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
+        Self::build(
+            service,
+            opentelemetry_otlp::SpanExporter::builder().with_http(),
+        )
+    }
+
+    /// An exporter for the service `service` to `endpoint`, a collector's traces URL
+    /// (`http://collector:4318/v1/traces`).
+    pub fn to(service: &str, endpoint: &str) -> Result<Self> {
+        use opentelemetry_otlp::WithExportConfig;
+        Self::build(
+            service,
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint),
+        )
+    }
+
+    fn build(
+        service: &str,
+        exporter: opentelemetry_otlp::SpanExporterBuilder<
+            opentelemetry_otlp::HttpExporterBuilderSet,
+        >,
+    ) -> Result<Self> {
+        let exporter = exporter
             .build()
             .map_err(|e| Error::config("OTEL_EXPORTER_OTLP_ENDPOINT", e.to_string()))?;
         let provider = SdkTracerProvider::builder()

@@ -208,3 +208,73 @@ async fn a_producer_to_a_to_rpc_b_chain_is_one_trace_across_a_reconnect() {
     connection.close().await.unwrap();
     let _ = provider.shutdown();
 }
+
+/// One HTTP request a fake collector received: its path and body.
+fn receive_one(listener: std::net::TcpListener) -> (String, Vec<u8>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (path, body)
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    let collector = std::thread::spawn(move || receive_one(listener));
+    let otlp = postage_core::telemetry::otel::Otlp::to("postage-otlp-test", &endpoint).unwrap();
+    let connection = postage_tests::connect().await;
+    let exchange = Exchange::named(unique("otlp"))
+        .auto_delete(true)
+        .durable(false);
+    let producer = Producer::builder(&connection)
+        .destination(exchange.clone(), "nowhere")
+        .build()
+        .await
+        .unwrap();
+    {
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(otlp.layer()));
+        producer.command("hello", 1).await.unwrap();
+    }
+    otlp.shutdown();
+    let (path, body) = collector.join().unwrap();
+    assert_eq!(path, "/v1/traces");
+    let contains = |needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        contains("postage-otlp-test"),
+        "the service name is exported"
+    );
+    assert!(
+        contains(&format!("publish {}", exchange.name())),
+        "the publish span is exported"
+    );
+    connection.close().await.unwrap();
+}
