@@ -3,10 +3,17 @@
 //! and (with [`Config::metrics`](crate::Config::metrics)) Prometheus metrics and health
 //! probes on an HTTP endpoint.
 //!
-//! - **Spans** (see `spans.rs` for their names and fields) go to whatever `tracing`
-//!   subscriber the program installs; with the `otel` feature, [`otel::Otlp`] exports
-//!   them to an OpenTelemetry collector, and a trace follows a message from its producer
-//!   through every handler and call it causes.
+//! - **Spans**, named and with fields after OpenTelemetry's messaging conventions:
+//!   `process <queue>` per delivery (with its disposition), `handle <Processor>::<method>`
+//!   per handler run (outcome, duration), `publish <exchange>` per message sent, `call
+//!   <command>` per RPC call on the caller's side (attempts, outcome). They go to
+//!   whatever `tracing` subscriber the program installs; with the `otel` feature,
+//!   `otel::Otlp` exports them to an OpenTelemetry collector, and a trace follows a
+//!   message from its producer through every handler and call it causes.
+//! - **Metrics and health**: with `Config::metrics` (`POSTAGE_METRICS`), `/metrics`
+//!   (deliveries by disposition per handler, handler and call latency, calls by outcome,
+//!   messages in flight, publishes, reconnects, connections by state), `/health/live` and
+//!   `/health/ready` (200, or 503 with the reasons).
 //! - **Trace context**: what is sent inside a span carries its `traceparent` and
 //!   `tracestate` headers; a delivery's span is the child of the span that sent it.
 //!   Without the `otel` feature the context a message came with is passed on as it came.
