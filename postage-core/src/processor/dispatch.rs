@@ -13,7 +13,9 @@ use super::reply::ChannelReply;
 use super::retry::{Settle, Verdict, attempt_of};
 use super::table::Entry;
 use crate::consumer::Delivery;
-use crate::handler::{HandlerCall, HandlerError, Metadata, Outcome, Reply, ReplySender};
+use crate::handler::{
+    HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
+};
 use crate::rpc::ReturnAddress;
 use crate::telemetry::{Scope, Telemetry, current_deadline, span};
 use crate::wire::{COMMAND, Category, Message, RpcResult};
@@ -91,8 +93,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             telemetry.metrics.delivery(queue, None, disposition);
         }
         for entry in ran {
-            let handler = entry.registration;
-            let name = format!("{}::{}", handler.processor_name, handler.method);
+            let name = label(entry.registration);
             telemetry.metrics.delivery(queue, Some(&name), disposition);
         }
     }
@@ -253,8 +254,9 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let started = tokio::time::Instant::now();
         let outcome = self.call_in(entry, call).instrument(span.clone()).await;
         if let Some(telemetry) = &self.telemetry {
-            let name = format!("{}::{}", handler.processor_name, handler.method);
-            telemetry.metrics.handler_run(&name, started.elapsed());
+            telemetry
+                .metrics
+                .handler_run(&label(handler), started.elapsed());
         }
         if !span.is_disabled() {
             span.record(
@@ -299,6 +301,11 @@ impl<P: Send + Sync + 'static> Shared<P> {
             }
         }
     }
+}
+
+/// A handler as the metrics name it: `Processor::method`.
+fn label(handler: &HandlerRegistration) -> String {
+    format!("{}::{}", handler.processor_name, handler.method)
 }
 
 /// One delivery in flight, counted in the metrics until it is dropped.

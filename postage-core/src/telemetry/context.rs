@@ -125,9 +125,14 @@ fn with_trace(properties: BasicProperties, trace: &TraceHeaders) -> BasicPropert
 
 /// A header's text, as AMQP clients write strings (a long or a short string).
 pub(crate) fn text(headers: &FieldTable, name: &str) -> Option<String> {
+    header_str(headers, name).map(str::to_owned)
+}
+
+/// A header's text, borrowed; `None` unless it is a string of UTF-8.
+pub(crate) fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<&'a str> {
     match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
         _ => None,
     }
 }

@@ -28,7 +28,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::context::{TRACEPARENT, TRACESTATE, TraceHeaders, text};
+use super::context::{TRACEPARENT, TRACESTATE, TraceHeaders, header_str};
 use crate::error::{Error, Result};
 
 /// The trace context of the current span, when an OpenTelemetry layer records it.
@@ -50,7 +50,7 @@ pub(crate) fn adopt(span: &tracing::Span, headers: Option<&FieldTable>) {
     let Some(headers) = headers else {
         return;
     };
-    if text(headers, TRACEPARENT).is_none() {
+    if header_str(headers, TRACEPARENT).is_none() {
         return;
     }
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
@@ -74,11 +74,7 @@ struct Headers<'a>(&'a FieldTable);
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        match self.0.inner().get(key)? {
-            lapin::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-            lapin::types::AMQPValue::ShortString(s) => Some(s.as_str()),
-            _ => None,
-        }
+        header_str(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {
