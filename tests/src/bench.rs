@@ -15,6 +15,9 @@ pub struct Reading {
     pub value: f64,
     /// A few labels.
     pub tags: Vec<String>,
+    /// Filler that makes the payload as big as a figure needs; left out when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 impl Reading {
@@ -25,7 +28,19 @@ impl Reading {
             seq,
             value: 21.5,
             tags: vec!["lab".to_owned(), "north".to_owned()],
+            note: String::new(),
         }
+    }
+
+    /// A reading numbered `seq` whose JSON is about `bytes` long (at least a sample's,
+    /// some 80 bytes), padded with a note.
+    pub fn sized(seq: u64, bytes: usize) -> Self {
+        let mut reading = Self::sample(seq);
+        let plain = serde_json::to_vec(&reading).map_or(0, |json| json.len());
+        // `,"note":""` is 10 bytes.
+        let fill = bytes.saturating_sub(plain + 10);
+        reading.note = "x".repeat(fill);
+        reading
     }
 }
 
@@ -194,4 +209,19 @@ pub fn broker_url() -> String {
         .ok()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Amqprs's connection arguments for `url`, read by postage's own URL parser (amqprs's
+/// leaves a percent-encoded virtual host such as `%2f` encoded).
+pub fn amqprs_arguments(url: &str) -> amqprs::connection::OpenConnectionArguments {
+    let config = postage_core::Config::from_url(url).expect("a valid POSTAGE_URL");
+    let host = &config.hosts[0];
+    amqprs::connection::OpenConnectionArguments::new(
+        &host.name,
+        host.port,
+        &config.user,
+        config.password.expose(),
+    )
+    .virtual_host(&config.vhost)
+    .finish()
 }

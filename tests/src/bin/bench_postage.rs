@@ -1,12 +1,13 @@
 //! A small postage component the throughput benchmark starts as a child process, to
 //! measure its start-up time and resident memory.
 //!
-//! Run with: `bench_postage idle|inflight EXCHANGE QUEUE [CALLS]`
+//! Run with: `bench_postage idle|inflight EXCHANGE QUEUE [COUNT]`
 //!
-//! It connects to `POSTAGE_URL`, runs a processor on an exclusive QUEUE bound to EXCHANGE,
-//! sends itself a `ping` and prints `consuming` when the handler gets it. With `inflight`
-//! it then sends CALLS RPC calls nobody answers and prints `inflight` once all are sent.
-//! It stops when its standard input closes.
+//! It connects to `POSTAGE_URL`, runs a processor on an exclusive QUEUE bound to EXCHANGE
+//! (with `idle`, COUNT processors, the others on queues of their own), sends itself a
+//! `ping` and prints `consuming` when the handler gets it. With `inflight` it then sends
+//! COUNT RPC calls nobody answers and prints `inflight` once all are sent. It stops when
+//! its standard input closes.
 
 use std::io::Read;
 use std::time::Duration;
@@ -39,19 +40,26 @@ impl Component {
 async fn main() -> postage_core::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(mode), Some(exchange), Some(queue)) = (args.next(), args.next(), args.next()) else {
-        eprintln!("usage: bench_postage idle|inflight EXCHANGE QUEUE [CALLS]");
+        eprintln!("usage: bench_postage idle|inflight EXCHANGE QUEUE [COUNT]");
         std::process::exit(2);
     };
-    let calls: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
 
     let connection = Connection::connect(&Config::from_url(&broker_url())?).await?;
     let exchange = Exchange::named(exchange).durable(false).auto_delete(true);
-    let component = Processor::builder(&connection, Component)
-        .bind(exchange.clone(), Queue::new(queue).exclusive(true), "ping")
-        .build()
-        .await?;
-    let handle = component.handle();
-    let running = tokio::spawn(component.run());
+    let processors = if mode == "idle" { count } else { 1 };
+    let mut running = Vec::new();
+    for i in 0..processors {
+        let (queue, key) = match i {
+            0 => (queue.clone(), "ping".to_owned()),
+            i => (format!("{queue}-{i}"), format!("ping-{i}")),
+        };
+        let component = Processor::builder(&connection, Component)
+            .bind(exchange.clone(), Queue::new(queue).exclusive(true), key)
+            .build()
+            .await?;
+        running.push((component.handle(), tokio::spawn(component.run())));
+    }
     let producer = Producer::builder(&connection)
         .destination(exchange.clone(), "ping")
         .build()
@@ -70,7 +78,7 @@ async fn main() -> postage_core::Result<()> {
         let options = RpcOptions::new()
             .route(Route::key("calls"))
             .timeout(Duration::from_secs(600));
-        for seq in 0..calls {
+        for seq in 0..count {
             let call = producer
                 .rpc_deferred("reading", Reading::sample(seq as u64), options.clone())
                 .await?;
@@ -82,7 +90,9 @@ async fn main() -> postage_core::Result<()> {
     // Until the benchmark closes our standard input.
     let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;
     drop(pending);
-    handle.shutdown();
-    let _ = running.await;
+    for (handle, run) in running {
+        handle.shutdown();
+        let _ = run.await;
+    }
     connection.close().await
 }
