@@ -111,7 +111,10 @@ pub struct Config {
     /// with the first of them (`POSTAGE_PUBLISHING_CONNECTION`, default `true`). A
     /// broker's resource alarm blocks a connection that publishes, every frame of it
     /// acknowledgements included; with a connection of their own, consumers keep
-    /// acknowledging through an alarm, as Spring AMQP's publisher connection does.
+    /// acknowledging through an alarm, as Spring AMQP's publisher connection does. A
+    /// processor's RPC answers are the exception: they go back on the channel their
+    /// request came on (one connection fewer on every call's way), so an answer held
+    /// back by an alarm holds that connection's acknowledgements until it clears.
     pub publishing_connection: bool,
     /// The name the broker shows for this component's connections
     /// (`POSTAGE_CONNECTION_NAME`; default `program (pid N)`); the publishing one adds

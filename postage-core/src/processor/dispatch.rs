@@ -12,6 +12,7 @@ use super::Shared;
 use super::reply::ChannelReply;
 use super::retry::{Settle, Verdict, attempt_of};
 use super::table::Entry;
+use crate::connection::ChannelLease;
 use crate::consumer::Delivery;
 use crate::handler::{
     HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
@@ -80,7 +81,11 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 .unwrap_or_default(),
             Category::Rpc => &[],
         };
-        (self.dispatch_with(message, metadata(delivery)).await, ran)
+        let via = Some(delivery.channel());
+        (
+            self.dispatch_with(message, metadata(delivery), via).await,
+            ran,
+        )
     }
 
     /// Counts a delivery `ran` handled (none: bad input, no handler, expired) and what
@@ -98,11 +103,17 @@ impl<P: Send + Sync + 'static> Shared<P> {
         }
     }
 
-    /// Runs the handlers for `message`, delivered with `metadata`.
-    pub(super) async fn dispatch_with(&self, message: Message, metadata: Metadata) -> Verdict {
+    /// Runs the handlers for `message`, delivered with `metadata` on `via` (which RPC
+    /// answers go back on; else on the processor's producer).
+    pub(super) async fn dispatch_with(
+        &self,
+        message: Message,
+        metadata: Metadata,
+        via: Option<&Arc<ChannelLease>>,
+    ) -> Verdict {
         match message.category {
             Category::Message => self.dispatch_message(message, metadata).await,
-            Category::Rpc => self.dispatch_rpc(message, metadata).await,
+            Category::Rpc => self.dispatch_rpc(message, metadata, via).await,
         }
     }
 
@@ -162,7 +173,12 @@ impl<P: Send + Sync + 'static> Shared<P> {
 
     /// Runs the RPC handler and answers; a call no handler serves is answered at once
     /// with an error result naming the command, so its caller does not wait in vain.
-    pub(super) async fn dispatch_rpc(&self, message: Message, metadata: Metadata) -> Verdict {
+    pub(super) async fn dispatch_rpc(
+        &self,
+        message: Message,
+        metadata: Metadata,
+        via: Option<&Arc<ChannelLease>>,
+    ) -> Verdict {
         if message.kind != COMMAND {
             return Verdict::Ack;
         }
@@ -178,6 +194,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let to = ReturnAddress::new(reply_to, metadata.correlation_id.as_deref());
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
             answers: self.answers.clone(),
+            via: via.cloned(),
             to,
             encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::connection::ChannelLease;
 use crate::error::Result;
 use crate::handler::{BoxFuture, ReplySender};
 use crate::producer::Producer;
@@ -12,12 +13,16 @@ use crate::wire::{Encoder, JsonEncoder};
 use crate::wire::{Message, RpcResult};
 
 /// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange,
-/// with the processor's producer (on the publishing connection: a resource alarm that
-/// holds the answer back does not hold back the consumer's acknowledgements; a test's is
-/// a recording one).
+/// on the channel its request came on, as a raw server does: one connection (and lapin
+/// I/O thread) fewer on every call's way than the publishing connection, which measured
+/// 10-20% of RPC throughput here. A resource alarm that holds an answer back so holds
+/// that channel's acknowledgements until it clears; the messages a handler sends itself
+/// still go on the publishing connection. Without a channel (a test's harness), the
+/// processor's producer sends it (a recording one in a test).
 #[derive(Debug)]
 pub(super) struct ChannelReply {
     pub(super) answers: Producer,
+    pub(super) via: Option<Arc<ChannelLease>>,
     pub(super) to: ReturnAddress,
     /// `None` for the default JSON encoder.
     pub(super) encoder: Option<Arc<dyn Encoder>>,
@@ -38,12 +43,18 @@ impl ReplySender for ChannelReply {
             }
         };
         let properties = self.to.properties(content_type);
-        let answers = self.answers.clone();
+        let (answers, via) = (self.answers.clone(), self.via.clone());
         let reply_to = self.to.reply_to().to_owned();
         Box::pin(async move {
-            answers
-                .publish_body("", &reply_to, &body?, properties)
-                .await
+            let body = body?;
+            match via {
+                Some(channel) => {
+                    answers
+                        .answer_on(&channel, &reply_to, &body, properties)
+                        .await
+                }
+                None => answers.publish_body("", &reply_to, &body, properties).await,
+            }
         })
     }
 }

@@ -159,7 +159,7 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
         }
         let attempt = metadata.attempt;
         let _turn = self.turn.lock().await;
-        let verdict = self.shared.dispatch_with(message, metadata).await;
+        let verdict = self.shared.dispatch_with(message, metadata, None).await;
         self.handled(verdict, attempt)
     }
 

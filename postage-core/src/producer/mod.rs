@@ -603,8 +603,33 @@ impl Producer {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<()> {
-        let bound = self.inner.publish_timeout;
         let publish = self.publish_now(exchange, routing_key, body, properties, mandatory);
+        self.within_publish_timeout(exchange, routing_key, publish)
+            .await
+    }
+
+    /// Publishes an RPC answer on `channel`, the one its request came on, as a raw
+    /// server does: no second connection (and I/O thread of lapin's) on its way, and an
+    /// answer that cannot go out because that channel is lost belongs to a request the
+    /// broker delivers again.
+    pub(crate) async fn answer_on(
+        &self,
+        channel: &lapin::Channel,
+        reply_to: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let publish = self.publish_via(Some(channel), "", reply_to, body, properties, false);
+        self.within_publish_timeout("", reply_to, publish).await
+    }
+
+    async fn within_publish_timeout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        publish: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let bound = self.inner.publish_timeout;
         match tokio::time::timeout(bound, publish).await {
             Ok(published) => published,
             Err(_) => Err(self.overdue(
@@ -625,10 +650,25 @@ impl Producer {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<()> {
+        self.publish_via(None, exchange, routing_key, body, properties, mandatory)
+            .await
+    }
+
+    /// [`publish_now`](Self::publish_now) on `via` when given, else on the producer's
+    /// own channel.
+    async fn publish_via(
+        &self,
+        via: Option<&lapin::Channel>,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
         let span = span::publish(exchange, routing_key, body.len());
         let properties = span.in_scope(|| stamp(properties));
         let published = self
-            .publish_in_span(exchange, routing_key, body, properties, mandatory)
+            .publish_in_span(via, exchange, routing_key, body, properties, mandatory)
             .instrument(span.clone())
             .await;
         let telemetry = self.telemetry();
@@ -650,6 +690,7 @@ impl Producer {
 
     async fn publish_in_span(
         &self,
+        via: Option<&lapin::Channel>,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
@@ -665,7 +706,14 @@ impl Producer {
             return recording.record(self, exchange, routing_key, body, &properties);
         }
         let operation = || format!("publishing to exchange {exchange:?} with key {routing_key:?}");
-        let (channel, _) = self.live_channel().await?;
+        let live;
+        let channel: &lapin::Channel = match via {
+            Some(channel) => channel,
+            None => {
+                live = self.live_channel().await?.0;
+                &live
+            }
+        };
         let confirm = channel
             .basic_publish(
                 exchange.into(),

@@ -102,12 +102,12 @@ impl Plan {
     }
 
     /// How many messages a figure of `base` at the smallest payload sends with payloads
-    /// of `size`: fewer as they grow, so each figure moves tens of megabytes, not
+    /// of `size`: fewer as they grow, so each figure moves a hundred megabytes or so, not
     /// gigabytes.
     fn count(self, base: usize, size: usize) -> usize {
         let n = match size {
-            s if s >= 1_000_000 => base / 300,
-            s if s >= 10_000 => base / 10,
+            s if s >= 1_000_000 => base / 100,
+            s if s >= 10_000 => base / 3,
             _ => base,
         };
         n.max(4)
