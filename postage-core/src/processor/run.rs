@@ -114,9 +114,11 @@ impl<P: Send + Sync + 'static> Processor<P> {
                 attempt_of(properties),
             );
             let scope = Scope::of(properties.headers().as_ref());
-            running.push(scope.run(
-                async move { (ticket, shared.handle(&delivery, admitted).await) }.instrument(span),
-            ));
+            // Boxed once here: the handling future is kilobytes, and every wrapper and the
+            // push would otherwise copy it whole, per message.
+            let handling =
+                Box::pin(async move { (ticket, shared.handle(&delivery, admitted).await) });
+            running.push(scope.run(handling.instrument(span)));
         };
         self.consumer.stop().await?;
         // Deliveries received but not started go straight back to their queue.

@@ -58,9 +58,11 @@ impl Scope {
         SCOPE.try_with(Self::clone).unwrap_or_default()
     }
 
-    /// Runs `work` in this scope: what it sends carries the scope's context.
-    pub(crate) async fn run<F: Future>(self, work: F) -> F::Output {
-        SCOPE.scope(self, work).await
+    /// Runs `work` in this scope: what it sends carries the scope's context. (A plain
+    /// function: an `async fn` would hold `work` twice over, and copy it when first
+    /// polled.)
+    pub(crate) fn run<F: Future>(self, work: F) -> tokio::task::futures::TaskLocalFuture<Scope, F> {
+        SCOPE.scope(self, work)
     }
 
     /// This scope, its deadline brought forward to `bound` when that comes first.
