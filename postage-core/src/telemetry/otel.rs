@@ -10,6 +10,8 @@
 //! // OTEL_EXPORTER_OTLP_ENDPOINT says where (default http://localhost:4318).
 //! let otlp = postage_core::telemetry::otel::Otlp::from_env("inventory")?;
 //! tracing_subscriber::registry()
+//!     // Spans at INFO and above: lapin logs every frame at TRACE, which costs.
+//!     .with(tracing_subscriber::filter::LevelFilter::INFO)
 //!     .with(tracing_subscriber::fmt::layer())
 //!     .with(otlp.layer())
 //!     .init();

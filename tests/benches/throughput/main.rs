@@ -128,9 +128,15 @@ fn tracing_setting() -> (
     }
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     tracing_subscriber::registry()
+        // As a component would: postage's spans are INFO; lapin's TRACE events (one per
+        // frame, hundreds of times slower with big bodies) are not wanted.
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")))
         .init();
-    ("OpenTelemetry spans of every operation", Some(provider))
+    (
+        "OpenTelemetry spans of every operation, INFO and above",
+        Some(provider),
+    )
 }
 
 #[cfg(not(feature = "otel"))]
