@@ -188,22 +188,19 @@ impl Bench {
 
     /// How many messages `queue` holds.
     async fn depth(&self, queue: &Queue) -> usize {
-        self.peek(queue).await.message_count() as usize
+        let found = peek(&self.admin, queue.name()).await;
+        found.expect("queue found").message_count() as usize
     }
 
     /// Waits until the queue `name` exists and has a consumer (for 10 s at most); each
     /// look on a channel of its own, which the broker closes while there is no such queue.
     pub(crate) async fn wait_for_consumer(&self, name: &str) {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         for _ in 0..1000 {
             let channel = self.lapin.create_channel().await.expect("a channel");
-            let found = channel
-                .queue_declare(name.into(), passive, FieldTable::default())
-                .await;
-            if found.is_ok_and(|queue| queue.consumer_count() > 0) {
+            if peek(&channel, name)
+                .await
+                .is_ok_and(|queue| queue.consumer_count() > 0)
+            {
                 let _ = channel.close(200, "found".into()).await;
                 return;
             }
@@ -211,20 +208,17 @@ impl Bench {
         }
         panic!("nobody consumes {name}");
     }
+}
 
-    async fn peek(&self, queue: &Queue) -> lapin::Queue {
-        self.admin
-            .queue_declare(
-                queue.name().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue found")
-    }
+/// The queue `name` as the broker has it (a passive declare), with its counts.
+async fn peek(channel: &lapin::Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
 }
 
 pub(crate) fn json_properties() -> BasicProperties {
