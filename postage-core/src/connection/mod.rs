@@ -3,7 +3,6 @@
 mod declare;
 mod dial;
 mod lease;
-mod runtime;
 mod shape;
 pub(crate) mod supervisor;
 
@@ -18,7 +17,6 @@ use lapin::ErrorKind;
 use tokio::sync::watch;
 
 use self::dial::dial;
-use self::runtime::own_runtime;
 use self::shape::probe_shape;
 use self::supervisor::supervise;
 use crate::config::{Config, Host};
@@ -344,13 +342,11 @@ impl Connection {
         }
         if let LinkState::Blocked { reason } = state {
             tracing::debug!(%reason, "closing a blocked connection in the background");
-            if let Ok(runtime) = own_runtime() {
-                drop(runtime.spawn(async move {
-                    let _ = amqp
-                        .close(200, "postage: closed by the application".into())
-                        .await;
-                }));
-            }
+            drop(tokio::spawn(async move {
+                let _ = amqp
+                    .close(200, "postage: closed by the application".into())
+                    .await;
+            }));
             return Ok(());
         }
         let leases = self
