@@ -110,6 +110,12 @@ impl Buffer {
         self.position += cnt;
         self.position %= self.capacity;
         self.available_data -= cnt;
+        if self.available_data == 0 {
+            // Empty: start over at the front. A ring that went round instead would have
+            // every page of its capacity resident once as much traffic had gone through.
+            self.position = 0;
+            self.end = 0;
+        }
         cnt
     }
 
@@ -239,5 +245,25 @@ impl BackToTheBuffer for &mut Buffer {
                 s
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_buffer_starts_over_at_the_front() {
+        let mut buffer = Buffer::with_capacity(16);
+        buffer.fill(10);
+        buffer.consume(4);
+        assert_eq!((buffer.position, buffer.end), (4, 10));
+        buffer.consume(6);
+        assert_eq!((buffer.position, buffer.end, buffer.available_data()), (0, 0, 0));
+        // Data that wraps round the end still reads back whole.
+        buffer.fill(12);
+        buffer.consume(12);
+        assert_eq!((buffer.position, buffer.end), (0, 0));
+        assert_eq!(buffer.available_space(), 16);
     }
 }

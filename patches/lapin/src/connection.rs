@@ -176,7 +176,7 @@ impl Connection {
     ///
     /// Useful in simple consumer programs where no other work keeps the
     /// process alive. Drops the connection handle then waits for the
-    /// background IO loop task to finish (call it outside the runtime the loop runs on).
+    /// background IO loop thread to finish.
     pub fn run(self) -> Result<()> {
         let io_loop = self.io_loop.clone();
         drop(self);
@@ -228,18 +228,18 @@ impl Connection {
     /// Drives the AMQP handshake over a transport supplied by the `connect`
     /// closure. Prefer one of the higher-level `connect*` methods unless you
     /// are wrapping a non-standard socket type.
-    ///
-    /// The I/O loop runs as a task on `runtime`, so the futures `connect` returns are `Send`.
-    pub async fn connector<RK, F>(
+    pub async fn connector<RK: RuntimeKit + Clone + Send + 'static>(
         uri: AMQPUri,
         runtime: Runtime<RK>,
-        connect: impl Fn(AMQPUri, Runtime<RK>) -> F + Send + Sync + 'static,
+        connect: impl AsyncFn(
+            AMQPUri,
+            Runtime<RK>,
+        ) -> Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>
+        + Send
+        + Sync
+        + 'static,
         options: ConnectionProperties,
-    ) -> Result<Self>
-    where
-        RK: RuntimeKit + Clone + Send + 'static,
-        F: Future<Output = Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>> + Send + 'static,
-    {
+    ) -> Result<Self> {
         let configuration = Configuration::new(&uri, options);
         let status = ConnectionStatus::new(&uri);
         let frames = Frames::default();
@@ -358,13 +358,10 @@ impl Connect for AMQPUri {
         Connection::connector(
             self,
             runtime,
-            move |uri: AMQPUri, runtime: Runtime<RK>| {
-                let config = config.clone();
-                async move {
-                    AMQPUriTcpExt::connect_with_config_async(&uri, config.as_ref(), &runtime)
-                        .await
-                        .map_err(|err| Error::io(err, &runtime))
-                }
+            async move |uri, runtime| {
+                AMQPUriTcpExt::connect_with_config_async(&uri, config.as_ref(), &runtime)
+                    .await
+                    .map_err(|err| Error::io(err, &runtime))
             },
             options,
         )

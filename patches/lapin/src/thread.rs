@@ -1,27 +1,12 @@
-//! The handle on the I/O loop's task: how [`crate::Connection::run`] waits for its end.
-
 use crate::Result;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    panic,
+    sync::{Arc, Mutex, MutexGuard},
+    thread,
+};
+use tracing::error;
 
-/// Where the I/O loop's task reports its end.
-pub(crate) struct Done(flume::Sender<Result<()>>);
-
-impl Done {
-    pub(crate) fn finish(self, result: Result<()>) {
-        let _ = self.0.send(result);
-    }
-}
-
-/// The receiving end of [`Done`].
-pub(crate) struct JoinHandle(flume::Receiver<Result<()>>);
-
-impl JoinHandle {
-    pub(crate) fn new() -> (Self, Done) {
-        let (sender, receiver) = flume::bounded(1);
-        (Self(receiver), Done(sender))
-    }
-}
-
+pub(crate) type JoinHandle = thread::JoinHandle<Result<()>>;
 type Inner = Option<JoinHandle>;
 
 #[derive(Clone)]
@@ -42,13 +27,25 @@ impl ThreadHandle {
         self.lock_inner().take()
     }
 
-    /// Blocks the calling thread until the I/O loop's task has ended.
-    pub(crate) fn wait(&self, _context: &'static str) -> Result<()> {
-        match self.take() {
-            // A task that ended without reporting was dropped with its runtime.
-            Some(handle) => handle.0.recv().unwrap_or(Ok(())),
-            None => Ok(()),
+    pub(crate) fn wait(&self, context: &'static str) -> Result<()> {
+        if let Some(handle) = self.take()
+            && handle.thread().id() != thread::current().id()
+        {
+            match handle.join() {
+                Ok(res) => return res,
+                Err(e) => {
+                    if let Some(msg) = e.downcast_ref::<&str>() {
+                        error!(%context, panic = msg, "Thread panicked");
+                    } else if let Some(msg) = e.downcast_ref::<String>() {
+                        error!(%context, panic = msg.as_str(), "Thread panicked");
+                    } else {
+                        error!(%context, "Thread panicked with unknown payload");
+                    }
+                    panic::resume_unwind(e);
+                }
+            }
         }
+        Ok(())
     }
 
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {

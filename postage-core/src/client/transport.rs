@@ -348,7 +348,7 @@ impl Transport {
             .waiting
             .wait(&correlation_id, until, Waiter::Request);
         match self.publish(target, body, Some(&correlation_id)).await {
-            Ok(()) => Ok(correlation_id),
+            Ok(()) => Ok(correlation_id.to_string()),
             Err(error) => {
                 self.inner.replies.forget(&correlation_id);
                 Err(error)
@@ -429,7 +429,7 @@ impl Transport {
         self.inner.producer.channel()
     }
 
-    fn next_id(&self) -> String {
+    fn next_id(&self) -> Arc<str> {
         self.inner.replies.waiting.next_id()
     }
 

@@ -7,6 +7,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::{ConnectionProperties, ErrorKind};
 
 use super::Link;
+use super::runtime::lapin_runtime;
 use crate::config::{Config, Host};
 use crate::error::{Error, Result};
 
@@ -61,9 +62,7 @@ pub(super) async fn open(
     } else {
         lapin::tcp::OwnedTLSConfig::default()
     };
-    // The application's runtime: with lapin's I/O loop a task on it (patches/lapin), a
-    // frame read or written wakes no thread of lapin's own.
-    let runtime = async_rs::Runtime::tokio_with_handle(tokio::runtime::Handle::current());
+    let runtime = lapin_runtime().map_err(Refusal::Final)?;
     // lapin bounds neither the TCP connect nor the AMQP handshake: a frozen broker (its
     // kernel still accepts connections) would hold the dial, and every host after it,
     // forever.

@@ -3,6 +3,7 @@
 mod declare;
 mod dial;
 mod lease;
+mod runtime;
 mod shape;
 pub(crate) mod supervisor;
 
@@ -17,6 +18,7 @@ use lapin::ErrorKind;
 use tokio::sync::watch;
 
 use self::dial::dial;
+use self::runtime::own_runtime;
 use self::shape::probe_shape;
 use self::supervisor::supervise;
 use crate::config::{Config, Host};
@@ -342,11 +344,13 @@ impl Connection {
         }
         if let LinkState::Blocked { reason } = state {
             tracing::debug!(%reason, "closing a blocked connection in the background");
-            drop(tokio::spawn(async move {
-                let _ = amqp
-                    .close(200, "postage: closed by the application".into())
-                    .await;
-            }));
+            if let Ok(runtime) = own_runtime() {
+                drop(runtime.spawn(async move {
+                    let _ = amqp
+                        .close(200, "postage: closed by the application".into())
+                        .await;
+                }));
+            }
             return Ok(());
         }
         let leases = self

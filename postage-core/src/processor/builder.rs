@@ -79,8 +79,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
 
     /// How many messages may be in their handlers at once (default 1: one at a time, in
     /// order). Handlers take turns on the processor's task, as async code does: one that
-    /// computes for long should hand the work to `tokio::task::spawn_blocking`, or it
-    /// holds up the connections' I/O on its runtime thread as well.
+    /// computes for long should hand the work to `tokio::task::spawn_blocking`.
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);

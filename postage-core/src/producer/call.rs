@@ -3,6 +3,7 @@
 //! RabbitMQ's direct reply-to, a private reply queue, or a queue per call (see
 //! [`ReplyQueue`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -213,10 +214,10 @@ impl Producer {
         let span = span::call(name, &exchange, &routing_key);
         let mut call = PendingCall {
             producer: self.clone(),
-            command: name.to_owned(),
-            exchange,
-            routing_key,
-            body,
+            command: name.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            body: body.into_boxed_slice(),
             correlation_id: id,
             receiver,
             timeout,
@@ -284,7 +285,7 @@ impl Producer {
         let (exchange, routing_key, body) = self.request(name, parameters, route)?;
         let id = self.rpc_state().waiters.next_id();
         if let Some(recording) = self.recording() {
-            let properties = self.properties().with_correlation_id(id.as_str().into());
+            let properties = self.properties().with_correlation_id(id.as_ref().into());
             self.publish_now(exchange.name(), &routing_key, &body, properties, true)
                 .await?;
             return Ok(recording.answer_of(name).into_iter().collect());
@@ -298,7 +299,7 @@ impl Producer {
             let properties = self
                 .properties()
                 .with_reply_to(address)
-                .with_correlation_id(id.as_str().into());
+                .with_correlation_id(id.as_ref().into());
             self.publish_now(exchange.name(), &routing_key, &body, properties, true)
                 .await?;
             Ok::<_, Error>((channel, answers))
@@ -332,11 +333,15 @@ impl Producer {
 #[derive(Debug)]
 pub struct PendingCall {
     producer: Producer,
-    command: String,
-    exchange: String,
-    routing_key: String,
-    body: Vec<u8>,
-    correlation_id: String,
+    // Boxed strings and body: as small as a call's parts get, for the thousands a caller
+    // may hold in flight.
+    command: Box<str>,
+    exchange: Box<str>,
+    routing_key: Box<str>,
+    /// Kept to send the call again.
+    body: Box<[u8]>,
+    /// Shared with the waiter table's key.
+    correlation_id: Arc<str>,
     receiver: oneshot::Receiver<Vec<u8>>,
     timeout: Duration,
     max_retry: u32,
@@ -421,7 +426,7 @@ impl PendingCall {
             .producer
             .properties()
             .with_reply_to(reply_to)
-            .with_correlation_id(self.correlation_id.as_str().into());
+            .with_correlation_id(self.correlation_id.as_ref().into());
         let properties = with_deadline(properties, self.deadline);
         // Bounded by `send`'s deadline.
         self.producer
@@ -514,8 +519,8 @@ impl PendingCall {
     /// The error of a call whose attempts, or whose caller's deadline, ran out.
     fn timed_out(&self) -> Error {
         Error::RpcTimeout {
-            command: self.command.clone(),
-            routing_key: self.routing_key.clone(),
+            command: self.command.to_string(),
+            routing_key: self.routing_key.to_string(),
             attempts: self.attempts,
             timeout: self.timeout,
         }

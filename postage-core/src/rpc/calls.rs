@@ -1,8 +1,8 @@
 //! The table of calls waiting for their answers, by correlation id.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -23,7 +23,8 @@ pub(crate) struct Calls<W> {
 
 #[derive(Debug)]
 struct Table<W> {
-    waiters: HashMap<String, (Instant, W)>,
+    /// Keyed by the id the call holds too, shared.
+    waiters: HashMap<Arc<str>, (Instant, W)>,
     /// The size at which expired waiters are dropped next.
     sweep_at: usize,
 }
@@ -44,13 +45,13 @@ impl<W> Calls<W> {
     }
 
     /// A correlation id no other call of this process has used.
-    pub(crate) fn next_id(&self) -> String {
+    pub(crate) fn next_id(&self) -> Arc<str> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}.{n}", self.prefix)
+        format!("{}.{n}", self.prefix).into()
     }
 
     /// Registers (or replaces) the waiter of `id`, valid until `until`.
-    pub(crate) fn wait(&self, id: &str, until: Instant, waiter: W) {
+    pub(crate) fn wait(&self, id: &Arc<str>, until: Instant, waiter: W) {
         let Ok(mut table) = self.waiting.lock() else {
             return;
         };
@@ -59,7 +60,7 @@ impl<W> Calls<W> {
             table.waiters.retain(|_, (until, _)| *until > now);
             table.sweep_at = (table.waiters.len() * 2).max(FIRST_SWEEP);
         }
-        table.waiters.insert(id.to_owned(), (until, waiter));
+        table.waiters.insert(Arc::clone(id), (until, waiter));
     }
 
     /// The waiter of `id`, removed, unless it expired.
