@@ -111,7 +111,7 @@ mod tests {
         let calls = Calls::new();
         let past = Instant::now();
         for n in 0..FIRST_SWEEP * 4 {
-            calls.wait(&n.to_string(), past, n);
+            calls.wait(&n.to_string().into(), past, n);
         }
         assert_eq!(calls.take("0"), None, "an expired waiter gets no answer");
         assert!(
