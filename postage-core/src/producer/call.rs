@@ -214,9 +214,7 @@ impl Producer {
         let span = span::call(name, &exchange, &routing_key);
         let mut call = PendingCall {
             producer: self.clone(),
-            command: name.into(),
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
+            names: Names::new(name, &exchange, &routing_key),
             body: body.into_boxed_slice(),
             correlation_id: id,
             receiver,
@@ -333,11 +331,8 @@ impl Producer {
 #[derive(Debug)]
 pub struct PendingCall {
     producer: Producer,
-    // Boxed strings and body: as small as a call's parts get, for the thousands a caller
-    // may hold in flight.
-    command: Box<str>,
-    exchange: Box<str>,
-    routing_key: Box<str>,
+    // A caller may hold thousands of calls in flight: their parts are allocated to size.
+    names: Names,
     /// Kept to send the call again.
     body: Box<[u8]>,
     /// Shared with the waiter table's key.
@@ -359,6 +354,36 @@ pub struct PendingCall {
     /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared (boxed: a
     /// call that has none, the usual, stays small).
     own: Option<Option<Box<OwnReplies>>>,
+}
+
+/// A call's command, exchange and routing key, in one allocation.
+#[derive(Debug)]
+struct Names {
+    text: Box<str>,
+    /// Where the command ends, and where the exchange's name does.
+    ends: (usize, usize),
+}
+
+impl Names {
+    fn new(command: &str, exchange: &str, routing_key: &str) -> Self {
+        let ends = (command.len(), command.len() + exchange.len());
+        Self {
+            text: [command, exchange, routing_key].concat().into(),
+            ends,
+        }
+    }
+
+    fn command(&self) -> &str {
+        &self.text[..self.ends.0]
+    }
+
+    fn exchange(&self) -> &str {
+        &self.text[self.ends.0..self.ends.1]
+    }
+
+    fn routing_key(&self) -> &str {
+        &self.text[self.ends.1..]
+    }
 }
 
 /// A call's own reply queue: consumed on a channel of its own, closed (and the queue,
@@ -389,7 +414,8 @@ impl PendingCall {
             Err(_) => Err(self.producer.overdue(
                 format!(
                     "sending RPC {:?} to routing key {:?}",
-                    self.command, self.routing_key
+                    self.names.command(),
+                    self.names.routing_key()
                 ),
                 started.elapsed(),
             )),
@@ -431,8 +457,8 @@ impl PendingCall {
         // Bounded by `send`'s deadline.
         self.producer
             .publish_now(
-                &self.exchange,
-                &self.routing_key,
+                self.names.exchange(),
+                self.names.routing_key(),
                 &self.body,
                 properties,
                 self.producer.reliable(),
@@ -491,7 +517,7 @@ impl PendingCall {
                     break message.to_result();
                 }
             };
-            result.into_value(&self.command)
+            result.into_value(self.names.command())
         }
         .instrument(span)
         .await;
@@ -507,7 +533,7 @@ impl PendingCall {
         if let Some(telemetry) = self.producer.telemetry() {
             telemetry
                 .metrics
-                .call(&self.command, outcome, self.started.elapsed());
+                .call(self.names.command(), outcome, self.started.elapsed());
         }
         if self.span.is_disabled() {
             return;
@@ -519,8 +545,8 @@ impl PendingCall {
     /// The error of a call whose attempts, or whose caller's deadline, ran out.
     fn timed_out(&self) -> Error {
         Error::RpcTimeout {
-            command: self.command.to_string(),
-            routing_key: self.routing_key.to_string(),
+            command: self.names.command().to_owned(),
+            routing_key: self.names.routing_key().to_owned(),
             attempts: self.attempts,
             timeout: self.timeout,
         }
@@ -536,13 +562,13 @@ impl PendingCall {
                 // The answer consumer ended with its channel: wait for the producer to
                 // recover, then send again.
                 Ok(Err(_)) if self.attempts <= self.max_retry => {
-                    tracing::debug!(command = %self.command, attempts = self.attempts, "RPC answer consumer lost; sending again");
+                    tracing::debug!(command = %self.names.command(), attempts = self.attempts, "RPC answer consumer lost; sending again");
                     self.attempts += 1;
                     self.send().await?;
                 }
                 Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
                 Err(_) if self.attempts <= self.max_retry && !self.inherited_passed() => {
-                    tracing::debug!(command = %self.command, attempts = self.attempts, "RPC timed out; sending again");
+                    tracing::debug!(command = %self.names.command(), attempts = self.attempts, "RPC timed out; sending again");
                     self.attempts += 1;
                     self.send().await?;
                 }
@@ -608,7 +634,7 @@ impl PendingCall {
         match self.producer.encoder().decode(body) {
             Ok(message) => Some(message),
             Err(error) => {
-                tracing::warn!(command = %self.command, %error, "dropping a malformed RPC answer");
+                tracing::warn!(command = %self.names.command(), %error, "dropping a malformed RPC answer");
                 self.wait_again();
                 None
             }
@@ -720,5 +746,24 @@ fn failure(error: &Error) -> &'static str {
         Error::RemoteException { .. } => "exception",
         Error::RpcTimeout { .. } => "timeout",
         _ => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Names;
+
+    #[test]
+    fn names_give_back_each_part() {
+        let names = Names::new("echo", "", "rpc.échos");
+        assert_eq!(
+            (names.command(), names.exchange(), names.routing_key()),
+            ("echo", "", "rpc.échos")
+        );
+        let names = Names::new("", "postage-exchange", "");
+        assert_eq!(
+            (names.command(), names.exchange(), names.routing_key()),
+            ("", "postage-exchange", "")
+        );
     }
 }
