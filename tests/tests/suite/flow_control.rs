@@ -196,10 +196,8 @@ async fn consumers_keep_acknowledging_through_a_memory_alarm() {
     filling.close().await.unwrap();
     assert_eq!(message_counts(name, &queue), (50, 0));
 
-    ctl(name, &["set_vm_memory_high_watermark", "0.0000001"]);
-
-    // A component starts under the alarm: it reads the queue and publishes downstream
-    // on its connection, which the alarm blocks.
+    // The component's connection and its downstream producer, opened before the alarm:
+    // opened under it, the producer once waited past its 300 ms for its channel in CI.
     let server = Connection::connect(&config_for(port)).await.unwrap();
     let downstream = Producer::builder(&server)
         .destination(Exchange::named(unique("alarm-notes")), "noted")
@@ -207,6 +205,11 @@ async fn consumers_keep_acknowledging_through_a_memory_alarm() {
         .build()
         .await
         .unwrap();
+
+    ctl(name, &["set_vm_memory_high_watermark", "0.0000001"]);
+
+    // The component starts under the alarm: it reads the queue and publishes downstream
+    // on its connection, which the alarm blocks.
     let forwarder = Processor::builder(
         &server,
         Forwarder {
