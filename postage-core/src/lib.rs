@@ -42,6 +42,7 @@ mod handler;
 mod processor;
 mod producer;
 mod rpc;
+mod sync;
 mod topology;
 mod wire;
 

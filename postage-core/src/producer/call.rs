@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::connection::ChannelLease;
 use crate::error::{Error, Result};
 use crate::producer::{Producer, Route};
-use crate::rpc::{Calls, ReplyQueue, start_reply_consumer};
+use crate::rpc::{Calls, Destination, Destinations, ReplyQueue, start_reply_consumer};
 use crate::telemetry::{current_deadline, span, with_deadline};
 use crate::topology::Exchange;
 use crate::wire::json;
@@ -42,12 +42,26 @@ impl Default for RpcSettings {
     }
 }
 
-/// A call waiting for its answer.
+/// A call waiting for its answer on the shared reply queue.
 #[derive(Debug)]
 struct Waiter {
     /// The answer consumer (its [`RpcState::epoch`]) the call was last sent for.
     epoch: u64,
-    answer: oneshot::Sender<Vec<u8>>,
+    /// Where the call went.
+    destination: Destination,
+    answer: oneshot::Sender<Heard>,
+}
+
+/// What a waiting call hears.
+#[derive(Debug)]
+enum Heard {
+    /// Its answer's body, undecoded.
+    Answer(Vec<u8>),
+    /// An answer without a correlation id came on the shared queue, perhaps its own:
+    /// the call is sent again on a queue of its own.
+    SendAlone,
+    /// The answer consumer ended with its channel: no answer can come.
+    Lost,
 }
 
 /// A producer's calls in flight and its answer consumer, started with the first call.
@@ -61,6 +75,8 @@ pub(crate) struct RpcState {
     /// The calls waiting, by correlation id; each gets its answer's body, read by the
     /// caller.
     waiters: Calls<Waiter>,
+    /// Which destinations answer without a correlation id (see [`crate::rpc`]).
+    destinations: Destinations,
     /// The `reply_to` address once the answer consumer runs, with the serial of the
     /// channel it runs on: a reopened channel needs a new consumer.
     reply_to: tokio::sync::Mutex<Option<(u64, ShortString)>>,
@@ -80,6 +96,7 @@ impl RpcState {
         Self {
             settings,
             waiters: Calls::new(),
+            destinations: Destinations::default(),
             reply_to: tokio::sync::Mutex::new(None),
             answers: tokio::sync::Mutex::new(None),
             answering: AtomicBool::new(false),
@@ -125,8 +142,9 @@ impl RpcOptions {
     }
 
     /// Where this call's answer comes back, instead of the producer's
-    /// [`ReplyQueue`]; [`ReplyQueue::PerCall`] to call a Python Postage 1.x receiver,
-    /// which answers without a correlation id.
+    /// [`ReplyQueue`]. Python Postage 1.x receivers, which answer without a correlation
+    /// id, need nothing set: a call to one is sent again on a queue of its own, and the
+    /// producer calls it so from then on.
     #[must_use]
     pub fn reply_queue(mut self, reply_queue: ReplyQueue) -> Self {
         self.reply_queue = Some(reply_queue);
@@ -207,6 +225,7 @@ impl Producer {
         let (exchange, routing_key, body) =
             self.request(name, parameters, &options.route.unwrap_or_default())?;
         let exchange = exchange.name().to_owned();
+        let destination = Destination::new(&exchange, &routing_key);
         let id = state.waiters.next_id();
         // Registered for its answer by `send`.
         let (_, receiver) = oneshot::channel();
@@ -226,9 +245,16 @@ impl Producer {
             span,
             started: tokio::time::Instant::now(),
             epoch: 0,
-            own: (options.reply_queue.unwrap_or(state.settings.reply_queue) == ReplyQueue::PerCall
-                && self.recording().is_none())
-            .then_some(None),
+            destination,
+            replies: if self.recording().is_none()
+                && (options.reply_queue.unwrap_or(state.settings.reply_queue)
+                    == ReplyQueue::PerCall
+                    || state.destinations.needs_own_queue(destination))
+            {
+                Replies::Own(None)
+            } else {
+                Replies::Shared
+            },
         };
         let span = call.span.clone();
         if let Err(error) = call.send().instrument(span).await {
@@ -337,7 +363,7 @@ pub struct PendingCall {
     body: Box<[u8]>,
     /// Shared with the waiter table's key.
     correlation_id: Arc<str>,
-    receiver: oneshot::Receiver<Vec<u8>>,
+    receiver: oneshot::Receiver<Heard>,
     timeout: Duration,
     max_retry: u32,
     /// How many times the call was sent, and when the last send stops waiting.
@@ -351,9 +377,20 @@ pub struct PendingCall {
     started: tokio::time::Instant,
     /// The answer consumer the call was last sent for.
     epoch: u64,
-    /// With [`ReplyQueue::PerCall`], the call's own reply queue once declared (boxed: a
-    /// call that has none, the usual, stays small).
-    own: Option<Option<Box<OwnReplies>>>,
+    /// Where the call went, as the caller remembers destinations.
+    destination: Destination,
+    /// Where its answers come back.
+    replies: Replies,
+}
+
+/// Where a call's answers come back.
+#[derive(Debug)]
+enum Replies {
+    /// The producer's shared reply queue, matched by correlation id.
+    Shared,
+    /// A queue of the call's own, once declared (boxed: a call that has none, the
+    /// usual, stays small).
+    Own(Option<Box<OwnReplies>>),
 }
 
 /// A call's command, exchange and routing key, in one allocation.
@@ -423,8 +460,8 @@ impl PendingCall {
     }
 
     async fn send_now(&mut self) -> Result<()> {
-        let reply_to = match &mut self.own {
-            Some(own) => {
+        let reply_to = match &mut self.replies {
+            Replies::Own(own) => {
                 let lost = own
                     .as_ref()
                     .is_some_and(|o| !o._channel.status().connected());
@@ -441,7 +478,7 @@ impl PendingCall {
                 }
                 own.as_ref().map(|o| o.address.clone()).unwrap_or_default()
             }
-            None => {
+            Replies::Shared => {
                 let (reply_to, epoch) = self.producer.reply_address().await?;
                 self.epoch = epoch;
                 self.wait_again();
@@ -467,7 +504,9 @@ impl PendingCall {
         let state = self.producer.rpc_state();
         // Replaced while this was sent: its answer cannot come, so the waiter goes and
         // the call is sent again when awaited.
-        if self.own.is_none() && state.epoch.load(Ordering::SeqCst) != self.epoch {
+        if matches!(self.replies, Replies::Shared)
+            && state.epoch.load(Ordering::SeqCst) != self.epoch
+        {
             state.waiters.forget(&self.correlation_id);
         }
         Ok(())
@@ -558,17 +597,29 @@ impl PendingCall {
         loop {
             let deadline = self.deadline;
             match tokio::time::timeout_at(deadline, self.answer()).await {
-                Ok(Ok(body)) => return Ok(body),
+                Ok(Heard::Answer(body)) => return Ok(body),
+                Ok(Heard::SendAlone) => {
+                    tracing::debug!(command = %self.names.command(), "RPC sent again on a reply queue of its own");
+                    self.replies = Replies::Own(None);
+                    self.send().await?;
+                }
                 // The answer consumer ended with its channel: wait for the producer to
                 // recover, then send again.
-                Ok(Err(_)) if self.attempts <= self.max_retry => {
+                Ok(Heard::Lost) if self.attempts <= self.max_retry => {
                     tracing::debug!(command = %self.names.command(), attempts = self.attempts, "RPC answer consumer lost; sending again");
                     self.attempts += 1;
                     self.send().await?;
                 }
-                Ok(Err(_)) => return Err(Error::Closed("the producer's reply consumer")),
+                Ok(Heard::Lost) => return Err(Error::Closed("the producer's reply consumer")),
                 Err(_) if self.attempts <= self.max_retry && !self.inherited_passed() => {
                     tracing::debug!(command = %self.names.command(), attempts = self.attempts, "RPC timed out; sending again");
+                    // Its answer may have come without a correlation id, from a queue
+                    // consumed by Python and postage receivers alike.
+                    if matches!(self.replies, Replies::Shared)
+                        && self.producer.rpc_state().destinations.is_mixed()
+                    {
+                        self.replies = Replies::Own(None);
+                    }
                     self.attempts += 1;
                     self.send().await?;
                 }
@@ -584,35 +635,46 @@ impl PendingCall {
     }
 
     /// Waits for this call's answer, reading the producer's answers for every call while
-    /// no other call does; an error when the answer consumer ended with its channel.
-    async fn answer(&mut self) -> std::result::Result<Vec<u8>, oneshot::error::RecvError> {
+    /// no other call does.
+    async fn answer(&mut self) -> Heard {
         // A queue of its own: whatever comes there answers this call, correlated or not.
-        if let Some(Some(own)) = &mut self.own {
-            return match own.answers.next().await {
-                Some(Ok(delivery)) => Ok(delivery.data),
-                _ => (&mut oneshot::channel::<Vec<u8>>().1).await,
+        if let Replies::Own(Some(own)) = &mut self.replies {
+            let Some(Ok(delivery)) = own.answers.next().await else {
+                return Heard::Lost;
             };
+            let destinations = &self.producer.rpc_state().destinations;
+            if delivery.properties.correlation_id().is_some() {
+                destinations.answered_correlated(self.destination);
+            } else if destinations.answered_uncorrelated(self.destination) {
+                tracing::info!(
+                    exchange = %self.names.exchange(),
+                    routing_key = %self.names.routing_key(),
+                    "this destination answers RPC calls without a correlation id (Python \
+                     Postage 1.x receivers do): its calls get a reply queue of their own"
+                );
+            }
+            return Heard::Answer(delivery.data);
         }
         let state = self.producer.rpc_state();
         loop {
             let mut answers = tokio::select! {
                 biased;
-                answer = &mut self.receiver => return answer,
+                heard = &mut self.receiver => return heard.unwrap_or(Heard::Lost),
                 answers = state.answers.lock() => answers,
             };
             let Some(consumer) = answers.as_mut() else {
                 drop(answers);
-                return (&mut self.receiver).await;
+                return (&mut self.receiver).await.unwrap_or(Heard::Lost);
             };
             let replacing = state.replacing.notified();
             tokio::pin!(replacing);
             loop {
                 tokio::select! {
                     biased;
-                    answer = &mut self.receiver => return answer,
+                    heard = &mut self.receiver => return heard.unwrap_or(Heard::Lost),
                     () = &mut replacing => break,
                     next = consumer.next() => match next {
-                        Some(Ok(delivery)) => deliver(&state.waiters, delivery),
+                        Some(Ok(delivery)) => deliver(state, delivery),
                         // Ended with its channel: calls still waiting learn at once that
                         // no answer can come, this one included.
                         _ => {
@@ -643,12 +705,13 @@ impl PendingCall {
 
     /// Registers the call for its next answer, as sent for the consumer of `self.epoch`.
     fn wait_again(&mut self) {
-        if self.own.is_some() {
+        if matches!(self.replies, Replies::Own(_)) {
             return;
         }
         let (answer, receiver) = oneshot::channel();
         let waiter = Waiter {
             epoch: self.epoch,
+            destination: self.destination,
             answer,
         };
         self.producer
@@ -708,15 +771,17 @@ impl Producer {
 impl Producer {
     /// Hands a recorded call's answer to the call waiting for it.
     pub(super) fn answer_recorded(&self, correlation_id: &str, body: Vec<u8>) {
-        hand(&self.rpc_state().waiters, correlation_id, body);
+        hand(self.rpc_state(), correlation_id, body);
     }
 }
 
-/// Gives `body` to the call waiting under `id`; false when none waits.
-fn hand(waiters: &Calls<Waiter>, id: &str, body: Vec<u8>) -> bool {
-    match waiters.take(id) {
+/// Gives `body` to the call waiting under `id`, which learns its destination answers
+/// with correlation ids; false when none waits.
+fn hand(state: &RpcState, id: &str, body: Vec<u8>) -> bool {
+    match state.waiters.take(id) {
         Some(waiter) => {
-            let _ = waiter.answer.send(body);
+            state.destinations.answered_correlated(waiter.destination);
+            let _ = waiter.answer.send(Heard::Answer(body));
             true
         }
         None => false,
@@ -725,16 +790,25 @@ fn hand(waiters: &Calls<Waiter>, id: &str, body: Vec<u8>) -> bool {
 
 /// Hands an answer's body, undecoded, to its waiting call, which reads it. One without
 /// a correlation id cannot be matched on a shared reply queue: it may answer an earlier
-/// call that gave up, so it goes to nobody.
-fn deliver(waiters: &Calls<Waiter>, delivery: lapin::message::Delivery) {
+/// call that gave up, so it goes to nobody, and the calls it may answer are sent again,
+/// each on a queue of its own (see [`crate::rpc`]).
+fn deliver(state: &RpcState, delivery: lapin::message::Delivery) {
     let Some(id) = delivery.properties.correlation_id() else {
-        tracing::warn!(
-            "dropping an RPC answer without a correlation id (Python Postage 1.x receivers \
-             answer so: call them with ReplyQueue::PerCall)"
+        state.destinations.saw_uncorrelated();
+        let alone = state
+            .waiters
+            .take_where(|waiter| !state.destinations.correlates(waiter.destination));
+        tracing::info!(
+            calls = alone.len(),
+            "an RPC answer without a correlation id (Python Postage 1.x receivers answer \
+             so): the calls it may answer are sent again, each on a reply queue of its own"
         );
+        for waiter in alone {
+            let _ = waiter.answer.send(Heard::SendAlone);
+        }
         return;
     };
-    if !hand(waiters, id.as_str(), delivery.data) {
+    if !hand(state, id.as_str(), delivery.data) {
         tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for");
     }
 }

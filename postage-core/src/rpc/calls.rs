@@ -1,11 +1,13 @@
 //! The table of calls waiting for their answers, by correlation id.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+
+use crate::sync::Locked;
 
 /// How many waiters a table holds before it first drops those past their time.
 const FIRST_SWEEP: usize = 256;
@@ -18,7 +20,7 @@ const FIRST_SWEEP: usize = 256;
 pub(crate) struct Calls<W> {
     prefix: String,
     next_id: AtomicU64,
-    waiting: Mutex<Table<W>>,
+    waiting: Locked<Table<W>>,
 }
 
 #[derive(Debug)]
@@ -37,7 +39,7 @@ impl<W> Calls<W> {
         Self {
             prefix: format!("{:x}.{nanos:x}", std::process::id()),
             next_id: AtomicU64::new(0),
-            waiting: Mutex::new(Table {
+            waiting: Locked::new(Table {
                 waiters: HashMap::new(),
                 sweep_at: FIRST_SWEEP,
             }),
@@ -52,41 +54,53 @@ impl<W> Calls<W> {
 
     /// Registers (or replaces) the waiter of `id`, valid until `until`.
     pub(crate) fn wait(&self, id: &Arc<str>, until: Instant, waiter: W) {
-        let Ok(mut table) = self.waiting.lock() else {
-            return;
-        };
-        if table.waiters.len() >= table.sweep_at {
-            let now = Instant::now();
-            table.waiters.retain(|_, (until, _)| *until > now);
-            table.sweep_at = (table.waiters.len() * 2).max(FIRST_SWEEP);
-        }
-        table.waiters.insert(Arc::clone(id), (until, waiter));
+        self.waiting.with(|table| {
+            if table.waiters.len() >= table.sweep_at {
+                let now = Instant::now();
+                table.waiters.retain(|_, (until, _)| *until > now);
+                table.sweep_at = (table.waiters.len() * 2).max(FIRST_SWEEP);
+            }
+            table.waiters.insert(Arc::clone(id), (until, waiter));
+        });
     }
 
     /// The waiter of `id`, removed, unless it expired.
     pub(crate) fn take(&self, id: &str) -> Option<W> {
-        let (until, waiter) = self.waiting.lock().ok()?.waiters.remove(id)?;
+        let (until, waiter) = self.waiting.with(|table| table.waiters.remove(id))?;
         (until > Instant::now()).then_some(waiter)
     }
 
     /// Forgets the waiter of `id`.
     pub(crate) fn forget(&self, id: &str) {
-        if let Ok(mut table) = self.waiting.lock() {
-            table.waiters.remove(id);
-        }
+        self.waiting.with(|table| table.waiters.remove(id));
     }
 
     /// Keeps only the waiters `keep` says yes to.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&W) -> bool) {
-        if let Ok(mut table) = self.waiting.lock() {
-            table.waiters.retain(|_, (_, waiter)| keep(waiter));
-        }
+        self.waiting
+            .with(|table| table.waiters.retain(|_, (_, waiter)| keep(waiter)));
+    }
+
+    /// Removes and returns the waiters `take` says yes to, expired or not.
+    pub(crate) fn take_where(&self, mut take: impl FnMut(&W) -> bool) -> Vec<W> {
+        self.waiting.with(|table| {
+            let ids: Vec<Arc<str>> = table
+                .waiters
+                .iter()
+                .filter(|(_, (_, waiter))| take(waiter))
+                .map(|(id, _)| Arc::clone(id))
+                .collect();
+            ids.iter()
+                .filter_map(|id| table.waiters.remove(id))
+                .map(|(_, waiter)| waiter)
+                .collect()
+        })
     }
 
     /// How many calls wait.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.waiting.lock().map_or(0, |t| t.waiters.len())
+        self.waiting.with(|t| t.waiters.len())
     }
 }
 

@@ -37,11 +37,11 @@ pub enum ReplyQueue {
     #[default]
     Private,
     /// A queue of its own for each call, as Python Postage 1.x makes them (exclusive,
-    /// auto-delete, gone with the call), so an answer that carries no correlation id
-    /// (Python Postage 1.x receivers copy none) is known to answer this call and no
-    /// other. The Postage-compatible mode: an uncorrelated answer is accepted nowhere
-    /// else, since on a shared queue it could answer an earlier, abandoned call. Costs a
-    /// channel, a declaration and a consumer per call.
+    /// auto-delete, gone with the call), so an answer that carries no correlation id is
+    /// known to answer this call and no other. Not needed to call Python Postage 1.x
+    /// receivers: the shared queues find them out and call them so by themselves (README,
+    /// "A short tour", RPC). Costs a channel, a declaration and a
+    /// consumer per call.
     PerCall,
 }
 

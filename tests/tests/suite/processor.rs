@@ -625,49 +625,151 @@ async fn a_call_written_as_python_postage_writes_it_is_answered_on_its_queue() {
     h.stop().await;
 }
 
+/// Starts a receiver on `key` that answers as Python Postage 1.x does (on `reply_to`,
+/// copying no correlation id) with `"<prefix> <asked>"`, or, with `correlated`, as
+/// postage does. Each answer goes `delay` after its request.
+async fn answerer(
+    connection: &postage_core::Connection,
+    ex: &Exchange,
+    key: &str,
+    prefix: &'static str,
+    correlated: bool,
+    delay: Duration,
+) -> JoinHandle<()> {
+    let mut requests = Consumer::builder(connection)
+        .bind(ex.clone(), Queue::new(unique(key)).auto_delete(true), key)
+        .build()
+        .await
+        .unwrap();
+    requests.start().await.unwrap();
+    let channel = connection.open_channel().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = requests.next().await {
+            let reply_to = delivery.properties().reply_to().clone().unwrap();
+            let mut properties = BasicProperties::default();
+            if correlated && let Some(id) = delivery.properties().correlation_id() {
+                properties = properties.with_correlation_id(id.clone());
+            }
+            let asked: Value = delivery.message().unwrap().parameters().unwrap();
+            delivery.ack().await.unwrap();
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let body = json!({
+                    "type": "result", "name": "none", "category": "message", "version": "2",
+                    "fingerprint": {}, "_reserved": {},
+                    "content": {"type": "success", "value": format!("{prefix} {asked}"), "message": ""},
+                });
+                let _ = channel
+                    .basic_publish(
+                        "".into(),
+                        reply_to,
+                        BasicPublishOptions::default(),
+                        &serde_json::to_vec(&body).unwrap(),
+                        properties,
+                    )
+                    .await;
+            });
+        }
+    })
+}
+
 #[tokio::test]
 async fn an_answer_without_correlation_id_reaches_a_call_with_a_reply_queue_of_its_own() {
     let connection = connect().await;
     let ex = exchange("pyrecv");
-    // A receiver as Python Postage writes it: answers on reply_to, copies no correlation id.
-    let mut python = Consumer::builder(&connection)
-        .bind(ex.clone(), Queue::new(unique("py")).auto_delete(true), "py")
-        .build()
-        .await
-        .unwrap();
-    python.start().await.unwrap();
-    let answerer = connection.open_channel().await.unwrap();
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = python.next().await {
-            let reply_to = delivery.properties().reply_to().clone().unwrap();
-            let body = br#"{"type": "result", "name": "none", "category": "message", "version": "2", "fingerprint": {}, "content": {"type": "success", "value": "from python", "message": ""}, "_reserved": {}}"#;
-            answerer
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
-                    body,
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap();
-            delivery.ack().await.unwrap();
-        }
-    });
+    let python = answerer(&connection, &ex, "py", "python", false, Duration::ZERO).await;
     let producer = Producer::builder(&connection)
         .destination(ex, "py")
         .build()
         .await
         .unwrap();
-    // The Postage-compatible mode: a reply queue per call, as Python Postage 1.x makes.
+    // A reply queue per call asked for, as Python Postage 1.x makes them.
     let compatible = RpcOptions::new().reply_queue(ReplyQueue::PerCall);
     assert_eq!(
         producer
             .call_with::<String>("echo", "hi", compatible)
             .await
             .unwrap(),
-        "from python"
+        "python \"hi\""
     );
+    python.abort();
+}
+
+/// A caller with no option set calls Python-style receivers (no correlation id) and
+/// postage-style ones (with it) on the same producer, many calls at once over every call
+/// path and both shared reply queues: each call gets its own answer, and none waits out
+/// Postage's 30 s timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_without_correlation_id_reach_calls_made_with_the_defaults() {
+    let connection = connect().await;
+    let ex = exchange("pydefault");
+    let python = answerer(
+        &connection,
+        &ex,
+        "py",
+        "python",
+        false,
+        Duration::from_millis(20),
+    )
+    .await;
+    let postage = answerer(
+        &connection,
+        &ex,
+        "rs",
+        "postage",
+        true,
+        Duration::from_millis(20),
+    )
+    .await;
+    for reply_queue in [ReplyQueue::Private, ReplyQueue::DirectReplyTo] {
+        let producer = Producer::builder(&connection)
+            .destination(ex.clone(), "rs")
+            .reply_queue(reply_queue)
+            .build()
+            .await
+            .unwrap();
+        let to_python = || RpcOptions::new().key("py").timeout(Duration::from_secs(20));
+        let calls = (0..48).map(|n| {
+            let producer = producer.clone();
+            async move {
+                let answer = match n % 4 {
+                    0 => producer.call_with::<String>("echo", n, to_python()).await,
+                    1 => {
+                        let pending = producer.rpc_deferred("echo", n, to_python()).await.unwrap();
+                        pending.value::<String>().await
+                    }
+                    2 => producer.call::<String>("echo", n).await,
+                    _ => match producer.rpc_with("echo", n, RpcOptions::new()).await {
+                        Ok(RpcResult::Success { value, .. }) => {
+                            Ok(value.as_str().unwrap().to_owned())
+                        }
+                        other => panic!("call {n}: {other:?}"),
+                    },
+                };
+                (n, answer)
+            }
+        });
+        let started = std::time::Instant::now();
+        for (n, answer) in futures_util::future::join_all(calls).await {
+            let from = if n % 4 < 2 { "python" } else { "postage" };
+            assert_eq!(
+                answer.unwrap(),
+                format!("{from} {n}"),
+                "{reply_queue:?}, call {n}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{reply_queue:?}: no call waited out a timeout ({:?})",
+            started.elapsed()
+        );
+        // Learned: the next call to the Python receiver is answered at once too.
+        let again = producer.call_with::<String>("echo", 100, to_python()).await;
+        assert_eq!(again.unwrap(), "python 100");
+    }
+    python.abort();
+    postage.abort();
 }
 
 #[tokio::test]
