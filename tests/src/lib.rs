@@ -10,6 +10,7 @@ use std::time::Duration;
 use postage_core::{Config, Connection, Consumer, Delivery, Exchange, ExchangeKind};
 
 pub mod bench;
+pub mod net;
 
 /// A name no other test (or earlier run) uses: `prefix-pid-n`.
 pub fn unique(prefix: &str) -> String {
@@ -36,6 +37,16 @@ pub async fn connect() -> Connection {
     Connection::connect(&config)
         .await
         .expect("the broker from scripts/broker.sh answers")
+}
+
+/// Where the broker of the environment's settings listens (its first host).
+pub fn broker_address() -> SocketAddr {
+    let config = Config::from_env().expect("POSTAGE_* settings");
+    let host = config.hosts.first().expect("a broker host");
+    let ip = if host.name == "localhost" { "127.0.0.1" } else { host.name.as_str() };
+    format!("{ip}:{}", host.port)
+        .parse()
+        .expect("the broker's host is an address")
 }
 
 /// Logs to the test output, once, filtered by `RUST_LOG` (default `warn`).

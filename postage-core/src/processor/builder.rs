@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::control::ControlPolicy;
+use super::copies::Copies;
 use super::retry::RetryPolicy;
 use super::table::{HandlerSet, HandlerTable};
 use super::{Limits, Processor, Shared};
@@ -200,6 +201,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         table.check_states(&self.states)?;
         let consumer = self.consumer.build().await?;
         let answers = Producer::builder(&self.connection).build().await?;
+        let copies = Copies::on(&self.connection);
         let telemetry = self.connection.telemetry().cloned();
         Ok(Processor {
             connection: self.connection,
@@ -207,6 +209,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 state,
                 table,
                 answers,
+                copies,
                 encoder: self.encoder,
                 plain_json: self.plain_json,
                 fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),

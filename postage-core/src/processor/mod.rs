@@ -4,6 +4,7 @@
 mod acks;
 mod builder;
 mod control;
+mod copies;
 mod dispatch;
 mod reply;
 mod retry;
@@ -144,8 +145,10 @@ pub struct Processor<P> {
 struct Shared<P> {
     state: Arc<P>,
     table: HandlerTable,
-    /// Where the answers to RPC calls (and messages moved for retries) go.
+    /// Where the answers to RPC calls go.
     answers: Producer,
+    /// What moves messages to their retry and dead-letter queues.
+    copies: copies::Copies,
     encoder: Arc<dyn Encoder>,
     plain_json: bool,
     fingerprint: Arc<Fingerprint>,

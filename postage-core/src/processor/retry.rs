@@ -23,6 +23,10 @@ pub const ATTEMPT_HEADER: &str = "x-postage-attempt";
 /// The header that says why a message was dead-lettered, or why it was retried.
 pub const ERROR_HEADER: &str = "x-postage-error";
 
+/// How long a message whose copy could not be published waits before it goes back to
+/// its queue (and so comes back to the processor).
+const COPY_FAILED_PAUSE: Duration = Duration::from_secs(1);
+
 /// How a processor retries the messages its handlers fail on: with exponential backoff
 /// and jitter, up to a number of attempts, then to a dead-letter queue.
 ///
@@ -255,8 +259,10 @@ fn delay_name(delay: Duration) -> String {
 impl<P: Send + Sync + 'static> Shared<P> {
     /// Carries out `verdict` for `delivery`: a retry or a dead-lettering publishes a copy
     /// (and waits for the broker's confirm) before the original is acknowledged; when
-    /// that copy cannot be published, the original goes back to its queue, so nothing
-    /// is lost.
+    /// that copy is refused, returned as unroutable, not confirmed in time or lost with
+    /// its connection, the original goes back to its queue (after [`COPY_FAILED_PAUSE`],
+    /// so a broker that refuses every copy is not asked again in a tight loop), and
+    /// nothing is lost.
     /// Also returns what became of the message, as spans and metrics name it.
     pub(super) async fn settle(
         &self,
@@ -300,6 +306,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             Ok(()) => (Settle::Ack, "retry"),
             Err(error) => {
                 tracing::error!(queue, %error, "could not move a message to its retry or dead-letter queue; handing it back to its queue");
+                tokio::time::sleep(COPY_FAILED_PAUSE).await;
                 (Settle::Requeue, "requeue")
             }
         }
@@ -346,7 +353,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         attempt: u32,
         reason: &str,
     ) -> Result<()> {
-        let answers = &self.answers;
+        let copies = self.copies.producer().await?;
         let queue = delivery.queue();
         let (name, declared, next_attempt, expiration) = match target {
             Target::Delay { tier, delay } => {
@@ -371,7 +378,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 (name, declared, attempt, None)
             }
         };
-        if let Some(connection) = answers.connection() {
+        if let Some(connection) = copies.connection() {
             connection.declare_queue(&declared).await?;
         }
         let original = delivery.properties();
@@ -385,7 +392,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             AMQPValue::LongString(LongString::from(reason)),
         );
         // RabbitMQ refuses a user_id that is not the publisher's own login.
-        let ours = answers.user();
+        let ours = copies.user();
         let keep_user = original
             .user_id()
             .as_ref()
@@ -394,7 +401,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if let Some(ms) = expiration {
             properties = properties.with_expiration(ShortString::from(ms));
         }
-        answers
+        copies
             .publish_body_to("", &name, delivery.body(), properties, true)
             .await
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Shared;
+use super::copies::Copies;
 use super::retry::{Resolved, RetryPolicy, Target, Verdict};
 use super::table::{HandlerSet, HandlerTable};
 use crate::error::Result;
@@ -83,6 +84,7 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
                 state,
                 table: HandlerTable::new(&sets)?,
                 answers: answers.producer(),
+                copies: Copies::through(answers.producer()),
                 encoder,
                 plain_json: true,
                 fingerprint: Arc::new(Fingerprint::default()),

@@ -10,10 +10,14 @@ use postage_core::lapin::BasicProperties;
 use postage_core::lapin::options::{BasicGetOptions, BasicPublishOptions};
 use postage_core::lapin::types::AMQPValue;
 use postage_core::{
-    ATTEMPT_HEADER, Connection, Disposition, ERROR_HEADER, Error, Exchange, Exit, HandlerError,
-    Metadata, Processor, ProcessorHandle, Producer, Queue, RetryPolicy, processor,
+    ATTEMPT_HEADER, Config, Connection, Disposition, ERROR_HEADER, Error, Exchange, Exit,
+    HandlerError, Host, Metadata, Processor, ProcessorHandle, Producer, Queue, RetryPolicy,
+    processor,
 };
-use postage_tests::{connect, exchange, unique};
+use postage_tests::net::Relay;
+use postage_tests::{
+    broker_address, connect, exchange, message_counts, rabbitmqctl, test_node, unique,
+};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -435,4 +439,180 @@ async fn an_rpc_call_to_a_command_nobody_handles_is_answered_with_an_error_namin
         other => panic!("expected an error result naming the command, got {other:?}"),
     }
     worker.stop().await;
+}
+
+/// Waits (up to 30 s) until queue `name` holds `count` messages, and reads them.
+async fn await_messages(
+    connection: &Connection,
+    name: &str,
+    count: usize,
+) -> Vec<(serde_json::Value, i64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = tokio::task::spawn_blocking({
+            let name = name.to_owned();
+            move || {
+                rabbitmqctl(&["list_queues", "name", "messages_ready"])
+                    .lines()
+                    .find_map(|line| {
+                        let (queue, ready) = line.split_once('\t')?;
+                        (queue == name).then(|| ready.parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0)
+            }
+        })
+        .await
+        .unwrap();
+        if ready >= count || Instant::now() > deadline {
+            return read_queue(connection, name).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The broker refuses every dead-letter copy (a policy: `max-length` 0, `overflow`
+/// `reject-publish` on the `.dead` queue): a spent message is not lost, it goes back to
+/// its queue, again and again, until the broker takes its copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_copy_the_broker_refuses_leaves_the_original_on_its_queue() {
+    let mut durable = Durable::start("refused", None).await;
+    let dead = format!("{}.dead", durable.name);
+    let refusal = unique("refuse");
+    let pattern = format!("^{}$", dead.replace('.', "\\."));
+    tokio::task::spawn_blocking({
+        let (refusal, pattern) = (refusal.clone(), pattern.clone());
+        move || {
+            rabbitmqctl(&[
+                "set_policy",
+                &refusal,
+                &pattern,
+                r#"{"max-length": 0, "overflow": "reject-publish"}"#,
+                "--apply-to",
+                "queues",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    durable
+        .producer
+        .command("work", json!({"id": 1}))
+        .await
+        .unwrap();
+    // Attempts 1 and 2 wait in delay queues; attempt 3, the last, is refused its dead
+    // letter and comes back (after a pause) as the same attempt 3.
+    let mut attempts = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(Some((_, attempt, _))) =
+        tokio::time::timeout_at(until, durable.worker.seen.recv()).await
+    {
+        attempts.push(attempt);
+    }
+    assert!(
+        attempts.len() >= 4 && attempts[..3] == [1, 2, 3] && attempts[3..].iter().all(|a| *a == 3),
+        "the spent message comes back while its copy is refused: attempts {attempts:?}"
+    );
+    durable.worker.stop().await;
+    let counts = tokio::task::spawn_blocking({
+        let name = durable.name.clone();
+        move || message_counts(&test_node(), &name)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        (1, 0),
+        "(ready, unacknowledged): the message is still on its queue"
+    );
+    assert!(read_queue(&durable.connection, &dead).await.is_empty());
+
+    // Once the broker takes the copy, the message ends in its dead-letter queue.
+    tokio::task::spawn_blocking(move || rabbitmqctl(&["clear_policy", &refusal]))
+        .await
+        .unwrap();
+    let worker = run_worker(
+        &durable.connection,
+        &durable.ex,
+        Queue::new(durable.name.as_str()).durable(true),
+        None,
+        policy(),
+    )
+    .await;
+    let dead_letters = await_messages(&durable.connection, &dead, 1).await;
+    let found: Vec<(serde_json::Value, i64)> = dead_letters
+        .iter()
+        .map(|(body, attempt, _)| (body["content"]["parameters"]["id"].clone(), *attempt))
+        .collect();
+    assert_eq!(found, [(json!(1), 3)]);
+    worker.stop().await;
+}
+
+/// A copy whose publishing connection is lost before the broker confirms it (its frames
+/// held at a relay, then the connection cut) leaves its original unacknowledged on its
+/// queue; the message comes back and is moved again once the connection is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_lost_with_its_publishing_connection_leaves_the_original_on_its_queue() {
+    let relay = Relay::start(broker_address()).await;
+    let marker = unique("copylost");
+    let mut config = Config::from_env().unwrap();
+    config.hosts = vec![Host {
+        name: "127.0.0.1".into(),
+        port: relay.address().port(),
+    }];
+    config.connection_name = Some(marker.clone());
+    let connection = Connection::connect(&config).await.unwrap();
+    let direct = connect().await;
+    let ex = exchange("copylost");
+    let name = unique("copylost-q");
+    let dead = format!("{name}.dead");
+    // One attempt: each failure is dead-lettered at once.
+    let mut worker = run_worker(
+        &connection,
+        &ex,
+        Queue::new(name.as_str()).durable(true),
+        None,
+        policy().attempts(1),
+    )
+    .await;
+    let producer = producer(&direct, &ex).await;
+
+    // Job 1 is moved as usual: the processor's copies now have a channel of their own.
+    producer.command("work", json!({"id": 1})).await.unwrap();
+    assert_eq!(await_messages(&direct, &dead, 1).await.len(), 1);
+    assert!(matches!(worker.seen.recv().await, Some((1, 1, _))));
+
+    // Job 2's copy is written, and held on its way to the broker.
+    let publishing = format!("{marker} publishing");
+    relay.hold(&publishing);
+    producer.command("work", json!({"id": 2})).await.unwrap();
+    let (id, attempt, _) = tokio::time::timeout(Duration::from_secs(10), worker.seen.recv())
+        .await
+        .expect("job 2 is handled")
+        .unwrap();
+    assert_eq!((id, attempt), (2, 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = tokio::task::spawn_blocking({
+        let name = name.clone();
+        move || message_counts(&test_node(), &name)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        (0, 1),
+        "(ready, unacknowledged): the original waits for its copy's confirm"
+    );
+    relay.cut(&publishing);
+
+    let dead_letters = await_messages(&direct, &dead, 1).await;
+    let ids: Vec<serde_json::Value> = dead_letters
+        .iter()
+        .map(|(body, _, _)| body["content"]["parameters"]["id"].clone())
+        .collect();
+    assert!(
+        ids.contains(&json!(2)),
+        "job 2 is dead-lettered, not lost: {ids:?}"
+    );
+    worker.stop().await;
+    let _ = connection.close().await;
 }
