@@ -3,15 +3,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use lapin::BasicProperties;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
+use lapin::types::ShortString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -22,9 +21,11 @@ use super::server::{Request, Server};
 use super::{DEFAULT_CALL_TIMEOUT, FANOUT_EXCHANGE, Mode, Target};
 use crate::config::Config;
 use crate::connection::Connection;
+use crate::deadline::instant_after;
 use crate::error::{Error, Result};
 use crate::producer::Producer;
-use crate::rpc::{Calls, DIRECT_REPLY_TO};
+use crate::rpc::{Destination, Heard, Replies, ReplyQueue};
+use crate::sync::Locked;
 
 /// An answer to a [`Transport::request`], delivered to [`Transport::responses`] or
 /// [`Transport::on_response`].
@@ -77,13 +78,55 @@ impl Stream for Responses {
     }
 }
 
-/// Who waits for the answer to a correlation id.
+/// Who waits for the answer to a correlation id, sent for the reply consumer of `epoch`.
 #[derive(Debug)]
 enum Waiter {
     /// A [`Transport::call`], awaiting this one answer.
-    Call(oneshot::Sender<Vec<u8>>),
+    Call {
+        epoch: u64,
+        answer: oneshot::Sender<Heard>,
+    },
     /// A [`Transport::request`], whose answer goes to the responses sink.
-    Request,
+    Request {
+        epoch: u64,
+        correlation_id: Arc<str>,
+        sink: Arc<Locked<Sink>>,
+    },
+}
+
+impl crate::rpc::Waiter for Waiter {
+    fn epoch(&self) -> u64 {
+        match self {
+            Self::Call { epoch, .. } | Self::Request { epoch, .. } => *epoch,
+        }
+    }
+
+    /// The simple client's servers always answer with the correlation id.
+    fn destination(&self) -> Option<Destination> {
+        None
+    }
+
+    fn hear(self, heard: Heard) {
+        match (self, heard) {
+            (Self::Call { answer, .. }, heard) => {
+                let _ = answer.send(heard);
+            }
+            (
+                Self::Request {
+                    correlation_id,
+                    sink,
+                    ..
+                },
+                Heard::Answer(body),
+            ) => sink.with(|sink| {
+                sink.take(Response {
+                    correlation_id: correlation_id.to_string(),
+                    body,
+                });
+            }),
+            (Self::Request { .. }, _) => {}
+        }
+    }
 }
 
 /// How many answers to requests wait to be read, in a [`Responses`] or before there is
@@ -98,6 +141,26 @@ struct Sink {
 }
 
 impl Sink {
+    /// Hands `response` to the latest [`Responses`], or keeps it for one to come.
+    fn take(&mut self, response: Response) {
+        let response = match &self.sender {
+            Some(sender) => match sender.try_send(response) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(response)) => {
+                    tracing::warn!(
+                        correlation_id = response.correlation_id,
+                        "dropping an answer: {RESPONSE_BUFFER} wait to be read"
+                    );
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(response)) => response,
+            },
+            None => response,
+        };
+        self.sender = None;
+        self.keep(response);
+    }
+
     /// Keeps `response` for a [`Responses`] to come, the eldest dropped when full.
     fn keep(&mut self, response: Response) {
         if self.backlog.len() >= RESPONSE_BUFFER
@@ -112,61 +175,15 @@ impl Sink {
     }
 }
 
-#[derive(Debug)]
-struct Replies {
-    /// The calls and requests waiting, by correlation id, each until its timeout.
-    waiting: Calls<Waiter>,
-    sink: Mutex<Sink>,
-}
-
-impl Replies {
-    fn deliver(&self, correlation_id: &str, body: Vec<u8>) {
-        match self.waiting.take(correlation_id) {
-            Some(Waiter::Call(sender)) => {
-                let _ = sender.send(body);
-            }
-            Some(Waiter::Request) => {
-                let response = Response {
-                    correlation_id: correlation_id.to_owned(),
-                    body,
-                };
-                if let Ok(mut sink) = self.sink.lock() {
-                    let response = match &sink.sender {
-                        Some(sender) => match sender.try_send(response) {
-                            Ok(()) => return,
-                            Err(mpsc::error::TrySendError::Full(response)) => {
-                                tracing::warn!(
-                                    correlation_id = response.correlation_id,
-                                    "dropping an answer: {RESPONSE_BUFFER} wait to be read"
-                                );
-                                return;
-                            }
-                            Err(mpsc::error::TrySendError::Closed(response)) => response,
-                        },
-                        None => response,
-                    };
-                    sink.sender = None;
-                    sink.keep(response);
-                }
-            }
-            None => tracing::debug!(correlation_id, "dropping an answer nobody waits for"),
-        }
-    }
-
-    fn forget(&self, correlation_id: &str) {
-        self.waiting.forget(correlation_id);
-    }
-}
-
 /// Removes a call's waiter when the call ends early (error, timeout, cancellation).
 struct Forget<'a> {
-    replies: &'a Replies,
+    replies: &'a Replies<Waiter>,
     correlation_id: &'a str,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.replies.forget(self.correlation_id);
+        self.replies.waiters.forget(self.correlation_id);
     }
 }
 
@@ -206,11 +223,15 @@ struct Inner {
     /// Publishes with confirms, `mandatory`, on the publishing connection, and reopens
     /// its channel after a reconnection.
     producer: Producer,
-    /// The serial of the producer's channel that direct reply-to answers are consumed
-    /// on (RabbitMQ wants them consumed on the channel that publishes the calls).
-    answering: tokio::sync::Mutex<Option<u64>>,
     closed: AtomicBool,
-    replies: Arc<Replies>,
+    /// The answers, over direct reply-to on the producer's channel (RabbitMQ wants them
+    /// consumed on the channel that publishes the calls), read by a task of their own so
+    /// that requests' answers come while no call waits.
+    replies: Arc<Replies<Waiter>>,
+    /// Where the answers to requests go.
+    sink: Arc<Locked<Sink>>,
+    /// Kept while the transport lives: its reader stops when it is dropped.
+    _reading: oneshot::Sender<Heard>,
 }
 
 impl Transport {
@@ -232,17 +253,18 @@ impl Transport {
             .reliable(true)
             .build()
             .await?;
+        let replies = Arc::new(Replies::new(ReplyQueue::DirectReplyTo));
+        let (reading, until) = oneshot::channel();
+        tokio::spawn(Arc::clone(&replies).read_until(until));
         Ok(Self {
             inner: Arc::new(Inner {
                 connection,
                 owns_connection,
                 producer,
-                answering: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
-                replies: Arc::new(Replies {
-                    waiting: Calls::new(),
-                    sink: Mutex::default(),
-                }),
+                replies,
+                sink: Arc::default(),
+                _reading: reading,
             }),
             timeout: DEFAULT_CALL_TIMEOUT,
         })
@@ -279,27 +301,29 @@ impl Transport {
         body: &impl Serialize,
     ) -> Result<T> {
         let correlation_id = self.next_id();
-        let (sender, receiver) = oneshot::channel();
-        let until = tokio::time::Instant::now() + self.timeout;
-        self.inner
-            .replies
-            .waiting
-            .wait(&correlation_id, until, Waiter::Call(sender));
+        let (answer, mut receiver) = oneshot::channel();
         let _forget = Forget {
             replies: &self.inner.replies,
             correlation_id: &correlation_id,
         };
         // One deadline for the call: the request's publish and confirm, and the answer.
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = instant_after(self.timeout);
         let operation = || format!("calling target {:?}", target.name());
-        let publish = self.publish(target, body, Some(&correlation_id));
+        let publish = async {
+            let reply_to = self
+                .expect_answer(&correlation_id, |epoch| Waiter::Call { epoch, answer })
+                .await?;
+            self.publish(target, body, Some((reply_to, &correlation_id)))
+                .await
+        };
         match tokio::time::timeout_at(deadline, publish).await {
             Ok(published) => published?,
             Err(_) => return Err(self.inner.connection.overdue(operation(), self.timeout)),
         }
-        let answer = match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => return Err(Error::Closed("the transport")),
+        let waited = self.inner.replies.wait(&mut receiver);
+        let answer = match tokio::time::timeout_at(deadline, waited).await {
+            Ok(Heard::Answer(answer)) => answer,
+            Ok(_) => return Err(Error::Closed("the transport's reply consumer")),
             Err(_) => {
                 return Err(Error::Timeout {
                     operation: format!("waiting for the answer of target {:?}", target.name()),
@@ -340,17 +364,21 @@ impl Transport {
     /// [`on_response`](Self::on_response) (the SDK's `send_request`).
     pub async fn request(&self, target: &Target, body: &impl Serialize) -> Result<String> {
         let correlation_id = self.next_id();
-        // Expires with the transport's call timeout: an answer later than that is
-        // dropped, as a call's would be.
-        let until = tokio::time::Instant::now() + self.timeout;
-        self.inner
-            .replies
-            .waiting
-            .wait(&correlation_id, until, Waiter::Request);
-        match self.publish(target, body, Some(&correlation_id)).await {
+        let sink = Arc::clone(&self.inner.sink);
+        let waiter = |epoch| Waiter::Request {
+            epoch,
+            correlation_id: Arc::clone(&correlation_id),
+            sink,
+        };
+        let sent = async {
+            let reply_to = self.expect_answer(&correlation_id, waiter).await?;
+            self.publish(target, body, Some((reply_to, &correlation_id)))
+                .await
+        };
+        match sent.await {
             Ok(()) => Ok(correlation_id.to_string()),
             Err(error) => {
-                self.inner.replies.forget(&correlation_id);
+                self.inner.replies.waiters.forget(&correlation_id);
                 Err(error)
             }
         }
@@ -360,12 +388,12 @@ impl Transport {
     /// nobody listened. Only the latest `Responses` gets answers; an older one ends.
     pub fn responses(&self) -> Responses {
         let (sender, receiver) = mpsc::channel(RESPONSE_BUFFER);
-        if let Ok(mut sink) = self.inner.replies.sink.lock() {
+        self.inner.sink.with(|sink| {
             for response in sink.backlog.drain(..) {
                 let _ = sender.try_send(response);
             }
             sink.sender = Some(sender);
-        }
+        });
         Responses { receiver }
     }
 
@@ -408,9 +436,7 @@ impl Transport {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.producer.close_channel().await?;
         // The end of the answers: a `Responses` stream ends.
-        if let Ok(mut sink) = self.inner.replies.sink.lock() {
-            sink.sender = None;
-        }
+        self.inner.sink.with(|sink| sink.sender = None);
         if self.inner.owns_connection {
             self.inner.connection.close().await?;
         }
@@ -430,7 +456,7 @@ impl Transport {
     }
 
     fn next_id(&self) -> Arc<str> {
-        self.inner.replies.waiting.next_id()
+        self.inner.replies.waiters.next_id()
     }
 
     /// The producer, unless the transport was closed.
@@ -441,61 +467,43 @@ impl Transport {
         Ok(&self.inner.producer)
     }
 
-    /// Publishes `body` to `target`'s queue (`mandatory`, answers to direct reply-to when
-    /// `correlation_id` is given) and waits for the broker's confirm, within the
-    /// producer's publish timeout.
+    /// Registers the waiter of call `id` (made by `waiter` for the reply consumer's
+    /// epoch) until the transport's call timeout, before the call goes, and returns the
+    /// `reply_to` address its answer comes back to: direct reply-to on the producer's
+    /// live channel.
+    async fn expect_answer(
+        &self,
+        id: &Arc<str>,
+        waiter: impl FnOnce(u64) -> Waiter,
+    ) -> Result<ShortString> {
+        let (lease, _) = self.live()?.live_channel().await?;
+        let replies = &self.inner.replies;
+        let (reply_to, epoch) = replies.address(&self.inner.connection, &lease).await?;
+        let until = instant_after(self.timeout);
+        replies.waiters.wait(id, until, waiter(epoch));
+        Ok(reply_to)
+    }
+
+    /// Publishes `body` to `target`'s queue (`mandatory`; for a call, with its `reply_to`
+    /// and correlation id) and waits for the broker's confirm, within the producer's
+    /// publish timeout.
     async fn publish(
         &self,
         target: &Target,
         body: &impl Serialize,
-        correlation_id: Option<&str>,
+        call: Option<(ShortString, &str)>,
     ) -> Result<()> {
         let body = json_body(body)?;
         let producer = self.live()?;
         let mut properties = BasicProperties::default().with_content_type(JSON.into());
-        if let Some(id) = correlation_id {
-            self.consume_answers().await?;
+        if let Some((reply_to, id)) = call {
             properties = properties
-                .with_reply_to(DIRECT_REPLY_TO.into())
+                .with_reply_to(reply_to)
                 .with_correlation_id(id.into());
         }
         producer
             .publish_body("", target.name(), &body, properties)
             .await
-    }
-
-    /// Consumes direct reply-to answers on the producer's live channel, unless that is
-    /// done already, and hands each to whoever waits for it.
-    async fn consume_answers(&self) -> Result<()> {
-        let (lease, _) = self.inner.producer.live_channel().await?;
-        let mut answering = self.inner.answering.lock().await;
-        if *answering == Some(lease.serial()) {
-            return Ok(());
-        }
-        let mut answers = lease
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::amqp("consuming the transport's answers"))?;
-        *answering = Some(lease.serial());
-        let replies = Arc::clone(&self.inner.replies);
-        tokio::spawn(async move {
-            while let Some(Ok(answer)) = answers.next().await {
-                match answer.properties.correlation_id() {
-                    Some(id) => replies.deliver(id.as_str(), answer.data),
-                    None => tracing::warn!("dropping an answer without correlation id"),
-                }
-            }
-            tracing::debug!("transport answer consumer ended");
-        });
-        Ok(())
     }
 }
 

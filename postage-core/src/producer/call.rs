@@ -4,20 +4,19 @@
 //! [`ReplyQueue`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::types::ShortString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::connection::ChannelLease;
 use crate::error::{Error, Result};
 use crate::producer::{Producer, Route};
-use crate::rpc::{Calls, Destination, Destinations, ReplyQueue, start_reply_consumer};
+use crate::rpc::{Destination, Heard, Replies, ReplyQueue, start_reply_consumer};
 use crate::telemetry::{current_deadline, span, with_deadline};
 use crate::topology::Exchange;
 use crate::wire::json;
@@ -45,63 +44,40 @@ impl Default for RpcSettings {
 /// A call waiting for its answer on the shared reply queue.
 #[derive(Debug)]
 struct Waiter {
-    /// The answer consumer (its [`RpcState::epoch`]) the call was last sent for.
+    /// The reply consumer (its epoch) the call was last sent for.
     epoch: u64,
     /// Where the call went.
     destination: Destination,
     answer: oneshot::Sender<Heard>,
 }
 
-/// What a waiting call hears.
-#[derive(Debug)]
-enum Heard {
-    /// Its answer's body, undecoded.
-    Answer(Vec<u8>),
-    /// An answer without a correlation id came on the shared queue, perhaps its own:
-    /// the call is sent again on a queue of its own.
-    SendAlone,
-    /// The answer consumer ended with its channel: no answer can come.
-    Lost,
+impl crate::rpc::Waiter for Waiter {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn destination(&self) -> Option<Destination> {
+        Some(self.destination)
+    }
+
+    fn hear(self, heard: Heard) {
+        let _ = self.answer.send(heard);
+    }
 }
 
-/// A producer's calls in flight and its answer consumer, started with the first call.
-///
-/// No task of its own reads the answers: a waiting call does, for every call, while no
-/// other call does (the first in line holds `answers`). A lone caller so gets its answer
-/// from lapin without a hop to another task and thread.
+/// A producer's RPC settings and its calls in flight, whose answers come on a reply
+/// consumer started with the first call.
 #[derive(Debug)]
 pub(crate) struct RpcState {
     pub(crate) settings: RpcSettings,
-    /// The calls waiting, by correlation id; each gets its answer's body, read by the
-    /// caller.
-    waiters: Calls<Waiter>,
-    /// Which destinations answer without a correlation id (see [`crate::rpc`]).
-    destinations: Destinations,
-    /// The `reply_to` address once the answer consumer runs, with the serial of the
-    /// channel it runs on: a reopened channel needs a new consumer.
-    reply_to: tokio::sync::Mutex<Option<(u64, ShortString)>>,
-    /// The answer consumer; `None` once it ended with its channel.
-    answers: tokio::sync::Mutex<Option<lapin::Consumer>>,
-    /// Whether `answers` holds a running consumer.
-    answering: AtomicBool,
-    /// Tells the call reading `answers` to let go: a new consumer replaces it.
-    replacing: Notify,
-    /// Counts the answer consumers started. The answers to calls sent for an earlier one
-    /// cannot come: when it is replaced, those calls are told at once to send again.
-    epoch: AtomicU64,
+    replies: Replies<Waiter>,
 }
 
 impl RpcState {
     pub(crate) fn new(settings: RpcSettings) -> Self {
         Self {
             settings,
-            waiters: Calls::new(),
-            destinations: Destinations::default(),
-            reply_to: tokio::sync::Mutex::new(None),
-            answers: tokio::sync::Mutex::new(None),
-            answering: AtomicBool::new(false),
-            replacing: Notify::new(),
-            epoch: AtomicU64::new(0),
+            replies: Replies::new(settings.reply_queue),
         }
     }
 }
@@ -226,7 +202,7 @@ impl Producer {
             self.request(name, parameters, &options.route.unwrap_or_default())?;
         let exchange = exchange.name().to_owned();
         let destination = Destination::new(&exchange, &routing_key);
-        let id = state.waiters.next_id();
+        let id = state.replies.waiters.next_id();
         // Registered for its answer by `send`.
         let (_, receiver) = oneshot::channel();
         let timeout = options.timeout.unwrap_or(state.settings.timeout);
@@ -249,11 +225,11 @@ impl Producer {
             replies: if self.recording().is_none()
                 && (options.reply_queue.unwrap_or(state.settings.reply_queue)
                     == ReplyQueue::PerCall
-                    || state.destinations.needs_own_queue(destination))
+                    || state.replies.destinations.needs_own_queue(destination))
             {
-                Replies::Own(None)
+                CallReplies::Own(None)
             } else {
-                Replies::Shared
+                CallReplies::Shared
             },
         };
         let span = call.span.clone();
@@ -307,7 +283,7 @@ impl Producer {
         after_first: Option<Duration>,
     ) -> Result<Vec<RpcResult>> {
         let (exchange, routing_key, body) = self.request(name, parameters, route)?;
-        let id = self.rpc_state().waiters.next_id();
+        let id = self.rpc_state().replies.waiters.next_id();
         if let Some(recording) = self.recording() {
             let properties = self.properties().with_correlation_id(id.as_ref().into());
             self.publish_now(exchange.name(), &routing_key, &body, properties, true)
@@ -380,12 +356,12 @@ pub struct PendingCall {
     /// Where the call went, as the caller remembers destinations.
     destination: Destination,
     /// Where its answers come back.
-    replies: Replies,
+    replies: CallReplies,
 }
 
 /// Where a call's answers come back.
 #[derive(Debug)]
-enum Replies {
+enum CallReplies {
     /// The producer's shared reply queue, matched by correlation id.
     Shared,
     /// A queue of the call's own, once declared (boxed: a call that has none, the
@@ -461,7 +437,7 @@ impl PendingCall {
 
     async fn send_now(&mut self) -> Result<()> {
         let reply_to = match &mut self.replies {
-            Replies::Own(own) => {
+            CallReplies::Own(own) => {
                 let lost = own
                     .as_ref()
                     .is_some_and(|o| !o._channel.status().connected());
@@ -478,7 +454,7 @@ impl PendingCall {
                 }
                 own.as_ref().map(|o| o.address.clone()).unwrap_or_default()
             }
-            Replies::Shared => {
+            CallReplies::Shared => {
                 let (reply_to, epoch) = self.producer.reply_address().await?;
                 self.epoch = epoch;
                 self.wait_again();
@@ -501,13 +477,11 @@ impl PendingCall {
                 self.producer.reliable(),
             )
             .await?;
-        let state = self.producer.rpc_state();
+        let replies = &self.producer.rpc_state().replies;
         // Replaced while this was sent: its answer cannot come, so the waiter goes and
         // the call is sent again when awaited.
-        if matches!(self.replies, Replies::Shared)
-            && state.epoch.load(Ordering::SeqCst) != self.epoch
-        {
-            state.waiters.forget(&self.correlation_id);
+        if matches!(self.replies, CallReplies::Shared) && replies.epoch() != self.epoch {
+            replies.waiters.forget(&self.correlation_id);
         }
         Ok(())
     }
@@ -600,7 +574,7 @@ impl PendingCall {
                 Ok(Heard::Answer(body)) => return Ok(body),
                 Ok(Heard::SendAlone) => {
                     tracing::debug!(command = %self.names.command(), "RPC sent again on a reply queue of its own");
-                    self.replies = Replies::Own(None);
+                    self.replies = CallReplies::Own(None);
                     self.send().await?;
                 }
                 // The answer consumer ended with its channel: wait for the producer to
@@ -615,10 +589,10 @@ impl PendingCall {
                     tracing::debug!(command = %self.names.command(), attempts = self.attempts, "RPC timed out; sending again");
                     // Its answer may have come without a correlation id, from a queue
                     // consumed by Python and postage receivers alike.
-                    if matches!(self.replies, Replies::Shared)
-                        && self.producer.rpc_state().destinations.is_mixed()
+                    if matches!(self.replies, CallReplies::Shared)
+                        && self.producer.rpc_state().replies.destinations.is_mixed()
                     {
-                        self.replies = Replies::Own(None);
+                        self.replies = CallReplies::Own(None);
                     }
                     self.attempts += 1;
                     self.send().await?;
@@ -638,11 +612,11 @@ impl PendingCall {
     /// no other call does.
     async fn answer(&mut self) -> Heard {
         // A queue of its own: whatever comes there answers this call, correlated or not.
-        if let Replies::Own(Some(own)) = &mut self.replies {
+        if let CallReplies::Own(Some(own)) = &mut self.replies {
             let Some(Ok(delivery)) = own.answers.next().await else {
                 return Heard::Lost;
             };
-            let destinations = &self.producer.rpc_state().destinations;
+            let destinations = &self.producer.rpc_state().replies.destinations;
             if delivery.properties.correlation_id().is_some() {
                 destinations.answered_correlated(self.destination);
             } else if destinations.answered_uncorrelated(self.destination) {
@@ -655,39 +629,11 @@ impl PendingCall {
             }
             return Heard::Answer(delivery.data);
         }
-        let state = self.producer.rpc_state();
-        loop {
-            let mut answers = tokio::select! {
-                biased;
-                heard = &mut self.receiver => return heard.unwrap_or(Heard::Lost),
-                answers = state.answers.lock() => answers,
-            };
-            let Some(consumer) = answers.as_mut() else {
-                drop(answers);
-                return (&mut self.receiver).await.unwrap_or(Heard::Lost);
-            };
-            let replacing = state.replacing.notified();
-            tokio::pin!(replacing);
-            loop {
-                tokio::select! {
-                    biased;
-                    heard = &mut self.receiver => return heard.unwrap_or(Heard::Lost),
-                    () = &mut replacing => break,
-                    next = consumer.next() => match next {
-                        Some(Ok(delivery)) => deliver(state, delivery),
-                        // Ended with its channel: calls still waiting learn at once that
-                        // no answer can come, this one included.
-                        _ => {
-                            tracing::debug!("RPC answer consumer ended");
-                            *answers = None;
-                            state.answering.store(false, Ordering::SeqCst);
-                            state.waiters.retain(|_| false);
-                            break;
-                        }
-                    },
-                }
-            }
-        }
+        self.producer
+            .rpc_state()
+            .replies
+            .wait(&mut self.receiver)
+            .await
     }
 
     /// Decodes an answer; one that is not a Postage message is logged, and the call
@@ -705,7 +651,7 @@ impl PendingCall {
 
     /// Registers the call for its next answer, as sent for the consumer of `self.epoch`.
     fn wait_again(&mut self) {
-        if matches!(self.replies, Replies::Own(_)) {
+        if matches!(self.replies, CallReplies::Own(_)) {
             return;
         }
         let (answer, receiver) = oneshot::channel();
@@ -716,6 +662,7 @@ impl PendingCall {
         };
         self.producer
             .rpc_state()
+            .replies
             .waiters
             .wait(&self.correlation_id, self.deadline, waiter);
         self.receiver = receiver;
@@ -726,6 +673,7 @@ impl Drop for PendingCall {
     fn drop(&mut self) {
         self.producer
             .rpc_state()
+            .replies
             .waiters
             .forget(&self.correlation_id);
     }
@@ -736,80 +684,21 @@ impl Producer {
     /// consumer behind it, starting that consumer on the live channel when it is not
     /// running there yet.
     async fn reply_address(&self) -> Result<(ShortString, u64)> {
-        let state = self.rpc_state();
         if self.recording().is_some() {
             return Ok((ShortString::from("postage.recording"), 0));
         }
         let (channel, _) = self.live_channel().await?;
-        let key = channel.serial();
-        let mut current = state.reply_to.lock().await;
-        if let Some((running, address)) = &*current
-            && *running == key
-            && state.answering.load(Ordering::SeqCst)
-        {
-            return Ok((address.clone(), state.epoch.load(Ordering::SeqCst)));
-        }
-        // The shared queue: a producer whose calls each have their own takes the private
-        // one for those that do not.
-        let shared = match state.settings.reply_queue {
-            ReplyQueue::PerCall => ReplyQueue::Private,
-            other => other,
-        };
-        let (address, consumer) = start_reply_consumer(self.link()?, &channel, shared).await?;
-        state.replacing.notify_waiters();
-        *state.answers.lock().await = Some(consumer);
-        state.answering.store(true, Ordering::SeqCst);
-        let epoch = state.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        // Calls sent for the consumer replaced wait in vain, even those nobody awaits
-        // now (`rpc_deferred`): dropping their waiters has them sent again when awaited.
-        state.waiters.retain(|waiter| waiter.epoch >= epoch);
-        *current = Some((key, address.clone()));
-        Ok((address, epoch))
+        self.rpc_state()
+            .replies
+            .address(self.link()?, &channel)
+            .await
     }
 }
 
 impl Producer {
     /// Hands a recorded call's answer to the call waiting for it.
     pub(super) fn answer_recorded(&self, correlation_id: &str, body: Vec<u8>) {
-        hand(self.rpc_state(), correlation_id, body);
-    }
-}
-
-/// Gives `body` to the call waiting under `id`, which learns its destination answers
-/// with correlation ids; false when none waits.
-fn hand(state: &RpcState, id: &str, body: Vec<u8>) -> bool {
-    match state.waiters.take(id) {
-        Some(waiter) => {
-            state.destinations.answered_correlated(waiter.destination);
-            let _ = waiter.answer.send(Heard::Answer(body));
-            true
-        }
-        None => false,
-    }
-}
-
-/// Hands an answer's body, undecoded, to its waiting call, which reads it. One without
-/// a correlation id cannot be matched on a shared reply queue: it may answer an earlier
-/// call that gave up, so it goes to nobody, and the calls it may answer are sent again,
-/// each on a queue of its own (see [`crate::rpc`]).
-fn deliver(state: &RpcState, delivery: lapin::message::Delivery) {
-    let Some(id) = delivery.properties.correlation_id() else {
-        state.destinations.saw_uncorrelated();
-        let alone = state
-            .waiters
-            .take_where(|waiter| !state.destinations.correlates(waiter.destination));
-        tracing::info!(
-            calls = alone.len(),
-            "an RPC answer without a correlation id (Python Postage 1.x receivers answer \
-             so): the calls it may answer are sent again, each on a reply queue of its own"
-        );
-        for waiter in alone {
-            let _ = waiter.answer.send(Heard::SendAlone);
-        }
-        return;
-    };
-    if !hand(state, id.as_str(), delivery.data) {
-        tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for");
+        self.rpc_state().replies.hand(correlation_id, body);
     }
 }
 

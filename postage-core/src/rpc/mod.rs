@@ -1,12 +1,15 @@
-//! The RPC engine every caller and every answering side shares: correlation ids made and
-//! matched in one table whose waiters expire ([`Calls`]), the reply queues answers come
-//! back on ([`ReplyQueue`]), and the return address an answer goes to ([`ReturnAddress`]).
+//! The RPC engine every caller and every answering side shares: one reply consumer per
+//! caller with the calls waiting on it ([`Replies`], read by whichever call waits),
+//! correlation ids made and matched in one table whose waiters expire ([`Calls`]), the
+//! reply queues answers come back on ([`ReplyQueue`]), and the return address an answer
+//! goes to ([`ReturnAddress`]).
 //!
 //! The front ends are [`Producer::call`](crate::Producer::call) and its kin (Postage
 //! RPC, `producer/call.rs`; [`Producer::gather`](crate::Producer::gather) collects the
 //! answers of every component a fanout key reaches, which `postage ping`, `postage rpc`
-//! and `postage_app::components` use), the simple client's
-//! [`Transport`](crate::client::Transport) on the calling side, and the processor and the simple client's
+//! and `postage_app::components` use) and the simple client's
+//! [`Transport`](crate::client::Transport) on the calling side, both holding a
+//! [`Replies`]; the processor and the simple client's
 //! [`Server`](crate::client::Server) on the answering side.
 //!
 //! ## Answers without a correlation id
@@ -34,12 +37,14 @@
 //! [`Producer::gather`](crate::Producer::gather) always uses a queue per call.
 
 mod answer;
+mod caller;
 mod calls;
 mod destinations;
 mod reply;
 
 pub(crate) use self::answer::ReturnAddress;
+pub(crate) use self::caller::{Heard, Replies, Waiter};
 pub(crate) use self::calls::Calls;
 pub(crate) use self::destinations::{Destination, Destinations};
 pub use self::reply::ReplyQueue;
-pub(crate) use self::reply::{DIRECT_REPLY_TO, start_reply_consumer};
+pub(crate) use self::reply::start_reply_consumer;
