@@ -14,7 +14,7 @@ use postage_core::{
     HandlerError, Host, Metadata, Processor, ProcessorHandle, Producer, Queue, RetryPolicy,
     processor,
 };
-use postage_tests::net::Relay;
+use postage_tests::net::{Direction, Links, Relay, Toxic};
 use postage_tests::{
     broker_address, connect, exchange, message_counts, rabbitmqctl, test_node, unique,
 };
@@ -583,7 +583,7 @@ async fn a_copy_lost_with_its_publishing_connection_leaves_the_original_on_its_q
 
     // Job 2's copy is written, and held on its way to the broker.
     let publishing = format!("{marker} publishing");
-    relay.hold(&publishing);
+    relay.add(Links::marked(&publishing), Direction::Upstream, Toxic::Hold);
     producer.command("work", json!({"id": 2})).await.unwrap();
     let (id, attempt, _) = tokio::time::timeout(Duration::from_secs(10), worker.seen.recv())
         .await
@@ -602,7 +602,7 @@ async fn a_copy_lost_with_its_publishing_connection_leaves_the_original_on_its_q
         (0, 1),
         "(ready, unacknowledged): the original waits for its copy's confirm"
     );
-    relay.cut(&publishing);
+    relay.cut(Links::marked(&publishing));
 
     let dead_letters = await_messages(&direct, &dead, 1).await;
     let ids: Vec<serde_json::Value> = dead_letters
