@@ -27,6 +27,7 @@ mod macro_pass;
 mod macro_ui;
 mod messenger;
 mod metrics;
+mod network_faults;
 mod processor;
 mod producer_consumer;
 mod reply_queue;

@@ -1,0 +1,212 @@
+//! A component for the network fault tests, run inside a network namespace or behind the
+//! fault relay (its link from `POSTAGE_HOST`, `POSTAGE_PORT` and `POSTAGE_HEARTBEAT`):
+//!
+//! - `fault_component worker NAME`: a processor with retries on the durable queue NAME
+//!   (exchange NAME, key `work`); prints `handled ID` for each job `{"id": ID}` it
+//!   handles (every seventh job fails its first attempt and is retried);
+//! - `fault_component server NAME`: answers `echo` calls on queue NAME (exchange NAME, key
+//!   `echo`) with their parameter;
+//! - `fault_component caller NAME COUNT`: calls `echo` on exchange NAME, key `echo`, COUNT
+//!   times with 64 calls in flight, each call at most 3 s an attempt and one retry;
+//!   prints `answered I MS` or `failed I MS ERROR` for each, then `calls done`;
+//! - `fault_component publisher NAME COUNT`: publishes `work` jobs 0..COUNT to exchange
+//!   NAME, key `work`, persistent and confirmed, one at a time, each tried until the
+//!   broker confirms it; prints `confirmed ID` for each;
+//! - `fault_component client NAME`: the simple client's server of target NAME, answering
+//!   each call with its body;
+//! - `fault_component messenger NAME`: a Messenger receiving from the durable queue
+//!   NAME; prints `received ID` for each message, then accepts it;
+//! - `fault_component app NAME`: a GenericApplication named NAME.
+//!
+//! Each prints `ready` once it serves, and `link STATE MS` whenever its connection's state
+//! changes (MS since it started).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use postage_app::GenericApplication;
+use postage_core::client::{Request, Target, Transport};
+use postage_core::messenger::Messenger;
+use postage_core::{
+    Connection, Exchange, Fingerprint, HandlerError, LinkState, Metadata, Processor, Producer,
+    Queue, RetryPolicy, RpcOptions, processor,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Job {
+    id: u64,
+}
+
+struct Worker;
+
+#[processor]
+impl Worker {
+    #[message_handler("command", "work")]
+    fn work(&self, job: Job, metadata: &Metadata) -> Result<(), HandlerError> {
+        if job.id.is_multiple_of(7) && metadata.attempt == 1 {
+            return Err(HandlerError::error("every seventh job fails once"));
+        }
+        say(format!("handled {}", job.id));
+        Ok(())
+    }
+}
+
+struct Echo;
+
+#[processor]
+impl Echo {
+    #[rpc_handler("command", "echo")]
+    fn echo(&self, value: u64) -> u64 {
+        value
+    }
+}
+
+/// One line on standard output, at once.
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Prints the connection's state whenever it changes.
+fn watch_link(connection: &Connection, started: Instant) {
+    let connection = connection.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let state = match connection.state() {
+                LinkState::Connected => "connected",
+                LinkState::Blocked { .. } => "blocked",
+                LinkState::Reconnecting => "reconnecting",
+                _ => "closed",
+            };
+            if last != Some(state) {
+                say(format!("link {state} {}", started.elapsed().as_millis()));
+                last = Some(state);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() -> postage_core::Result<()> {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (kind, name) = match args.as_slice() {
+        [kind, name, ..] => (kind.as_str(), name.clone()),
+        _ => panic!("usage: fault_component KIND NAME [COUNT]"),
+    };
+    let count: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let connection = Connection::from_env().await?;
+    watch_link(&connection, started);
+    let exchange = Exchange::named(name.clone());
+    match kind {
+        "worker" => {
+            let worker = Processor::builder(&connection, Worker)
+                .bind(exchange, Queue::new(name.clone()).durable(true), "work")
+                .retry(
+                    RetryPolicy::new().backoff(Duration::from_millis(200), Duration::from_secs(1)),
+                )
+                .concurrency(8)
+                .build()
+                .await?;
+            say("ready");
+            worker.run().await?;
+        }
+        "server" => {
+            let server = Processor::builder(&connection, Echo)
+                .bind(exchange, Queue::new(name.clone()), "echo")
+                .concurrency(64)
+                .build()
+                .await?;
+            say("ready");
+            server.run().await?;
+        }
+        "caller" => {
+            let producer = Producer::builder(&connection)
+                .destination(exchange, "echo")
+                .build()
+                .await?;
+            say("ready");
+            let options = RpcOptions::new()
+                .timeout(Duration::from_secs(3))
+                .max_retry(1);
+            let calls = (0..count).map(|i| {
+                let (producer, options) = (producer.clone(), options.clone());
+                async move {
+                    let began = Instant::now();
+                    let answer = producer.call_with::<u64>("echo", i, options).await;
+                    let ms = began.elapsed().as_millis();
+                    match answer {
+                        Ok(_) => say(format!("answered {i} {ms}")),
+                        Err(error) => say(format!("failed {i} {ms} {error}")),
+                    }
+                }
+            });
+            futures_util::StreamExt::for_each_concurrent(
+                futures_util::stream::iter(calls),
+                64,
+                |call| call,
+            )
+            .await;
+            say("calls done");
+        }
+        "publisher" => {
+            let producer = Producer::builder(&connection)
+                .destination(exchange, "work")
+                .reliable(true)
+                .persistent(true)
+                .build()
+                .await?;
+            say("ready");
+            for id in 0..count {
+                while producer
+                    .command("work", serde_json::json!({ "id": id }))
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                say(format!("confirmed {id}"));
+            }
+            say("published");
+        }
+        "client" => {
+            let transport = Transport::new(&connection).await?;
+            let server = transport.server(&Target::new(name)).await?;
+            say("ready");
+            server
+                .serve(|request: Request| async move { request.body().clone() })
+                .await?;
+        }
+        "messenger" => {
+            let messenger = Messenger::with_connection(&connection).await?;
+            let address = format!("amqp://{}/{name}", connection.host());
+            messenger
+                .subscribe_queue(&address, &Queue::new(name.clone()).durable(true))
+                .await?;
+            say("ready");
+            loop {
+                let incoming = messenger.recv().await?;
+                match incoming.json::<Job>() {
+                    Ok(job) => say(format!("received {}", job.id)),
+                    Err(error) => say(format!("unreadable {error}")),
+                }
+                incoming.ack().await?;
+            }
+        }
+        "app" => {
+            let app =
+                GenericApplication::builder(&connection, Fingerprint::new(&name, "application"))
+                    .stop_on_signals(true)
+                    .build()
+                    .await?;
+            say("ready");
+            app.run().await?;
+        }
+        other => panic!("unknown kind {other}"),
+    }
+    connection.close().await
+}
