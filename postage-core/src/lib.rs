@@ -37,6 +37,7 @@ pub mod asyncapi;
 mod config;
 mod connection;
 mod consumer;
+mod deadline;
 mod error;
 mod handler;
 mod processor;
@@ -94,6 +95,8 @@ pub mod __private {
         HandlerRegistration, MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind,
         StateNeed, States, TimerRegistration, ValueKind, replied, run_filter,
     };
+    /// The workspace's one lock policy, for its other crates.
+    pub use crate::sync::Locked;
     pub use inventory;
     pub use schemars::SchemaGenerator;
     pub use serde_json;

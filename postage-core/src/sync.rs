@@ -1,5 +1,9 @@
 //! The one lock policy of the crate: a [`Locked`] value behind a std mutex, reached
 //! through a closure, that a panic elsewhere can never make unusable.
+//!
+//! The workspace's other crates (postage-app) hold their shared state in it too, through
+//! the hidden `postage_core::__private::Locked`: one policy, written once, rather than a
+//! copy per crate that could drift.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -12,15 +16,16 @@ use std::sync::{Mutex, PoisonError};
 /// work because of an earlier panic (a call left unregistered would only time out, with
 /// nothing said).
 #[derive(Debug, Default)]
-pub(crate) struct Locked<T>(Mutex<T>);
+pub struct Locked<T>(Mutex<T>);
 
 impl<T> Locked<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    /// `value`, shared from now on.
+    pub const fn new(value: T) -> Self {
         Self(Mutex::new(value))
     }
 
     /// Runs `f` with the value, locked for that long.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
     }
