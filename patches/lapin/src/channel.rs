@@ -529,8 +529,15 @@ impl Channel {
 
         trace!(channel=%self.id, "send_frames");
         let (promise, resolver) = Promise::new(ctx);
-        self.frames.push_frames(self.id, frames, resolver);
+        let backlog = self.frames.push_frames(self.id, frames, resolver);
         self.wake();
+        if let Some(backlog) = backlog {
+            // Queued publishes: don't wait for the write, only for a backlog above its mark.
+            backlog.below_mark().await;
+            return Ok(publisher_confirms_result
+                .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone()))
+                .after_write(promise));
+        }
         promise.await?;
         Ok(publisher_confirms_result
             .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone())))

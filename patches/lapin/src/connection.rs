@@ -14,7 +14,7 @@ use crate::{
     secret_update::SecretUpdate,
     socket_state::SocketState,
     tcp::{AMQPUriTcpExt, OwnedTLSConfig},
-    thread::ThreadHandle,
+    thread::{JoinHandle, ThreadHandle},
     types::{LongString, ReplyCode, ShortString},
     uri::AMQPUri,
 };
@@ -176,7 +176,7 @@ impl Connection {
     ///
     /// Useful in simple consumer programs where no other work keeps the
     /// process alive. Drops the connection handle then waits for the
-    /// background IO loop thread to finish.
+    /// background IO loop thread to finish (or its task: then call it off the runtime's threads).
     pub fn run(self) -> Result<()> {
         let io_loop = self.io_loop.clone();
         drop(self);
@@ -228,6 +228,9 @@ impl Connection {
     /// Drives the AMQP handshake over a transport supplied by the `connect`
     /// closure. Prefer one of the higher-level `connect*` methods unless you
     /// are wrapping a non-standard socket type.
+    ///
+    /// The I/O loop runs on a thread of its own; see [`Connection::task_connector`] for it
+    /// as a task on `runtime`.
     pub async fn connector<RK: RuntimeKit + Clone + Send + 'static>(
         uri: AMQPUri,
         runtime: Runtime<RK>,
@@ -240,9 +243,39 @@ impl Connection {
         + 'static,
         options: ConnectionProperties,
     ) -> Result<Self> {
+        Self::connect_with(uri, runtime, options, |io_loop| io_loop.start(connect)).await
+    }
+
+    /// [`Connection::connector`] for a `connect` whose futures are `Send`: the I/O loop
+    /// runs as a task on `runtime` when `options` ask for it
+    /// ([`ConnectionProperties::with_io_loop_task`]), on a thread of its own otherwise.
+    pub async fn task_connector<RK, F>(
+        uri: AMQPUri,
+        runtime: Runtime<RK>,
+        connect: impl Fn(AMQPUri, Runtime<RK>) -> F + Send + Sync + 'static,
+        options: ConnectionProperties,
+    ) -> Result<Self>
+    where
+        RK: RuntimeKit + Clone + Send + 'static,
+        F: Future<Output = Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>> + Send + 'static,
+    {
+        if options.io_loop_task {
+            Self::connect_with(uri, runtime, options, |io_loop| io_loop.start_task(connect)).await
+        } else {
+            let connect = async move |uri, runtime| connect(uri, runtime).await;
+            Self::connect_with(uri, runtime, options, |io_loop| io_loop.start(connect)).await
+        }
+    }
+
+    async fn connect_with<RK: RuntimeKit + Clone + Send + 'static>(
+        uri: AMQPUri,
+        runtime: Runtime<RK>,
+        options: ConnectionProperties,
+        start: impl FnOnce(IoLoop<RK>) -> Result<JoinHandle>,
+    ) -> Result<Self> {
+        let frames = Frames::new(options.queued_publishes);
         let configuration = Configuration::new(&uri, options);
         let status = ConnectionStatus::new(&uri);
-        let frames = Frames::default();
         let socket_state = SocketState::default();
         let heartbeat = Heartbeat::new(status.clone(), runtime.clone());
         let secret_update = SecretUpdate::new(
@@ -277,13 +310,12 @@ impl Connection {
             socket_state,
             heartbeat,
             runtime,
-            connect,
             uri,
             conn.configuration().backoff,
         );
 
         internal_rpc.start(channels);
-        conn.io_loop.register(io_loop.start()?);
+        conn.io_loop.register(start(io_loop)?);
         conn.start(channel0).await
     }
 
@@ -355,13 +387,16 @@ impl Connect for AMQPUri {
         config: OwnedTLSConfig,
         runtime: Runtime<RK>,
     ) -> Result<Connection> {
-        Connection::connector(
+        Connection::task_connector(
             self,
             runtime,
-            async move |uri, runtime| {
-                AMQPUriTcpExt::connect_with_config_async(&uri, config.as_ref(), &runtime)
-                    .await
-                    .map_err(|err| Error::io(err, &runtime))
+            move |uri: AMQPUri, runtime: Runtime<RK>| {
+                let config = config.clone();
+                async move {
+                    AMQPUriTcpExt::connect_with_config_async(&uri, config.as_ref(), &runtime)
+                        .await
+                        .map_err(|err| Error::io(err, &runtime))
+                }
             },
             options,
         )

@@ -32,6 +32,8 @@ pub struct ConnectionProperties {
     pub(crate) backoff: ExponentialBuilder,
     pub(crate) auto_recover: bool,
     backoff_configured: bool,
+    pub(crate) io_loop_task: bool,
+    pub(crate) queued_publishes: Option<usize>,
 }
 
 impl Default for ConnectionProperties {
@@ -43,6 +45,8 @@ impl Default for ConnectionProperties {
             backoff: ExponentialBuilder::default().with_max_times(0 /* no retry by default */),
             auto_recover: false,
             backoff_configured: false,
+            io_loop_task: false,
+            queued_publishes: None,
         }
     }
 }
@@ -130,6 +134,39 @@ impl ConnectionProperties {
         }
         self
     }
+
+    /// Run the connection's I/O loop as a task on the connection's runtime instead of on a
+    /// thread of its own (the default), so that no frame read or written is a wake-up of
+    /// another thread.
+    ///
+    /// Honoured by the `connect*` methods and [`Connection::task_connector`]; the loop of a
+    /// [`Connection::connector`] runs on a thread, as its `connect` futures need not be `Send`.
+    ///
+    /// [`Connection::task_connector`]: crate::Connection::task_connector
+    /// [`Connection::connector`]: crate::Connection::connector
+    #[must_use]
+    pub fn with_io_loop_task(mut self, task: bool) -> Self {
+        self.io_loop_task = task;
+        self
+    }
+
+    /// Let [`Channel::basic_publish`] return once its frames are queued rather than written,
+    /// with at most `high_water_mark` bytes queued per connection: above it, a publish
+    /// waits, once queued, until the I/O loop has written the backlog down to the mark.
+    ///
+    /// Frames of a channel still leave in the order they were issued: a `channel.close`,
+    /// `basic.cancel` or acknowledgement issued after a publish never overtakes it, and a
+    /// `connection.close` follows every queued publish. A [`PublisherConfirm`] resolves
+    /// once its publish is written (and, with confirms, acknowledged), or with the error
+    /// if its frames were never written.
+    ///
+    /// [`Channel::basic_publish`]: crate::Channel::basic_publish
+    /// [`PublisherConfirm`]: crate::PublisherConfirm
+    #[must_use]
+    pub fn with_queued_publishes(mut self, high_water_mark: usize) -> Self {
+        self.queued_publishes = Some(high_water_mark);
+        self
+    }
 }
 
 impl fmt::Debug for ConnectionProperties {
@@ -139,6 +176,8 @@ impl fmt::Debug for ConnectionProperties {
             .field("client_properties", &self.client_properties)
             .field("backoff", &self.backoff)
             .field("auto_recover", &self.auto_recover)
+            .field("io_loop_task", &self.io_loop_task)
+            .field("queued_publishes", &self.queued_publishes)
             .finish()
     }
 }

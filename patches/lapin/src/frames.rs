@@ -8,13 +8,14 @@ use crate::{
 };
 use amq_protocol::{
     frame::{AMQPFrame, ProtocolVersion},
-    protocol::{AMQPClass, basic::AMQPMethod},
+    protocol::{AMQPClass, basic::AMQPMethod, connection},
 };
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
     ops::Deref,
     sync::{Arc, Mutex, MutexGuard},
+    task::{Poll, Waker},
 };
 use tracing::trace;
 
@@ -33,6 +34,14 @@ impl fmt::Debug for ExpectedReply {
 pub(crate) struct Frames(Arc<Mutex<Inner>>);
 
 impl Frames {
+    /// With `queued_publishes` (a high-water mark in bytes), a publish is queued rather than
+    /// waited for, and frames leave in the order they were issued.
+    pub(crate) fn new(queued_publishes: Option<usize>) -> Self {
+        let frames = Self::default();
+        frames.lock_inner().backlog = queued_publishes.map(Backlog::new);
+        frames
+    }
+
     pub(crate) fn push(
         &self,
         channel_id: ChannelId,
@@ -45,13 +54,14 @@ impl Frames {
             .push(channel_id, frame, canceler, expected_reply, resolver);
     }
 
+    /// Returns the backlog to wait on when publishes are queued rather than waited for.
     pub(crate) fn push_frames(
         &self,
         channel_id: ChannelId,
         frames: Vec<AMQPFrame>,
         resolver: PromiseResolver<()>,
-    ) {
-        self.lock_inner().push_frames(channel_id, frames, resolver);
+    ) -> Option<Backlog> {
+        self.lock_inner().push_frames(channel_id, frames, resolver)
     }
 
     pub(crate) fn retry(&self, frame: FrameEntry) {
@@ -149,6 +159,11 @@ impl Frames {
         self.lock_inner().has_pending()
     }
 
+    /// Whether `pop(flow)` has a frame to give.
+    pub(crate) fn has_sendable(&self, flow: bool) -> bool {
+        self.lock_inner().has_sendable(flow)
+    }
+
     pub(crate) fn drop_pending(&self, error: Error, internal_rpc: &InternalRPCHandle) {
         self.lock_inner().drop_pending(error, internal_rpc);
     }
@@ -238,6 +253,26 @@ impl FrameEntry {
     }
 }
 
+impl FrameEntry {
+    fn is_publish(&self) -> bool {
+        matches!(
+            self.frame,
+            AMQPFrame::Method(_, AMQPClass::Basic(AMQPMethod::Publish(_)))
+        )
+    }
+
+    fn is_content(&self) -> bool {
+        matches!(self.frame, AMQPFrame::Header(..) | AMQPFrame::Body(..))
+    }
+
+    fn is_connection_close(&self) -> bool {
+        matches!(
+            self.frame,
+            AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(_)))
+        )
+    }
+}
+
 impl fmt::Display for FrameEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.frame.fmt(f)
@@ -247,6 +282,8 @@ impl fmt::Display for FrameEntry {
 pub(crate) struct FrameSending {
     canceler: Option<Box<dyn Cancelable + Send + Sync>>,
     resolver: Option<PromiseResolver<()>>,
+    // A queued publish's bytes, counted in the backlog until its last frame is sent or dropped.
+    _backlog: Option<BacklogShare>,
 }
 
 impl FrameSending {
@@ -254,7 +291,11 @@ impl FrameSending {
         canceler: Option<Box<dyn Cancelable + Send + Sync>>,
         resolver: Option<PromiseResolver<()>>,
     ) -> Self {
-        Self { canceler, resolver }
+        Self {
+            canceler,
+            resolver,
+            _backlog: None,
+        }
     }
 
     pub(crate) fn reject(&self, error: Error) {
@@ -283,6 +324,11 @@ struct Inner {
     expected_replies: HashMap<ChannelId, VecDeque<ExpectedReply>>,
     poison: Option<Error>,
     channels_poison: HashMap<ChannelId, Error>,
+    /* With queued publishes: every frame goes to `frames`, in the order issued, and pop keeps that order */
+    backlog: Option<Backlog>,
+    /* Without flow (channel.flow): publishes, and every later frame of their channels, held back in order */
+    held_frames: VecDeque<FrameEntry>,
+    held_channels: HashMap<ChannelId, usize>,
 }
 
 impl fmt::Debug for Frames {
@@ -333,13 +379,27 @@ impl Inner {
         channel_id: ChannelId,
         mut frames: Vec<AMQPFrame>,
         resolver: PromiseResolver<()>,
-    ) {
+    ) -> Option<Backlog> {
         let last_frame = frames.pop();
 
         if let Some(error) = self.check_poison(channel_id) {
             trace!(channel=%channel_id, frames=?frames, "Discarding frames because of poisoning");
             resolver.reject(error);
-            return;
+            return None;
+        }
+
+        if let Some(backlog) = self.backlog.clone() {
+            let bytes = frames.iter().chain(&last_frame).map(Backlog::weight).sum();
+            let share = backlog.add(bytes);
+            self.frames.extend(frames.into_iter().map(FrameEntry::from));
+            if let Some(last_frame) = last_frame {
+                let mut sending = FrameSending::new(None, Some(resolver));
+                sending._backlog = Some(share);
+                self.frames.push_back(FrameEntry::new(last_frame, sending));
+            } else {
+                resolver.resolve(());
+            }
+            return Some(backlog);
         }
 
         for frame in frames {
@@ -352,6 +412,7 @@ impl Inner {
         } else {
             resolver.resolve(());
         }
+        None
     }
 
     fn check_poison(&self, channel_id: ChannelId) -> Option<Error> {
@@ -362,6 +423,9 @@ impl Inner {
     }
 
     fn pop(&mut self, flow: bool) -> Option<FrameEntry> {
+        if self.backlog.is_some() {
+            return self.pop_in_order(flow);
+        }
         if let Some(frame) = self
             .retry_frames
             .pop_front()
@@ -399,11 +463,91 @@ impl Inner {
         None
     }
 
+    /// pop() with queued publishes: each channel's frames leave in the order they were
+    /// issued, and a connection.close after all of them. Without flow, a publish is held
+    /// back with every later frame of its channel, and other channels' frames go on.
+    fn pop_in_order(&mut self, flow: bool) -> Option<FrameEntry> {
+        if let Some(frame) = self
+            .retry_frames
+            .pop_front()
+            .or_else(|| self.publish_frames.pop_front())
+        {
+            return Some(frame);
+        }
+        self.hold_back(flow);
+        // Held frames were issued before any left in `frames` of their channels.
+        let from_held = flow && !self.held_frames.is_empty();
+        let frame = if from_held {
+            self.pop_held()
+        } else {
+            self.frames.pop_front()
+        }?;
+        if frame.is_publish() {
+            // The content header and body frames must follow their basic.publish at once.
+            loop {
+                let queue = if from_held {
+                    &self.held_frames
+                } else {
+                    &self.frames
+                };
+                if !queue.front().is_some_and(|next| next.is_content()) {
+                    break;
+                }
+                let next = if from_held {
+                    self.pop_held()
+                } else {
+                    self.frames.pop_front()
+                };
+                self.publish_frames.extend(next);
+            }
+        }
+        Some(frame)
+    }
+
+    /// Without flow, moves the frames at the front of `frames` that must wait to `held_frames`.
+    fn hold_back(&mut self, flow: bool) {
+        if flow {
+            return;
+        }
+        while let Some(frame) = self.frames.front() {
+            let channel_id = frame.channel_id();
+            let hold = frame.is_publish()
+                || self.held_channels.contains_key(&channel_id)
+                || (frame.is_connection_close() && !self.held_frames.is_empty());
+            if !hold {
+                break;
+            }
+            self.held_frames.extend(self.frames.pop_front());
+            *self.held_channels.entry(channel_id).or_default() += 1;
+        }
+    }
+
+    fn pop_held(&mut self) -> Option<FrameEntry> {
+        let frame = self.held_frames.pop_front()?;
+        let channel_id = frame.channel_id();
+        if let Some(count) = self.held_channels.get_mut(&channel_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.held_channels.remove(&channel_id);
+            }
+        }
+        Some(frame)
+    }
+
+    fn has_sendable(&mut self, flow: bool) -> bool {
+        if self.backlog.is_some() {
+            self.hold_back(flow);
+        }
+        !(self.retry_frames.is_empty() && self.publish_frames.is_empty() && self.frames.is_empty())
+            || (flow && !(self.low_prio_frames.is_empty() && self.held_frames.is_empty()))
+    }
+
     fn has_pending(&self) -> bool {
         !(self.retry_frames.is_empty()
             && self.publish_frames.is_empty()
             && self.frames.is_empty()
-            && self.low_prio_frames.is_empty())
+            && self.low_prio_frames.is_empty()
+            && self.held_frames.is_empty())
     }
 
     fn drop_pending(&mut self, error: Error, internal_rpc: &InternalRPCHandle) {
@@ -411,6 +555,8 @@ impl Inner {
         Self::drop_pending_frames(&mut self.publish_frames, error.clone(), internal_rpc);
         Self::drop_pending_frames(&mut self.frames, error.clone(), internal_rpc);
         Self::drop_pending_frames(&mut self.low_prio_frames, error.clone(), internal_rpc);
+        Self::drop_pending_frames(&mut self.held_frames, error.clone(), internal_rpc);
+        self.held_channels.clear();
         self.clear_all_expected_replies(error.clone());
         self.poison = Some(error);
     }
@@ -436,6 +582,8 @@ impl Inner {
         Self::drop_pending_frames_for_channel(channel_id, &mut self.publish_frames, error.clone());
         Self::drop_pending_frames_for_channel(channel_id, &mut self.frames, error.clone());
         Self::drop_pending_frames_for_channel(channel_id, &mut self.low_prio_frames, error.clone());
+        Self::drop_pending_frames_for_channel(channel_id, &mut self.held_frames, error.clone());
+        self.held_channels.remove(&channel_id);
     }
 
     fn drop_pending_frames_for_channel(
@@ -487,5 +635,329 @@ impl Inner {
             Reply::BasicCancelOk(resolver) => resolver.resolve(()),
             _ => cancel.cancel(error.clone()),
         }
+    }
+}
+
+/// The bytes of queued publishes not yet written on a connection, and the high-water mark
+/// above which a publish waits, once queued, for the I/O loop to write them down.
+#[derive(Clone)]
+pub(crate) struct Backlog(Arc<(usize, Mutex<BacklogState>)>);
+
+#[derive(Default)]
+struct BacklogState {
+    bytes: usize,
+    waiting: Vec<Waker>,
+}
+
+impl Backlog {
+    fn new(high_water_mark: usize) -> Self {
+        Self(Arc::new((high_water_mark, Mutex::default())))
+    }
+
+    /// What a frame counts for: its payload and its frame's overhead, with an allowance
+    /// for the method and content header frames' fields.
+    fn weight(frame: &AMQPFrame) -> usize {
+        match frame {
+            AMQPFrame::Body(_, payload) => 8 + payload.len(),
+            _ => 64,
+        }
+    }
+
+    fn add(&self, bytes: usize) -> BacklogShare {
+        self.lock_state().bytes += bytes;
+        BacklogShare {
+            backlog: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Waits until the backlog is at or below its high-water mark.
+    pub(crate) async fn below_mark(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock_state();
+            if state.bytes <= self.0.0 {
+                return Poll::Ready(());
+            }
+            if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, BacklogState> {
+        self.0.1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A queued publish's part of the backlog, given back when dropped.
+struct BacklogShare {
+    backlog: Backlog,
+    bytes: usize,
+}
+
+impl Drop for BacklogShare {
+    fn drop(&mut self) {
+        let waiting = {
+            let mut state = self.backlog.lock_state();
+            state.bytes -= self.bytes;
+            if state.bytes <= self.backlog.0.0 {
+                std::mem::take(&mut state.waiting)
+            } else {
+                Vec::new()
+            }
+        };
+        waiting.into_iter().for_each(Waker::wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConnectionState, ErrorKind, Promise};
+    use amq_protocol::{
+        frame::AMQPContentHeader,
+        protocol::{basic, channel},
+    };
+    use std::{pin::pin, task::Context};
+
+    fn push(frames: &Frames, channel_id: ChannelId, method: AMQPClass) {
+        let (_promise, resolver) = Promise::<()>::new("test");
+        let frame = AMQPFrame::Method(channel_id, method);
+        frames.push(channel_id, frame, Box::new(resolver), None, None);
+    }
+
+    fn publish(
+        frames: &Frames,
+        channel_id: ChannelId,
+        bodies: &[usize],
+    ) -> (Promise<()>, Option<Backlog>) {
+        let method = AMQPClass::Basic(AMQPMethod::Publish(basic::Publish::default()));
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: bodies.iter().sum::<usize>() as u64,
+            properties: Default::default(),
+        };
+        let mut publish = vec![
+            AMQPFrame::Method(channel_id, method),
+            AMQPFrame::Header(channel_id, header),
+        ];
+        publish.extend(
+            bodies
+                .iter()
+                .map(|n| AMQPFrame::Body(channel_id, vec![0; *n])),
+        );
+        let (promise, resolver) = Promise::new("basic.publish");
+        let backlog = frames.push_frames(channel_id, publish, resolver);
+        (promise, backlog)
+    }
+
+    fn ack(frames: &Frames, channel_id: ChannelId) {
+        push(
+            frames,
+            channel_id,
+            AMQPClass::Basic(AMQPMethod::Ack(basic::Ack::default())),
+        );
+    }
+
+    fn cancel(frames: &Frames, channel_id: ChannelId) {
+        let cancel = AMQPMethod::Cancel(basic::Cancel::default());
+        push(frames, channel_id, AMQPClass::Basic(cancel));
+    }
+
+    fn channel_close(frames: &Frames, channel_id: ChannelId) {
+        let close = channel::AMQPMethod::Close(channel::Close::default());
+        push(frames, channel_id, AMQPClass::Channel(close));
+    }
+
+    fn channel_open(frames: &Frames, channel_id: ChannelId) {
+        let open = channel::AMQPMethod::Open(channel::Open::default());
+        push(frames, channel_id, AMQPClass::Channel(open));
+    }
+
+    fn connection_close(frames: &Frames) {
+        let close = connection::AMQPMethod::Close(connection::Close::default());
+        push(frames, 0, AMQPClass::Connection(close));
+    }
+
+    fn heartbeat(frames: &Frames) {
+        let (_promise, resolver) = Promise::<()>::new("test");
+        frames.push(0, AMQPFrame::Heartbeat, Box::new(resolver), None, None);
+    }
+
+    /// Pops every frame `pop(flow)` gives, as "channel:name", each one written at once.
+    fn drain(frames: &Frames, flow: bool) -> Vec<String> {
+        std::iter::from_fn(|| frames.pop(flow))
+            .map(|entry| {
+                let name = match &*entry {
+                    AMQPFrame::Method(_, AMQPClass::Basic(AMQPMethod::Publish(_))) => "publish",
+                    AMQPFrame::Method(_, AMQPClass::Basic(AMQPMethod::Ack(_))) => "ack",
+                    AMQPFrame::Method(_, AMQPClass::Basic(AMQPMethod::Cancel(_))) => "cancel",
+                    AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
+                        "channel.open"
+                    }
+                    AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+                        "channel.close"
+                    }
+                    AMQPFrame::Method(_, AMQPClass::Connection(_)) => "connection.close",
+                    AMQPFrame::Header(..) => "header",
+                    AMQPFrame::Body(..) => "body",
+                    AMQPFrame::Heartbeat => "heartbeat",
+                    _ => "other",
+                };
+                let label = format!("{}:{name}", entry.channel_id());
+                let (_, sending) = entry.into_serialized_frame(0);
+                sending.resolve();
+                label
+            })
+            .collect()
+    }
+
+    fn queued() -> Frames {
+        Frames::new(Some(1 << 20))
+    }
+
+    #[test]
+    fn a_publish_is_not_overtaken_by_later_frames_of_its_channel() {
+        let frames = queued();
+        let _ = publish(&frames, 1, &[10]);
+        ack(&frames, 1);
+        ack(&frames, 2);
+        cancel(&frames, 1);
+        let _ = publish(&frames, 1, &[10]);
+        channel_close(&frames, 1);
+        connection_close(&frames);
+        assert_eq!(
+            drain(&frames, true),
+            [
+                "1:publish",
+                "1:header",
+                "1:body",
+                "1:ack",
+                "2:ack",
+                "1:cancel",
+                "1:publish",
+                "1:header",
+                "1:body",
+                "1:channel.close",
+                "0:connection.close",
+            ]
+        );
+        assert!(!frames.has_pending());
+    }
+
+    #[test]
+    fn without_flow_only_publishes_and_what_follows_them_on_their_channel_wait() {
+        let frames = queued();
+        let _ = publish(&frames, 1, &[10]);
+        ack(&frames, 1);
+        ack(&frames, 2);
+        heartbeat(&frames);
+        channel_open(&frames, 3);
+        let _ = publish(&frames, 2, &[10]);
+        ack(&frames, 2);
+        cancel(&frames, 3);
+        assert!(frames.has_sendable(false));
+        assert_eq!(
+            drain(&frames, false),
+            ["2:ack", "0:heartbeat", "3:channel.open", "3:cancel"]
+        );
+        assert!(!frames.has_sendable(false));
+        assert!(frames.has_pending());
+        // Flow is back: what was held leaves first, in order, then what came after.
+        ack(&frames, 1);
+        assert_eq!(
+            drain(&frames, true),
+            [
+                "1:publish",
+                "1:header",
+                "1:body",
+                "1:ack",
+                "2:publish",
+                "2:header",
+                "2:body",
+                "2:ack",
+                "1:ack",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_flow_a_connection_close_waits_for_held_publishes() {
+        let frames = queued();
+        let _ = publish(&frames, 1, &[10]);
+        connection_close(&frames);
+        assert_eq!(drain(&frames, false), Vec::<String>::new());
+        assert_eq!(
+            drain(&frames, true),
+            ["1:publish", "1:header", "1:body", "0:connection.close"]
+        );
+    }
+
+    #[test]
+    fn a_publish_begun_before_flow_stops_is_finished() {
+        let frames = queued();
+        let _ = publish(&frames, 1, &[10, 10]);
+        ack(&frames, 2);
+        let first = frames.pop(true).map(|entry| entry.is_publish());
+        assert_eq!(first, Some(true));
+        assert_eq!(
+            drain(&frames, false),
+            ["1:header", "1:body", "1:body", "2:ack"]
+        );
+    }
+
+    #[test]
+    fn without_queued_publishes_flow_holds_back_publishes_only() {
+        let frames = Frames::default();
+        let (_promise, backlog) = publish(&frames, 1, &[10]);
+        assert!(backlog.is_none());
+        ack(&frames, 2);
+        assert_eq!(drain(&frames, false), ["2:ack"]);
+        assert!(!frames.has_sendable(false));
+        assert!(frames.has_sendable(true));
+        assert_eq!(drain(&frames, true), ["1:publish", "1:header", "1:body"]);
+    }
+
+    fn ready(future: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+        future
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    #[test]
+    fn a_publish_above_the_mark_waits_until_the_backlog_is_written_down() {
+        // A publish of 60 bytes counts for 196: 68 of body frame, 64 per other frame.
+        let frames = Frames::new(Some(250));
+        let (written, backlog) = publish(&frames, 1, &[60]);
+        let backlog = backlog.expect("a backlog with queued publishes");
+        assert!(ready(pin!(backlog.below_mark())));
+        let (written_too, _) = publish(&frames, 1, &[60]);
+        let mut below_mark = pin!(backlog.below_mark());
+        assert!(!ready(below_mark.as_mut()));
+        assert!(written.try_wait().is_none());
+        // The first publish's frames are written: the backlog is back below its mark.
+        for _ in 0..3 {
+            let entry = frames.pop(true).expect("the first publish's frames");
+            entry.into_serialized_frame(0).1.resolve();
+        }
+        assert!(matches!(written.try_wait(), Some(Ok(()))));
+        assert!(written_too.try_wait().is_none());
+        assert!(ready(below_mark.as_mut()));
+    }
+
+    #[test]
+    fn a_dropped_publish_gives_back_its_backlog_and_fails_its_write() {
+        let frames = Frames::new(Some(100));
+        let (written, backlog) = publish(&frames, 1, &[200]);
+        let backlog = backlog.expect("a backlog with queued publishes");
+        let mut below_mark = pin!(backlog.below_mark());
+        assert!(!ready(below_mark.as_mut()));
+        let error: Error = ErrorKind::InvalidConnectionState(ConnectionState::Closed).into();
+        frames.drop_frames_for_channel(1, error);
+        assert!(matches!(written.try_wait(), Some(Err(_))));
+        assert!(ready(below_mark.as_mut()));
+        assert!(!frames.has_pending());
     }
 }

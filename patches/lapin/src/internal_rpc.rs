@@ -463,9 +463,20 @@ impl<RK: RuntimeKit + Clone + Send + 'static> InternalRPC<RK> {
                     self.register_internal_future(async move {
                         let channel = channel?;
                         if channel.status().connected() && consumer_status.state().is_active() {
-                            channel
+                            match channel
                                 .basic_cancel(consumer_tag, BasicCancelOptions::default())
                                 .await
+                            {
+                                // The channel began closing meanwhile: its consumers end
+                                // with it, so nothing is left to cancel, and the
+                                // connection is fine.
+                                Err(err)
+                                    if matches!(err.kind(), ErrorKind::InvalidChannelState(..)) =>
+                                {
+                                    Ok(())
+                                }
+                                cancelled => cancelled,
+                            }
                         } else {
                             Ok(())
                         }

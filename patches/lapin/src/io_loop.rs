@@ -8,7 +8,7 @@ use crate::{
     internal_rpc::InternalRPCHandle,
     killswitch::KillSwitch,
     protocol::{self, AMQPError, AMQPHardError},
-    socket_state::SocketState,
+    socket_state::{SocketState, yield_now},
     thread::JoinHandle,
     types::FrameSize,
     uri::AMQPUri,
@@ -26,7 +26,7 @@ use std::{
     thread::Builder as ThreadBuilder,
     time::Duration,
 };
-use tracing::{Level, debug, error, trace};
+use tracing::{Instrument, Level, debug, error, trace};
 
 const FRAMES_STORAGE: usize = 32;
 
@@ -37,13 +37,7 @@ enum Status {
     Stop,
 }
 
-pub(crate) struct IoLoop<
-    RK: RuntimeKit + Clone + Send + 'static,
-    C: AsyncFn(AMQPUri, Runtime<RK>) -> Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>
-        + Send
-        + Sync
-        + 'static,
-> {
+pub(crate) struct IoLoop<RK: RuntimeKit + Clone + Send + 'static> {
     connection_status: ConnectionStatus,
     configuration: NegotiatedConfig,
     channels: Channels,
@@ -52,7 +46,6 @@ pub(crate) struct IoLoop<
     socket_state: SocketState,
     heartbeat: Heartbeat<RK>,
     runtime: Runtime<RK>,
-    connect: C,
     uri: AMQPUri,
     backoff: ExponentialBuilder,
     global_backoff: ExponentialBackoff,
@@ -65,14 +58,7 @@ pub(crate) struct IoLoop<
     first_connection: bool,
 }
 
-impl<
-    RK: RuntimeKit + Clone + Send + 'static,
-    C: AsyncFn(AMQPUri, Runtime<RK>) -> Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>
-        + Send
-        + Sync
-        + 'static,
-> IoLoop<RK, C>
-{
+impl<RK: RuntimeKit + Clone + Send + 'static> IoLoop<RK> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         connection_status: ConnectionStatus,
@@ -83,7 +69,6 @@ impl<
         socket_state: SocketState,
         heartbeat: Heartbeat<RK>,
         runtime: Runtime<RK>,
-        connect: C,
         uri: AMQPUri,
         backoff: ExponentialBuilder,
     ) -> Self {
@@ -102,7 +87,6 @@ impl<
             socket_state,
             heartbeat,
             runtime,
-            connect,
             uri,
             backoff,
             global_backoff,
@@ -152,7 +136,7 @@ impl<
     }
 
     fn has_data(&self) -> bool {
-        self.frames.has_pending()
+        self.frames.has_sendable(self.channels.flow())
             || self.send_buffer.available_data() > 0
             || !self.serialized_frames.is_empty()
     }
@@ -198,7 +182,16 @@ impl<
         }
     }
 
-    pub(crate) fn start(mut self) -> Result<JoinHandle> {
+    pub(crate) fn start(
+        self,
+        connect: impl AsyncFn(
+            AMQPUri,
+            Runtime<RK>,
+        ) -> Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<JoinHandle> {
         let runtime = self.runtime.clone();
         let waker = self.socket_state.handle();
         let connect_span = tracing::Span::current();
@@ -207,92 +200,156 @@ impl<
             .spawn(move || {
                 let loop_span = io_loop_span(connect_span);
                 let _enter = loop_span.enter();
-                let connection_killswitch = self.channels.connection_killswitch();
-                let readable_waker = self.socket_state.readable_waker();
-                let mut readable_context = Context::from_waker(&readable_waker);
-                let writable_waker = self.socket_state.writable_waker();
-                let mut writable_context = Context::from_waker(&writable_waker);
-                let (mut stream, res) = loop {
-                    let connect = || (self.connect)(self.uri.clone(), self.runtime.clone());
-                    let runtime = self.runtime.clone();
-                    let connect = connect.retry(self.backoff).sleep(move |dur| runtime.sleep(dur));
-                    let mut stream = self.runtime.block_on(connect).inspect_err(|err| {
-                        trace!("Poison connection attempt");
-                        self.connection_status.poison(err.clone());
-                        self.frames.clear_connection_steps(err);
-                    })?;
-                    self.half_closed = false;
-                    let mut res = Ok(());
+                let (uri, runtime) = (self.uri.clone(), self.runtime.clone());
+                let connect = || connect(uri.clone(), runtime.clone());
+                self.runtime
+                    .clone()
+                    .block_on(self.run_until_stopped(connect))
+            })
+            .map_err(|err| Error::io(err, &runtime))?;
+        waker.wake();
+        Ok(JoinHandle::Thread(handle))
+    }
 
-                    while self.should_continue(&connection_killswitch) {
-                        if let Err(err) = self.run(Pin::new(&mut stream), &mut readable_context, &mut writable_context, &connection_killswitch) {
-                            let io_err = err.is_io_error();
-                            res = self.critical_error(&connection_killswitch, err);
-                            if self.connecting() && io_err {
-                                break;
-                            }
-                        }
-                    }
-
-                    let connecting = self.connecting();
-                    let reconnect = self.reconnecting();
-
-                    trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop exiting for {}", if reconnect { "reconnection" } else if connecting { "connection" } else { "shutdown" });
-                    if self.first_connection && connecting && self.half_closed && res.is_ok() {
-                        let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
-                        if self.frames.retry_connection_header() {
-                            // Before Connection.Start, retry the protocol header with
-                            // the same promise, including if it was only partly sent.
-                            res = Err(error);
-                        } else {
-                            // Later handshake stages may own asynchronous auth work;
-                            // do not carry that exchange onto a fresh TCP connection.
-                            self.channels.set_connection_error(error.clone());
-                            self.clear_serialized_frames(error.clone());
-                            break (stream, Err(error));
-                        }
-                    }
-                    self.clear_serialized_frames(self.frames.poison().or_else(|| res.clone().err()).unwrap_or(
-                        ErrorKind::InvalidConnectionState(ConnectionState::Closed).into(),
-                    ));
-
-                    if !connecting && !reconnect {
-                        break (stream, res);
-                    }
-
-                    let throttle = match self.global_backoff.next() {
-                        Some(throttle) => throttle,
-                        None => {
-                            error!("Exponential backoff attempts exhausted, aborting recovery");
-                            let error = res.err().unwrap_or_else(|| {
-                                io::Error::from(io::ErrorKind::ConnectionAborted).into()
-                            });
-                            self.channels.set_connection_error(error.clone());
-                            break (stream, Err(error));
-                        }
-                    };
-                    debug!("Throttling {:?} before reconnection to avoid flooding", throttle);
-                    std::thread::sleep(throttle);
-
-                    self.reset();
-                    if !self.first_connection {
-                        self.internal_rpc.start_channels_recovery();
-                    }
-                };
-
-                trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop entering exit/cleanup phase");
-                self.internal_rpc.stop();
-                if self.heartbeat.killswitch().killed()
-                    && let Err(err) = self.runtime.block_on(std::future::poll_fn(move |cx| {
-                        Pin::new(&mut stream)
-                            .poll_close(cx)
-                    })) {
-                        error!(?err, "Failed to close IO stream");
-                    }
-                res
-            }).map_err(|err| Error::io(err, &runtime))?;
+    /// Starts the I/O loop as a task on the connection's runtime instead of a thread of its
+    /// own (`ConnectionProperties::with_io_loop_task`): the socket's readiness and the frames
+    /// read and written are handled on the runtime's threads, not handed to and from another.
+    pub(crate) fn start_task<F>(
+        self,
+        connect: impl Fn(AMQPUri, Runtime<RK>) -> F + Send + Sync + 'static,
+    ) -> Result<JoinHandle>
+    where
+        F: Future<Output = Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>> + Send + 'static,
+    {
+        let runtime = self.runtime.clone();
+        let waker = self.socket_state.handle();
+        let loop_span = io_loop_span(tracing::Span::current());
+        let (handle, done) = JoinHandle::task();
+        let (uri, connect_runtime) = (self.uri.clone(), self.runtime.clone());
+        let connect = move || connect(uri.clone(), connect_runtime.clone());
+        // The task reports its end through `done`; it is not cancelled when its handle drops.
+        drop(
+            runtime.spawn(
+                async move {
+                    done.finish(self.run_until_stopped(connect).await);
+                }
+                .instrument(loop_span),
+            ),
+        );
         waker.wake();
         Ok(handle)
+    }
+
+    /// The loop itself, on the I/O loop's thread or as its task.
+    async fn run_until_stopped<F>(mut self, mut connect: impl FnMut() -> F) -> Result<()>
+    where
+        F: Future<Output = Result<AsyncTcpStream<<RK as Reactor>::TcpStream>>>,
+    {
+        let connection_killswitch = self.channels.connection_killswitch();
+        let readable_waker = self.socket_state.readable_waker();
+        let writable_waker = self.socket_state.writable_waker();
+        let (mut stream, res) = loop {
+            let runtime = self.runtime.clone();
+            let connect = (&mut connect)
+                .retry(self.backoff)
+                .sleep(move |dur| runtime.sleep(dur));
+            let mut stream = connect.await.inspect_err(|err| {
+                trace!("Poison connection attempt");
+                self.connection_status.poison(err.clone());
+                self.frames.clear_connection_steps(err);
+            })?;
+            self.half_closed = false;
+            let mut res = Ok(());
+
+            while self.should_continue(&connection_killswitch) {
+                let turn = match self.prepare() {
+                    Ok(true) => {
+                        if self.must_wait(&connection_killswitch) {
+                            trace!(
+                                "io_loop cannot do anything for now, waiting for socket events."
+                            );
+                            self.socket_state.wait().await;
+                        } else {
+                            yield_now().await;
+                        }
+                        self.run(
+                            Pin::new(&mut stream),
+                            &mut Context::from_waker(&readable_waker),
+                            &mut Context::from_waker(&writable_waker),
+                            &connection_killswitch,
+                        )
+                    }
+                    stopped_or_failed => stopped_or_failed.map(|_| ()),
+                };
+                if let Err(err) = turn {
+                    let io_err = err.is_io_error();
+                    res = self.critical_error(&connection_killswitch, err);
+                    if self.connecting() && io_err {
+                        break;
+                    }
+                }
+            }
+
+            let connecting = self.connecting();
+            let reconnect = self.reconnecting();
+
+            trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop exiting for {}", if reconnect { "reconnection" } else if connecting { "connection" } else { "shutdown" });
+            if self.first_connection && connecting && self.half_closed && res.is_ok() {
+                let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
+                if self.frames.retry_connection_header() {
+                    // Before Connection.Start, retry the protocol header with
+                    // the same promise, including if it was only partly sent.
+                    res = Err(error);
+                } else {
+                    // Later handshake stages may own asynchronous auth work;
+                    // do not carry that exchange onto a fresh TCP connection.
+                    self.channels.set_connection_error(error.clone());
+                    self.clear_serialized_frames(error.clone());
+                    break (stream, Err(error));
+                }
+            }
+            self.clear_serialized_frames(
+                self.frames
+                    .poison()
+                    .or_else(|| res.clone().err())
+                    .unwrap_or(ErrorKind::InvalidConnectionState(ConnectionState::Closed).into()),
+            );
+
+            if !connecting && !reconnect {
+                break (stream, res);
+            }
+
+            let throttle = match self.global_backoff.next() {
+                Some(throttle) => throttle,
+                None => {
+                    error!("Exponential backoff attempts exhausted, aborting recovery");
+                    let error = res.err().unwrap_or_else(|| {
+                        io::Error::from(io::ErrorKind::ConnectionAborted).into()
+                    });
+                    self.channels.set_connection_error(error.clone());
+                    break (stream, Err(error));
+                }
+            };
+            debug!(
+                "Throttling {:?} before reconnection to avoid flooding",
+                throttle
+            );
+            self.runtime.sleep(throttle).await;
+
+            self.reset();
+            if !self.first_connection {
+                self.internal_rpc.start_channels_recovery();
+            }
+        };
+
+        trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop entering exit/cleanup phase");
+        self.internal_rpc.stop();
+        if self.heartbeat.killswitch().killed()
+            && let Err(err) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_close(cx)).await
+        {
+            error!(?err, "Failed to close IO stream");
+        }
+        res
     }
 
     fn stop(&mut self) {
@@ -309,17 +366,13 @@ impl<
         }
     }
 
-    fn run<T: AsyncRead + AsyncWrite + ?Sized>(
-        &mut self,
-        mut stream: Pin<&mut T>,
-        readable_context: &mut Context<'_>,
-        writable_context: &mut Context<'_>,
-        connection_killswitch: &KillSwitch,
-    ) -> Result<()> {
+    /// The first half of a turn of the loop: takes in the socket's events and finishes the
+    /// connection's setup. `Ok(false)` when the loop has stopped.
+    fn prepare(&mut self) -> Result<bool> {
         trace!("io_loop run");
         self.poll_socket_events();
         if !self.ensure_setup()? {
-            return Ok(());
+            return Ok(false);
         }
         self.check_connection_state();
         trace!(
@@ -328,10 +381,23 @@ impl<
             has_data=%self.has_data(),
             "io_loop do_run",
         );
-        if !self.can_read() && !self.can_write() && self.should_continue(connection_killswitch) {
-            trace!("io_loop cannot do anything for now, waiting for socket events.");
-            self.socket_state.wait();
-        }
+        Ok(true)
+    }
+
+    /// Whether the loop has nothing to do until a socket event or new frames arrive.
+    fn must_wait(&mut self, connection_killswitch: &KillSwitch) -> bool {
+        !self.can_read() && !self.can_write() && self.should_continue(connection_killswitch)
+    }
+
+    /// The second half of a turn: writes what can be written, reads what can be read and
+    /// hands the frames read to their channels.
+    fn run<T: AsyncRead + AsyncWrite + ?Sized>(
+        &mut self,
+        mut stream: Pin<&mut T>,
+        readable_context: &mut Context<'_>,
+        writable_context: &mut Context<'_>,
+        connection_killswitch: &KillSwitch,
+    ) -> Result<()> {
         self.poll_socket_events();
         self.attempt_flush(stream.as_mut(), writable_context, connection_killswitch)?;
         self.write(stream.as_mut(), writable_context, connection_killswitch)?;

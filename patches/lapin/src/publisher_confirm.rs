@@ -24,6 +24,7 @@ use tracing::trace;
 pub struct PublisherConfirm {
     inner: Option<Promise<Confirmation>>,
     returned_messages: ReturnedMessages,
+    written: Option<Promise<()>>,
 }
 
 /// The broker's response to a published message.
@@ -71,6 +72,7 @@ impl PublisherConfirm {
         Self {
             inner: Some(inner),
             returned_messages,
+            written: None,
         }
     }
 
@@ -81,7 +83,14 @@ impl PublisherConfirm {
                 Ok(Confirmation::NotRequested),
             )),
             returned_messages,
+            written: None,
         }
+    }
+
+    /// A queued publish's confirm: it resolves with the error if its frames are never written.
+    pub(crate) fn after_write(mut self, written: Promise<()>) -> Self {
+        self.written = Some(written);
+        self
     }
 }
 
@@ -96,6 +105,16 @@ impl Future for PublisherConfirm {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.as_mut();
+        if let Some(written) = this.written.as_mut() {
+            let Poll::Ready(res) = Pin::new(written).poll(cx) else {
+                return Poll::Pending;
+            };
+            this.written.take();
+            if let Err(err) = res {
+                this.inner.take();
+                return Poll::Ready(Err(err));
+            }
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Err(ErrorKind::FutureCompleted.into()));
         };

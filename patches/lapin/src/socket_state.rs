@@ -51,8 +51,14 @@ impl SocketState {
         self.writable
     }
 
-    pub(crate) fn wait(&mut self) {
-        match self.events.recv() {
+    /// Waits for the next event. The I/O loop's task suspends here at least once a turn,
+    /// so that it never keeps a thread of the runtime from its other tasks.
+    pub(crate) async fn wait(&mut self) {
+        if let Ok(event) = self.events.try_recv() {
+            self.handle_event(event);
+            return yield_now().await;
+        }
+        match self.events.recv_async().await {
             Ok(event) => self.handle_event(event),
             Err(err) => error!(?err, "waiting for socket event failed"),
         }
@@ -152,4 +158,18 @@ impl Wake for SocketStateWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         self.handle.send(self.event)
     }
+}
+
+/// Lets the runtime run its other tasks before this one goes on.
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }

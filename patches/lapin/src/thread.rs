@@ -6,7 +6,28 @@ use std::{
 };
 use tracing::error;
 
-pub(crate) type JoinHandle = thread::JoinHandle<Result<()>>;
+/// The I/O loop's thread, or where its task reports its end.
+pub(crate) enum JoinHandle {
+    Thread(thread::JoinHandle<Result<()>>),
+    Task(flume::Receiver<Result<()>>),
+}
+
+/// Where the I/O loop's task reports its end.
+pub(crate) struct Done(flume::Sender<Result<()>>);
+
+impl Done {
+    pub(crate) fn finish(self, result: Result<()>) {
+        let _ = self.0.send(result);
+    }
+}
+
+impl JoinHandle {
+    pub(crate) fn task() -> (Self, Done) {
+        let (sender, receiver) = flume::bounded(1);
+        (Self::Task(receiver), Done(sender))
+    }
+}
+
 type Inner = Option<JoinHandle>;
 
 #[derive(Clone)]
@@ -28,7 +49,13 @@ impl ThreadHandle {
     }
 
     pub(crate) fn wait(&self, context: &'static str) -> Result<()> {
-        if let Some(handle) = self.take()
+        let handle = match self.take() {
+            // A task that ended without reporting was dropped with its runtime.
+            Some(JoinHandle::Task(done)) => return done.recv().unwrap_or(Ok(())),
+            Some(JoinHandle::Thread(handle)) => Some(handle),
+            None => None,
+        };
+        if let Some(handle) = handle
             && handle.thread().id() != thread::current().id()
         {
             match handle.join() {
