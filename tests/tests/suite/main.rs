@@ -30,6 +30,7 @@ mod metrics;
 mod network_faults;
 mod processor;
 mod producer_consumer;
+mod python_postage;
 mod reply_queue;
 mod retries;
 mod shutdown;
