@@ -87,6 +87,11 @@ impl Channel {
         self.inner.amqp.serial()
     }
 
+    /// Whether the channel is still open (a connection loss closes it).
+    pub(crate) fn is_open(&self) -> bool {
+        self.lapin().status().connected()
+    }
+
     /// Opens a channel on `connection` and turns on publisher confirms.
     pub async fn open(connection: &Connection) -> Result<Self> {
         let amqp = connection.lease_channel().await?;
@@ -164,6 +169,8 @@ impl Channel {
     }
 
     /// How many unacknowledged messages each consumer of this channel may hold at once.
+    /// There is no channel-wide (`global`) prefetch: RabbitMQ 4.3 denies it by default
+    /// (answering `qos-ok` and applying the prefetch to each consumer instead).
     pub async fn qos(&self, prefetch: u16) -> Result<()> {
         self.inner
             .amqp
@@ -217,7 +224,7 @@ impl Channel {
             .map_err(Error::amqp(format!(
                 "publishing to exchange {exchange:?} with key {routing_key:?}"
             )))?;
-        Ok(self.inner.confirms.track(confirm, window))
+        Ok(self.inner.confirms.track(confirm, window).await)
     }
 
     /// Takes the next message of `queue` if there is one, without waiting (AMQP

@@ -78,12 +78,16 @@ struct Unconfirmed {
     _window: Option<OwnedSemaphorePermit>,
 }
 
+/// How many publishes of a channel may wait for their confirm: past it, a publish waits
+/// for room, so a sender far ahead of the broker holds a bounded number of them.
+pub(crate) const UNCONFIRMED_LIMIT: usize = 65_536;
+
 /// A channel's publisher confirms: a task awaits each in publishing order, settles its
 /// [`Tracker`] and frees its place in the outgoing window; [`Confirms::unsettled`] counts
-/// those still waiting.
+/// those still waiting, at most [`UNCONFIRMED_LIMIT`].
 #[derive(Debug, Clone)]
 pub(crate) struct Confirms {
-    sender: mpsc::UnboundedSender<Unconfirmed>,
+    sender: mpsc::Sender<Unconfirmed>,
     unsettled: Arc<watch::Sender<usize>>,
 }
 
@@ -96,7 +100,7 @@ impl std::fmt::Debug for Unconfirmed {
 impl Confirms {
     /// Starts the task that awaits confirms; it ends when every `Confirms` clone is gone.
     pub(crate) fn start() -> Self {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<Unconfirmed>();
+        let (sender, mut receiver) = mpsc::channel::<Unconfirmed>(UNCONFIRMED_LIMIT);
         let unsettled = Arc::new(watch::Sender::new(0usize));
         let counter = Arc::clone(&unsettled);
         tokio::spawn(async move {
@@ -119,8 +123,8 @@ impl Confirms {
         Self { sender, unsettled }
     }
 
-    /// Follows `confirm`; `window` is released once it settles.
-    pub(crate) fn track(
+    /// Follows `confirm`, once there is room; `window` is released once it settles.
+    pub(crate) async fn track(
         &self,
         confirm: PublisherConfirm,
         window: Option<OwnedSemaphorePermit>,
@@ -132,7 +136,7 @@ impl Confirms {
             status,
             _window: window,
         };
-        if let Err(mpsc::error::SendError(lost)) = self.sender.send(unconfirmed) {
+        if let Err(mpsc::error::SendError(lost)) = self.sender.send(unconfirmed).await {
             // The task is gone (runtime shutting down): nobody will confirm it.
             lost.status.send_replace(DeliveryStatus::Aborted);
             self.unsettled.send_modify(|n| *n = n.saturating_sub(1));

@@ -3,26 +3,27 @@
 //! per send, explicit acceptance of what is received, windows, timeouts and interrupts.
 
 mod address;
+mod subscription;
 
 pub use self::address::{Address, RouteTable};
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 
 use self::address::strip_credentials;
+use self::subscription::{Source, Subscribed};
+use crate::channel::Channel;
 use crate::channel::Tracker;
-use crate::channel::{Channel, Subscription};
 use crate::channel::{Envelope, Incoming};
 use crate::config::{Config, Host, Password};
 use crate::connection::Connection;
-use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 use crate::topology::Queue;
 
 /// The application header that carries the address a receiver sees (after the rewrite
@@ -31,6 +32,9 @@ pub const ADDRESS_HEADER: &str = "address";
 
 /// One broker the messenger talks to: which TLS setting, host, port and user.
 type PeerKey = (bool, String, u16, String);
+
+/// A broker's place in the messenger: empty until its connection is opened.
+type PeerSlot = tokio::sync::Mutex<Option<Peer>>;
 
 #[derive(Debug)]
 struct Peer {
@@ -96,9 +100,11 @@ pub struct Messenger {
     outgoing_window: Option<Arc<Semaphore>>,
     timeout: Option<Duration>,
     interrupt: Arc<Notify>,
-    peers: tokio::sync::Mutex<HashMap<PeerKey, Peer>>,
-    publishers: Mutex<Vec<Channel>>,
-    subscriptions: Mutex<Vec<Subscribed>>,
+    /// The brokers talked to, each behind a lock of its own: a put to one broker waits
+    /// for that broker's connection and no other's.
+    peers: Locked<HashMap<PeerKey, Arc<PeerSlot>>>,
+    publishers: Locked<Vec<Channel>>,
+    subscriptions: Locked<Vec<Subscribed>>,
     incoming_sender: mpsc::UnboundedSender<Result<Incoming>>,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Result<Incoming>>>,
     incoming_count: Arc<AtomicUsize>,
@@ -132,9 +138,9 @@ impl Messenger {
             outgoing_window: None,
             timeout: None,
             interrupt: Arc::new(Notify::new()),
-            peers: tokio::sync::Mutex::new(HashMap::new()),
-            publishers: Mutex::new(Vec::new()),
-            subscriptions: Mutex::new(Vec::new()),
+            peers: Locked::default(),
+            publishers: Locked::new(Vec::new()),
+            subscriptions: Locked::new(Vec::new()),
             incoming_sender,
             incoming: tokio::sync::Mutex::new(incoming),
             incoming_count: Arc::new(AtomicUsize::new(0)),
@@ -155,14 +161,14 @@ impl Messenger {
         );
         let publisher = Channel::open(connection).await?;
         messenger.track_publisher(&publisher);
-        messenger.peers.lock().await.insert(
-            key,
-            Peer {
-                connection: connection.clone(),
-                owned: false,
-                publisher,
-            },
-        );
+        let peer = Peer {
+            connection: connection.clone(),
+            owned: false,
+            publisher,
+        };
+        messenger.peers.with(|peers| {
+            peers.insert(key, Arc::new(tokio::sync::Mutex::new(Some(peer))));
+        });
         Ok(messenger)
     }
 
@@ -256,24 +262,26 @@ impl Messenger {
                 ),
             },
         };
-        let publisher = self.peer(&target).await?.publisher;
-        publisher
-            .publish_in_window("", target.name(), envelope, window)
-            .await
+        // The whole put within the messenger's timeout: a broker being reconnected
+        // to holds up this put, no longer than that, and puts to other brokers not at
+        // all.
+        self.block("putting a message", async {
+            let publisher = self.peer(&target).await?.publisher;
+            publisher
+                .publish_in_window("", target.name(), envelope, window)
+                .await
+        })
+        .await
     }
 
     /// Waits until the broker settled every message put so far (a blocking call). Sends
     /// whose channel a connection loss closed are settled as
     /// [`Aborted`](crate::channel::DeliveryStatus::Aborted).
     pub async fn send(&self) -> Result<()> {
-        let publishers = self
-            .publishers
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default();
+        let publishers = self.publishers.with(|p| p.clone());
         self.block("sending", async {
             for publisher in &publishers {
-                if is_open(publisher) {
+                if publisher.is_open() {
                     publisher.flush().await?;
                 } else {
                     publisher.settled().await;
@@ -283,18 +291,15 @@ impl Messenger {
         })
         .await?;
         // Publishers replaced after a connection loss have nothing left to settle.
-        if let Ok(mut publishers) = self.publishers.lock() {
-            publishers.retain(|p| is_open(p) || p.unconfirmed() > 0);
-        }
+        self.publishers
+            .with(|publishers| publishers.retain(|p| p.is_open() || p.unconfirmed() > 0));
         Ok(())
     }
 
     /// How many messages put are not settled yet.
     pub fn outgoing(&self) -> usize {
         self.publishers
-            .lock()
-            .map(|p| p.iter().map(Channel::unconfirmed).sum())
-            .unwrap_or(0)
+            .with(|p| p.iter().map(Channel::unconfirmed).sum())
     }
 
     /// How many received messages wait to be taken by [`recv`](Self::recv) or
@@ -330,26 +335,20 @@ impl Messenger {
             declare: queue.is_some(),
             prefetch: self.incoming_window,
         };
-        let consuming = source.consume().await?;
-        let name = consuming.subscription.queue().to_owned();
-        let kept = Kept::keep(source, &consuming);
-        let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(forward(
-            kept,
-            consuming,
+        let (name, subscribed) = subscription::start(
+            source,
             self.incoming_sender.clone(),
             Arc::clone(&self.incoming_count),
-            Arc::clone(&stop),
-        ));
-        if let Ok(mut subscriptions) = self.subscriptions.lock() {
-            subscriptions.push(Subscribed { stop, task });
-        }
+        )
+        .await?;
+        self.subscriptions
+            .with(|subscriptions| subscriptions.push(subscribed));
         Ok(name)
     }
 
     /// The eldest received message, waiting for one if none is there (a blocking call).
     pub async fn recv(&self) -> Result<Incoming> {
-        if self.subscriptions.lock().is_ok_and(|s| s.is_empty()) {
+        if self.subscriptions.with(|s| s.is_empty()) {
             return Err(Error::config(
                 "subscribe",
                 "the messenger has no subscription to receive from",
@@ -381,11 +380,7 @@ impl Messenger {
     /// the messenger opened.
     pub async fn stop(&self) -> Result<()> {
         self.send().await?;
-        let subscriptions = self
-            .subscriptions
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default();
+        let subscriptions = self.subscriptions.with(std::mem::take);
         for subscribed in subscriptions {
             subscribed.stop.notify_one();
             subscribed
@@ -393,11 +388,12 @@ impl Messenger {
                 .await
                 .map_err(|_| Error::Closed("a subscription"))??;
         }
-        let peers = std::mem::take(&mut *self.peers.lock().await);
-        if let Ok(mut publishers) = self.publishers.lock() {
-            publishers.clear();
-        }
-        for peer in peers.into_values() {
+        let peers = self.peers.with(std::mem::take);
+        self.publishers.with(Vec::clear);
+        for slot in peers.into_values() {
+            let Some(peer) = slot.lock().await.take() else {
+                continue;
+            };
             peer.publisher.close().await?;
             if peer.owned {
                 peer.connection.close().await?;
@@ -415,9 +411,12 @@ impl Messenger {
             address.port(),
             user.clone(),
         );
-        let mut peers = self.peers.lock().await;
-        if let Some(peer) = peers.get_mut(&key) {
-            if !is_open(&peer.publisher) {
+        let slot = self
+            .peers
+            .with(|peers| Arc::clone(peers.entry(key).or_default()));
+        let mut slot = slot.lock().await;
+        if let Some(peer) = slot.as_mut() {
+            if !peer.publisher.is_open() {
                 // Lost with its connection: a new one once the connection is back.
                 let generation = peer.connection.generation();
                 peer.connection.wait_reconnected(generation).await?;
@@ -445,14 +444,13 @@ impl Messenger {
             publisher,
         };
         let found = PeerRef::of(&peer);
-        peers.insert(key, peer);
+        *slot = Some(peer);
         Ok(found)
     }
 
     fn track_publisher(&self, publisher: &Channel) {
-        if let Ok(mut publishers) = self.publishers.lock() {
-            publishers.push(publisher.clone());
-        }
+        self.publishers
+            .with(|publishers| publishers.push(publisher.clone()));
     }
 
     /// Runs `work` as a blocking call: it fails with [`Error::Timeout`] after the timeout
@@ -478,167 +476,6 @@ impl Messenger {
                 operation: operation.to_owned(),
             }),
             result = timed => result,
-        }
-    }
-}
-
-/// Whether `channel` is still open (a connection loss closes it).
-fn is_open(channel: &Channel) -> bool {
-    channel.lapin().status().connected()
-}
-
-/// A running subscription: the task that forwards its messages, told to stop by `stop`.
-#[derive(Debug)]
-struct Subscribed {
-    stop: Arc<Notify>,
-    task: JoinHandle<Result<()>>,
-}
-
-/// What a subscription consumes, kept to consume it again after a connection loss.
-#[derive(Debug)]
-struct Source {
-    connection: Connection,
-    /// The queue (with an empty name for one the broker names, anew each time).
-    queue: Queue,
-    /// Whether the subscription declares the queue, or only consumes it.
-    declare: bool,
-    prefetch: u16,
-}
-
-/// A subscription's channel (one each: a missing queue closes that channel only) and
-/// consumer.
-#[derive(Debug)]
-struct Consuming {
-    channel: Channel,
-    subscription: Subscription,
-}
-
-impl Source {
-    /// Opens a channel and consumes the queue (declared first when the subscription
-    /// declares it).
-    async fn consume(&self) -> Result<Consuming> {
-        let channel = Channel::open(&self.connection).await?;
-        channel.qos(self.prefetch).await?;
-        let name = if self.declare {
-            channel.declare_queue(&self.queue).await?
-        } else {
-            self.queue.name().to_owned()
-        };
-        let subscription = channel.consume(&name, "").await?;
-        Ok(Consuming {
-            channel,
-            subscription,
-        })
-    }
-}
-
-/// A subscription as a member of its connection's supervisor: after each reconnection,
-/// and each loss of its channel it reports, the supervisor has it consume again on a
-/// new channel, and the new consumer goes to the subscription's forwarding task.
-#[derive(Debug)]
-struct Kept {
-    source: Source,
-    /// The channel the subscription consumes on now.
-    current: Mutex<Channel>,
-    next: mpsc::UnboundedSender<Consuming>,
-    arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Consuming>>,
-    resync: OnceLock<Resync>,
-}
-
-impl Kept {
-    /// Hands `source`, consumed now by `consuming`, to the supervisor.
-    fn keep(source: Source, consuming: &Consuming) -> Arc<Self> {
-        let (next, arrivals) = mpsc::unbounded_channel();
-        let generations = source.connection.watch_generation();
-        let kept = Arc::new(Self {
-            source,
-            current: Mutex::new(consuming.channel.clone()),
-            next,
-            arrivals: tokio::sync::Mutex::new(arrivals),
-            resync: OnceLock::new(),
-        });
-        let resync = keep(Arc::downgrade(&kept), generations, |kept: &Self| {
-            kept.current.lock().map_or(0, |current| current.serial())
-        });
-        let _ = kept.resync.set(resync);
-        kept
-    }
-
-    /// Waits for the consumer that replaces the one on channel `serial`, lost.
-    async fn replacement(&self, serial: u64) -> Option<Consuming> {
-        if let Some(resync) = self.resync.get() {
-            resync.lost(serial);
-        }
-        self.arrivals.lock().await.recv().await
-    }
-}
-
-impl Member for Kept {
-    fn describe(&self) -> String {
-        format!("messenger subscription of {:?}", self.source.queue.name())
-    }
-
-    /// Consumes again on a new channel, unless the current one is still open (a
-    /// reconnection and the report of the channel's loss both ask): never two consumers.
-    fn reconcile(self: Arc<Self>) -> Reconciling {
-        Box::pin(async move {
-            let open = self.current.lock().is_ok_and(|current| is_open(&current));
-            if open {
-                return Ok(());
-            }
-            let consuming = self.source.consume().await?;
-            if let Ok(mut current) = self.current.lock() {
-                *current = consuming.channel.clone();
-            }
-            let _ = self.next.send(consuming);
-            Ok(())
-        })
-    }
-}
-
-/// Hands a subscription's messages to the messenger until told to stop, going on with
-/// the consumer the supervisor starts whenever the old one was lost with its channel.
-async fn forward(
-    kept: Arc<Kept>,
-    mut consuming: Consuming,
-    sender: mpsc::UnboundedSender<Result<Incoming>>,
-    count: Arc<AtomicUsize>,
-    stop: Arc<Notify>,
-) -> Result<()> {
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.notified() => return consuming.channel.close().await,
-            next = consuming.subscription.next() => match next {
-                // The channel failed; the end of the stream follows, and with it a new one.
-                Some(Err(error)) => tracing::debug!(%error, "messenger subscription failed"),
-                Some(incoming) => {
-                    count.fetch_add(1, Ordering::AcqRel);
-                    if sender.send(incoming).is_err() {
-                        return Ok(());
-                    }
-                }
-                None if is_open(&consuming.channel) => {
-                    let queue = consuming.subscription.queue().to_owned();
-                    tracing::warn!(queue, "the broker ended a messenger subscription");
-                    count.fetch_add(1, Ordering::AcqRel);
-                    let _ = sender.send(Err(Error::SubscriptionEnded { queue }));
-                    return consuming.channel.close().await;
-                }
-                None => {
-                    let queue = consuming.subscription.queue().to_owned();
-                    tracing::info!(queue, "messenger subscription lost with its channel; consuming again");
-                    let serial = consuming.channel.serial();
-                    consuming = tokio::select! {
-                        biased;
-                        () = stop.notified() => return Ok(()),
-                        next = kept.replacement(serial) => match next {
-                            Some(next) => next,
-                            None => return Ok(()),
-                        },
-                    };
-                }
-            },
         }
     }
 }

@@ -405,3 +405,52 @@ async fn blocking_calls_time_out_and_can_be_interrupted() {
     blocked.stop().await.unwrap();
     connection.close().await.unwrap();
 }
+
+/// One broker of two goes away: puts to it wait at most the messenger's timeout, and puts
+/// to the other go on meanwhile (each broker has a lock of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_away_holds_up_only_its_own_puts_and_no_longer_than_the_timeout() {
+    const NODE: (&str, u16, u16) = ("postage-messenger-away", 5781, 25781);
+    let _node = postage_tests::OwnNode::start(NODE.0, NODE.1, NODE.2, "");
+    let connection = connect().await;
+    let timeout = Duration::from_secs(2);
+    let messenger = Messenger::with_connection(&connection)
+        .await
+        .unwrap()
+        .timeout(Some(timeout));
+    let (_here, here) = exclusive_queue(&connection, "near").await;
+    let away_queue = unique("away");
+    let away = format!("amqp://127.0.0.1:{}/{away_queue}", NODE.1);
+    // Reached once, so the messenger holds a connection to it.
+    let reached = messenger.put(&away, Envelope::text("first")).await.unwrap();
+    reached.settled().await;
+    let stopped = tokio::task::spawn_blocking(|| postage_tests::ctl(NODE.0, &["stop_app"]));
+    stopped.await.unwrap();
+
+    let began = std::time::Instant::now();
+    let blocked = messenger.put(&away, Envelope::text("second"));
+    let near = async {
+        // Once the put to the stopped broker waits for its reconnection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tracker = messenger
+            .put(&address(&connection, &here), Envelope::text("near"))
+            .await
+            .unwrap();
+        (tracker.settled().await, began.elapsed())
+    };
+    let (blocked, (near, near_after)) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(blocked, near)
+    })
+    .await
+    .expect("both puts end");
+    assert_eq!(near, DeliveryStatus::Accepted);
+    assert!(
+        near_after < timeout,
+        "the put to the broker that answers waited {near_after:?}"
+    );
+    assert!(
+        matches!(blocked, Err(Error::Timeout { .. })),
+        "the put to the broker away ends at its timeout: {blocked:?}"
+    );
+    assert!(began.elapsed() < timeout * 3, "{:?}", began.elapsed());
+}
