@@ -2,8 +2,10 @@
 //! built-in `ping`, `describe`, `join_group` and `leave_group` commands.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
+// The workspace's one lock policy (recovers a poisoned lock, never skips), shared from core.
+use postage_core::__private::Locked;
 use postage_core::asyncapi::Component;
 use postage_core::{
     Connection, ConsumerHandle, ControlPolicy, Exit, Fingerprint, HandlerError, HandlerInfo,
@@ -40,7 +42,7 @@ struct GroupName {
 struct Builtins {
     fingerprint: Fingerprint,
     addresses: Addresses,
-    groups: Mutex<BTreeSet<String>>,
+    groups: Locked<BTreeSet<String>>,
     consumer: OnceLock<ConsumerHandle>,
     handlers: OnceLock<Vec<HandlerInfo>>,
     /// Its API without bindings, which `describe` reads at the time.
@@ -80,15 +82,12 @@ impl Builtins {
     }
 
     fn groups(&self) -> Vec<String> {
-        self.groups
-            .lock()
-            .map(|g| g.iter().cloned().collect())
-            .unwrap_or_default()
+        self.groups.with(|g| g.iter().cloned().collect())
     }
 
     /// Adds or removes `group`; false when nothing changes.
     fn mark(&self, group: &str, member: bool) -> bool {
-        self.groups.lock().is_ok_and(|mut groups| {
+        self.groups.with(|groups| {
             if member {
                 groups.insert(group.to_owned())
             } else {
@@ -256,9 +255,7 @@ impl GenericApplicationBuilder {
         if let Some(policy) = self.control {
             let _ = builtins.control.set(policy);
         }
-        if let Ok(mut groups) = builtins.groups.lock() {
-            groups.extend(self.groups);
-        }
+        builtins.groups.with(|groups| groups.extend(self.groups));
         Ok(GenericApplication { processor })
     }
 }
@@ -277,7 +274,7 @@ impl GenericApplication {
         let builtins = Builtins {
             fingerprint: fingerprint.clone(),
             addresses: addresses.clone(),
-            groups: Mutex::new(BTreeSet::new()),
+            groups: Locked::new(BTreeSet::new()),
             consumer: OnceLock::new(),
             handlers: OnceLock::new(),
             api: OnceLock::new(),

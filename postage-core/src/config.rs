@@ -98,6 +98,10 @@ pub struct Config {
     /// with [`Error::Timeout`](crate::Error::Timeout) naming it, instead of waiting for a
     /// broker that does not answer.
     pub operation_timeout: Duration,
+    /// How long the broker lets a delivery stay unacknowledged: its `consumer_timeout`
+    /// (`POSTAGE_CONSUMER_TIMEOUT`, seconds; default RabbitMQ's, 30 minutes). A processor
+    /// whose handlers can hold a delivery longer is warned about at start, naming both.
+    pub consumer_timeout: Duration,
     /// Verbose message tracing (`POSTAGE_DEBUG_MODE=true`).
     pub debug: bool,
     /// PEM files for TLS: the CA that signs the broker's certificate (default: the
@@ -154,6 +158,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(30),
+            consumer_timeout: Duration::from_secs(30 * 60),
             debug: false,
             tls_files: TlsFiles::default(),
             queue_shape: None,
@@ -210,6 +215,9 @@ impl Config {
         }
         if let Some(timeout) = lookup("POSTAGE_OPERATION_TIMEOUT") {
             config.operation_timeout = parse_seconds(&timeout, "POSTAGE_OPERATION_TIMEOUT")?;
+        }
+        if let Some(timeout) = lookup("POSTAGE_CONSUMER_TIMEOUT") {
+            config.consumer_timeout = parse_seconds(&timeout, "POSTAGE_CONSUMER_TIMEOUT")?;
         }
         if let Some(debug) = lookup("POSTAGE_DEBUG_MODE") {
             config.debug = parse_flag(&debug, "POSTAGE_DEBUG_MODE")?;

@@ -7,5 +7,5 @@
 //! The project's own tests run against a real RabbitMQ; this is for users' unit tests of
 //! their handlers.
 
-pub use crate::processor::testing::{Handled, TestProcessor};
+pub use crate::processor::testing::{Handled, TestProcessor, TestProcessorBuilder};
 pub use crate::producer::{RECORDING_LIMIT, Recording, Sent};

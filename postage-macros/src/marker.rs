@@ -11,6 +11,19 @@ use crate::{Errors, Failure};
 /// The `type` every RPC handler answers.
 const COMMAND: &str = "command";
 
+/// Whether `attr` is postage's marker `name`: written bare, as imported from postage
+/// (`#[timer]`), or through the crate (`#[postage_core::timer]`, `#[::postage::timer]`).
+/// Another crate's attribute of the same name (`#[other::timer]`) is left alone.
+pub(crate) fn is_postage(attr: &Attribute, name: &str) -> bool {
+    let path = attr.path();
+    let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    match segments.as_slice() {
+        [only] => path.leading_colon.is_none() && only == name,
+        [krate, last] => (krate == "postage_core" || krate == "postage") && last == name,
+        _ => false,
+    }
+}
+
 /// Which marker: fire-and-forget or RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Category {
@@ -19,13 +32,11 @@ pub(crate) enum Category {
 }
 
 impl Category {
-    /// The category of `attr` if it is one of the markers, by the last segment of its path
-    /// so that `#[postage_core::rpc_handler(...)]` is recognised too.
+    /// The category of `attr` if it is one of the markers (see [`is_postage`]).
     pub(crate) fn of(attr: &Attribute) -> Option<Self> {
-        let last = attr.path().segments.last()?;
-        if last.ident == "message_handler" {
+        if is_postage(attr, "message_handler") {
             Some(Self::Message)
-        } else if last.ident == "rpc_handler" {
+        } else if is_postage(attr, "rpc_handler") {
             Some(Self::Rpc)
         } else {
             None

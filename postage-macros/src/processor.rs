@@ -197,6 +197,45 @@ mod tests {
     }
 
     #[test]
+    fn only_postages_own_markers_are_read() {
+        let out = expansion(quote! {
+            impl Clock {
+                #[timer(every = "1s")]
+                fn a(&self) {}
+
+                #[postage_core::timer(every = "2s")]
+                async fn b(&self) {}
+
+                #[profiling::timer(every = "3s")]
+                fn c(&self) {}
+
+                #[other::rpc_handler("command", "d")]
+                fn d(&self) -> u8 { 0 }
+            }
+        });
+        assert_eq!(out.matches("TimerRegistration").count(), 2, "{out}");
+        assert!(!out.contains("HandlerRegistration"), "{out}");
+        assert!(out.contains("Duration :: from_millis (1000u64)"), "{out}");
+        assert!(out.contains("Duration :: from_millis (2000u64)"), "{out}");
+        // Another crate's attributes of the same names stay where they were written.
+        assert!(
+            out.contains("# [profiling :: timer (every = \"3s\")] fn c"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# [other :: rpc_handler (\"command\" , \"d\")] fn d"),
+            "{out}"
+        );
+        // A timer runs in the same wrapper as a handler.
+        assert!(out.contains("this . b () . await"), "{out}");
+        assert_eq!(
+            out.matches("Outcome :: wrong_processor ()").count(),
+            2,
+            "{out}"
+        );
+    }
+
+    #[test]
     fn calls_the_method_with_its_arguments_in_declared_order() {
         let out = expansion(quote! {
             impl Calc {

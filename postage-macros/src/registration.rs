@@ -19,189 +19,21 @@ pub(crate) fn registration(
 ) -> TokenStream {
     let filtered = !marker.filters.is_empty();
     let uses_call = !signature.args.is_empty() || filtered;
-
-    // The filters first, each on what the one before passed; inside the call, so a panic
-    // in one is caught as one in the handler.
-    let mut prelude = TokenStream::new();
-    for filter in &marker.filters {
-        let span = syn::spanned::Spanned::span(filter);
-        let is_method = filter
-            .path
-            .segments
-            .first()
-            .is_some_and(|s| s.ident == "Self");
-        let path = replace_self(filter.to_token_stream(), self_ty);
-        let run = if is_method {
-            quote_spanned! {span=>
-                ::postage_core::__private::FilterResult::into_filtered(
-                    #path(this, message, &call.metadata),
-                )
-                .await
-            }
-        } else {
-            quote_spanned! {span=>
-                ::postage_core::__private::run_filter(&#path, message, &call.metadata)
-            }
-        };
-        prelude.extend(quote! {
-            let message = call.message;
-            call.message = match #run {
-                ::postage_core::__private::Filtered::Pass(next) => next,
-                ::postage_core::__private::Filtered::Skip => {
-                    return ::postage_core::__private::Outcome::Skipped;
-                }
-                ::postage_core::__private::Filtered::Reject(reason) => {
-                    return ::postage_core::__private::Outcome::Refused(reason);
-                }
-            };
-        });
-    }
-    // Each argument is taken from the call's parts by its type.
-    let mut args = Vec::new();
-    let mut typed = Vec::new();
-    if !signature.args.is_empty() {
-        prelude.extend(quote! {
-            let parts = ::postage_core::__private::CallParts::new(call);
-        });
-    }
-    for (n, arg) in signature.args.iter().enumerate() {
-        let name = quote::format_ident!("arg{n}");
-        match &arg.role {
-            Role::FullBody => {
-                prelude.extend(quote! { let #name = parts.message.clone(); });
-            }
-            role => {
-                let ty = match role {
-                    Role::Typed(ty) => replace_self(ty.to_token_stream(), self_ty),
-                    _ => quote!(::postage_core::Reply),
-                };
-                if let Role::Typed(_) = role {
-                    typed.push(ty.clone());
-                }
-                // Spanned at the argument's type, so a type no handler is given is
-                // reported there.
-                let take = quote_spanned! {arg.span=>
-                    <#ty as ::postage_core::__private::FromCall>::from_call(&parts)
-                };
-                prelude.extend(quote! {
-                    let #name = match #take {
-                        ::std::result::Result::Ok(value) => value,
-                        ::std::result::Result::Err(outcome) => return outcome,
-                    };
-                });
-            }
-        }
-        args.push(quote_spanned!(arg.span=> #name));
-    }
-    // At most one argument is the payload, checked where the types are known.
-    let payload_check = if typed.len() > 1 {
-        let counted = typed.iter().map(|ty| {
-            let ty = static_lifetimes(ty.clone());
-            quote!((<#ty as ::postage_core::__private::FromCall<'static>>::PAYLOAD as usize))
-        });
-        quote_spanned! {method.sig.ident.span()=>
-            const _: () = ::std::assert!(
-                0 #(+ #counted)* <= 1,
-                "a handler takes one payload argument at most; its other arguments are \
-                 `&Metadata`, `Reply`, `UserId`, `Deadline` and `State<T>`",
-            );
-        }
-    } else {
-        TokenStream::new()
-    };
-
-    // The payload's schema and the answer's, for the API document (see
-    // `postage_core::asyncapi`): each type picks a schema of its own or an open one.
-    let payload_schemas = typed.iter().map(|ty| {
-        let ty = static_lifetimes(ty.clone());
-        quote! {
-            if <#ty as ::postage_core::__private::FromCall<'static>>::PAYLOAD {
-                return (&&&::postage_core::__private::SchemaProbe::<#ty>::new()).schema(generator);
-            }
-        }
-    });
-    let answer_schema = match (&signature.answer, &method.sig.output) {
-        (Answer::Outcome, _) => quote!(::std::option::Option::None),
-        (Answer::Rpc, syn::ReturnType::Type(_, ty)) if !names_impl(ty) => {
-            let ty = static_lifetimes(replace_self(ty.to_token_stream(), self_ty));
-            quote! {
-                ::std::option::Option::Some(
-                    (&&&::postage_core::__private::SchemaProbe::<#ty>::new()).schema(generator),
-                )
-            }
-        }
-        _ => quote!(::std::option::Option::Some(
-            ::postage_core::__private::serde_json::json!({})
-        )),
-    };
-    let schemas = quote! {
-        #[allow(unused_imports, clippy::needless_borrow)]
-        fn __postage_payload_schema(
-            generator: &mut ::postage_core::__private::SchemaGenerator,
-        ) -> ::postage_core::__private::serde_json::Value {
-            use ::postage_core::__private::{OpenSchema as _, ResultSchema as _, TypedSchema as _};
-            #(#payload_schemas)*
-            ::postage_core::__private::serde_json::json!({})
-        }
-
-        #[allow(unused_imports, unused_variables, clippy::needless_borrow)]
-        fn __postage_answer_schema(
-            generator: &mut ::postage_core::__private::SchemaGenerator,
-        ) -> ::std::option::Option<::postage_core::__private::serde_json::Value> {
-            use ::postage_core::__private::{OpenSchema as _, ResultSchema as _, TypedSchema as _};
-            #answer_schema
-        }
-    };
-
-    // The shared values the arguments take, for the processor's build to check.
-    let states = typed.iter().map(|ty| {
-        let ty = static_lifetimes(ty.clone());
-        quote!(<#ty as ::postage_core::__private::FromCall<'static>>::state)
-    });
-    let states = quote!(&[#(#states),*]);
-
-    // Spanned at the return type, so a type the runtime cannot answer with is reported there.
-    let method_name = &method.sig.ident;
-    let mut invoke = quote_spanned!(signature.output_span=> this.#method_name(#(#args),*));
-    if signature.is_async {
-        invoke = quote_spanned!(signature.output_span=> #invoke.await);
-    }
-    let answer = match signature.answer {
-        Answer::Outcome => quote_spanned! {signature.output_span=>
-            ::postage_core::__private::MessageOutcome::into_outcome(#invoke)
-        },
-        Answer::Replied => quote_spanned! {signature.output_span=>
-            ::postage_core::__private::replied(#invoke)
-        },
-        // The return type picks its conversion: an `RpcResult`, any `Result` (aliases
-        // included), or a plain value (see `postage_core::__private::Probe`).
-        Answer::Rpc => quote_spanned! {signature.output_span=>
-            #[allow(clippy::needless_borrow)]
-            {
-                #[allow(unused_imports)]
-                use ::postage_core::__private::{RawKind as _, ResultKind as _, ValueKind as _};
-                let answer = #invoke;
-                let kind = (&&&::postage_core::__private::Probe(&answer)).rpc_kind();
-                kind.rpc_outcome(answer)
-            }
-        },
-    };
+    let mut prelude = filters(marker, self_ty);
+    let arguments = arguments(signature, self_ty);
+    prelude.extend(arguments.prelude);
+    let payload_check = payload_check(&arguments.typed, method);
+    let schemas = schemas(&arguments.typed, signature, method, self_ty);
+    let states = states(&arguments.typed);
+    let answer = answer(signature, method, &arguments.args);
 
     let call_param = match (uses_call, filtered) {
         (_, true) => quote!(mut call),
         (true, false) => quote!(call),
         (false, false) => quote!(_),
     };
-    // Spanned at the method's name, so a future that is not `Send` is reported there.
-    let body = quote_spanned! {method_name.span()=>
-        ::std::boxed::Box::pin(async move {
-            let ::std::option::Option::Some(this) = processor.downcast_ref::<#self_ty>() else {
-                return ::postage_core::__private::Outcome::wrong_processor();
-            };
-            #prelude
-            #answer
-        })
-    };
+    let method_name = &method.sig.ident;
+    let body = wrapped(self_ty, method_name.span(), quote!(#prelude #answer));
 
     let processor_name = type_name(self_ty);
     let category = match marker.category {
@@ -211,11 +43,8 @@ pub(crate) fn registration(
     let (kind, name) = (&marker.kind, &marker.name);
     let full_body = marker.full_body.is_some();
     let method_str = method_name.unraw().to_string();
-    // Spanned at the marker, so `line!()` and `file!()` name the marker's place.
-    let location = quote_spanned! {marker.span=>
-        ::std::concat!(::std::file!(), ":", ::std::line!())
-    };
-    let cfgs = method.attrs.iter().filter(|attr| is_cfg(attr));
+    let location = location(marker.span);
+    let cfgs = cfgs(method);
     let attempts = match &marker.attempts {
         Some(n) => quote!(::std::option::Option::Some(#n)),
         None => quote!(::std::option::Option::None),
@@ -263,6 +92,256 @@ pub(crate) fn registration(
     }
 }
 
+/// The future a registered function returns: finds the processor's state as `this`
+/// (the wrong type is an outcome, not a panic), then runs `body`. Spanned at `span` (the
+/// method's name), so a future that is not `Send` is reported there. Handlers and timers
+/// share it.
+pub(crate) fn wrapped(self_ty: &Type, span: Span, body: TokenStream) -> TokenStream {
+    quote_spanned! {span=>
+        ::std::boxed::Box::pin(async move {
+            let ::std::option::Option::Some(this) = processor.downcast_ref::<#self_ty>() else {
+                return ::postage_core::__private::Outcome::wrong_processor();
+            };
+            #body
+        })
+    }
+}
+
+/// `this.method(args)`, awaited when the method is async; spanned at `span` (its return
+/// type), so a type the runtime cannot answer with is reported there.
+pub(crate) fn invocation(
+    method: &ImplItemFn,
+    args: &[TokenStream],
+    is_async: bool,
+    span: Span,
+) -> TokenStream {
+    let name = &method.sig.ident;
+    let invoke = quote_spanned!(span=> this.#name(#(#args),*));
+    if is_async {
+        quote_spanned!(span=> #invoke.await)
+    } else {
+        invoke
+    }
+}
+
+/// Where the marker at `span` is, as `file:line`: spanned there so `line!()` and `file!()`
+/// name the marker's place.
+pub(crate) fn location(span: Span) -> TokenStream {
+    quote_spanned! {span=>
+        ::std::concat!(::std::file!(), ":", ::std::line!())
+    }
+}
+
+/// The method's `#[cfg]`s, which apply to its registration too.
+pub(crate) fn cfgs(method: &ImplItemFn) -> impl Iterator<Item = &Attribute> {
+    method
+        .attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"))
+}
+
+/// The marker's filters, each on what the one before passed; inside the call, so a panic
+/// in one is caught as one in the handler.
+fn filters(marker: &Marker, self_ty: &Type) -> TokenStream {
+    let mut prelude = TokenStream::new();
+    for filter in &marker.filters {
+        let span = syn::spanned::Spanned::span(filter);
+        let is_method = filter
+            .path
+            .segments
+            .first()
+            .is_some_and(|s| s.ident == "Self");
+        let path = replace_self(filter.to_token_stream(), self_ty);
+        let run = if is_method {
+            quote_spanned! {span=>
+                ::postage_core::__private::FilterResult::into_filtered(
+                    #path(this, message, &call.metadata),
+                )
+                .await
+            }
+        } else {
+            quote_spanned! {span=>
+                ::postage_core::__private::run_filter(&#path, message, &call.metadata)
+            }
+        };
+        prelude.extend(quote! {
+            let message = call.message;
+            call.message = match #run {
+                ::postage_core::__private::Filtered::Pass(next) => next,
+                ::postage_core::__private::Filtered::Skip => {
+                    return ::postage_core::__private::Outcome::Skipped;
+                }
+                ::postage_core::__private::Filtered::Reject(reason) => {
+                    return ::postage_core::__private::Outcome::Refused(reason);
+                }
+            };
+        });
+    }
+    prelude
+}
+
+/// The method's arguments, each taken from the call's parts by its type.
+struct Arguments {
+    /// What takes them, in order.
+    prelude: TokenStream,
+    /// Their names, as the method is called with them.
+    args: Vec<TokenStream>,
+    /// The types taken through `FromCall` (all but the full body and the reply).
+    typed: Vec<TokenStream>,
+}
+
+fn arguments(signature: &Signature, self_ty: &Type) -> Arguments {
+    let mut prelude = TokenStream::new();
+    let mut args = Vec::new();
+    let mut typed = Vec::new();
+    if !signature.args.is_empty() {
+        prelude.extend(quote! {
+            let parts = ::postage_core::__private::CallParts::new(call);
+        });
+    }
+    for (n, arg) in signature.args.iter().enumerate() {
+        let name = quote::format_ident!("arg{n}");
+        match &arg.role {
+            Role::FullBody => {
+                prelude.extend(quote! { let #name = parts.message.clone(); });
+            }
+            role => {
+                let ty = match role {
+                    Role::Typed(ty) => replace_self(ty.to_token_stream(), self_ty),
+                    _ => quote!(::postage_core::Reply),
+                };
+                if let Role::Typed(_) = role {
+                    typed.push(ty.clone());
+                }
+                // Spanned at the argument's type, so a type no handler is given is
+                // reported there.
+                let take = quote_spanned! {arg.span=>
+                    <#ty as ::postage_core::__private::FromCall>::from_call(&parts)
+                };
+                prelude.extend(quote! {
+                    let #name = match #take {
+                        ::std::result::Result::Ok(value) => value,
+                        ::std::result::Result::Err(outcome) => return outcome,
+                    };
+                });
+            }
+        }
+        args.push(quote_spanned!(arg.span=> #name));
+    }
+    Arguments {
+        prelude,
+        args,
+        typed,
+    }
+}
+
+/// At most one argument is the payload: checked where the types are known.
+fn payload_check(typed: &[TokenStream], method: &ImplItemFn) -> TokenStream {
+    if typed.len() <= 1 {
+        return TokenStream::new();
+    }
+    let counted = typed.iter().map(|ty| {
+        let ty = static_lifetimes(ty.clone());
+        quote!((<#ty as ::postage_core::__private::FromCall<'static>>::PAYLOAD as usize))
+    });
+    quote_spanned! {method.sig.ident.span()=>
+        const _: () = ::std::assert!(
+            0 #(+ #counted)* <= 1,
+            "a handler takes one payload argument at most; its other arguments are \
+             `&Metadata`, `Reply`, `UserId`, `Deadline` and `State<T>`",
+        );
+    }
+}
+
+/// The payload's schema and the answer's, for the API document (see
+/// `postage_core::asyncapi`): each type picks a schema of its own or an open one.
+fn schemas(
+    typed: &[TokenStream],
+    signature: &Signature,
+    method: &ImplItemFn,
+    self_ty: &Type,
+) -> TokenStream {
+    let payload_schemas = typed.iter().map(|ty| {
+        let ty = static_lifetimes(ty.clone());
+        quote! {
+            if <#ty as ::postage_core::__private::FromCall<'static>>::PAYLOAD {
+                return (&&&::postage_core::__private::SchemaProbe::<#ty>::new()).schema(generator);
+            }
+        }
+    });
+    let answer_schema = match (&signature.answer, &method.sig.output) {
+        (Answer::Outcome, _) => quote!(::std::option::Option::None),
+        (Answer::Rpc, syn::ReturnType::Type(_, ty)) if !names_impl(ty) => {
+            let ty = static_lifetimes(replace_self(ty.to_token_stream(), self_ty));
+            quote! {
+                ::std::option::Option::Some(
+                    (&&&::postage_core::__private::SchemaProbe::<#ty>::new()).schema(generator),
+                )
+            }
+        }
+        _ => quote!(::std::option::Option::Some(
+            ::postage_core::__private::serde_json::json!({})
+        )),
+    };
+    quote! {
+        #[allow(unused_imports, clippy::needless_borrow)]
+        fn __postage_payload_schema(
+            generator: &mut ::postage_core::__private::SchemaGenerator,
+        ) -> ::postage_core::__private::serde_json::Value {
+            use ::postage_core::__private::{OpenSchema as _, ResultSchema as _, TypedSchema as _};
+            #(#payload_schemas)*
+            ::postage_core::__private::serde_json::json!({})
+        }
+
+        #[allow(unused_imports, unused_variables, clippy::needless_borrow)]
+        fn __postage_answer_schema(
+            generator: &mut ::postage_core::__private::SchemaGenerator,
+        ) -> ::std::option::Option<::postage_core::__private::serde_json::Value> {
+            use ::postage_core::__private::{OpenSchema as _, ResultSchema as _, TypedSchema as _};
+            #answer_schema
+        }
+    }
+}
+
+/// The shared values the arguments take, for the processor's build to check.
+fn states(typed: &[TokenStream]) -> TokenStream {
+    let states = typed.iter().map(|ty| {
+        let ty = static_lifetimes(ty.clone());
+        quote!(<#ty as ::postage_core::__private::FromCall<'static>>::state)
+    });
+    quote!(&[#(#states),*])
+}
+
+/// The method called with `args`, its return value made the call's outcome.
+fn answer(signature: &Signature, method: &ImplItemFn, args: &[TokenStream]) -> TokenStream {
+    let invoke = invocation(method, args, signature.is_async, signature.output_span);
+    match signature.answer {
+        Answer::Outcome => outcome_of(&invoke, signature.output_span),
+        Answer::Replied => quote_spanned! {signature.output_span=>
+            ::postage_core::__private::replied(#invoke)
+        },
+        // The return type picks its conversion: an `RpcResult`, any `Result` (aliases
+        // included), or a plain value (see `postage_core::__private::Probe`).
+        Answer::Rpc => quote_spanned! {signature.output_span=>
+            #[allow(clippy::needless_borrow)]
+            {
+                #[allow(unused_imports)]
+                use ::postage_core::__private::{RawKind as _, ResultKind as _, ValueKind as _};
+                let answer = #invoke;
+                let kind = (&&&::postage_core::__private::Probe(&answer)).rpc_kind();
+                kind.rpc_outcome(answer)
+            }
+        },
+    }
+}
+
+/// The outcome of a method that answers nobody (a message handler's, a timer's).
+pub(crate) fn outcome_of(invoke: &TokenStream, span: Span) -> TokenStream {
+    quote_spanned! {span=>
+        ::postage_core::__private::MessageOutcome::into_outcome(#invoke)
+    }
+}
+
 /// `tokens` (a type) with every elided or anonymous lifetime made `'static`, to name the
 /// type outside the method, in a constant.
 fn static_lifetimes(tokens: TokenStream) -> TokenStream {
@@ -300,11 +379,6 @@ fn names_impl(ty: &Type) -> bool {
         .to_string()
         .split(|c: char| !c.is_alphanumeric() && c != '_')
         .any(|word| word == "impl")
-}
-
-/// A `#[cfg]` on the method applies to its registration too.
-fn is_cfg(attr: &Attribute) -> bool {
-    attr.path().is_ident("cfg")
 }
 
 /// `tokens` with every `Self` replaced by `self_ty`, for use outside the impl block.

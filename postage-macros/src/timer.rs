@@ -2,20 +2,18 @@
 //! runs every period while it runs.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Attribute, Error, Expr, FnArg, ImplItemFn, Meta, ReturnType, Token, Type};
 
-use crate::marker::duration_ms;
+use crate::marker::{duration_ms, is_postage};
+use crate::registration::{cfgs, invocation, location, outcome_of, wrapped};
 use crate::{Errors, Failure};
 
-/// Whether `attr` is a `#[timer(...)]` marker.
+/// Whether `attr` is postage's `#[timer(...)]` marker (see [`is_postage`]).
 pub(crate) fn is_timer(attr: &Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|last| last.ident == "timer")
+    is_postage(attr, "timer")
 }
 
 /// The period of a `#[timer(every = "30s")]` marker, in milliseconds.
@@ -75,18 +73,11 @@ pub(crate) fn registration(
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => name.span(),
     };
-    let mut invoke = quote_spanned!(output_span=> this.#name());
-    if sig.asyncness.is_some() {
-        invoke = quote_spanned!(output_span=> #invoke.await);
-    }
-    let answer = quote_spanned! {output_span=>
-        ::postage_core::__private::MessageOutcome::into_outcome(#invoke)
-    };
+    let invoke = invocation(method, &[], sig.asyncness.is_some(), output_span);
+    let body = wrapped(self_ty, name.span(), outcome_of(&invoke, output_span));
     let method_name = name.to_string();
-    let location = quote_spanned! {attr.span()=>
-        ::std::concat!(::std::file!(), ":", ::std::line!())
-    };
-    let cfgs = method.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+    let location = location(attr.span());
+    let cfgs = cfgs(method);
     Ok(quote! {
         #(#cfgs)*
         const _: () = {
@@ -95,12 +86,7 @@ pub(crate) fn registration(
                     dyn ::std::any::Any + ::std::marker::Send + ::std::marker::Sync,
                 >,
             ) -> ::postage_core::__private::BoxFuture<::postage_core::__private::Outcome> {
-                ::std::boxed::Box::pin(async move {
-                    let ::std::option::Option::Some(this) = processor.downcast_ref::<#self_ty>() else {
-                        return ::postage_core::__private::Outcome::wrong_processor();
-                    };
-                    #answer
-                })
+                #body
             }
 
             ::postage_core::__private::inventory::submit! {

@@ -16,7 +16,7 @@ use super::{FANOUT_EXCHANGE, Mode, Target};
 use crate::connection::Connection;
 use crate::consumer::{Consumer, Delivery};
 use crate::error::{Error, Result};
-use crate::producer::Producer;
+use crate::producer::{Producer, Publish};
 use crate::rpc::ReturnAddress;
 use crate::topology::{Exchange, Queue};
 
@@ -233,8 +233,9 @@ impl Server {
             }
         };
         let answer = reply_to.properties("application/json");
+        let publish = Publish::new("", reply_to.reply_to(), &body, answer);
         self.answers
-            .publish_body("", reply_to.reply_to(), &body, answer)
+            .send(publish.mandatory(self.answers.reliable()))
             .await?;
         message.ack().await
     }

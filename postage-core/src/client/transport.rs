@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::connection::Connection;
 use crate::deadline::instant_after;
 use crate::error::{Error, Result};
-use crate::producer::Producer;
+use crate::producer::{Producer, Publish};
 use crate::rpc::{Destination, Heard, Replies, ReplyQueue};
 use crate::sync::Locked;
 
@@ -348,15 +348,9 @@ impl Transport {
     pub async fn fanout(&self, target: &Target, body: &impl Serialize) -> Result<()> {
         let body = json_body(body)?;
         let properties = BasicProperties::default().with_content_type(JSON.into());
-        self.live()?
-            .publish_body_to(
-                FANOUT_EXCHANGE,
-                &target.fanout_key(),
-                &body,
-                properties,
-                false,
-            )
-            .await
+        let key = target.fanout_key();
+        let publish = Publish::new(FANOUT_EXCHANGE, &key, &body, properties);
+        self.live()?.send(publish).await
     }
 
     /// Sends a call to `target` without waiting for its answer, and returns its
@@ -501,9 +495,8 @@ impl Transport {
                 .with_reply_to(reply_to)
                 .with_correlation_id(id.into());
         }
-        producer
-            .publish_body("", target.name(), &body, properties)
-            .await
+        let publish = Publish::new("", target.name(), &body, properties);
+        producer.send(publish.mandatory(producer.reliable())).await
     }
 }
 

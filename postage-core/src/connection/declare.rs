@@ -35,9 +35,7 @@ impl Connection {
         let spare = self
             .inner
             .declaring
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
+            .with(Option::take)
             .filter(|channel| channel.status().connected());
         let channel = match spare {
             Some(channel) => channel,
@@ -45,7 +43,7 @@ impl Connection {
         };
         let outcome = operation(channel.clone()).await;
         if channel.status().connected() {
-            let returned = self.inner.declaring.lock().ok().and_then(|mut slot| {
+            let returned = self.inner.declaring.with(|slot| {
                 if slot.is_none() {
                     *slot = Some(channel.clone());
                     None

@@ -1,14 +1,16 @@
 //! Channels owned by a producer or consumer.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::sync::Locked;
 
 /// A channel owned by a producer or consumer: when it is dropped the channel is closed
 /// explicitly, and the connection's close waits for that.
 #[derive(Debug)]
 pub(crate) struct ChannelLease {
     pub(super) channel: lapin::Channel,
-    pub(super) closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    pub(super) closing: Arc<Locked<Vec<tokio::task::JoinHandle<()>>>>,
     /// Unique in the process: tells deliveries of a channel from those of the channel
     /// before it (delivery tags start again at 1 on each channel).
     pub(super) serial: u64,
@@ -41,9 +43,9 @@ impl Drop for ChannelLease {
         let task = runtime.spawn(async move {
             let _ = channel.close(200, "postage: released".into()).await;
         });
-        if let Ok(mut tasks) = self.closing.lock() {
+        self.closing.with(|tasks| {
             tasks.retain(|t| !t.is_finished());
             tasks.push(task);
-        }
+        });
     }
 }

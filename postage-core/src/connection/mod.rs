@@ -10,8 +10,8 @@ pub(crate) mod supervisor;
 pub(crate) use self::lease::ChannelLease;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use lapin::ErrorKind;
@@ -23,6 +23,7 @@ use self::shape::probe_shape;
 use self::supervisor::supervise;
 use crate::config::{Config, Host};
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 use crate::telemetry::{Telemetry, Watched};
 use crate::topology::QueueShape;
 
@@ -40,7 +41,7 @@ pub struct Connection {
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    link: RwLock<Link>,
+    link: Locked<Link>,
     /// Bumped after each reconnection; consumers and producers watch it.
     generation: watch::Sender<u64>,
     /// Connected, blocked or reconnecting, for programs to watch.
@@ -48,9 +49,9 @@ struct Inner {
     /// Set by [`Connection::close`]: a closed connection is not recovered.
     closed: AtomicBool,
     /// Closes of channels whose producer or consumer was dropped, still under way.
-    closing: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    closing: Arc<Locked<Vec<tokio::task::JoinHandle<()>>>>,
     /// The channel declarations run on, kept between them (see `declare.rs`).
-    declaring: Mutex<Option<lapin::Channel>>,
+    declaring: Locked<Option<lapin::Channel>>,
     /// The connection producers publish on, opened with the first of them when
     /// [`Config::publishing_connection`] says so.
     publishing: tokio::sync::OnceCell<Connection>,
@@ -129,12 +130,12 @@ impl Connection {
         let connection = Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
-                link: RwLock::new(link),
+                link: Locked::new(link),
                 generation: watch::Sender::new(0),
                 state: watch::Sender::new(LinkState::Connected),
                 closed: AtomicBool::new(false),
                 closing: Arc::default(),
-                declaring: Mutex::new(None),
+                declaring: Locked::new(None),
                 publishing: tokio::sync::OnceCell::new(),
                 reports_to,
                 telemetry,
@@ -152,10 +153,7 @@ impl Connection {
     }
 
     fn link(&self) -> Link {
-        match self.inner.link.read() {
-            Ok(link) => link.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.inner.link.with(|link| link.clone())
     }
 
     /// Opens a new channel on the live connection.
@@ -353,12 +351,7 @@ impl Connection {
             }
             return Ok(());
         }
-        let leases = self
-            .inner
-            .closing
-            .lock()
-            .map(|mut tasks| std::mem::take(&mut *tasks))
-            .unwrap_or_default();
+        let leases = self.inner.closing.with(std::mem::take);
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
             futures_util::future::join_all(leases),

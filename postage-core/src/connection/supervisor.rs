@@ -171,10 +171,7 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut events: Events) {
         if strong.closed.load(Ordering::SeqCst) {
             return;
         }
-        let link = match strong.link.read() {
-            Ok(link) => link.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let link = strong.link.with(|link| link.clone());
         if link.amqp.status().connected() {
             continue;
         }
@@ -211,10 +208,7 @@ pub(super) async fn supervise(inner: Weak<Inner>, mut events: Events) {
         };
         events = Box::pin(fresh.amqp.events_listener());
         tracing::info!(host = %fresh.host, after = ?lost.elapsed(), "reconnected to RabbitMQ");
-        match strong.link.write() {
-            Ok(mut link) => *link = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        strong.link.with(|link| *link = fresh);
         strong.state.send_replace(LinkState::Connected);
         strong.generation.send_modify(|g| *g += 1);
         if let Some(telemetry) = &strong.telemetry {

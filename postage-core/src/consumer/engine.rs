@@ -4,17 +4,19 @@
 //! and every loss of its channel or of one of its consumers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 
 use super::Delivery;
 use crate::connection::supervisor::{Member, Reconciling, Resync};
 use crate::connection::{ChannelLease, Connection};
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 use crate::telemetry::Watched;
 use crate::topology::{Binding, Exchange, Queue};
 use crate::wire::Encoder;
@@ -28,14 +30,16 @@ pub(super) type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Sen
 pub(super) struct Engine {
     pub(super) connection: Connection,
     pub(super) prefetch: u16,
+    /// Asked for as `x-consumer-timeout` on each quorum queue read.
+    delivery_timeout: Option<Duration>,
     /// The live channel, replaced by each reconciliation.
-    channel: RwLock<Arc<ChannelLease>>,
+    channel: Locked<Arc<ChannelLease>>,
     pub(super) encoder: Arc<dyn Encoder>,
     /// What was bound, as declared, with each queue's actual name: replayed on recovery.
-    bindings: Mutex<Vec<Bound>>,
+    bindings: Locked<Vec<Bound>>,
     /// The queues to read (`None` before `start` and after `stop`), each with the tag of
     /// its consumer on the live channel (`None` until it runs there).
-    consuming: Mutex<Option<BTreeMap<String, Option<String>>>>,
+    consuming: Locked<Option<BTreeMap<String, Option<String>>>>,
     /// Held by whatever changes what runs on the channel (a reconciliation, a consume, a
     /// cancel), so no two of them ever start a second consumer of one queue.
     changing: tokio::sync::Mutex<()>,
@@ -59,6 +63,7 @@ impl Engine {
     pub(super) async fn start(
         connection: &Connection,
         prefetch: u16,
+        delivery_timeout: Option<Duration>,
         encoder: Arc<dyn Encoder>,
         streams: mpsc::UnboundedSender<Deliveries>,
     ) -> Result<Arc<Self>> {
@@ -66,10 +71,11 @@ impl Engine {
         let engine = Arc::new(Self {
             connection: connection.clone(),
             prefetch,
-            channel: RwLock::new(Arc::new(channel)),
+            delivery_timeout,
+            channel: Locked::new(Arc::new(channel)),
             encoder,
-            bindings: Mutex::new(Vec::new()),
-            consuming: Mutex::new(None),
+            bindings: Locked::new(Vec::new()),
+            consuming: Locked::new(None),
             changing: tokio::sync::Mutex::new(()),
             streams,
             resync: OnceLock::new(),
@@ -88,10 +94,7 @@ impl Engine {
     }
 
     pub(super) fn live_lease(&self) -> Arc<ChannelLease> {
-        match self.channel.read() {
-            Ok(lease) => Arc::clone(&lease),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.channel.with(|lease| Arc::clone(lease))
     }
 
     /// Declares and binds, remembers the binding, and reads the queue when consuming.
@@ -109,17 +112,18 @@ impl Engine {
             queue: queue.clone(),
             routing_key: routing_key.to_owned(),
         };
-        if let Ok(mut bindings) = self.bindings.lock()
-            && !bindings
+        self.bindings.with(|bindings| {
+            if !bindings
                 .iter()
                 .any(|b| b.binding == binding && b.queue_name == name)
-        {
-            bindings.push(Bound {
-                binding,
-                queue_name: name.clone(),
-            });
-        }
-        let consuming = self.consuming.lock().is_ok_and(|c| c.is_some());
+            {
+                bindings.push(Bound {
+                    binding,
+                    queue_name: name.clone(),
+                });
+            }
+        });
+        let consuming = self.consuming.with(|c| c.is_some());
         if consuming {
             self.consume(&name).await?;
         }
@@ -136,37 +140,34 @@ impl Engine {
         self.connection
             .unbind_queue(queue, exchange, routing_key)
             .await?;
-        if let Ok(mut bindings) = self.bindings.lock() {
+        self.bindings.with(|bindings| {
             bindings.retain(|b| {
                 !(b.binding.exchange.name() == exchange.name()
                     && b.queue_name == queue
                     && b.binding.routing_key == routing_key)
             });
-        }
+        });
         Ok(())
     }
 
     /// The bindings made, in order, each queue under its actual name.
     pub(super) fn bindings(&self) -> Vec<Binding> {
-        self.bindings
-            .lock()
-            .map(|bound| {
-                bound
-                    .iter()
-                    .map(|b| Binding {
-                        queue: b.binding.queue.renamed(&b.queue_name),
-                        ..b.binding.clone()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.bindings.with(|bound| {
+            bound
+                .iter()
+                .map(|b| Binding {
+                    queue: b.binding.queue.renamed(&b.queue_name),
+                    ..b.binding.clone()
+                })
+                .collect()
+        })
     }
 
     /// Reads every bound queue from now on.
     pub(super) async fn start_consuming(self: &Arc<Self>) -> Result<()> {
-        if let Ok(mut consuming) = self.consuming.lock() {
+        self.consuming.with(|consuming| {
             consuming.get_or_insert_with(BTreeMap::new);
-        }
+        });
         let mut queues: Vec<String> = Vec::new();
         for binding in self.bindings() {
             if !queues.iter().any(|q| q == binding.queue.name()) {
@@ -182,7 +183,7 @@ impl Engine {
     /// Reads `queue` from now on, unless it is read already.
     async fn consume(self: &Arc<Self>, queue: &str) -> Result<()> {
         let _changing = self.changing.lock().await;
-        let wanted = self.consuming.lock().is_ok_and(|mut c| {
+        let wanted = self.consuming.with(|c| {
             let Some(queues) = c.as_mut() else {
                 return false;
             };
@@ -204,18 +205,18 @@ impl Engine {
                     queue.into(),
                     "".into(),
                     BasicConsumeOptions::default(),
-                    FieldTable::default(),
+                    self.consume_arguments(queue),
                 )
                 .await
                 .map_err(Error::amqp(operation()))
         };
         let stream = self.connection.bounded(operation, consuming).await?;
         let tag = stream.tag().to_string();
-        if let Ok(mut consuming) = self.consuming.lock()
-            && let Some(queues) = consuming.as_mut()
-        {
-            queues.insert(queue.to_owned(), Some(tag.clone()));
-        }
+        self.consuming.with(|consuming| {
+            if let Some(queues) = consuming.as_mut() {
+                queues.insert(queue.to_owned(), Some(tag.clone()));
+            }
+        });
         let encoder = Arc::clone(&self.encoder);
         let queue: Arc<str> = Arc::from(queue);
         let queue_name = Arc::clone(&queue);
@@ -251,14 +252,28 @@ impl Engine {
         Ok(())
     }
 
+    /// The arguments of `basic.consume` for `queue`: `x-consumer-timeout` on a quorum
+    /// queue when a delivery timeout is wanted (RabbitMQ 4.3 refuses it on classic ones).
+    fn consume_arguments(&self, queue: &str) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        let quorum = self.bindings.with(|bindings| {
+            bindings
+                .iter()
+                .any(|b| b.queue_name == queue && b.binding.queue.is_quorum())
+        });
+        if let Some(timeout) = self.delivery_timeout.filter(|_| quorum) {
+            let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert("x-consumer-timeout".into(), AMQPValue::LongLongInt(millis));
+        }
+        arguments
+    }
+
     /// Stops reading `queue`, leaving its bindings.
     pub(super) async fn stop_consuming(&self, queue: &str) -> Result<()> {
         let _changing = self.changing.lock().await;
         let tag = self
             .consuming
-            .lock()
-            .ok()
-            .and_then(|mut c| c.as_mut().and_then(|queues| queues.remove(queue)))
+            .with(|c| c.as_mut().and_then(|queues| queues.remove(queue)))
             .flatten();
         match tag {
             Some(tag) => self.cancel(&tag).await,
@@ -269,12 +284,7 @@ impl Engine {
     /// Stops reading every queue.
     pub(super) async fn stop(&self) -> Result<()> {
         let _changing = self.changing.lock().await;
-        let queues = self
-            .consuming
-            .lock()
-            .ok()
-            .and_then(|mut c| c.take())
-            .unwrap_or_default();
+        let queues = self.consuming.with(Option::take).unwrap_or_default();
         for tag in queues.into_values().flatten() {
             self.cancel(&tag).await?;
         }
@@ -303,9 +313,7 @@ impl Engine {
     /// The queues being read now, by name.
     pub(super) fn consumed_queues(&self) -> Vec<String> {
         self.consuming
-            .lock()
-            .ok()
-            .and_then(|c| c.as_ref().map(|q| q.keys().cloned().collect()))
+            .with(|c| c.as_ref().map(|q| q.keys().cloned().collect()))
             .unwrap_or_default()
     }
 
@@ -316,22 +324,21 @@ impl Engine {
     async fn restore(self: &Arc<Self>) -> Result<()> {
         let _changing = self.changing.lock().await;
         let lease = Arc::new(open(&self.connection, self.prefetch).await?);
-        let old = match self.channel.write() {
-            Ok(mut channel) => std::mem::replace(&mut *channel, Arc::clone(&lease)),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), Arc::clone(&lease)),
-        };
-        if let Ok(mut consuming) = self.consuming.lock()
-            && let Some(queues) = consuming.as_mut()
-        {
-            queues.values_mut().for_each(|tag| *tag = None);
-        }
+        let old = self
+            .channel
+            .with(|channel| std::mem::replace(channel, Arc::clone(&lease)));
+        self.consuming.with(|consuming| {
+            if let Some(queues) = consuming.as_mut() {
+                queues.values_mut().for_each(|tag| *tag = None);
+            }
+        });
         // Still open when only a consumer was cancelled: its other consumers would stack
         // on those started below, and its unacknowledged deliveries go back to the queues.
         if old.status().connected() {
             let closing = old.close(200, "postage: consumer moved to a new channel".into());
             let _ = tokio::time::timeout(self.connection.config().operation_timeout, closing).await;
         }
-        let bound = self.bindings.lock().map(|b| b.clone()).unwrap_or_default();
+        let bound = self.bindings.with(|b| b.clone());
         let mut renamed: HashMap<String, String> = HashMap::new();
         for Bound {
             binding,
@@ -359,9 +366,7 @@ impl Engine {
         }
         let unread: Vec<String> = self
             .consuming
-            .lock()
-            .ok()
-            .and_then(|c| {
+            .with(|c| {
                 c.as_ref().map(|q| {
                     q.iter()
                         .filter(|(_, t)| t.is_none())
@@ -378,17 +383,18 @@ impl Engine {
 
     /// Records that the queue declared as `old` is `new` on the broker now.
     fn rename(&self, old: &str, new: &str) {
-        if let Ok(mut bindings) = self.bindings.lock() {
+        self.bindings.with(|bindings| {
             for bound in bindings.iter_mut().filter(|b| b.queue_name == old) {
                 bound.queue_name = new.to_owned();
             }
-        }
-        if let Ok(mut consuming) = self.consuming.lock()
-            && let Some(queues) = consuming.as_mut()
-            && queues.remove(old).is_some()
-        {
-            queues.insert(new.to_owned(), None);
-        }
+        });
+        self.consuming.with(|consuming| {
+            if let Some(queues) = consuming.as_mut()
+                && queues.remove(old).is_some()
+            {
+                queues.insert(new.to_owned(), None);
+            }
+        });
     }
 }
 
@@ -420,9 +426,7 @@ impl Ending {
         };
         let current = engine
             .consuming
-            .lock()
-            .ok()
-            .and_then(|c| c.as_ref()?.get(&*self.queue).cloned().flatten());
+            .with(|c| c.as_ref()?.get(&*self.queue).cloned().flatten());
         if current.as_deref() != Some(self.tag.as_str())
             || !engine.connection.lapin().status().connected()
         {
@@ -486,18 +490,20 @@ async fn declare_and_bind(
 /// started, or stopped, does not count.
 impl Watched for Engine {
     fn readiness(&self) -> Option<Result<(), String>> {
-        let consuming = self.consuming.lock().ok()?;
-        let queues = consuming.as_ref()?;
-        let waiting: Vec<&str> = queues
-            .iter()
-            .filter(|(_, tag)| tag.is_none())
-            .map(|(queue, _)| queue.as_str())
-            .collect();
+        // The queues and whether each runs, read under the lock; the channel after it.
+        let (waiting, names) = self.consuming.with(|consuming| {
+            let queues = consuming.as_ref()?;
+            let waiting: Vec<String> = queues
+                .iter()
+                .filter(|(_, tag)| tag.is_none())
+                .map(|(queue, _)| queue.clone())
+                .collect();
+            Some((waiting, queues.keys().cloned().collect::<Vec<String>>()))
+        })?;
         if !waiting.is_empty() {
             return Some(Err(format!("not consuming queues {waiting:?}")));
         }
-        if !queues.is_empty() && !self.live_lease().status().connected() {
-            let names: Vec<&str> = queues.keys().map(String::as_str).collect();
+        if !names.is_empty() && !self.live_lease().status().connected() {
             return Some(Err(format!("the channel of queues {names:?} is down")));
         }
         Some(Ok(()))

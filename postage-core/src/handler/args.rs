@@ -5,12 +5,13 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{HandlerCall, Metadata, Outcome, Reply};
+use crate::sync::Locked;
 use crate::wire::{COMMAND, Message};
 
 /// The AMQP `user_id` of whoever sent the message, which RabbitMQ checks against the
@@ -117,7 +118,7 @@ impl States {
 pub struct CallParts {
     pub message: Message,
     pub metadata: Metadata,
-    reply: Mutex<Option<Reply>>,
+    reply: Locked<Option<Reply>>,
     deadline: Option<Instant>,
     states: Arc<States>,
 }
@@ -127,7 +128,7 @@ impl CallParts {
         Self {
             message: call.message,
             metadata: call.metadata,
-            reply: Mutex::new(call.reply),
+            reply: Locked::new(call.reply),
             deadline: call.deadline,
             states: call.states,
         }
@@ -183,9 +184,7 @@ impl<'a> FromCall<'a> for &'a Metadata {
 impl<'a> FromCall<'a> for Reply {
     fn from_call(call: &'a CallParts) -> Result<Self, Outcome> {
         call.reply
-            .lock()
-            .ok()
-            .and_then(|mut reply| reply.take())
+            .with(Option::take)
             .ok_or_else(Outcome::no_reply_handle)
     }
 }

@@ -13,6 +13,7 @@ use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
 use crate::handler::{Disposition, States};
 use crate::producer::Producer;
+use crate::telemetry::Telemetry;
 use crate::topology::Exchange;
 use crate::topology::Queue;
 use crate::wire::Fingerprint;
@@ -22,20 +23,159 @@ use crate::wire::{Encoder, JsonEncoder};
 #[derive(Debug)]
 pub struct ProcessorBuilder<P> {
     connection: Connection,
-    state: P,
-    more_handlers: Vec<HandlerSet>,
+    parts: Parts<P>,
     consumer: ConsumerBuilder,
     prefetch: u16,
     concurrency: usize,
     limits: Limits,
+}
+
+/// What a processor's handlers run with, whatever brings their messages: collected by a
+/// [`ProcessorBuilder`] and by a [`TestProcessor`](crate::testing::TestProcessor)'s
+/// builder, and made into the processor's internals by one path for both.
+#[derive(Debug)]
+pub(super) struct Parts<P> {
+    pub(super) state: P,
+    pub(super) more_handlers: Vec<HandlerSet>,
+    pub(super) fingerprint: Option<Fingerprint>,
+    pub(super) encoder: Arc<dyn Encoder>,
+    pub(super) retry: Option<RetryPolicy>,
+    pub(super) on_failure: Option<Disposition>,
+    pub(super) handler_timeout: Option<Duration>,
+    pub(super) states: States,
+}
+
+/// [`Parts`] whose handlers were collected and found to have every state they take.
+pub(super) struct Checked<P> {
+    state: Arc<P>,
+    table: HandlerTable,
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
-    /// The default JSON encoder: answers are written straight from their parts.
-    plain_json: bool,
     retry: Option<RetryPolicy>,
     on_failure: Option<Disposition>,
     handler_timeout: Option<Duration>,
     states: States,
+}
+
+impl<P: Send + Sync + 'static> Parts<P> {
+    /// The defaults, serving `state`'s handlers.
+    pub(super) fn new(state: P) -> Self {
+        Self {
+            state,
+            more_handlers: Vec::new(),
+            fingerprint: None,
+            encoder: Arc::new(JsonEncoder),
+            retry: None,
+            on_failure: None,
+            handler_timeout: None,
+            states: States::default(),
+        }
+    }
+
+    /// Collects the handlers registered for `P` and the other sets: fails on two RPC
+    /// handlers for one command (naming both places), and on a handler that takes a
+    /// state it was not given (naming both).
+    pub(super) fn check(self) -> Result<Checked<P>> {
+        let Self {
+            state,
+            more_handlers,
+            fingerprint,
+            encoder,
+            retry,
+            on_failure,
+            handler_timeout,
+            states,
+        } = self;
+        let state = Arc::new(state);
+        let mut sets = vec![HandlerSet::of(Arc::clone(&state))];
+        sets.extend(more_handlers);
+        let table = HandlerTable::new(&sets)?;
+        table.check_states(&states)?;
+        Ok(Checked {
+            state,
+            table,
+            fingerprint,
+            encoder,
+            retry,
+            on_failure,
+            handler_timeout,
+            states,
+        })
+    }
+}
+
+impl<P> Checked<P> {
+    /// The processor's internals, sending its answers with `answers` and its retry and
+    /// dead-letter copies through `copies`.
+    pub(super) fn shared(
+        self,
+        answers: Producer,
+        copies: Copies,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Shared<P> {
+        Shared {
+            state: self.state,
+            table: self.table,
+            answers,
+            copies,
+            encoder: self.encoder,
+            fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),
+            dead_letters: self
+                .retry
+                .as_ref()
+                .is_some_and(RetryPolicy::keeps_dead_letters),
+            on_failure: self.on_failure.unwrap_or(match self.retry {
+                Some(_) => Disposition::Retry(None),
+                None => Disposition::Reject,
+            }),
+            retry: self.retry.unwrap_or_default(),
+            handler_timeout: self.handler_timeout,
+            telemetry,
+            states: Arc::new(self.states),
+        }
+    }
+}
+
+/// What a processor asks above its handlers' longest hold of a delivery, for the
+/// acknowledgement to reach the broker.
+const DELIVERY_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
+impl<P> Checked<P> {
+    /// The longest a delivery can stay unacknowledged: the longest handler timeout, times
+    /// the deliveries the prefetch lets wait for each of `concurrency` handler slots;
+    /// `None` when a handler has no timeout.
+    fn longest_hold(&self, prefetch: u16, concurrency: usize) -> Option<Duration> {
+        let mut longest = Duration::ZERO;
+        for registration in self.table.registrations() {
+            longest = longest.max(registration.timeout.or(self.handler_timeout)?);
+        }
+        let slots = u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
+        longest.checked_mul(u32::from(prefetch.max(1)).div_ceil(slots))
+    }
+}
+
+/// Warns when a delivery can stay unacknowledged longer than the broker allows
+/// (`consumer_timeout`): RabbitMQ 3.10 and 4.0 then close the channel, and 4.3 cancels
+/// the consumer of a quorum queue (where the processor asks for `x-consumer-timeout`
+/// above `hold`, which 4.3 honours), and the message is handled again.
+fn warn_past_consumer_timeout(hold: Option<Duration>, consumer_timeout: Duration) {
+    let broker = consumer_timeout.as_secs_f64();
+    match hold {
+        Some(hold) if hold > consumer_timeout => tracing::warn!(
+            "a delivery can stay unacknowledged for {:.0} s (the longest handler timeout times \
+             the prefetch per handler slot), past the broker's consumer timeout of {broker:.0} s \
+             (POSTAGE_CONSUMER_TIMEOUT): RabbitMQ 3.10 and 4.0 would take it back and it would \
+             be handled again; quorum queues ask RabbitMQ 4.3 for {:.0} s",
+            hold.as_secs_f64(),
+            (hold + DELIVERY_TIMEOUT_MARGIN).as_secs_f64()
+        ),
+        Some(_) => {}
+        None => tracing::warn!(
+            "a handler without a timeout can hold a delivery past the broker's consumer \
+             timeout of {broker:.0} s (POSTAGE_CONSUMER_TIMEOUT), after which it would be \
+             handled again; give handlers a timeout (ProcessorBuilder::handler_timeout)"
+        ),
+    }
 }
 
 /// A processor's prefetch unless set.
@@ -92,7 +232,9 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// ready-made one (a GenericApplication, say) without copying its code.
     #[must_use]
     pub fn handlers<Q: Send + Sync + 'static>(mut self, other: Q) -> Self {
-        self.more_handlers.push(HandlerSet::of(Arc::new(other)));
+        self.parts
+            .more_handlers
+            .push(HandlerSet::of(Arc::new(other)));
         self
     }
 
@@ -143,7 +285,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// Retry becomes the default for a failure that does not say otherwise.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
+        self.parts.retry = Some(policy);
         self
     }
 
@@ -152,7 +294,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// [`Disposition::Retry`] with a [`retry`](Self::retry) policy.
     #[must_use]
     pub fn on_failure(mut self, disposition: Disposition) -> Self {
-        self.on_failure = Some(disposition);
+        self.parts.on_failure = Some(disposition);
         self
     }
 
@@ -162,7 +304,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// overrides it.
     #[must_use]
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
-        self.handler_timeout = Some(timeout);
+        self.parts.handler_timeout = Some(timeout);
         self
     }
 
@@ -171,14 +313,14 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// a state the processor was not given fails [`build`](Self::build), naming both.
     #[must_use]
     pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.states.insert(value);
+        self.parts.states.insert(value);
         self
     }
 
     /// The fingerprint stamped on RPC answers (default: this process, no name).
     #[must_use]
     pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
-        self.fingerprint = Some(fingerprint);
+        self.parts.fingerprint = Some(fingerprint);
         self
     }
 
@@ -186,46 +328,29 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     #[must_use]
     pub fn encoder(mut self, encoder: impl Encoder + Clone) -> Self {
         self.consumer = self.consumer.encoder(encoder.clone());
-        self.encoder = Arc::new(encoder);
-        self.plain_json = false;
+        self.parts.encoder = Arc::new(encoder);
         self
     }
 
     /// Collects the handlers registered for `P` (an error names both places of two RPC
     /// handlers for one command), then declares and binds the queues.
     pub async fn build(self) -> Result<Processor<P>> {
-        let state = Arc::new(self.state);
-        let mut sets = vec![HandlerSet::of(Arc::clone(&state))];
-        sets.extend(self.more_handlers);
-        let table = HandlerTable::new(&sets)?;
-        table.check_states(&self.states)?;
-        let consumer = self.consumer.build().await?;
+        let checked = self.parts.check()?;
+        let hold = checked.longest_hold(self.prefetch, self.concurrency);
+        let consumer = match hold {
+            Some(hold) => self
+                .consumer
+                .delivery_timeout(hold + DELIVERY_TIMEOUT_MARGIN),
+            None => self.consumer,
+        };
+        let consumer = consumer.build().await?;
+        warn_past_consumer_timeout(hold, self.connection.config().consumer_timeout);
         let answers = Producer::builder(&self.connection).build().await?;
         let copies = Copies::on(&self.connection);
         let telemetry = self.connection.telemetry().cloned();
         Ok(Processor {
+            shared: Arc::new(checked.shared(answers, copies, telemetry)),
             connection: self.connection,
-            shared: Arc::new(Shared {
-                state,
-                table,
-                answers,
-                copies,
-                encoder: self.encoder,
-                plain_json: self.plain_json,
-                fingerprint: Arc::new(self.fingerprint.unwrap_or_default()),
-                dead_letters: self
-                    .retry
-                    .as_ref()
-                    .is_some_and(RetryPolicy::keeps_dead_letters),
-                on_failure: self.on_failure.unwrap_or(match self.retry {
-                    Some(_) => Disposition::Retry(None),
-                    None => Disposition::Reject,
-                }),
-                retry: self.retry.unwrap_or_default(),
-                handler_timeout: self.handler_timeout,
-                telemetry,
-                states: Arc::new(self.states),
-            }),
             consumer,
             prefetch: self.prefetch,
             concurrency: self.concurrency,
@@ -240,19 +365,11 @@ impl<P: Send + Sync + 'static> Processor<P> {
     pub fn builder(connection: &Connection, state: P) -> ProcessorBuilder<P> {
         ProcessorBuilder {
             connection: connection.clone(),
-            state,
-            more_handlers: Vec::new(),
+            parts: Parts::new(state),
             consumer: Consumer::builder(connection).prefetch(DEFAULT_PREFETCH),
             prefetch: DEFAULT_PREFETCH,
             concurrency: 1,
             limits: Limits::default(),
-            fingerprint: None,
-            encoder: Arc::new(JsonEncoder),
-            plain_json: true,
-            retry: None,
-            on_failure: None,
-            handler_timeout: None,
-            states: States::default(),
         }
     }
 }

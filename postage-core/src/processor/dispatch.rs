@@ -196,7 +196,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             answers: self.answers.clone(),
             via: via.cloned(),
             to,
-            encoder: (!self.plain_json).then(|| Arc::clone(&self.encoder)),
+            encoder: (!self.encoder.is_postage_json()).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),
         });
         let Some(entry) = entry else {
@@ -290,8 +290,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let handler = entry.registration;
         let rpc = call.reply.is_some();
         let timeout = handler.timeout.or(self.handler_timeout);
-        let scope =
-            Scope::current().bounded_by(timeout.map(|bound| tokio::time::Instant::now() + bound));
+        // A timeout the clock cannot hold (`Duration::MAX`) is no limit.
+        let scope = Scope::current().bounded_by(timeout.and_then(crate::deadline::deadline_after));
         call.deadline = scope.deadline;
         let run = (handler.call)(Arc::clone(&entry.state), call);
         let run = scope.run(AssertUnwindSafe(run).catch_unwind());

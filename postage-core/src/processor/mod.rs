@@ -150,7 +150,6 @@ struct Shared<P> {
     /// What moves messages to their retry and dead-letter queues.
     copies: copies::Copies,
     encoder: Arc<dyn Encoder>,
-    plain_json: bool,
     fingerprint: Arc<Fingerprint>,
     /// How failed messages are retried and dead-lettered.
     retry: RetryPolicy,

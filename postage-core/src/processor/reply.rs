@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::connection::ChannelLease;
 use crate::error::Result;
 use crate::handler::{BoxFuture, ReplySender};
-use crate::producer::Producer;
+use crate::producer::{Producer, Publish};
 use crate::rpc::ReturnAddress;
 use crate::wire::Fingerprint;
 use crate::wire::json;
@@ -49,11 +49,13 @@ impl ReplySender for ChannelReply {
             let body = body?;
             match via {
                 Some(channel) => {
-                    answers
-                        .answer_on(&channel, &reply_to, &body, properties)
-                        .await
+                    let publish = Publish::new("", &reply_to, &body, properties);
+                    answers.send(publish.via(&channel)).await
                 }
-                None => answers.publish_body("", &reply_to, &body, properties).await,
+                None => {
+                    let publish = Publish::new("", &reply_to, &body, properties);
+                    answers.send(publish.mandatory(answers.reliable())).await
+                }
             }
         })
     }

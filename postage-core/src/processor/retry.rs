@@ -15,6 +15,7 @@ use super::Shared;
 use crate::consumer::Delivery;
 use crate::error::Result;
 use crate::handler::Disposition;
+use crate::producer::Publish;
 use crate::telemetry::span;
 use crate::topology::Queue;
 
@@ -401,9 +402,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if let Some(ms) = expiration {
             properties = properties.with_expiration(ShortString::from(ms));
         }
-        copies
-            .publish_body_to("", &name, delivery.body(), properties, true)
-            .await
+        let publish = Publish::new("", &name, delivery.body(), properties);
+        copies.send(publish.mandatory(true)).await
     }
 }
 

@@ -6,13 +6,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Shared;
+use super::builder::Parts;
 use super::copies::Copies;
 use super::retry::{Resolved, RetryPolicy, Target, Verdict};
-use super::table::{HandlerSet, HandlerTable};
+use super::table::HandlerSet;
 use crate::error::Result;
 use crate::handler::{Disposition, Metadata};
 use crate::producer::Recording;
-use crate::wire::{Encoder, Fingerprint, JsonEncoder, Message, RpcResult};
+use crate::wire::{Message, RpcResult};
 
 /// What a processor did with one message: what becomes of it, why, and the RPC answer
 /// it sent.
@@ -62,84 +63,33 @@ pub struct Handled {
 #[derive(Debug)]
 pub struct TestProcessor<P> {
     shared: Shared<P>,
-    /// The values whose handlers it serves: its state's first.
-    sets: Vec<HandlerSet>,
     /// Where its answers go.
     answers: Recording,
     /// One message at a time, so each gets its own answer back.
     turn: tokio::sync::Mutex<()>,
 }
 
+/// Configures a [`TestProcessor`] as a [`ProcessorBuilder`](super::ProcessorBuilder)
+/// configures a processor; made by [`TestProcessor::builder`].
+#[derive(Debug)]
+pub struct TestProcessorBuilder<P> {
+    parts: Parts<P>,
+}
+
 impl<P: Send + Sync + 'static> TestProcessor<P> {
-    /// The handlers of `state`'s `#[processor]` impls, failing as
-    /// [`ProcessorBuilder::build`](super::ProcessorBuilder::build) does on two RPC
-    /// handlers for one command.
+    /// The handlers of `state`'s `#[processor]` impls, with the defaults; fails as
+    /// [`ProcessorBuilder::build`](super::ProcessorBuilder::build) does (on two RPC
+    /// handlers for one command, on a handler that takes a state: give it with
+    /// [`builder`](Self::builder)).
     pub fn new(state: P) -> Result<Self> {
-        let state = Arc::new(state);
-        let sets = vec![HandlerSet::of(Arc::clone(&state))];
-        let answers = Recording::new();
-        let encoder: Arc<dyn Encoder> = Arc::new(JsonEncoder);
-        Ok(Self {
-            shared: Shared {
-                state,
-                table: HandlerTable::new(&sets)?,
-                answers: answers.producer(),
-                copies: Copies::through(answers.producer()),
-                encoder,
-                plain_json: true,
-                fingerprint: Arc::new(Fingerprint::default()),
-                retry: RetryPolicy::new(),
-                dead_letters: false,
-                on_failure: Disposition::Reject,
-                handler_timeout: None,
-                telemetry: None,
-                states: Arc::default(),
-            },
-            sets,
-            answers,
-            turn: tokio::sync::Mutex::new(()),
-        })
+        Self::builder(state).build()
     }
 
-    /// Also serves `other`'s handlers, as
-    /// [`ProcessorBuilder::handlers`](super::ProcessorBuilder::handlers).
-    pub fn handlers<Q: Send + Sync + 'static>(mut self, other: Q) -> Result<Self> {
-        self.sets.push(HandlerSet::of(Arc::new(other)));
-        self.shared.table = HandlerTable::new(&self.sets)?;
-        Ok(self)
-    }
-
-    /// Gives the handlers `value` as a [`State<T>`](crate::State), as
-    /// [`ProcessorBuilder::with_state`](super::ProcessorBuilder::with_state).
-    #[must_use]
-    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
-        Arc::make_mut(&mut self.shared.states).insert(value);
-        self
-    }
-
-    /// Retries as `policy` says, as [`ProcessorBuilder::retry`](super::ProcessorBuilder::retry).
-    #[must_use]
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.shared.dead_letters = policy.keeps_dead_letters();
-        self.shared.retry = policy;
-        self.shared.on_failure = Disposition::Retry(None);
-        self
-    }
-
-    /// The default disposition of a failure, as
-    /// [`ProcessorBuilder::on_failure`](super::ProcessorBuilder::on_failure).
-    #[must_use]
-    pub fn on_failure(mut self, disposition: Disposition) -> Self {
-        self.shared.on_failure = disposition;
-        self
-    }
-
-    /// Bounds every handler, as
-    /// [`ProcessorBuilder::handler_timeout`](super::ProcessorBuilder::handler_timeout).
-    #[must_use]
-    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
-        self.shared.handler_timeout = Some(timeout);
-        self
+    /// Starts configuring a test processor with state `state`.
+    pub fn builder(state: P) -> TestProcessorBuilder<P> {
+        TestProcessorBuilder {
+            parts: Parts::new(state),
+        }
     }
 
     /// The processor's state, to look at what the handlers did.
@@ -210,5 +160,64 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
             reason,
             answer,
         }
+    }
+}
+
+impl<P: Send + Sync + 'static> TestProcessorBuilder<P> {
+    /// Also serves `other`'s handlers, as
+    /// [`ProcessorBuilder::handlers`](super::ProcessorBuilder::handlers).
+    #[must_use]
+    pub fn handlers<Q: Send + Sync + 'static>(mut self, other: Q) -> Self {
+        self.parts
+            .more_handlers
+            .push(HandlerSet::of(Arc::new(other)));
+        self
+    }
+
+    /// Gives the handlers `value` as a [`State<T>`](crate::State), as
+    /// [`ProcessorBuilder::with_state`](super::ProcessorBuilder::with_state).
+    #[must_use]
+    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.parts.states.insert(value);
+        self
+    }
+
+    /// Retries as `policy` says, as [`ProcessorBuilder::retry`](super::ProcessorBuilder::retry).
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.parts.retry = Some(policy);
+        self
+    }
+
+    /// The default disposition of a failure, as
+    /// [`ProcessorBuilder::on_failure`](super::ProcessorBuilder::on_failure).
+    #[must_use]
+    pub fn on_failure(mut self, disposition: Disposition) -> Self {
+        self.parts.on_failure = Some(disposition);
+        self
+    }
+
+    /// Bounds every handler, as
+    /// [`ProcessorBuilder::handler_timeout`](super::ProcessorBuilder::handler_timeout).
+    #[must_use]
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.parts.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// The test processor, made as [`ProcessorBuilder::build`](super::ProcessorBuilder::build)
+    /// makes a processor, and failing as it does; its answers and copies are recorded.
+    pub fn build(self) -> Result<TestProcessor<P>> {
+        let checked = self.parts.check()?;
+        let answers = Recording::new();
+        Ok(TestProcessor {
+            shared: checked.shared(
+                answers.producer(),
+                Copies::through(answers.producer()),
+                None,
+            ),
+            answers,
+            turn: tokio::sync::Mutex::new(()),
+        })
     }
 }

@@ -51,7 +51,7 @@ async fn tick(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut every =
-        tokio::time::interval_at(tokio::time::Instant::now() + timer.every, timer.every);
+        tokio::time::interval_at(crate::deadline::instant_after(timer.every), timer.every);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {

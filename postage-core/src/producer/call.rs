@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::connection::ChannelLease;
+use crate::deadline::instant_after;
 use crate::error::{Error, Result};
-use crate::producer::{Producer, Route};
+use crate::producer::{Producer, Publish, Route};
 use crate::rpc::{Destination, Heard, Replies, ReplyQueue, start_reply_consumer};
 use crate::telemetry::{current_deadline, span, with_deadline};
 use crate::topology::Exchange;
@@ -216,7 +217,7 @@ impl Producer {
             timeout,
             max_retry: options.max_retry.unwrap_or(state.settings.max_retry),
             attempts: 1,
-            deadline: tokio::time::Instant::now() + timeout,
+            deadline: instant_after(timeout),
             inherited: current_deadline(),
             span,
             started: tokio::time::Instant::now(),
@@ -286,8 +287,8 @@ impl Producer {
         let id = self.rpc_state().replies.waiters.next_id();
         if let Some(recording) = self.recording() {
             let properties = self.properties().with_correlation_id(id.as_ref().into());
-            self.publish_now(exchange.name(), &routing_key, &body, properties, true)
-                .await?;
+            let publish = Publish::new(exchange.name(), &routing_key, &body, properties);
+            self.send_unbounded(publish.mandatory(true)).await?;
             return Ok(recording.answer_of(name).into_iter().collect());
         }
         let link = self.link()?;
@@ -300,8 +301,8 @@ impl Producer {
                 .properties()
                 .with_reply_to(address)
                 .with_correlation_id(id.as_ref().into());
-            self.publish_now(exchange.name(), &routing_key, &body, properties, true)
-                .await?;
+            let publish = Publish::new(exchange.name(), &routing_key, &body, properties);
+            self.send_unbounded(publish.mandatory(true)).await?;
             Ok::<_, Error>((channel, answers))
         };
         let Ok(asked) = tokio::time::timeout(wait, asked).await else {
@@ -312,7 +313,7 @@ impl Producer {
         };
         let (_channel, mut answers) = asked?;
         let mut found = Vec::new();
-        let mut deadline = tokio::time::Instant::now() + wait;
+        let mut deadline = instant_after(wait);
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, answers.next()).await {
             match self.encoder().decode(&delivery.data) {
                 Ok(answer) => found.push(answer.to_result()),
@@ -321,7 +322,7 @@ impl Producer {
             if let Some(grace) = after_first
                 && found.len() == 1
             {
-                deadline = deadline.min(tokio::time::Instant::now() + grace);
+                deadline = deadline.min(instant_after(grace));
             }
         }
         Ok(found)
@@ -415,9 +416,10 @@ impl PendingCall {
         // publish and its confirm count against it, so a call under a resource alarm (when
         // lapin writes nothing at all) ends in time too.
         let started = tokio::time::Instant::now();
+        let ends = instant_after(self.timeout);
         self.deadline = match self.inherited {
-            Some(inherited) => inherited.min(started + self.timeout),
-            None => started + self.timeout,
+            Some(inherited) => inherited.min(ends),
+            None => ends,
         };
         if self.deadline <= started {
             return Err(self.timed_out());
@@ -468,14 +470,14 @@ impl PendingCall {
             .with_correlation_id(self.correlation_id.as_ref().into());
         let properties = with_deadline(properties, self.deadline);
         // Bounded by `send`'s deadline.
+        let publish = Publish::new(
+            self.names.exchange(),
+            self.names.routing_key(),
+            &self.body,
+            properties,
+        );
         self.producer
-            .publish_now(
-                self.names.exchange(),
-                self.names.routing_key(),
-                &self.body,
-                properties,
-                self.producer.reliable(),
-            )
+            .send_unbounded(publish.mandatory(self.producer.reliable()))
             .await?;
         let replies = &self.producer.rpc_state().replies;
         // Replaced while this was sent: its answer cannot come, so the waiter goes and

@@ -3,31 +3,33 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Confirmation};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tracing::Instrument;
 
 use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
 use crate::connection::{ChannelLease, Connection};
 use crate::error::{Error, Result};
 use crate::rpc::ReplyQueue;
+use crate::sync::Locked;
 
 mod api;
 mod call;
+mod publish;
 mod recording;
 mod route;
 
 pub use self::call::{PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};
+pub(crate) use self::publish::Publish;
 pub use self::recording::{RECORDING_LIMIT, Recording, Sent};
 pub use self::route::Route;
-use crate::telemetry::{Telemetry, span, stamp};
+use crate::telemetry::Telemetry;
 use crate::topology::Exchange;
 use crate::wire::Fingerprint;
 use crate::wire::json;
@@ -74,13 +76,12 @@ struct Inner {
     fingerprint: Fingerprint,
     encoder: Arc<dyn Encoder>,
     /// The encoder is the default JSON one: bodies are written straight from their parts.
-    plain_json: bool,
     /// The size of the last body written from its parts, to size the next buffer.
     last_body: AtomicUsize,
     reliable: bool,
     persistent: bool,
     publish_timeout: Duration,
-    declared: Mutex<HashSet<String>>,
+    declared: Locked<HashSet<String>>,
     pub(crate) rpc: RpcState,
 }
 
@@ -99,7 +100,7 @@ struct Broker {
     /// [`Config::publishing_connection`](crate::Config::publishing_connection)).
     link: Connection,
     /// The channel and the connection generation it was opened on.
-    live: RwLock<(Arc<ChannelLease>, u64)>,
+    live: Locked<(Arc<ChannelLease>, u64)>,
     /// Held while the channel is being reopened after a reconnection.
     reopening: tokio::sync::Mutex<()>,
     /// The supervisor's keeper of this producer, which it tells nothing (a channel lost
@@ -114,7 +115,6 @@ pub struct ProducerBuilder {
     destinations: Vec<(Exchange, String)>,
     fingerprint: Option<Fingerprint>,
     encoder: Arc<dyn Encoder>,
-    plain_json: bool,
     reliable: bool,
     persistent: bool,
     publish_timeout: Duration,
@@ -148,7 +148,6 @@ impl ProducerBuilder {
     #[must_use]
     pub fn encoder(mut self, encoder: impl Encoder) -> Self {
         self.encoder = Arc::new(encoder);
-        self.plain_json = false;
         self
     }
 
@@ -226,7 +225,7 @@ impl ProducerBuilder {
         let sink = Sink::Broker(Broker {
             connection,
             link,
-            live: RwLock::new((Arc::new(channel), generation)),
+            live: Locked::new((Arc::new(channel), generation)),
             reopening: tokio::sync::Mutex::new(()),
             kept: OnceLock::new(),
         });
@@ -264,12 +263,11 @@ impl ProducerBuilder {
                 destinations: self.destinations,
                 fingerprint: self.fingerprint.unwrap_or_default(),
                 encoder: self.encoder,
-                plain_json: self.plain_json,
                 last_body: AtomicUsize::new(0),
                 reliable: self.reliable,
                 persistent: self.persistent,
                 publish_timeout: self.publish_timeout,
-                declared: Mutex::new(HashSet::new()),
+                declared: Locked::new(HashSet::new()),
                 rpc: RpcState::new(self.rpc),
             }),
         }
@@ -283,7 +281,6 @@ impl ProducerBuilder {
             destinations: Vec::new(),
             fingerprint: None,
             encoder: Arc::new(JsonEncoder),
-            plain_json: true,
             reliable: false,
             persistent: false,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
@@ -363,8 +360,8 @@ impl Producer {
             if debug && let Some(message) = message {
                 tracing::info!(exchange = exchange.name(), routing_key = %key, kind = %message.kind, name = %message.name, category = message.category.as_str(), content = %message.content, "--> publish");
             }
-            self.publish_body(exchange.name(), key, body, properties.clone())
-                .await?;
+            let publish = Publish::new(exchange.name(), key, body, properties.clone());
+            self.send(publish.mandatory(self.inner.reliable)).await?;
         }
         Ok(())
     }
@@ -393,7 +390,7 @@ impl Producer {
     /// True when bodies may be written straight from their parts: the default JSON
     /// encoder, and no debug mode (which traces each message).
     pub(crate) fn plain_json(&self) -> bool {
-        self.inner.plain_json && !self.inner.debug
+        self.inner.encoder.is_postage_json() && !self.inner.debug
     }
 
     /// The login it names as the `user_id` of what it sends.
@@ -450,13 +447,10 @@ impl Producer {
         }
         let generation = broker.link.wait_reconnected(generation).await?;
         let fresh = Arc::new(open(&broker.link, self.inner.reliable).await?);
-        if let Ok(mut declared) = self.inner.declared.lock() {
-            declared.clear();
-        }
-        match broker.live.write() {
-            Ok(mut live) => *live = (Arc::clone(&fresh), generation),
-            Err(poisoned) => *poisoned.into_inner() = (Arc::clone(&fresh), generation),
-        }
+        self.inner.declared.with(HashSet::clear);
+        broker
+            .live
+            .with(|live| *live = (Arc::clone(&fresh), generation));
         tracing::info!(generation, "producer channel reopened after a reconnection");
         Ok((fresh, generation))
     }
@@ -515,7 +509,7 @@ impl Producer {
 
     /// True when the producer encodes with the default JSON encoder.
     pub(crate) fn encodes_json(&self) -> bool {
-        self.inner.plain_json
+        self.inner.encoder.is_postage_json()
     }
 
     pub(crate) fn rpc_state(&self) -> &RpcState {
@@ -565,186 +559,17 @@ impl Producer {
         let known = self
             .inner
             .declared
-            .lock()
-            .is_ok_and(|set| set.contains(exchange.name()));
+            .with(|set| set.contains(exchange.name()));
         if !known {
             let Some(broker) = self.inner.broker() else {
                 return Ok(());
             };
             broker.connection.declare_exchange(exchange).await?;
-            if let Ok(mut set) = self.inner.declared.lock() {
+            self.inner.declared.with(|set| {
                 set.insert(exchange.name().to_owned());
-            }
+            });
         }
         Ok(())
-    }
-
-    /// Publishes one body; in reliable mode waits for the confirm and reports a return;
-    /// all within the producer's publish timeout.
-    pub(crate) async fn publish_body(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<()> {
-        let mandatory = self.inner.reliable;
-        self.publish_body_to(exchange, routing_key, body, properties, mandatory)
-            .await
-    }
-
-    /// [`publish_body`](Self::publish_body), `mandatory` or not: a fanout to whoever
-    /// listens now is not, even from a reliable producer.
-    pub(crate) async fn publish_body_to(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<()> {
-        let publish = self.publish_now(exchange, routing_key, body, properties, mandatory);
-        self.within_publish_timeout(exchange, routing_key, publish)
-            .await
-    }
-
-    /// Publishes an RPC answer on `channel`, the one its request came on, as a raw
-    /// server does: no second connection (and I/O thread of lapin's) on its way, and an
-    /// answer that cannot go out because that channel is lost belongs to a request the
-    /// broker delivers again.
-    pub(crate) async fn answer_on(
-        &self,
-        channel: &lapin::Channel,
-        reply_to: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<()> {
-        let publish = self.publish_via(Some(channel), "", reply_to, body, properties, false);
-        self.within_publish_timeout("", reply_to, publish).await
-    }
-
-    async fn within_publish_timeout(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        publish: impl Future<Output = Result<()>>,
-    ) -> Result<()> {
-        let bound = self.inner.publish_timeout;
-        match tokio::time::timeout(bound, publish).await {
-            Ok(published) => published,
-            Err(_) => Err(self.overdue(
-                format!("publishing to exchange {exchange:?} with key {routing_key:?}"),
-                bound,
-            )),
-        }
-    }
-
-    /// Publishes one body, in a span of its own whose trace context goes in its headers,
-    /// and, in reliable mode, waits for its confirm, without a bound of its own: the
-    /// caller bounds it.
-    pub(crate) async fn publish_now(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<()> {
-        self.publish_via(None, exchange, routing_key, body, properties, mandatory)
-            .await
-    }
-
-    /// [`publish_now`](Self::publish_now) on `via` when given, else on the producer's
-    /// own channel.
-    async fn publish_via(
-        &self,
-        via: Option<&lapin::Channel>,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<()> {
-        let span = span::publish(exchange, routing_key, body.len());
-        let properties = span.in_scope(|| stamp(properties));
-        let published = self
-            .publish_in_span(via, exchange, routing_key, body, properties, mandatory)
-            .instrument(span.clone())
-            .await;
-        let telemetry = self.telemetry();
-        if !span.is_disabled() || telemetry.is_some() {
-            let outcome = match &published {
-                Ok(()) if self.inner.reliable => "confirmed",
-                Ok(()) => "sent",
-                Err(Error::Unroutable { .. }) => "unroutable",
-                Err(Error::PublishRefused { .. }) => "refused",
-                Err(_) => "failed",
-            };
-            span::outcome(&span, "postage.outcome", outcome, published.is_ok());
-            if let Some(telemetry) = telemetry {
-                telemetry.metrics.publish(outcome);
-            }
-        }
-        published
-    }
-
-    async fn publish_in_span(
-        &self,
-        via: Option<&lapin::Channel>,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        mandatory: bool,
-    ) -> Result<()> {
-        let reliable = self.inner.reliable;
-        let options = BasicPublishOptions {
-            mandatory,
-            immediate: false,
-        };
-        if let Some(recording) = self.recording() {
-            return recording.record(self, exchange, routing_key, body, &properties);
-        }
-        let operation = || format!("publishing to exchange {exchange:?} with key {routing_key:?}");
-        let live;
-        let channel: &lapin::Channel = match via {
-            Some(channel) => channel,
-            None => {
-                live = self.live_channel().await?.0;
-                &live
-            }
-        };
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await
-            .map_err(|source| Error::Amqp {
-                operation: operation(),
-                source,
-            })?;
-        if !reliable {
-            return Ok(());
-        }
-        let confirmation = confirm.await.map_err(|source| Error::Amqp {
-            operation: operation(),
-            source,
-        })?;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(Error::Unroutable {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            }),
-            Confirmation::Nack(_) => Err(Error::PublishRefused {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            }),
-        }
     }
 }
 
@@ -782,13 +607,7 @@ impl Broker {
     /// The current channel (shared, not copied: a lapin channel is many handles) and
     /// its connection generation.
     fn snapshot(&self) -> (Arc<ChannelLease>, u64) {
-        match self.live.read() {
-            Ok(live) => (Arc::clone(&live.0), live.1),
-            Err(poisoned) => {
-                let live = poisoned.into_inner();
-                (Arc::clone(&live.0), live.1)
-            }
-        }
+        self.live.with(|live| (Arc::clone(&live.0), live.1))
     }
 }
 

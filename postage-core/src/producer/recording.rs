@@ -2,13 +2,14 @@
 //! kept, decoded, in a [`Recording`], and its RPC calls get the answers the test set.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use lapin::BasicProperties;
 use serde::Serialize;
 
 use super::{Producer, ProducerBuilder, Target};
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 use crate::wire::{COMMAND, Category, Message, RpcResult};
 
 /// How many messages a [`Recording`] holds; a publish beyond fails, so a test that
@@ -62,8 +63,8 @@ pub struct Recording {
 
 #[derive(Debug, Default)]
 struct Recorded {
-    sent: Mutex<Vec<Sent>>,
-    answers: Mutex<HashMap<String, RpcResult>>,
+    sent: Locked<Vec<Sent>>,
+    answers: Locked<HashMap<String, RpcResult>>,
 }
 
 impl Recording {
@@ -85,17 +86,19 @@ impl Recording {
 
     /// Every call of RPC command `command` gets `result` (an error or exception too).
     pub fn answer_with(&self, command: &str, result: RpcResult) {
-        lock(&self.inner.answers).insert(command.to_owned(), result);
+        self.inner.answers.with(|answers| {
+            answers.insert(command.to_owned(), result);
+        });
     }
 
     /// What was sent so far, in order.
     pub fn sent(&self) -> Vec<Sent> {
-        lock(&self.inner.sent).clone()
+        self.inner.sent.with(|sent| sent.clone())
     }
 
     /// What was sent so far, in order, leaving the recording empty.
     pub fn take(&self) -> Vec<Sent> {
-        std::mem::take(&mut *lock(&self.inner.sent))
+        self.inner.sent.with(std::mem::take)
     }
 
     /// A producer with the defaults that records here, built at once.
@@ -110,7 +113,9 @@ impl Recording {
 
     /// The answer set for `command`, if any.
     pub(super) fn answer_of(&self, command: &str) -> Option<RpcResult> {
-        lock(&self.inner.answers).get(command).cloned()
+        self.inner
+            .answers
+            .with(|answers| answers.get(command).cloned())
     }
 
     /// Keeps what `producer` publishes, and answers it when it is an RPC call.
@@ -125,8 +130,7 @@ impl Recording {
         let message = producer.encoder().decode(body)?;
         let call = (message.category == Category::Rpc && message.kind == COMMAND)
             .then(|| message.name.clone());
-        {
-            let mut sent = lock(&self.inner.sent);
+        self.inner.sent.with(|sent| {
             if sent.len() >= RECORDING_LIMIT {
                 return Err(Error::config(
                     "recording",
@@ -138,7 +142,8 @@ impl Recording {
                 routing_key: routing_key.to_owned(),
                 message,
             });
-        }
+            Ok(())
+        })?;
         let (Some(name), Some(id)) = (call, properties.correlation_id()) else {
             return Ok(());
         };
@@ -151,10 +156,4 @@ impl Recording {
         producer.answer_recorded(id.as_str(), body);
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

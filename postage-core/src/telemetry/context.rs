@@ -93,14 +93,25 @@ pub(crate) fn stamp(properties: BasicProperties) -> BasicProperties {
     }
 }
 
+/// The longest per-message expiration RabbitMQ takes (2^32 - 1 ms, about 49 days; a
+/// longer one is a channel error).
+const LONGEST_EXPIRATION: Duration = Duration::from_millis(u32::MAX as u64);
+
 /// `properties` with `deadline` in their headers, and as their expiration, so the broker
-/// drops a request nobody waits for.
+/// drops a request nobody waits for. A deadline further off than the broker's longest
+/// expiration (a call with no limit, `Duration::MAX`) is no deadline: nothing is added.
 pub(crate) fn with_deadline(properties: BasicProperties, deadline: Instant) -> BasicProperties {
     let left = deadline.saturating_duration_since(Instant::now());
-    let at = SystemTime::now() + left;
-    let ms = at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    if left > LONGEST_EXPIRATION {
+        return properties;
+    }
+    let ms = SystemTime::now()
+        .checked_add(left)
+        .map_or(Ok(i64::MAX), |at| {
+            at.duration_since(UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        })
+        .unwrap_or(0);
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(ms));
     // An expiration of 0 is valid (deliver now or drop); round up so 0.5 ms is not 0.
@@ -149,12 +160,13 @@ fn deadline_of(headers: &FieldTable) -> Option<Instant> {
         AMQPValue::Timestamp(n) => i64::try_from(*n).ok()?.saturating_mul(1000),
         _ => return None,
     };
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?);
+    // One the clocks cannot hold (a deadline far in the future) is no deadline.
+    let at = UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(ms).ok()?))?;
     let now = Instant::now();
-    Some(match at.duration_since(SystemTime::now()) {
-        Ok(left) => now + left,
-        Err(past) => now.checked_sub(past.duration()).unwrap_or(now),
-    })
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) => now.checked_add(left),
+        Err(past) => Some(now.checked_sub(past.duration()).unwrap_or(now)),
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +211,27 @@ mod tests {
             AMQPValue::LongLongInt(ms),
         )])));
         assert!(scope.deadline.unwrap() <= Instant::now());
+    }
+
+    #[test]
+    fn a_deadline_far_in_the_future_never_panics() {
+        for value in [
+            AMQPValue::LongLongInt(i64::MAX),
+            AMQPValue::Timestamp(u64::MAX),
+        ] {
+            let scope = Scope::of(Some(&headers(&[(DEADLINE_HEADER, value)])));
+            if let Some(deadline) = scope.deadline {
+                // Further off than the broker's longest expiration: no deadline at all.
+                let properties = with_deadline(BasicProperties::default(), deadline);
+                assert!(properties.expiration().is_none());
+            }
+        }
+        let far = crate::deadline::instant_after(Duration::MAX);
+        let properties = with_deadline(BasicProperties::default(), far);
+        assert!(properties.headers().is_none() && properties.expiration().is_none());
+        let near = crate::deadline::instant_after(Duration::from_secs(60));
+        let properties = with_deadline(BasicProperties::default(), near);
+        assert!(properties.headers().is_some() && properties.expiration().is_some());
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use super::metrics::Metrics;
 use crate::connection::LinkState;
 use crate::error::{Error, Result};
+use crate::sync::Locked;
 
 /// At most this many HTTP connections to the endpoint at once; more wait to be accepted.
 const MAX_CLIENTS: usize = 32;
@@ -37,7 +38,7 @@ pub(crate) trait Watched: Send + Sync {
 pub(crate) struct Telemetry {
     pub(crate) metrics: Metrics,
     address: SocketAddr,
-    watched: Mutex<Vec<Weak<dyn Watched>>>,
+    watched: Locked<Vec<Weak<dyn Watched>>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -49,13 +50,17 @@ impl std::fmt::Debug for Telemetry {
 }
 
 /// The endpoints this process serves, by the address they listen on.
-static ENDPOINTS: Mutex<Vec<Weak<Telemetry>>> = Mutex::new(Vec::new());
+static ENDPOINTS: Locked<Vec<Weak<Telemetry>>> = Locked::new(Vec::new());
 
 impl Telemetry {
     /// The endpoint at `address`, started if this process has none there yet (port 0:
     /// always a new one, on a port the system picks).
     pub(crate) fn at(address: SocketAddr) -> Result<Arc<Self>> {
-        let mut endpoints = ENDPOINTS.lock().unwrap_or_else(|p| p.into_inner());
+        ENDPOINTS.with(|endpoints| Self::found_or_started(endpoints, address))
+    }
+
+    /// The endpoint at `address` among `endpoints`, or a new one added to them.
+    fn found_or_started(endpoints: &mut Vec<Weak<Self>>, address: SocketAddr) -> Result<Arc<Self>> {
         endpoints.retain(|e| e.strong_count() > 0);
         if address.port() != 0
             && let Some(found) = endpoints
@@ -78,7 +83,7 @@ impl Telemetry {
         let telemetry = Arc::new(Self {
             metrics: Metrics::new(),
             address: bound,
-            watched: Mutex::new(Vec::new()),
+            watched: Locked::new(Vec::new()),
         });
         endpoints.push(Arc::downgrade(&telemetry));
         tokio::spawn(serve(listener, Arc::downgrade(&telemetry)));
@@ -93,14 +98,15 @@ impl Telemetry {
 
     /// Reports the health of `watched` from now on, while it lives.
     pub(crate) fn watch(&self, watched: Weak<dyn Watched>) {
-        let mut list = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|w| w.strong_count() > 0);
-        list.push(watched);
+        self.watched.with(|list| {
+            list.retain(|w| w.strong_count() > 0);
+            list.push(watched);
+        });
     }
 
     fn live(&self) -> Vec<Arc<dyn Watched>> {
-        let list = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter().filter_map(Weak::upgrade).collect()
+        self.watched
+            .with(|list| list.iter().filter_map(Weak::upgrade).collect())
     }
 
     /// Ready: a connection is there, and everything watched is ready; or why not.

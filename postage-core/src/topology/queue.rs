@@ -13,9 +13,10 @@ use crate::topology::Exchange;
 /// (not durable) and shared (not exclusive): `echo-queue`, GenericApplication's queues,
 /// the simple client's targets, any [`Queue`] left at its default flags.
 ///
-/// RabbitMQ 4.3 refuses such queues by default (the deprecated feature
-/// `transient_nonexcl_queues`, which 3.13 to 4.2 permit unless told otherwise), and a
-/// refusal closes the whole connection. Unless [`Config::queue_shape`] (or
+/// RabbitMQ 3.13 and later deprecate such queues (the deprecated feature
+/// `transient_nonexcl_queues`, still permitted by default on 4.3.6), an operator may deny
+/// them (`deprecated_features.permit.transient_nonexcl_queues = false`), and a refusal
+/// closes the whole connection. Unless [`Config::queue_shape`] (or
 /// `POSTAGE_QUEUE_SHAPE`) says which, each connection asks its broker, on a short
 /// connection of its own, the first time it declares such a queue (see
 /// [`Connection::queue_shape`]), and uses `Transient` where the broker accepts it.
@@ -28,8 +29,8 @@ pub enum QueueShape {
     /// Postage declares too, so both work on one queue (`POSTAGE_QUEUE_SHAPE=transient`).
     Transient,
     /// A queue that is neither durable nor exclusive is declared durable (its auto-delete
-    /// flag and arguments kept), or exclusive when the broker names it: the shape RabbitMQ
-    /// 4.3 accepts (`POSTAGE_QUEUE_SHAPE=durable`). A queue Python Postage declared
+    /// flag and arguments kept), or exclusive when the broker names it: the shape a broker
+    /// that denies transient shared queues accepts (`POSTAGE_QUEUE_SHAPE=durable`). A queue Python Postage declared
     /// transient on the same broker is then refused as declared differently.
     Durable,
 }
@@ -140,15 +141,23 @@ impl Queue {
         self.argument("x-delivery-limit", i64::from(deliveries))
     }
 
+    /// Whether this is a quorum queue (`x-queue-type = quorum`).
+    pub(crate) fn is_quorum(&self) -> bool {
+        matches!(self.arguments.inner().get("x-queue-type"),
+            Some(AMQPValue::LongString(kind)) if kind.to_string() == "quorum")
+    }
+
     /// Warns when this is a quorum queue without a dead-letter exchange: the broker then
     /// drops every message rejected without requeue (postage's answer to bad input) and
     /// every message delivered more often than the queue's delivery limit, which RabbitMQ
     /// 4 sets to 20 by default.
     pub(crate) fn warn_if_dropping(&self) {
-        let arguments = self.arguments.inner();
-        let quorum = matches!(arguments.get("x-queue-type"),
-            Some(AMQPValue::LongString(kind)) if kind.to_string() == "quorum");
-        if quorum && !arguments.contains_key("x-dead-letter-exchange") {
+        if self.is_quorum()
+            && !self
+                .arguments
+                .inner()
+                .contains_key("x-dead-letter-exchange")
+        {
             tracing::warn!(
                 queue = %self.name,
                 "quorum queue without a dead-letter exchange: a message rejected, or delivered \
@@ -230,8 +239,9 @@ impl Queue {
             AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
                 if text.contains("transient_nonexcl_queues") =>
             {
-                "the broker refuses queues that are neither durable nor exclusive (RabbitMQ \
-                 4.3's default); set POSTAGE_QUEUE_SHAPE=durable, or leave it unset (auto)"
+                "the broker refuses queues that are neither durable nor exclusive (denied \
+                 transient_nonexcl_queues); set POSTAGE_QUEUE_SHAPE=durable, or leave it \
+                 unset (auto)"
                     .to_owned()
             }
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)

@@ -18,6 +18,15 @@ pub trait Encoder: Debug + Send + Sync + 'static {
     /// Reads a body; a body that is not a message is an
     /// [`Error::MalformedMessage`](crate::Error::MalformedMessage).
     fn decode(&self, body: &[u8]) -> Result<Message>;
+
+    /// Whether this is Postage's own JSON, which postage then writes straight from a
+    /// message's parts and reads a success straight into its type, skipping the
+    /// [`Message`] in between. Only [`JsonEncoder`] says yes; an encoder of your own
+    /// keeps the default.
+    #[doc(hidden)]
+    fn is_postage_json(&self) -> bool {
+        false
+    }
 }
 
 /// Postage's encoding: one JSON object, `application/json`.
@@ -35,5 +44,9 @@ impl Encoder for JsonEncoder {
 
     fn decode(&self, body: &[u8]) -> Result<Message> {
         Message::from_json(body)
+    }
+
+    fn is_postage_json(&self) -> bool {
+        true
     }
 }

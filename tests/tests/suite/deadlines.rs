@@ -186,3 +186,38 @@ async fn a_call_made_in_a_handler_inherits_what_is_left_of_its_deadline() {
     running_relay.await.unwrap().unwrap();
     connection.close().await.unwrap();
 }
+
+/// `Duration::MAX` is how a caller says "no limit": the call goes, with no deadline the
+/// broker or the server would act on, and is answered.
+#[tokio::test]
+async fn a_call_with_no_limit_is_answered() {
+    let connection = postage_tests::connect().await;
+    let exchange = exchange("nolimit");
+    let busy = Processor::builder(&connection, Busy::default())
+        .bind(
+            exchange.clone(),
+            Queue::new(unique("nolimit")).auto_delete(true),
+            "busy",
+        )
+        .build()
+        .await
+        .unwrap();
+    let stop = busy.handle();
+    let running = tokio::spawn(busy.run());
+    let caller = Producer::builder(&connection)
+        .destination(exchange, "busy")
+        .build()
+        .await
+        .unwrap();
+    let answer = caller
+        .call_with::<String>(
+            "busy",
+            ("unbounded", 0u64),
+            RpcOptions::new().timeout(Duration::MAX),
+        )
+        .await;
+    assert_eq!(answer.unwrap(), "unbounded");
+    stop.shutdown();
+    running.await.unwrap().unwrap();
+    connection.close().await.unwrap();
+}

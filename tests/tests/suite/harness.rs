@@ -75,11 +75,14 @@ fn with_user() -> Metadata {
 
 #[tokio::test]
 async fn a_test_processor_settles_and_answers_without_a_broker() {
-    let shop = TestProcessor::new(Shop).unwrap().retry(
-        RetryPolicy::new()
-            .backoff(Duration::from_secs(1), Duration::from_secs(60))
-            .jitter(0.0),
-    );
+    let shop = TestProcessor::builder(Shop)
+        .retry(
+            RetryPolicy::new()
+                .backoff(Duration::from_secs(1), Duration::from_secs(60))
+                .jitter(0.0),
+        )
+        .build()
+        .unwrap();
     assert_eq!(shop.call::<u32>("price", "apple").await.unwrap(), 3);
     let unknown = shop
         .send(Message::rpc_command("price", "pear").unwrap())
@@ -143,7 +146,10 @@ async fn a_test_processor_settles_and_answers_without_a_broker() {
     assert_eq!(garbage.disposition, Disposition::Reject);
 
     // Another value's handlers served beside the processor's own.
-    let both = TestProcessor::new(Shop).unwrap().handlers(Clerk).unwrap();
+    let both = TestProcessor::builder(Shop)
+        .handlers(Clerk)
+        .build()
+        .unwrap();
     assert_eq!(
         both.call::<String>("hours", "monday").await.unwrap(),
         "9-17"
@@ -254,9 +260,10 @@ async fn code_that_sends_is_tested_with_a_recording_producer() {
         .build()
         .await
         .unwrap();
-    let till = TestProcessor::new(Till { stock })
-        .unwrap()
-        .with_state(prices());
+    let till = TestProcessor::builder(Till { stock })
+        .with_state(prices())
+        .build()
+        .unwrap();
 
     assert_eq!(till.call::<u32>("sell", "apple").await.unwrap(), 3);
     let sent = recording.take();
@@ -301,13 +308,52 @@ async fn code_that_sends_is_tested_with_a_recording_producer() {
     assert!(error.to_string().contains("\"take\""), "{error}");
     assert!(lonely.connection().is_none() && lonely.channel().is_none());
 
-    // The harness without the state: the handler's failure says what is missing.
-    let bare = TestProcessor::new(Till { stock: lonely }).unwrap();
-    let handled = bare
-        .send(Message::rpc_command("sell", "apple").unwrap())
+    // The harness without the state fails to build, as `ProcessorBuilder::build` does.
+    let missing = TestProcessor::new(Till { stock: lonely }).unwrap_err();
+    let text = missing.to_string();
+    assert!(
+        text.contains("Till::sell") && text.contains("Prices") && text.contains("with_state"),
+        "{text}"
+    );
+    assert!(
+        matches!(missing, Error::InvalidConfig { .. }),
+        "{missing:?}"
+    );
+}
+
+/// A handler that takes its time.
+struct Napper;
+
+#[processor]
+impl Napper {
+    #[rpc_handler("command", "nap")]
+    async fn nap(&self, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        millis
+    }
+
+    #[rpc_handler("command", "long_nap", timeout = "1ms")]
+    async fn long_nap(&self, millis: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        millis
+    }
+}
+
+#[tokio::test]
+async fn a_handler_timeout_of_duration_max_is_no_limit() {
+    let napper = TestProcessor::builder(Napper)
+        .handler_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(napper.call::<u64>("nap", 5).await.unwrap(), 5);
+    // A handler's own timeout still bounds it under a processor-wide `Duration::MAX`.
+    let late = napper
+        .send(Message::rpc_command("long_nap", 200).unwrap())
         .await;
-    let answer = handled.answer.expect("an answer");
-    assert!(format!("{answer:?}").contains("with_state"), "{answer:?}");
+    assert!(
+        matches!(late.answer, Some(RpcResult::Exception { .. })),
+        "{late:?}"
+    );
 }
 
 #[tokio::test]
