@@ -2,14 +2,18 @@
 # Provide the local RabbitMQ the demos and tests use: install it if it is missing, start it
 # on loopback unless it already answers, and wait until it is ready.
 #
-#   scripts/broker.sh [--rabbitmq 3|4]         ensure the broker runs (idempotent)
-#   scripts/broker.sh [--rabbitmq 3|4] stop    stop it
+#   scripts/broker.sh [--rabbitmq 3|4.0|4.3]         ensure the broker runs (idempotent)
+#   scripts/broker.sh [--rabbitmq 3|4.0|4.3] stop    stop it
 #
-# --rabbitmq 3 (the default): RabbitMQ 3.10, Debian 12's package, node rabbit@localhost on
-# 127.0.0.1:5672. --rabbitmq 4: RabbitMQ 4.0, Debian 13's package in a Debian 13 root of its
-# own, node rabbit4@localhost on 127.0.0.1:5682 (connect with POSTAGE_PORT=5682), with the
-# denials RabbitMQ 4.3 ships (transient non-exclusive queues refused); set
-# POSTAGE_RABBITMQ_PERMIT_DEPRECATED=1 for 4.0's own defaults. scripts/node.sh does the work.
+#   --rabbitmq 3 (the default): RabbitMQ 3.10, Debian 12's package, node rabbit@localhost
+#     on 127.0.0.1:5672.
+#   --rabbitmq 4.0 (or 4): RabbitMQ 4.0, Debian 13's package in a Debian 13 root of its
+#     own, node rabbit4@localhost on 127.0.0.1:5682 (POSTAGE_PORT=5682), with transient
+#     non-exclusive queues denied by hand (POSTAGE_RABBITMQ_DENY_TRANSIENT=0: 4.0's own
+#     defaults).
+#   --rabbitmq 4.3: RabbitMQ 4.3.6, Debian unstable's package in a root of its own, node
+#     rabbit43@localhost on 127.0.0.1:5683 (POSTAGE_PORT=5683), with 4.3.6's own defaults.
+# scripts/node.sh does the work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +23,10 @@ if [ "${1:-}" = --rabbitmq ]; then
   shift 2
 fi
 case $version in
-  3) name=rabbit port=5672 dist=25672 ;;
-  4) name=rabbit4 port=5682 dist=25682 ;;
-  *) echo "broker: --rabbitmq takes 3 or 4, not $version" >&2; exit 2 ;;
+  3 | 3.10) version=3 name=rabbit port=5672 dist=25672 ;;
+  4 | 4.0) version=4.0 name=rabbit4 port=5682 dist=25682 ;;
+  4.3) name=rabbit43 port=5683 dist=25683 ;;
+  *) echo "broker: --rabbitmq takes 3, 4.0 (or 4) or 4.3, not $version" >&2; exit 2 ;;
 esac
 node() { scripts/node.sh --rabbitmq "$version" "$@"; }
 

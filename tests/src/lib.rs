@@ -43,7 +43,11 @@ pub async fn connect() -> Connection {
 pub fn broker_address() -> SocketAddr {
     let config = Config::from_env().expect("POSTAGE_* settings");
     let host = config.hosts.first().expect("a broker host");
-    let ip = if host.name == "localhost" { "127.0.0.1" } else { host.name.as_str() };
+    let ip = if host.name == "localhost" {
+        "127.0.0.1"
+    } else {
+        host.name.as_str()
+    };
     format!("{ip}:{}", host.port)
         .parse()
         .expect("the broker's host is an address")
@@ -109,7 +113,8 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 }
 
 /// Runs `rabbitmqctl` with `args` against the node `name@localhost` of the RabbitMQ the
-/// tests run on (`POSTAGE_RABBITMQ`, 3 or 4; `scripts/node.sh` knows where each lives)
+/// tests run on (`POSTAGE_RABBITMQ`: 3, 4.0 or 4.3; `scripts/node.sh` knows where each
+/// lives)
 /// and returns its standard output.
 pub fn ctl(name: &str, args: &[&str]) -> String {
     try_ctl(name, args)
@@ -206,12 +211,39 @@ pub fn node_script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/node.sh")
 }
 
-/// Which RabbitMQ the tests run against: 3 (3.10, the default) or 4 (`POSTAGE_RABBITMQ`).
+/// Which RabbitMQ the tests run against (`POSTAGE_RABBITMQ`, as `scripts/test.sh` and
+/// `scripts/node.sh` spell it): `3` is 3.10 (the default), `4` and `4.0` are 4.0, `4.3` is
+/// 4.3; returned as (major, minor).
+pub fn rabbitmq_version() -> (u32, u32) {
+    match std::env::var("POSTAGE_RABBITMQ").as_deref() {
+        Ok("4" | "4.0") => (4, 0),
+        Ok("4.3") => (4, 3),
+        Ok("3" | "3.10") | Err(_) => (3, 10),
+        Ok(other) => panic!("POSTAGE_RABBITMQ={other:?}: the suite knows 3, 4.0 and 4.3"),
+    }
+}
+
+/// The major version of [`rabbitmq_version`]: 3 or 4.
 pub fn rabbitmq_major() -> u32 {
-    std::env::var("POSTAGE_RABBITMQ")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
+    rabbitmq_version().0
+}
+
+/// Whether the broker under test refuses transient non-exclusive queues, as
+/// `scripts/node.sh` starts it: by hand on 4.0 (unless `POSTAGE_RABBITMQ_DENY_TRANSIENT=0`
+/// or the older `POSTAGE_RABBITMQ_PERMIT_DEPRECATED=1`), on any 4.x with
+/// `POSTAGE_RABBITMQ_DENY_TRANSIENT=1`; never by default (4.3.6 permits them).
+pub fn transient_queues_denied() -> bool {
+    if rabbitmq_major() < 4 {
+        return false;
+    }
+    match std::env::var("POSTAGE_RABBITMQ_DENY_TRANSIENT").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => {
+            rabbitmq_version() == (4, 0)
+                && !std::env::var("POSTAGE_RABBITMQ_PERMIT_DEPRECATED").is_ok_and(|v| v == "1")
+        }
+    }
 }
 
 /// Messages (ready, unacknowledged) in `queue` on the node `name@localhost`, as the
