@@ -85,15 +85,21 @@ impl Builtins {
         self.groups.with(|g| g.iter().cloned().collect())
     }
 
-    /// Adds or removes `group`; false when nothing changes.
-    fn mark(&self, group: &str, member: bool) -> bool {
+    /// Whether the application is in `group`.
+    fn is_member(&self, group: &str) -> bool {
+        self.groups.with(|groups| groups.contains(group))
+    }
+
+    /// Records that the application is in `group`, or not: once the broker took the
+    /// change, never before.
+    fn mark(&self, group: &str, member: bool) {
         self.groups.with(|groups| {
             if member {
-                groups.insert(group.to_owned())
+                groups.insert(group.to_owned());
             } else {
-                groups.remove(group)
+                groups.remove(group);
             }
-        })
+        });
     }
 }
 
@@ -127,15 +133,28 @@ impl Builtins {
     #[message_handler("command", "join_group")]
     async fn join_group(&self, group: GroupName, metadata: &Metadata) -> Result<(), HandlerError> {
         let group = group.group_name;
-        if !self.allowed("join_group", metadata) || !self.mark(&group, true) {
+        if !self.allowed("join_group", metadata) || self.is_member(&group) {
             return Ok(());
         }
         let consumer = self.consumer()?;
-        for (queue, key) in self.addresses.group_bindings(&group) {
-            consumer
-                .bind(&GENERIC_APPLICATION_EXCHANGE, &queue, &key)
-                .await?;
+        let mut bound = 0;
+        let bindings = self.addresses.group_bindings(&group);
+        for (queue, key) in &bindings {
+            if let Err(error) = consumer
+                .bind(&GENERIC_APPLICATION_EXCHANGE, queue, key)
+                .await
+            {
+                // Refused: what was bound for the group goes, and it is not joined.
+                for (queue, key) in &bindings[..bound] {
+                    let _ = consumer
+                        .unbind(&GENERIC_APPLICATION_EXCHANGE, queue.name(), key)
+                        .await;
+                }
+                return Err(error.into());
+            }
+            bound += 1;
         }
+        self.mark(&group, true);
         self.log(format!(
             "Joining group {}",
             self.addresses.group_key(&group)
@@ -149,7 +168,7 @@ impl Builtins {
     #[message_handler("command", "leave_group")]
     async fn leave_group(&self, group: GroupName, metadata: &Metadata) -> Result<(), HandlerError> {
         let group = group.group_name;
-        if !self.allowed("leave_group", metadata) || !self.mark(&group, false) {
+        if !self.allowed("leave_group", metadata) || !self.is_member(&group) {
             return Ok(());
         }
         let consumer = self.consumer()?;
@@ -164,6 +183,7 @@ impl Builtins {
         consumer
             .stop_consuming(self.addresses.group_queue(&group).name())
             .await?;
+        self.mark(&group, false);
         self.log(format!(
             "Leaving group {}",
             self.addresses.group_key(&group)

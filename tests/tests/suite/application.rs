@@ -739,3 +739,83 @@ async fn control_commands_can_be_restricted_to_some_users() {
     handle.shutdown();
     running.await.unwrap().unwrap();
 }
+
+/// A group whose queue the broker refuses (declared elsewhere with other arguments) is
+/// not joined: the application does not list it, and keeps nothing bound for it; a group
+/// the broker takes is joined.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_the_broker_refuses_is_not_recorded_as_joined() {
+    use postage_core::lapin::options::QueueDeclareOptions;
+    use postage_core::lapin::types::{AMQPValue, FieldTable};
+    let connection = connect().await;
+    let name = unique("refusedgroup");
+    let app = postage_app::GenericApplication::builder(
+        &connection,
+        postage_core::Fingerprint::new(&name, "application"),
+    )
+    .stop_on_signals(false)
+    .build()
+    .await
+    .unwrap();
+    let uid = app.addresses().uid().name().to_owned();
+    let group_queue = app.addresses().group_queue("taken").name().to_owned();
+    let handle = app.handle();
+    let running = tokio::spawn(app.run());
+    // Declared first, with an argument postage does not ask for: its declaration is refused.
+    let channel = connection.open_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    channel
+        .queue_declare(
+            group_queue.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    let producer = producer().await;
+    let to_app = || Route::key(uid.clone());
+    producer
+        .command_to(
+            to_app(),
+            "join_group",
+            serde_json::json!({"group_name": "taken"}),
+        )
+        .await
+        .unwrap();
+    producer
+        .command_to(
+            to_app(),
+            "join_group",
+            serde_json::json!({"group_name": "free"}),
+        )
+        .await
+        .unwrap();
+    let groups = || async {
+        let described = producer
+            .call_with::<Value>(
+                "describe",
+                serde_json::json!({}),
+                postage_core::RpcOptions::new().key(&uid),
+            )
+            .await
+            .unwrap();
+        described["groups"].clone()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while groups().await != serde_json::json!(["free"]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(groups().await, serde_json::json!(["free"]));
+    let bound = postage_tests::binding_keys(GENERIC_APPLICATION_EXCHANGE.name(), &uid);
+    assert!(
+        !bound.iter().any(|key| key.ends_with("#taken")),
+        "nothing stays bound for the refused group: {bound:?}"
+    );
+    handle.shutdown();
+    running.await.unwrap().unwrap();
+    let _ = channel.close(200, "done".into()).await;
+}
