@@ -38,6 +38,20 @@ cargo clippy -p postage-core --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The tests start the workspace's programs (demos, the `postage` CLI) from target/debug.
 cargo build --workspace --bins --tests --locked
+# What a user builds: a crate outside the workspace that depends on postage-core by path,
+# as README says, must get lapin from patches/lapin, as the tests and benchmarks do.
+user_crate=$(mktemp -d)
+mkdir -p "$user_crate/src"
+echo 'fn main() {}' >"$user_crate/src/main.rs"
+printf '[package]\nname = "a-user"\nversion = "0.1.0"\nedition = "2024"\n\n[dependencies]\npostage-core = { path = "%s" }\n' \
+  "$PWD/postage-core" >"$user_crate/Cargo.toml"
+if ! cargo tree --manifest-path "$user_crate/Cargo.toml" -i lapin --prefix none -e normal -q |
+  grep -q "^lapin v.* ($PWD/patches/lapin)\$"; then
+  echo "test: a crate depending on postage-core does not get the patched lapin" >&2
+  exit 1
+fi
+rm -rf "$user_crate"
+echo "test: a crate depending on postage-core gets lapin from patches/lapin" >&2
 # The AsyncAPI project's own parser, which the tests validate postage's documents with.
 npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
 
