@@ -729,3 +729,104 @@ async fn a_consumer_timeout_argument_on_a_classic_queue_is_refused_from_4_3() {
     rabbitmqctl(&["delete_queue", &queue]);
     connection.close().await.unwrap();
 }
+
+/// Direct reply-to as each broker does it: a `mandatory` publish to the address of a
+/// caller whose channel is gone. postage never publishes answers `mandatory`, so on every
+/// version an answer to a caller that gave up is dropped without an error; this test
+/// shows what changed under it (RabbitMQ 4.2 counts such a publish as routed).
+#[tokio::test]
+async fn a_mandatory_publish_to_a_gone_direct_reply_to_caller() {
+    use postage_core::lapin::BasicProperties;
+    use postage_core::lapin::Confirmation;
+    use postage_core::lapin::options::{
+        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    };
+    use postage_core::lapin::types::FieldTable;
+    let connection = connect().await;
+    let requests = unique("directreply");
+    let server = connection.open_channel().await.unwrap();
+    server
+        .queue_declare(
+            requests.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // A caller: consumes direct reply-to, sends one request, then goes.
+    let caller = connection.open_channel().await.unwrap();
+    let _answers = caller
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    caller
+        .basic_publish(
+            "".into(),
+            requests.as_str().into(),
+            BasicPublishOptions::default(),
+            b"request",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut request = None;
+    for _ in 0..50 {
+        request = server
+            .basic_get(requests.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        if request.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply_to = request
+        .expect("the request arrives")
+        .properties
+        .reply_to()
+        .clone()
+        .expect("the broker's direct reply-to address");
+    caller.close(200, "gone".into()).await.unwrap();
+
+    let answering = connection.open_channel().await.unwrap();
+    answering
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirmation = answering
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            b"answer",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let returned = matches!(confirmation, Confirmation::Ack(Some(_)));
+    let version = rabbitmq_version();
+    assert_eq!(
+        returned,
+        version < (4, 2),
+        "RabbitMQ {version:?}: returned {returned} ({confirmation:?})"
+    );
+}
