@@ -259,7 +259,10 @@ mod tests {
         buffer.consume(4);
         assert_eq!((buffer.position, buffer.end), (4, 10));
         buffer.consume(6);
-        assert_eq!((buffer.position, buffer.end, buffer.available_data()), (0, 0, 0));
+        assert_eq!(
+            (buffer.position, buffer.end, buffer.available_data()),
+            (0, 0, 0)
+        );
         // Data that wraps round the end still reads back whole.
         buffer.fill(12);
         buffer.consume(12);

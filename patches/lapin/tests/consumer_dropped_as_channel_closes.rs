@@ -49,7 +49,10 @@ async fn a_consumer_dropped_as_its_channel_closes_leaves_the_connection_up() {
         assert!(conn.status().connected(), "round {round}: {closed:?}");
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(conn.status().connected(), "the connection outlives every round");
+    assert!(
+        conn.status().connected(),
+        "the connection outlives every round"
+    );
     conn.create_channel().await.unwrap();
     let _ = conn.close(200, "bye".into()).await;
 }
