@@ -137,9 +137,8 @@ impl Builtins {
             return Ok(());
         }
         let consumer = self.consumer()?;
-        let mut bound = 0;
         let bindings = self.addresses.group_bindings(&group);
-        for (queue, key) in &bindings {
+        for (bound, (queue, key)) in bindings.iter().enumerate() {
             if let Err(error) = consumer
                 .bind(&GENERIC_APPLICATION_EXCHANGE, queue, key)
                 .await
@@ -152,7 +151,6 @@ impl Builtins {
                 }
                 return Err(error.into());
             }
-            bound += 1;
         }
         self.mark(&group, true);
         self.log(format!(
