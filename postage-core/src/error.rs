@@ -194,6 +194,25 @@ impl Error {
         move |source| Self::Amqp { operation, source }
     }
 
+    /// Whether this failure is the loss of a connection or its channel (closed under it,
+    /// reset, a connection-level error from the broker), which recovery mends, rather
+    /// than a refusal of what was asked (a missing exchange, a bad argument).
+    pub(crate) fn is_link_loss(&self) -> bool {
+        let Self::Amqp { source, .. } = self else {
+            return false;
+        };
+        match source.kind() {
+            lapin::ErrorKind::InvalidChannelState(..)
+            | lapin::ErrorKind::InvalidConnectionState(..)
+            | lapin::ErrorKind::IOError(..)
+            | lapin::ErrorKind::MissingHeartbeatError => true,
+            lapin::ErrorKind::ProtocolError(error) => {
+                matches!(error.kind(), lapin::protocol::AMQPErrorKind::Hard(_))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidConfig {
             setting,

@@ -23,6 +23,10 @@ use crate::topology::Exchange;
 use crate::wire::json;
 use crate::wire::{Category, Message, RpcResult};
 
+/// The pause before a call whose send was lost with its connection is sent again: time
+/// for lapin to see the loss, so the next send waits for the new channel.
+const RESEND_PAUSE: Duration = Duration::from_millis(50);
+
 /// How long an RPC call waits and how often it is re-sent.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RpcSettings {
@@ -424,7 +428,21 @@ impl PendingCall {
         if self.deadline <= started {
             return Err(self.timed_out());
         }
-        match tokio::time::timeout_at(self.deadline, self.send_now()).await {
+        let deadline = self.deadline;
+        let sending = async {
+            loop {
+                match self.send_now().await {
+                    // Lost with its connection, perhaps before lapin saw the loss: sent
+                    // again once the producer's channel is back, within the deadline.
+                    Err(error) if error.is_link_loss() => {
+                        tracing::debug!(%error, command = %self.names.command(), "RPC send lost with its connection; sending again");
+                        tokio::time::sleep(RESEND_PAUSE).await;
+                    }
+                    sent => return sent,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, sending).await {
             Ok(sent) => sent,
             Err(_) => Err(self.producer.overdue(
                 format!(

@@ -768,8 +768,9 @@ async fn a_group_the_broker_refuses_is_not_recorded_as_joined() {
     channel
         .queue_declare(
             group_queue.as_str().into(),
+            // Durable, which every broker takes; refused to postage for its argument.
             QueueDeclareOptions {
-                auto_delete: true,
+                durable: true,
                 ..QueueDeclareOptions::default()
             },
             arguments,
@@ -817,5 +818,6 @@ async fn a_group_the_broker_refuses_is_not_recorded_as_joined() {
     );
     handle.shutdown();
     running.await.unwrap().unwrap();
+    rabbitmqctl(&["delete_queue", &group_queue]);
     let _ = channel.close(200, "done".into()).await;
 }
