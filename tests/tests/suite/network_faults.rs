@@ -125,6 +125,29 @@ impl Component {
         None
     }
 
+    /// Reads lines until those starting with `word` (seen before included) name every
+    /// number of `all`, or `wait` passes: the numbers named, and when the last came.
+    async fn all_of(
+        &mut self,
+        word: &str,
+        all: &BTreeSet<u64>,
+        wait: Duration,
+    ) -> (BTreeSet<u64>, Option<Instant>) {
+        let mut named: BTreeSet<u64> = self.numbers(word).into_iter().collect();
+        if named.is_superset(all) {
+            return (named, Some(Instant::now()));
+        }
+        let whole = self
+            .until(wait, |line| {
+                if let Some(id) = line.strip_prefix(word).and_then(|n| n.parse().ok()) {
+                    named.insert(id);
+                }
+                named.is_superset(all)
+            })
+            .await;
+        (named, whole)
+    }
+
     /// The numbers of the lines seen so far that start with `word`, counted.
     fn numbers(&self, word: &str) -> Vec<u64> {
         self.seen
@@ -220,14 +243,8 @@ async fn a_worker_behind_a_black_hole_loses_nothing_and_resumes() {
         producer.command("work", json!({ "id": id })).await.unwrap();
     }
     let all: BTreeSet<u64> = (0..40).collect();
-    let mut handled: BTreeSet<u64> = worker.numbers("handled ").into_iter().collect();
-    let resumed = worker
-        .until(Duration::from_secs(30), |line| {
-            if let Some(id) = line.strip_prefix("handled ").and_then(|n| n.parse().ok()) {
-                handled.insert(id);
-            }
-            handled.is_superset(&all)
-        })
+    let (handled, resumed) = worker
+        .all_of("handled ", &all, Duration::from_secs(30))
         .await;
     let missing: Vec<_> = all.difference(&handled).collect();
     assert!(resumed.is_some(), "jobs never handled: {missing:?}");
@@ -373,14 +390,8 @@ async fn a_messenger_subscription_behind_a_black_hole_loses_nothing() {
         put(id).await;
     }
     let all: BTreeSet<u64> = (0..20).collect();
-    let mut received: BTreeSet<u64> = receiver.numbers("received ").into_iter().collect();
-    let whole = receiver
-        .until(Duration::from_secs(30), |line| {
-            if let Some(id) = line.strip_prefix("received ").and_then(|n| n.parse().ok()) {
-                received.insert(id);
-            }
-            received.is_superset(&all)
-        })
+    let (received, whole) = receiver
+        .all_of("received ", &all, Duration::from_secs(30))
         .await;
     assert!(
         whole.is_some(),
@@ -456,14 +467,8 @@ async fn a_slow_link_loses_nothing_and_causes_no_reconnections() {
         .await
         .expect("every job is confirmed");
     let all: BTreeSet<u64> = (0..100).collect();
-    let mut handled: BTreeSet<u64> = worker.numbers("handled ").into_iter().collect();
-    let whole = worker
-        .until(Duration::from_secs(60), |line| {
-            if let Some(id) = line.strip_prefix("handled ").and_then(|n| n.parse().ok()) {
-                handled.insert(id);
-            }
-            handled.is_superset(&all)
-        })
+    let (handled, whole) = worker
+        .all_of("handled ", &all, Duration::from_secs(60))
         .await;
     assert!(
         whole.is_some(),
@@ -514,14 +519,8 @@ async fn a_link_cut_mid_frame_loses_nothing() {
         .await
         .expect("every job is confirmed in the end");
     let all: BTreeSet<u64> = (0..60).collect();
-    let mut handled: BTreeSet<u64> = worker.numbers("handled ").into_iter().collect();
-    let whole = worker
-        .until(Duration::from_secs(60), |line| {
-            if let Some(id) = line.strip_prefix("handled ").and_then(|n| n.parse().ok()) {
-                handled.insert(id);
-            }
-            handled.is_superset(&all)
-        })
+    let (handled, whole) = worker
+        .all_of("handled ", &all, Duration::from_secs(60))
         .await;
     assert!(
         whole.is_some(),
