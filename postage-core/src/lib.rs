@@ -49,6 +49,8 @@ mod wire;
 
 pub mod channel;
 pub mod client;
+pub mod inbox;
+pub mod message_id;
 pub mod messenger;
 pub mod telemetry;
 pub mod testing;

@@ -121,6 +121,7 @@ pub struct CallParts {
     reply: Locked<Option<Reply>>,
     deadline: Option<Instant>,
     states: Arc<States>,
+    unit: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl CallParts {
@@ -131,7 +132,14 @@ impl CallParts {
             reply: Locked::new(call.reply),
             deadline: call.deadline,
             states: call.states,
+            unit: call.unit,
         }
+    }
+
+    /// The inbox's unit of work for this call (see [`crate::inbox`]), as the inbox's own
+    /// argument type takes it: `None` without an inbox, or when it is not a `T`.
+    pub fn unit<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        Arc::clone(self.unit.as_ref()?).downcast::<T>().ok()
     }
 }
 

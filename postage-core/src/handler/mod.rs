@@ -54,6 +54,10 @@ pub struct Metadata {
     /// the processor's [`RetryPolicy`](crate::RetryPolicy) (counted in the message's
     /// `x-postage-attempt` header).
     pub attempt: u32,
+    /// The AMQP `message_id` its sender set (every postage producer sets one). A
+    /// processor with an [inbox](crate::inbox) fills in, for a message without one, the
+    /// id [`message_id::derive`](crate::message_id::derive) gives it.
+    pub message_id: Option<String>,
 }
 
 /// The handle an RPC handler answers through, so it can reply first and keep working.
@@ -96,6 +100,9 @@ pub struct HandlerCall {
     pub deadline: Option<tokio::time::Instant>,
     /// The shared values the processor was given.
     pub states: Arc<States>,
+    /// The inbox's unit of work for this call, when the processor has an inbox
+    /// (see [`crate::inbox`]).
+    pub unit: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// Which shared value (`State<T>`) an argument needs, if any: its type and name.

@@ -48,6 +48,18 @@ impl Outcome {
         }
     }
 
+    /// Whether the handler's unit of work (see [`crate::inbox`]) is to be committed: it
+    /// succeeded.
+    pub(crate) fn commits(&self) -> bool {
+        matches!(
+            self,
+            Self::Done
+                | Self::Settle(Disposition::Ack)
+                | Self::Answer(RpcResult::Success { .. })
+                | Self::Replied
+        )
+    }
+
     /// The registration's type check failed: a bug in postage, not in the user's code.
     pub fn wrong_processor() -> Self {
         Self::Failed(HandlerError::error("handler registered for another processor type").reject())

@@ -12,6 +12,7 @@ use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
 use crate::handler::{Disposition, States};
+use crate::inbox::Inbox;
 use crate::producer::Producer;
 use crate::telemetry::Telemetry;
 use crate::topology::Exchange;
@@ -43,6 +44,7 @@ pub(super) struct Parts<P> {
     pub(super) on_failure: Option<Disposition>,
     pub(super) handler_timeout: Option<Duration>,
     pub(super) states: States,
+    pub(super) inbox: Option<Arc<dyn Inbox>>,
 }
 
 /// [`Parts`] whose handlers were collected and found to have every state they take.
@@ -55,6 +57,7 @@ pub(super) struct Checked<P> {
     on_failure: Option<Disposition>,
     handler_timeout: Option<Duration>,
     states: States,
+    inbox: Option<Arc<dyn Inbox>>,
 }
 
 impl<P: Send + Sync + 'static> Parts<P> {
@@ -69,6 +72,7 @@ impl<P: Send + Sync + 'static> Parts<P> {
             on_failure: None,
             handler_timeout: None,
             states: States::default(),
+            inbox: None,
         }
     }
 
@@ -85,6 +89,7 @@ impl<P: Send + Sync + 'static> Parts<P> {
             on_failure,
             handler_timeout,
             states,
+            inbox,
         } = self;
         let state = Arc::new(state);
         let mut sets = vec![HandlerSet::of(Arc::clone(&state))];
@@ -100,6 +105,7 @@ impl<P: Send + Sync + 'static> Parts<P> {
             on_failure,
             handler_timeout,
             states,
+            inbox,
         })
     }
 }
@@ -132,6 +138,7 @@ impl<P> Checked<P> {
             handler_timeout: self.handler_timeout,
             telemetry,
             states: Arc::new(self.states),
+            inbox: self.inbox,
         }
     }
 }
@@ -314,6 +321,18 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     #[must_use]
     pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.parts.states.insert(value);
+        self
+    }
+
+    /// Runs each message handler in a unit of work of `inbox` (a database transaction,
+    /// with `postage-outbox`): the message's id is recorded in it, the handler takes it
+    /// as an argument and writes in it, and it commits when the handler succeeds; a
+    /// message the handler already handled (a redelivery, a duplicate) is acknowledged
+    /// without running it again. See [`crate::inbox`]. RPC handlers run without it.
+    #[must_use]
+    pub fn inbox(mut self, inbox: impl Inbox) -> Self {
+        self.parts.states.insert(crate::inbox::Given);
+        self.parts.inbox = Some(Arc::new(inbox));
         self
     }
 

@@ -15,8 +15,10 @@ use super::table::Entry;
 use crate::connection::ChannelLease;
 use crate::consumer::Delivery;
 use crate::handler::{
-    HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply, ReplySender,
+    Disposition, HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply,
+    ReplySender,
 };
+use crate::inbox::Unit;
 use crate::rpc::ReturnAddress;
 use crate::telemetry::{Scope, Telemetry, current_deadline, span};
 use crate::wire::{COMMAND, Category, Message, RpcResult};
@@ -36,6 +38,7 @@ pub(super) fn metadata(delivery: &Delivery) -> Metadata {
             .map(ToString::to_string),
         user_id: properties.user_id().as_ref().map(ToString::to_string),
         attempt: attempt_of(properties),
+        message_id: properties.message_id().as_ref().map(ToString::to_string),
     }
 }
 
@@ -82,10 +85,15 @@ impl<P: Send + Sync + 'static> Shared<P> {
             Category::Rpc => &[],
         };
         let via = Some(delivery.channel());
-        (
-            self.dispatch_with(message, metadata(delivery), via).await,
-            ran,
-        )
+        let mut metadata = metadata(delivery);
+        if self.inbox.is_some() && metadata.message_id.is_none() {
+            metadata.message_id = Some(crate::message_id::derive(
+                delivery.body(),
+                delivery.exchange(),
+                delivery.routing_key(),
+            ));
+        }
+        (self.dispatch_with(message, metadata, via).await, ran)
     }
 
     /// Counts a delivery `ran` handled (none: bad input, no handler, expired) and what
@@ -143,14 +151,31 @@ impl<P: Send + Sync + 'static> Shared<P> {
         metadata: Metadata,
     ) -> Verdict {
         let handler = entry.registration;
+        let unit = match self.open_unit(handler, &metadata).await {
+            Opened::Run(unit) => unit,
+            Opened::HandledBefore => return Verdict::Ack,
+            Opened::Failed(verdict) => return verdict,
+        };
         let call = HandlerCall {
             message,
             metadata,
             reply: None,
             deadline: None,
             states: Arc::clone(&self.states),
+            unit: unit.as_ref().map(|unit| unit.handle()),
         };
-        match self.call(entry, call).await {
+        let outcome = self.call(entry, call).await;
+        let outcome = match unit {
+            Some(unit) if outcome.commits() => match unit.commit().await {
+                Ok(()) => outcome,
+                Err(error) => {
+                    tracing::warn!(handler = handler.method, %error, "the inbox could not commit; the message goes back to its queue");
+                    return Verdict::of(Disposition::Requeue, handler.attempts, error.to_string());
+                }
+            },
+            _ => outcome,
+        };
+        match outcome {
             Outcome::Failed(error) => {
                 let disposition = error.disposition().unwrap_or(self.on_failure);
                 tracing::warn!(handler = handler.method, at = handler.location, kind = handler.kind, name = handler.name, %error, ?disposition, "message handler failed");
@@ -167,6 +192,29 @@ impl<P: Send + Sync + 'static> Shared<P> {
             }
             Outcome::Done | Outcome::Answer(_) | Outcome::Replied | Outcome::Skipped => {
                 Verdict::Ack
+            }
+        }
+    }
+
+    /// The inbox's unit of work for `handler` on the message (none without an inbox).
+    async fn open_unit(&self, handler: &HandlerRegistration, metadata: &Metadata) -> Opened {
+        let Some(inbox) = &self.inbox else {
+            return Opened::Run(None);
+        };
+        let id = metadata.message_id.clone().unwrap_or_default();
+        match inbox.begin(id, label(handler)).await {
+            Ok(Some(unit)) => Opened::Run(Some(unit)),
+            Ok(None) => {
+                tracing::debug!(handler = handler.method, message_id = metadata.message_id.as_deref().unwrap_or(""), queue = %metadata.queue, "handled before (inbox); acknowledging");
+                Opened::HandledBefore
+            }
+            Err(error) => {
+                tracing::warn!(handler = handler.method, %error, "the inbox could not open a unit of work; the message goes back to its queue");
+                Opened::Failed(Verdict::of(
+                    Disposition::Requeue,
+                    handler.attempts,
+                    error.to_string(),
+                ))
             }
         }
     }
@@ -220,6 +268,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             reply: Some(reply),
             deadline: None,
             states: Arc::clone(&self.states),
+            unit: None,
         };
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
@@ -318,6 +367,16 @@ impl<P: Send + Sync + 'static> Shared<P> {
             }
         }
     }
+}
+
+/// What the inbox made of a message for one handler.
+enum Opened {
+    /// Run the handler, in this unit of work (none without an inbox).
+    Run(Option<Box<dyn Unit>>),
+    /// The handler handled it before: acknowledge it unrun.
+    HandledBefore,
+    /// The inbox failed: settle so.
+    Failed(Verdict),
 }
 
 /// A handler as the metrics name it: `Processor::method`.

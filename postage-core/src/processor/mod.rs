@@ -163,6 +163,8 @@ struct Shared<P> {
     states: Arc<States>,
     /// The metrics endpoint its connection reports to, if any.
     telemetry: Option<Arc<Telemetry>>,
+    /// Where its message handlers record what they handled, in their unit of work.
+    inbox: Option<Arc<dyn crate::inbox::Inbox>>,
 }
 
 /// What the loop does with one delivery before handing it to the handlers.

@@ -399,6 +399,15 @@ impl<P: Send + Sync + 'static> Shared<P> {
             .as_ref()
             .is_some_and(|u| u.as_str() == ours);
         let mut properties = copy(original, keep_user).with_headers(headers);
+        if original.message_id().is_none() {
+            // Known by the id it came with wherever it goes next (an inbox's record).
+            let id = crate::message_id::derive(
+                delivery.body(),
+                delivery.exchange(),
+                delivery.routing_key(),
+            );
+            properties = properties.with_message_id(id.into());
+        }
         if let Some(ms) = expiration {
             properties = properties.with_expiration(ShortString::from(ms));
         }

@@ -106,6 +106,16 @@ impl HandlerTable {
         for entry in entries {
             let handler = entry.registration;
             for (id, name) in handler.states.iter().filter_map(|state| state()) {
+                if id == std::any::TypeId::of::<crate::inbox::Given>() && !states.contains(id) {
+                    return Err(Error::config(
+                        "inbox",
+                        format!(
+                            "handler {}::{} at {} takes {name}, which needs an inbox: add \
+                             .inbox(..) to the processor's builder",
+                            handler.processor_name, handler.method, handler.location
+                        ),
+                    ));
+                }
                 if !states.contains(id) {
                     return Err(Error::config(
                         "with_state",

@@ -351,6 +351,23 @@ impl Producer {
         self.send_body(&body, route, Some(message)).await
     }
 
+    /// Sends `body`, already encoded (with this producer's encoder), to the existing
+    /// exchange `exchange` with `routing_key`, under `message_id` rather than a fresh id:
+    /// how an outbox's relay sends a message it stored, so that every sending of it,
+    /// after a crash or an outage too, carries the id its receivers' inboxes know it by.
+    /// The exchange is not declared. A reliable producer waits for the broker's confirm.
+    pub async fn publish_encoded(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> Result<()> {
+        let properties = self.properties().with_message_id(message_id.into());
+        let publish = Publish::new(exchange, routing_key, body, properties);
+        self.send(publish.mandatory(self.inner.reliable)).await
+    }
+
     /// Publishes `body` along `route`; `message`, when given, is what debug mode traces.
     async fn send_body(&self, body: &[u8], route: &Route, message: Option<&Message>) -> Result<()> {
         let properties = self.properties();
@@ -518,13 +535,15 @@ impl Producer {
 
     /// The properties of what the producer publishes: its content type, its login as
     /// `user_id` (which RabbitMQ checks, so a receiver's [`ControlPolicy::Users`] can
-    /// trust it), and persistence when asked for.
+    /// trust it), a fresh `message_id` (see [`crate::message_id`]), and persistence when
+    /// asked for.
     ///
     /// [`ControlPolicy::Users`]: crate::ControlPolicy::Users
     pub(crate) fn properties(&self) -> BasicProperties {
         let properties = BasicProperties::default()
             .with_content_type(self.inner.encoder.content_type().into())
-            .with_user_id(self.inner.user.clone());
+            .with_user_id(self.inner.user.clone())
+            .with_message_id(crate::message_id::generate().into());
         if self.inner.persistent {
             properties.with_delivery_mode(2)
         } else {

@@ -163,6 +163,7 @@ fn call(message: Message) -> HandlerCall {
         reply: None,
         deadline: None,
         states: Arc::default(),
+        unit: None,
     }
 }
 
