@@ -107,3 +107,41 @@ pub fn say(line: impl std::fmt::Display) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
+
+/// Where an outbox demo keeps its database: `--db FILE` (SQLite) or `--postgres URL`.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct Database {
+    /// The SQLite database file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<std::path::PathBuf>,
+    /// The PostgreSQL server's URL (`postgres://user:password@host:port/database`).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+}
+
+impl Database {
+    /// Opens the store, and says where it is (the password left out).
+    pub async fn open(&self) -> postage_outbox::Result<(postage_outbox::Store, String)> {
+        match (&self.db, &self.postgres) {
+            (Some(file), _) => Ok((
+                postage_outbox::Store::sqlite(file).await?,
+                format!("SQLite file {}", file.display()),
+            )),
+            (None, Some(url)) => {
+                let shown = url
+                    .parse::<url::Url>()
+                    .map(|mut parsed| {
+                        let _ = parsed.set_password(None);
+                        parsed.to_string()
+                    })
+                    .unwrap_or_else(|_| "the URL given".to_owned());
+                Ok((
+                    postage_outbox::Store::postgres(url).await?,
+                    format!("PostgreSQL {shown}"),
+                ))
+            }
+            (None, None) => Err(postage_outbox::Error::UnknownDatabase),
+        }
+    }
+}
