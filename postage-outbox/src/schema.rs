@@ -45,8 +45,10 @@ pub(crate) async fn create(conn: &mut AnyConnection, backend: Backend) -> Result
             WHERE sent_at IS NOT NULL"
             .to_owned(),
         "CREATE TABLE IF NOT EXISTS postage_outbox_destination (\
-            destination TEXT PRIMARY KEY, \
-            messages BIGINT NOT NULL)"
+            exchange TEXT NOT NULL, \
+            routing_key TEXT NOT NULL, \
+            messages BIGINT NOT NULL, \
+            PRIMARY KEY (exchange, routing_key))"
             .to_owned(),
         "CREATE TABLE IF NOT EXISTS postage_outbox_relay (\
             name TEXT PRIMARY KEY, \

@@ -108,11 +108,12 @@ impl Tx {
         let mut conn = self.conn().await?;
         if first {
             sqlx::query(
-                "INSERT INTO postage_outbox_destination (destination, messages) VALUES ($1, 1) \
-                 ON CONFLICT (destination) DO UPDATE \
+                "INSERT INTO postage_outbox_destination (exchange, routing_key, messages) \
+                 VALUES ($1, $2, 1) ON CONFLICT (exchange, routing_key) DO UPDATE \
                  SET messages = postage_outbox_destination.messages + 1",
             )
-            .bind(format!("{}\u{0}{}", destination.0, destination.1))
+            .bind(&destination.0)
+            .bind(&destination.1)
             .execute(&mut *conn)
             .await
             .map_err(Error::db("holding the outbox's destination"))?;

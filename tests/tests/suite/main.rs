@@ -28,6 +28,7 @@ mod macro_ui;
 mod messenger;
 mod metrics;
 mod network_faults;
+mod outbox;
 mod processor;
 mod producer_consumer;
 mod python_postage;
