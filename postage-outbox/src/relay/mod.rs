@@ -54,6 +54,7 @@ pub struct RelayBuilder {
     lease: Duration,
     poll: Duration,
     batch: i64,
+    publish_timeout: Duration,
     metrics: RelayMetrics,
 }
 
@@ -100,6 +101,15 @@ impl RelayBuilder {
         self
     }
 
+    /// How long one publish, with its confirm, may take before the relay gives up on it
+    /// for now and tries again later (default 5 s): while the broker is away, how often
+    /// the relay looks again, and updates its lag.
+    #[must_use]
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
     /// Where it reports its lag, pending count and publishes (see [`RelayMetrics`]).
     #[must_use]
     pub fn metrics(mut self, metrics: RelayMetrics) -> Self {
@@ -112,6 +122,7 @@ impl RelayBuilder {
         let producer = Producer::builder(&self.connection)
             .reliable(true)
             .persistent(true)
+            .publish_timeout(self.publish_timeout)
             .build()
             .await?;
         let instance = self.instance.unwrap_or_else(|| {
@@ -143,6 +154,7 @@ impl Relay {
             lease: Duration::from_secs(5),
             poll: Duration::from_millis(200),
             batch: 500,
+            publish_timeout: Duration::from_secs(5),
             metrics: RelayMetrics::default(),
         }
     }

@@ -615,7 +615,7 @@ async fn a_broker_outage_delays_the_relay_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rows, distinct) = downstream_db.rows("notes").await;
     eprintln!(
-        "outage: during it {during:?}, relay lag {lag:.1?}; all delivered {caught_up:.1?} after          the broker came back; {rows} rows ({distinct} ids), {} handler runs",
+        "outage: during it {during:?}, relay lag {lag:.1?}; all delivered {caught_up:.1?} after the broker came back; {rows} rows ({distinct} ids), {} handler runs",
         runs.load(Ordering::SeqCst)
     );
     assert_eq!(
