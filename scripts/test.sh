@@ -30,6 +30,9 @@ for version in $versions; do
   scripts/broker.sh --rabbitmq "$version" >"target/broker-$version.log" 2>&1 &
   pids+=($!)
 done
+# PostgreSQL for the outbox tests (tests/tests/suite/outbox.rs), started meanwhile too.
+scripts/postgres.sh >target/postgres.url 2>target/postgres.log &
+postgres=$!
 started_build=$SECONDS
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -79,6 +82,13 @@ for version in $versions; do
   cat "target/broker-$version.log" >&2
   i=$((i + 1))
 done
+if ! wait "$postgres"; then
+  cat target/postgres.log >&2
+  echo "PostgreSQL did not start" >&2
+  exit 1
+fi
+POSTAGE_POSTGRES_URL=$(cat target/postgres.url)
+export POSTAGE_POSTGRES_URL
 echo "=== gates, build and brokers: $((SECONDS - started_build)) s" >&2
 
 failed=()
@@ -109,9 +119,11 @@ for version in $versions; do
     tests=(--workspace)
     skip=()
   else
-    # Doc tests and the macro UI tests do not talk to a broker: once is enough.
+    # Doc tests and the macro UI tests do not talk to a broker: once is enough. Nor do
+    # the outbox tests (SQLite and PostgreSQL, durable queues) depend on its version:
+    # the first pass runs them.
     tests=(--workspace --lib --bins --tests)
-    skip=(--skip macro_ui::)
+    skip=(--skip macro_ui:: --skip outbox::)
   fi
   # broker_faults closes every connection of the broker and restarts it: on its own, after.
   # A hung test fails its pass (the harness names tests running for over 60 s) instead

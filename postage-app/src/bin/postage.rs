@@ -120,6 +120,56 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         wait: f64,
     },
+    /// A component's outbox (`postage-outbox`): what it holds, or a relay for it.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Prints what the outbox holds: messages not yet sent and how long the oldest has
+    /// waited, messages sent and kept, the inbox's records. Needs no broker.
+    Status {
+        #[command(flatten)]
+        database: OutboxDatabase,
+    },
+    /// Runs a relay of the outbox until stopped: one process publishing for components
+    /// that run none (relays of one store take turns through a lease).
+    Relay {
+        #[command(flatten)]
+        database: OutboxDatabase,
+    },
+}
+
+/// Where an outbox is: `--db FILE` (SQLite) or `--postgres URL`.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct OutboxDatabase {
+    /// The SQLite database file.
+    #[arg(long, value_name = "FILE")]
+    db: Option<std::path::PathBuf>,
+    /// The PostgreSQL server's URL.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+}
+
+impl OutboxDatabase {
+    async fn open(&self) -> Result<postage_outbox::Store, Failure> {
+        let store = match (&self.db, &self.postgres) {
+            (Some(file), _) if !file.exists() => {
+                return Err(usage(format!("no database file {}", file.display())));
+            }
+            (Some(file), _) => postage_outbox::Store::sqlite(file).await,
+            (None, Some(url)) => postage_outbox::Store::postgres(url).await,
+            (None, None) => Err(postage_outbox::Error::UnknownDatabase),
+        };
+        store.map_err(|error| Failure {
+            code: 5,
+            text: error.to_string(),
+        })
+    }
 }
 
 /// A failure with the exit code it maps to.
@@ -212,13 +262,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         let document = read_document(path)?;
         return asyncapi(document, check.as_deref());
     }
+    // The outbox's status needs no broker either.
+    let command = match cli.command {
+        Command::Outbox {
+            command: OutboxCommand::Status { database },
+        } => return outbox_status(&database.open().await?, cli.json).await,
+        command => command,
+    };
     let config = match &cli.url {
         Some(url) => Config::from_url(url)?,
         None => Config::from_env()?,
     };
     let connection = Connection::connect(&config).await?;
     let exchange = exchange(cli.exchange);
-    let result = execute(&connection, cli.command, cli.json, exchange).await;
+    let result = execute(&connection, command, cli.json, exchange).await;
     let _ = connection.close().await;
     result
 }
@@ -440,6 +497,25 @@ async fn execute(
             }
             return asyncapi(document.to_json(), check.as_deref());
         }
+        Command::Outbox {
+            command: OutboxCommand::Status { database },
+        } => outbox_status(&database.open().await?, json).await?,
+        Command::Outbox {
+            command: OutboxCommand::Relay { database },
+        } => {
+            let store = database.open().await?;
+            let relay = postage_outbox::Relay::builder(&store, connection)
+                .build()
+                .await
+                .map_err(|error| Failure {
+                    code: 5,
+                    text: error.to_string(),
+                })?;
+            tokio::select! {
+                () = relay.run() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
         Command::Components { wait } => {
             let found = components(connection, seconds(wait, "--wait")?).await?;
             if found.is_empty() {
@@ -512,6 +588,32 @@ fn asyncapi(document: Value, check: Option<&std::path::Path>) -> Result<(), Fail
             saved.display()
         ),
     })
+}
+
+/// `postage outbox status`.
+async fn outbox_status(store: &postage_outbox::Store, json: bool) -> Result<(), Failure> {
+    let status = store.status().await.map_err(|error| Failure {
+        code: 5,
+        text: error.to_string(),
+    })?;
+    let oldest = status.oldest.map(|age| age.as_secs_f64());
+    report(
+        json,
+        json!({
+            "pending": status.pending,
+            "oldest_seconds": oldest,
+            "sent": status.sent,
+            "inbox": status.inbox,
+        }),
+        format!(
+            "pending {}, oldest {}, sent {}, inbox {}",
+            status.pending,
+            oldest.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s")),
+            status.sent,
+            status.inbox
+        ),
+    );
+    Ok(())
 }
 
 fn report(json: bool, object: Value, text: String) {

@@ -33,7 +33,12 @@ use crate::store::{Store, millis, now_ms};
 /// The longest a relay waits before trying a failed publish again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Publishes a store's outbox; see the [module](self).
+/// Publishes a store's outbox: what committed transactions sent, oldest first, each
+/// under the id it was stored with, confirmed by the broker before it is marked sent; a
+/// failed publish holds its destination's later messages back until it goes through
+/// (tried again, backing off up to [`MAX_BACKOFF`]). Relays of one name take turns
+/// through a lease in the database: one may run in every component, or one for many
+/// (`postage outbox relay`).
 #[derive(Debug)]
 pub struct Relay {
     store: Store,

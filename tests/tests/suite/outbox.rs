@@ -295,6 +295,20 @@ async fn crash_loop(db: Db) {
         (MESSAGES, MESSAGES),
         "one ledger record per job"
     );
+    // What `postage outbox status` says of the worker's outbox: nothing left to send.
+    let status = Command::new(binary("postage"))
+        .args(["--json", "outbox", "status"])
+        .args(db.args())
+        .output()
+        .expect("postage runs");
+    let status: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("postage outbox status prints JSON");
+    eprintln!("crash loop: postage outbox status: {status}");
+    assert_eq!(status["pending"], 0, "the outbox is empty: {status}");
+    assert_eq!(
+        status["sent"], MESSAGES,
+        "every job's record was sent: {status}"
+    );
     drop(worker);
     connection.close().await.unwrap();
     db.drop_now().await;
