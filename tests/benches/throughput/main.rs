@@ -15,13 +15,17 @@
 //! `bench_amqprs`). Publishing is timed to a final round trip on the publishing channel,
 //! so a client that buffers is not flattered.
 //!
+//! Effects exactly once (`postage-outbox`): a handler with an inbox and an outbox on
+//! SQLite and on PostgreSQL (`scripts/postgres.sh`) against the same handler without
+//! them, and the relay's lag at that rate.
+//!
 //! The cost as work grows: payloads of 100 B, 10 KB and 1 MB (publish, dispatch, RPC at
 //! 64 in flight); 1, 10 and 100 processors in one process (dispatch, and the memory of
 //! 100 idle); 1, 64 and 1000 RPC calls in flight.
 //!
 //! `POSTAGE_BENCH_QUICK=1` makes a smoke run: a few hundred messages, one run.
 //! `POSTAGE_URL` names another broker. While working on a figure:
-//! `POSTAGE_BENCH_ONLY=publish,dispatch,many,rpc,process` runs some groups only;
+//! `POSTAGE_BENCH_ONLY=publish,dispatch,many,rpc,outbox,process` runs some groups only;
 //! `POSTAGE_BENCH_SIDE=postage` (or `lapin`, `amqprs`...) one side only, for a profiler;
 //! `POSTAGE_BENCH_DIAG=1` adds `#` lines: CPU time per operation, each RPC client
 //! against the other side's server, and a ladder of hand-written consumers from raw lapin
@@ -36,6 +40,7 @@
 mod children;
 mod dispatch;
 mod kanin_server;
+mod outbox;
 mod publish;
 mod raw_amqprs;
 mod raw_lapin;
@@ -179,6 +184,9 @@ fn main() {
         }
         if wanted("rpc") {
             bench.rpc(plan).await;
+        }
+        if wanted("outbox") {
+            bench.outbox(plan).await;
         }
         bench.close().await;
     });

@@ -22,16 +22,12 @@ use postage_core::{
 };
 use postage_outbox::sqlx::{self, Row};
 use postage_outbox::{Relay, Store, Tx};
-use postage_tests::{OwnNode, binary, connect, start_app, try_ctl, unique};
+use postage_tests::{OwnNode, binary, connect, postgres, start_app, try_ctl, unique};
 
 /// Where a test keeps its data: a SQLite file or a PostgreSQL database of its own.
 enum Db {
     Sqlite(PathBuf),
-    Postgres {
-        url: String,
-        admin: String,
-        name: String,
-    },
+    Postgres(postgres::Database),
 }
 
 impl Db {
@@ -41,34 +37,21 @@ impl Db {
     }
 
     async fn postgres(prefix: &str) -> Self {
-        let admin = postgres_url();
-        let name = unique(prefix).replace('-', "_");
-        let pool = admin_pool(&admin).await;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .expect("a database of the test's own");
-        pool.close().await;
-        let base = admin.rsplit_once('/').expect("a URL with a database").0;
-        Self::Postgres {
-            url: format!("{base}/{name}"),
-            admin,
-            name,
-        }
+        Self::Postgres(postgres::Database::create(&unique(prefix)).await)
     }
 
     /// A second database of the same kind, for a downstream component.
     async fn another(&self, prefix: &str) -> Self {
         match self {
             Self::Sqlite(_) => Self::sqlite(prefix),
-            Self::Postgres { .. } => Self::postgres(prefix).await,
+            Self::Postgres(_) => Self::postgres(prefix).await,
         }
     }
 
     async fn store(&self) -> Store {
         match self {
             Self::Sqlite(path) => Store::sqlite(path).await,
-            Self::Postgres { url, .. } => Store::postgres(url).await,
+            Self::Postgres(database) => Store::postgres(&database.url).await,
         }
         .expect("the store opens")
     }
@@ -77,7 +60,7 @@ impl Db {
     fn args(&self) -> [String; 2] {
         match self {
             Self::Sqlite(path) => ["--db".into(), path.display().to_string()],
-            Self::Postgres { url, .. } => ["--postgres".into(), url.clone()],
+            Self::Postgres(database) => ["--postgres".into(), database.url.clone()],
         }
     }
 
@@ -100,41 +83,9 @@ impl Db {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
             }
-            Self::Postgres { admin, name, .. } => {
-                let pool = admin_pool(&admin).await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&pool)
-                    .await;
-                pool.close().await;
-            }
+            Self::Postgres(database) => database.drop_now().await,
         }
     }
-}
-
-/// The URL of the PostgreSQL server of `scripts/postgres.sh`, which starts it if needed.
-fn postgres_url() -> String {
-    if let Ok(url) = std::env::var("POSTAGE_POSTGRES_URL") {
-        return url;
-    }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
-    let output = Command::new(script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/postgres.sh runs");
-    assert!(
-        output.status.success(),
-        "scripts/postgres.sh starts PostgreSQL"
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-async fn admin_pool(url: &str) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("PostgreSQL answers")
 }
 
 /// A demo process whose output lines are counted by their first word.
