@@ -261,6 +261,7 @@ async fn crash_loop(db: Db) {
         "every job's record was sent: {status}"
     );
     drop(worker);
+    delete_queues(&connection, &[&jobs_queue, &ledger_queue]).await;
     connection.close().await.unwrap();
     db.drop_now().await;
     ledger_db.drop_now().await;
@@ -296,17 +297,19 @@ impl Notes {
 }
 
 /// A processor with an inbox on `store`, consuming a durable queue of its own bound to
-/// a new exchange with key `note`; returns the exchange and its count of handler runs.
+/// a new exchange with key `note`; returns the exchange, its count of handler runs and
+/// the queue's name.
 async fn notes(
     connection: &Connection,
     store: &Store,
     prefix: &str,
-) -> (Exchange, Arc<AtomicUsize>) {
+) -> (Exchange, Arc<AtomicUsize>, String) {
     sqlx::query("CREATE TABLE IF NOT EXISTS notes (id BIGINT NOT NULL)")
         .execute(store.pool())
         .await
         .unwrap();
     let exchange = Exchange::named(unique(prefix));
+    let queue = unique(prefix);
     let runs = Arc::new(AtomicUsize::new(0));
     let processor = Processor::builder(
         connection,
@@ -316,7 +319,7 @@ async fn notes(
     )
     .bind(
         exchange.clone(),
-        Queue::new(unique(prefix)).durable(true),
+        Queue::new(queue.as_str()).durable(true),
         "note",
     )
     .inbox(store.clone())
@@ -325,7 +328,15 @@ async fn notes(
     .await
     .unwrap();
     tokio::spawn(processor.run());
-    (exchange, runs)
+    (exchange, runs, queue)
+}
+
+/// Deletes the durable queues a test declared on the shared broker.
+async fn delete_queues(connection: &Connection, queues: &[&str]) {
+    let channel = Channel::open(connection).await.unwrap();
+    for queue in queues {
+        let _ = channel.delete_queue(queue).await;
+    }
 }
 
 /// The same `message_id` published twice, and a body without one (as Python Postage
@@ -333,7 +344,7 @@ async fn notes(
 async fn duplicates_run_once(db: Db) {
     let store = db.store().await;
     let connection = connect().await;
-    let (exchange, runs) = notes(&connection, &store, "outbox-dup").await;
+    let (exchange, runs, queue) = notes(&connection, &store, "outbox-dup").await;
     let channel = Channel::open(&connection).await.unwrap();
     let note = |id: i64| {
         postage_core::Message::command("note", id)
@@ -394,6 +405,7 @@ async fn duplicates_run_once(db: Db) {
         4,
         "each duplicate was acknowledged unrun"
     );
+    delete_queues(&connection, &[&queue]).await;
     connection.close().await.unwrap();
     db.drop_now().await;
 }
@@ -415,7 +427,7 @@ async fn a_rolled_back_transaction_publishes_nothing(db: Db) {
     let downstream = downstream_db.store().await;
     let store = db.store().await;
     let connection = connect().await;
-    let (exchange, runs) = notes(&connection, &downstream, "outbox-rollback").await;
+    let (exchange, runs, queue) = notes(&connection, &downstream, "outbox-rollback").await;
     let _relay = Relay::builder(&store, &connection)
         .build()
         .await
@@ -431,6 +443,7 @@ async fn a_rolled_back_transaction_publishes_nothing(db: Db) {
     }
     let failed = Arc::new(AtomicUsize::new(0));
     let go = Exchange::named(unique("outbox-fails"));
+    let go_queue = unique("outbox-fails");
     let failing = Processor::builder(
         &connection,
         FailsAfterSending {
@@ -440,7 +453,7 @@ async fn a_rolled_back_transaction_publishes_nothing(db: Db) {
     )
     .bind(
         go.clone(),
-        Queue::new(unique("outbox-fails")).durable(true),
+        Queue::new(go_queue.as_str()).durable(true),
         "go",
     )
     .inbox(store.clone())
@@ -491,6 +504,7 @@ async fn a_rolled_back_transaction_publishes_nothing(db: Db) {
         "only the committed transaction's message was published"
     );
     assert_eq!((status.pending, status.sent), (0, 1));
+    delete_queues(&connection, &[&queue, &go_queue]).await;
     connection.close().await.unwrap();
     db.drop_now().await;
     downstream_db.drop_now().await;
@@ -544,7 +558,7 @@ async fn a_broker_outage_delays_the_relay_and_loses_nothing() {
     let downstream_db = db.another("outbox-outage-down").await;
     let store = db.store().await;
     let downstream = downstream_db.store().await;
-    let (exchange, runs) = notes(&connection, &downstream, "outbox-outage").await;
+    let (exchange, runs, _) = notes(&connection, &downstream, "outbox-outage").await;
     let relay = Relay::builder(&store, &connection).build().await.unwrap();
     let metrics = relay.metrics().clone();
     let _relay = relay.spawn();
