@@ -84,6 +84,9 @@ struct ReadmeDoctests;
 
 /// The AMQP client postage is built on, re-exported so its types always match.
 pub use lapin;
+/// The metrics library of the endpoint ([`Connection::register_metrics`] takes its
+/// registry), re-exported so versions match.
+pub use prometheus_client;
 /// The JSON Schema derive the API document reads payload types with
 /// (`#[derive(postage_core::schemars::JsonSchema)]`), re-exported so versions match.
 pub use schemars;

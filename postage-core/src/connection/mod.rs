@@ -294,6 +294,22 @@ impl Connection {
         self.inner.telemetry.as_ref()
     }
 
+    /// Adds metrics of the program's own (or of another crate, as an outbox relay's) to
+    /// the metrics endpoint this connection reports to ([`Config::metrics`]), under the
+    /// `postage_` prefix; returns false, adding nothing, without an endpoint.
+    pub fn register_metrics(
+        &self,
+        add: impl FnOnce(&mut prometheus_client::registry::Registry),
+    ) -> bool {
+        match self.telemetry() {
+            Some(telemetry) => {
+                telemetry.metrics.extend(add);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The settings this connection was made with.
     pub fn config(&self) -> &Config {
         &self.inner.config

@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::connection::LinkState;
+use crate::sync::Locked;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
@@ -65,7 +66,8 @@ fn latency() -> Histogram {
 
 /// Every metric of one endpoint, shared by the connections that report to it.
 pub(crate) struct Metrics {
-    registry: Registry,
+    /// Locked only to add the metrics of other crates (see [`Metrics::extend`]).
+    registry: Locked<Registry>,
     deliveries: Family<DeliveryLabels, Counter>,
     handler_duration: Histograms<HandlerLabels>,
     calls: Family<CallLabels, Counter>,
@@ -122,7 +124,7 @@ impl Metrics {
         let connections = Family::default();
         registry.register("connections", "Connections by state", connections.clone());
         Self {
-            registry,
+            registry: Locked::new(registry),
             deliveries,
             handler_duration,
             calls,
@@ -202,10 +204,19 @@ impl Metrics {
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+        let encoded = self
+            .registry
+            .with(|registry| prometheus_client::encoding::text::encode(&mut text, registry));
+        if let Err(error) = encoded {
             tracing::warn!(%error, "could not encode the metrics");
         }
         text
+    }
+
+    /// Adds metrics of another crate (an outbox relay's) to the endpoint, under the
+    /// `postage_` prefix.
+    pub(crate) fn extend(&self, add: impl FnOnce(&mut Registry)) {
+        self.registry.with(add);
     }
 }
 

@@ -1,4 +1,6 @@
-//! What a relay reports, in Prometheus' format (`prometheus-client`):
+//! What a relay reports, in Prometheus' format (`prometheus-client`), on the metrics
+//! endpoint of the connection it publishes on when that has one
+//! (`Config::metrics`, `POSTAGE_METRICS`), labelled `relay="<its name>"`:
 //!
 //! | metric | what |
 //! |---|---|
@@ -31,25 +33,27 @@ struct Inner {
 }
 
 impl RelayMetrics {
-    /// Adds them to `registry`.
+    /// Adds them to `registry`, named `outbox_*`: a registry made with
+    /// `Registry::with_prefix("postage")`, as postage's endpoint is, names them as the
+    /// table above (a relay adds them to its connection's endpoint itself).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "postage_outbox_relay_lag_seconds",
+            "outbox_relay_lag_seconds",
             "How long the oldest message not yet sent has waited",
             self.inner.lag.clone(),
         );
         registry.register(
-            "postage_outbox_pending",
+            "outbox_pending",
             "Messages in the outbox not yet sent",
             self.inner.pending.clone(),
         );
         registry.register(
-            "postage_outbox_published",
+            "outbox_published",
             "Messages the relay published and the broker confirmed",
             self.inner.published.clone(),
         );
         registry.register(
-            "postage_outbox_publish_failures",
+            "outbox_publish_failures",
             "Publishes of the relay that failed",
             self.inner.failures.clone(),
         );

@@ -115,7 +115,9 @@ impl RelayBuilder {
         self
     }
 
-    /// Where it reports its lag, pending count and publishes (see [`RelayMetrics`]).
+    /// Where it reports its lag, pending count and publishes (see [`RelayMetrics`]; by
+    /// default metrics of its own, which it adds to its connection's metrics endpoint
+    /// when there is one).
     #[must_use]
     pub fn metrics(mut self, metrics: RelayMetrics) -> Self {
         self.metrics = metrics;
@@ -136,6 +138,11 @@ impl RelayBuilder {
                 |host| host.to_string_lossy().into_owned(),
             );
             format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+        });
+        let metrics = self.metrics.clone();
+        let name = self.name.clone();
+        self.connection.register_metrics(|registry| {
+            metrics.register(registry.sub_registry_with_label(("relay".into(), name.into())));
         });
         Ok(Relay {
             lease: Lease::new(self.store.clone(), self.name, instance, self.lease),

@@ -22,7 +22,9 @@ use postage_core::{
 };
 use postage_outbox::sqlx::{self, Row};
 use postage_outbox::{Relay, Store, Tx};
-use postage_tests::{OwnNode, binary, connect, postgres, start_app, try_ctl, unique};
+use postage_tests::{
+    OwnNode, binary, connect, fetch, postgres, sample, start_app, try_ctl, unique, with_metrics,
+};
 
 /// Where a test keeps its data: a SQLite file or a PostgreSQL database of its own.
 enum Db {
@@ -546,13 +548,13 @@ const NODE: (&str, u16, u16) = ("postage-outbox-outage", 5821, 25821);
 async fn a_broker_outage_delays_the_relay_and_loses_nothing() {
     let (name, port, dist) = NODE;
     let _node = OwnNode::start(name, port, dist, "");
-    let config = Config {
+    let config = with_metrics(Config {
         hosts: vec![Host {
             name: "127.0.0.1".into(),
             port,
         }],
         ..Config::default()
-    };
+    });
     let connection = Connection::connect(&config).await.unwrap();
     let db = Db::sqlite("outbox-outage");
     let downstream_db = db.another("outbox-outage-down").await;
@@ -584,6 +586,13 @@ async fn a_broker_outage_delays_the_relay_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
     let during = store.status().await.unwrap();
     let lag = metrics.lag();
+    let endpoint = connection.metrics_address().expect("a metrics endpoint");
+    let (_, text) = fetch(endpoint, "/metrics").await;
+    let served = sample(
+        &text,
+        "postage_outbox_relay_lag_seconds",
+        &[("relay", "default")],
+    );
     start_app(name);
     let back = Instant::now();
     let all = until(Duration::from_secs(90), async || {
@@ -594,7 +603,7 @@ async fn a_broker_outage_delays_the_relay_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rows, distinct) = downstream_db.rows("notes").await;
     eprintln!(
-        "outage: during it {during:?}, relay lag {lag:.1?}; all delivered {caught_up:.1?} after the broker came back; {rows} rows ({distinct} ids), {} handler runs",
+        "outage: during it {during:?}, relay lag {lag:.1?} (served: {served:?} s); all delivered {caught_up:.1?} after the broker came back; {rows} rows ({distinct} ids), {} handler runs",
         runs.load(Ordering::SeqCst)
     );
     assert_eq!(
@@ -602,8 +611,12 @@ async fn a_broker_outage_delays_the_relay_and_loses_nothing() {
         "the relay held the messages during the outage"
     );
     assert!(
-        lag >= Duration::from_secs(20),
+        lag >= Duration::from_secs(15),
         "the lag metric shows the wait: {lag:?}"
+    );
+    assert!(
+        served.is_some_and(|seconds| seconds >= 15.0),
+        "the connection's metrics endpoint serves the lag: {served:?}"
     );
     assert!(all, "every message arrives after the outage");
     assert_eq!((rows, distinct), (200, 200), "none lost, none twice");
