@@ -11,6 +11,9 @@
 #   4.3  RabbitMQ 4.3.6 (Debian unstable, Erlang 29, Khepri), its own defaults (which
 #        permit transient non-exclusive queues and deny global QoS)
 #
+# PostgreSQL (scripts/postgres.sh) starts beside them, for the outbox tests, which run in
+# the first pass only (on SQLite and PostgreSQL; they do not depend on the broker's version).
+#
 #   scripts/test.sh                          all three (what CI runs)
 #   scripts/test.sh --rabbitmq 4.3           one of them (3, 4.0 or 4.3; 4 is 4.0)
 #   scripts/test.sh --rabbitmq "3 4.3"       some of them, in that order
