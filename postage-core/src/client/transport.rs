@@ -470,7 +470,7 @@ impl Transport {
         id: &Arc<str>,
         waiter: impl FnOnce(u64) -> Waiter,
     ) -> Result<ShortString> {
-        let (lease, _) = self.live()?.live_channel().await?;
+        let lease = self.live()?.live_channel().await?;
         let replies = &self.inner.replies;
         let (reply_to, epoch) = replies.address(&self.inner.connection, &lease).await?;
         let until = instant_after(self.timeout);

@@ -3,11 +3,13 @@
 mod declare;
 mod dial;
 mod lease;
+mod live;
 mod runtime;
 mod shape;
 pub(crate) mod supervisor;
 
 pub(crate) use self::lease::ChannelLease;
+pub(crate) use self::live::LiveChannel;
 
 use std::future::Future;
 use std::sync::Arc;

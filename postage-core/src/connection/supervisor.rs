@@ -68,13 +68,13 @@ pub(crate) trait Member: Send + Sync + 'static {
 /// Tells a member's keeper that its channel was lost on a live connection: the channel
 /// serial it had, so a report that a newer reconciliation made stale is ignored.
 #[derive(Debug, Clone)]
-pub(crate) struct Resync {
+pub(super) struct Resync {
     sender: mpsc::UnboundedSender<u64>,
 }
 
 impl Resync {
     /// Asks for a reconciliation of the member whose channel `serial` was lost.
-    pub(crate) fn lost(&self, serial: u64) {
+    pub(super) fn lost(&self, serial: u64) {
         let _ = self.sender.send(serial);
     }
 }
@@ -83,10 +83,10 @@ impl Resync {
 /// connection whose generations `generations` watches, and after each loss it reports
 /// through the returned [`Resync`] (`current` says which channel serial it has now: a
 /// report about another is stale).
-pub(crate) fn keep<M: Member>(
+pub(super) fn keep<M: Member>(
     member: Weak<M>,
     mut generations: watch::Receiver<u64>,
-    current: fn(&M) -> u64,
+    current: impl Fn(&M) -> u64 + Send + 'static,
 ) -> Resync {
     let (sender, mut losses) = mpsc::unbounded_channel();
     tokio::spawn(async move {

@@ -4,7 +4,7 @@
 //! and every loss of its channel or of one of its consumers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -13,8 +13,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 
 use super::Delivery;
-use crate::connection::supervisor::{Member, Reconciling, Resync};
-use crate::connection::{ChannelLease, Connection};
+use crate::connection::supervisor::{Member, Reconciling};
+use crate::connection::{ChannelLease, Connection, LiveChannel};
 use crate::error::{Error, Result};
 use crate::sync::Locked;
 use crate::telemetry::Watched;
@@ -29,11 +29,10 @@ pub(super) type Deliveries = std::pin::Pin<Box<dyn Stream<Item = Delivery> + Sen
 #[derive(Debug)]
 pub(super) struct Engine {
     pub(super) connection: Connection,
-    pub(super) prefetch: u16,
     /// Asked for as `x-consumer-timeout` on each quorum queue read.
     delivery_timeout: Option<Duration>,
     /// The live channel, replaced by each reconciliation.
-    channel: Locked<Arc<ChannelLease>>,
+    live: LiveChannel<Arc<ChannelLease>>,
     pub(super) encoder: Arc<dyn Encoder>,
     /// What was bound, as declared, with each queue's actual name: replayed on recovery.
     bindings: Locked<Vec<Bound>>,
@@ -45,8 +44,6 @@ pub(super) struct Engine {
     changing: tokio::sync::Mutex<()>,
     /// Hands each new queue's stream to the [`Consumer`](super::Consumer).
     streams: mpsc::UnboundedSender<Deliveries>,
-    /// Tells the keeper a consumer or the channel was lost on a live connection.
-    resync: OnceLock<Resync>,
 }
 
 /// A binding and the name its queue has on the broker (the broker's choice when the
@@ -67,25 +64,24 @@ impl Engine {
         encoder: Arc<dyn Encoder>,
         streams: mpsc::UnboundedSender<Deliveries>,
     ) -> Result<Arc<Self>> {
-        let channel = open(connection, prefetch).await?;
+        let live = LiveChannel::open({
+            let connection = connection.clone();
+            move || open(connection.clone(), prefetch)
+        })
+        .await?;
         let engine = Arc::new(Self {
             connection: connection.clone(),
-            prefetch,
             delivery_timeout,
-            channel: Locked::new(Arc::new(channel)),
+            live,
             encoder,
             bindings: Locked::new(Vec::new()),
             consuming: Locked::new(None),
             changing: tokio::sync::Mutex::new(()),
             streams,
-            resync: OnceLock::new(),
         });
-        let resync = crate::connection::supervisor::keep(
-            Arc::downgrade(&engine),
-            connection.watch_generation(),
-            |engine: &Self| engine.live_lease().serial(),
-        );
-        let _ = engine.resync.set(resync);
+        LiveChannel::kept(&engine, connection.watch_generation(), |engine: &Self| {
+            Some(&engine.live)
+        });
         if let Some(telemetry) = connection.telemetry() {
             let watched: Arc<dyn Watched> = Arc::clone(&engine) as _;
             telemetry.watch(Arc::downgrade(&watched));
@@ -94,7 +90,7 @@ impl Engine {
     }
 
     pub(super) fn live_lease(&self) -> Arc<ChannelLease> {
-        self.channel.with(|lease| Arc::clone(lease))
+        self.live.current()
     }
 
     /// Declares and binds, remembers the binding, and reads the queue when consuming.
@@ -323,10 +319,7 @@ impl Engine {
     /// it any consumer still on it, so none stacks.
     async fn restore(self: &Arc<Self>) -> Result<()> {
         let _changing = self.changing.lock().await;
-        let lease = Arc::new(open(&self.connection, self.prefetch).await?);
-        let old = self
-            .channel
-            .with(|channel| std::mem::replace(channel, Arc::clone(&lease)));
+        let (lease, old) = self.live.replaced().await?;
         self.consuming.with(|consuming| {
             if let Some(queues) = consuming.as_mut() {
                 queues.values_mut().for_each(|tag| *tag = None);
@@ -438,14 +431,12 @@ impl Ending {
             "the broker closed the channel"
         };
         tracing::warn!(queue = %self.queue, why, "consumer lost; recovering it on a new channel");
-        if let Some(resync) = engine.resync.get() {
-            resync.lost(self.lease.serial());
-        }
+        engine.live.lost(self.lease.serial());
     }
 }
 
 /// Opens a consumer channel with its prefetch.
-async fn open(connection: &Connection, prefetch: u16) -> Result<ChannelLease> {
+async fn open(connection: Connection, prefetch: u16) -> Result<Arc<ChannelLease>> {
     let channel = connection.lease_channel().await?;
     let operation = || format!("setting prefetch {prefetch}");
     connection
@@ -456,7 +447,7 @@ async fn open(connection: &Connection, prefetch: u16) -> Result<ChannelLease> {
                 .map_err(Error::amqp(operation()))
         })
         .await?;
-    Ok(channel)
+    Ok(Arc::new(channel))
 }
 
 /// Declares `exchange` and `queue` (under `name`; empty for a server-named one) and binds

@@ -2,17 +2,16 @@
 //! member of its connection's supervisor (consumed again after a reconnection or the loss
 //! of its channel), and forwards what it receives to the messenger from a task.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::channel::{Channel, Incoming, Subscription};
-use crate::connection::Connection;
-use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
+use crate::connection::supervisor::{Member, Reconciling};
+use crate::connection::{Connection, LiveChannel};
 use crate::error::{Error, Result};
-use crate::sync::Locked;
 use crate::topology::Queue;
 
 /// Consumes `source` and forwards its messages to `sender` from a task of its own,
@@ -22,9 +21,21 @@ pub(super) async fn start(
     sender: mpsc::UnboundedSender<Result<Incoming>>,
     count: Arc<AtomicUsize>,
 ) -> Result<(String, Subscribed)> {
-    let consuming = source.consume().await?;
+    let generations = source.connection.watch_generation();
+    let described = source.queue.name().to_owned();
+    let (next, mut arrivals) = mpsc::unbounded_channel();
+    let source = Arc::new(source);
+    let live = LiveChannel::open(move || Arc::clone(&source).consume(next.clone())).await?;
+    let Some(consuming) = arrivals.recv().await else {
+        return Err(Error::Closed("a messenger subscription"));
+    };
     let name = consuming.subscription.queue().to_owned();
-    let kept = Kept::keep(source, &consuming);
+    let kept = Arc::new(Kept {
+        queue: described,
+        live,
+        arrivals: tokio::sync::Mutex::new(arrivals),
+    });
+    LiveChannel::kept(&kept, generations, |kept: &Kept| Some(&kept.live));
     let stop = Arc::new(Notify::new());
     let task = tokio::spawn(forward(kept, consuming, sender, count, Arc::clone(&stop)));
     Ok((name, Subscribed { stop, task }))
@@ -58,8 +69,8 @@ struct Consuming {
 
 impl Source {
     /// Opens a channel and consumes the queue (declared first when the subscription
-    /// declares it).
-    async fn consume(&self) -> Result<Consuming> {
+    /// declares it); hands the consumer to `next`, for the forwarding task.
+    async fn consume(self: Arc<Self>, next: mpsc::UnboundedSender<Consuming>) -> Result<Channel> {
         let channel = Channel::open(&self.connection).await?;
         channel.qos(self.prefetch).await?;
         let name = if self.declare {
@@ -68,10 +79,11 @@ impl Source {
             self.queue.name().to_owned()
         };
         let subscription = channel.consume(&name, "").await?;
-        Ok(Consuming {
-            channel,
+        let _ = next.send(Consuming {
+            channel: channel.clone(),
             subscription,
-        })
+        });
+        Ok(channel)
     }
 }
 
@@ -80,61 +92,31 @@ impl Source {
 /// new channel, and the new consumer goes to the subscription's forwarding task.
 #[derive(Debug)]
 struct Kept {
-    source: Source,
+    /// The queue's name as asked for, for the logs.
+    queue: String,
     /// The channel the subscription consumes on now.
-    current: Locked<Channel>,
-    next: mpsc::UnboundedSender<Consuming>,
+    live: LiveChannel<Channel>,
+    /// Each new consumer, from the live channel's setup.
     arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Consuming>>,
-    resync: OnceLock<Resync>,
 }
 
 impl Kept {
-    /// Hands `source`, consumed now by `consuming`, to the supervisor.
-    fn keep(source: Source, consuming: &Consuming) -> Arc<Self> {
-        let (next, arrivals) = mpsc::unbounded_channel();
-        let generations = source.connection.watch_generation();
-        let kept = Arc::new(Self {
-            source,
-            current: Locked::new(consuming.channel.clone()),
-            next,
-            arrivals: tokio::sync::Mutex::new(arrivals),
-            resync: OnceLock::new(),
-        });
-        let resync = keep(Arc::downgrade(&kept), generations, |kept: &Self| {
-            kept.current.with(|current| current.serial())
-        });
-        let _ = kept.resync.set(resync);
-        kept
-    }
-
     /// Waits for the consumer that replaces the one on channel `serial`, lost.
     async fn replacement(&self, serial: u64) -> Option<Consuming> {
-        if let Some(resync) = self.resync.get() {
-            resync.lost(serial);
-        }
+        self.live.lost(serial);
         self.arrivals.lock().await.recv().await
     }
 }
 
 impl Member for Kept {
     fn describe(&self) -> String {
-        format!("messenger subscription of {:?}", self.source.queue.name())
+        format!("messenger subscription of {:?}", self.queue)
     }
 
     /// Consumes again on a new channel, unless the current one is still open (a
     /// reconnection and the report of the channel's loss both ask): never two consumers.
     fn reconcile(self: Arc<Self>) -> Reconciling {
-        Box::pin(async move {
-            let open = self.current.with(|current| current.is_open());
-            if open {
-                return Ok(());
-            }
-            let consuming = self.source.consume().await?;
-            self.current
-                .with(|current| *current = consuming.channel.clone());
-            let _ = self.next.send(consuming);
-            Ok(())
-        })
+        Box::pin(async move { self.live.renewed().await.map(drop) })
     }
 }
 

@@ -707,7 +707,7 @@ impl Producer {
         if self.recording().is_some() {
             return Ok((ShortString::from("postage.recording"), 0));
         }
-        let (channel, _) = self.live_channel().await?;
+        let channel = self.live_channel().await?;
         self.rpc_state()
             .replies
             .address(self.link()?, &channel)

@@ -2,8 +2,8 @@
 //! command APIs.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -12,8 +12,8 @@ use lapin::types::ShortString;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::connection::supervisor::{Member, Reconciling, Resync, keep};
-use crate::connection::{ChannelLease, Connection};
+use crate::connection::supervisor::{Member, Reconciling};
+use crate::connection::{ChannelLease, Connection, LiveChannel};
 use crate::error::{Error, Result};
 use crate::rpc::ReplyQueue;
 use crate::sync::Locked;
@@ -99,13 +99,9 @@ struct Broker {
     /// The connection the channel is on: `connection`'s publishing one (see
     /// [`Config::publishing_connection`](crate::Config::publishing_connection)).
     link: Connection,
-    /// The channel and the connection generation it was opened on.
-    live: Locked<(Arc<ChannelLease>, u64)>,
-    /// Held while the channel is being reopened after a reconnection.
-    reopening: tokio::sync::Mutex<()>,
-    /// The supervisor's keeper of this producer, which it tells nothing (a channel lost
-    /// on a live connection is reopened by the next publish) but must keep alive.
-    kept: OnceLock<Resync>,
+    /// The channel it publishes on (a channel lost on a live connection is reopened by
+    /// the next publish, one lost with its connection by the supervisor as well).
+    live: LiveChannel<Arc<ChannelLease>>,
 }
 
 /// Configures a [`Producer`]; made by [`Producer::builder`].
@@ -216,32 +212,25 @@ impl ProducerBuilder {
 
     async fn build_now(self, connection: Connection) -> Result<Producer> {
         let link = connection.publishing().await?;
-        let generation = link.generation();
-        let channel = open(&link, self.reliable).await?;
+        let live = LiveChannel::open({
+            let (link, reliable) = (link.clone(), self.reliable);
+            move || open(link.clone(), reliable)
+        })
+        .await?;
         let (user, debug) = (
             ShortString::from(connection.config().user.as_str()),
             connection.config().debug,
         );
+        let generations = link.watch_generation();
         let sink = Sink::Broker(Broker {
             connection,
             link,
-            live: Locked::new((Arc::new(channel), generation)),
-            reopening: tokio::sync::Mutex::new(()),
-            kept: OnceLock::new(),
+            live,
         });
         let producer = self.producer(sink, user, debug);
-        if let Some(broker) = producer.inner.broker() {
-            let kept = keep(
-                Arc::downgrade(&producer.inner),
-                broker.link.watch_generation(),
-                |inner: &Inner| {
-                    inner
-                        .broker()
-                        .map_or(0, |broker| broker.snapshot().0.serial())
-                },
-            );
-            let _ = broker.kept.set(kept);
-        }
+        LiveChannel::kept(&producer.inner, generations, |inner: &Inner| {
+            inner.broker().map(|broker| &broker.live)
+        });
         for (exchange, _) in &producer.inner.destinations {
             producer.ensure_declared(exchange).await?;
         }
@@ -431,7 +420,7 @@ impl Producer {
     pub fn channel(&self) -> Option<lapin::Channel> {
         self.inner
             .broker()
-            .map(|broker| (*broker.snapshot().0).clone())
+            .map(|broker| (*broker.live.current()).clone())
     }
 
     /// The recording this producer sends into, `None` for one on a connection.
@@ -449,27 +438,14 @@ impl Producer {
     }
 
     /// The channel to publish on, reopened (with confirms, exchanges declared again and a
-    /// new RPC answer consumer) when the connection was re-established since it opened.
-    /// Returns it with the connection generation it belongs to.
-    pub(crate) async fn live_channel(&self) -> Result<(Arc<ChannelLease>, u64)> {
-        let broker = self.broker()?;
-        let (channel, generation) = broker.snapshot();
-        if channel.status().connected() {
-            return Ok((channel, generation));
+    /// new RPC answer consumer) once the connection is up when it was lost.
+    pub(crate) async fn live_channel(&self) -> Result<Arc<ChannelLease>> {
+        let (channel, fresh) = self.broker()?.live.renewed().await?;
+        if fresh {
+            self.inner.declared.with(HashSet::clear);
+            tracing::info!("producer channel reopened");
         }
-        let _reopening = broker.reopening.lock().await;
-        let (channel, generation) = broker.snapshot();
-        if channel.status().connected() {
-            return Ok((channel, generation));
-        }
-        let generation = broker.link.wait_reconnected(generation).await?;
-        let fresh = Arc::new(open(&broker.link, self.inner.reliable).await?);
-        self.inner.declared.with(HashSet::clear);
-        broker
-            .live
-            .with(|live| *live = (Arc::clone(&fresh), generation));
-        tracing::info!(generation, "producer channel reopened after a reconnection");
-        Ok((fresh, generation))
+        Ok(channel)
     }
 
     /// Closes the producer's channel now (a clone's next publish opens another).
@@ -477,7 +453,7 @@ impl Producer {
         let Some(broker) = self.inner.broker() else {
             return Ok(());
         };
-        let (channel, _) = broker.snapshot();
+        let channel = broker.live.current();
         if !channel.status().connected() {
             return Ok(());
         }
@@ -622,16 +598,10 @@ impl Inner {
     }
 }
 
-impl Broker {
-    /// The current channel (shared, not copied: a lapin channel is many handles) and
-    /// its connection generation.
-    fn snapshot(&self) -> (Arc<ChannelLease>, u64) {
-        self.live.with(|live| (Arc::clone(&live.0), live.1))
-    }
-}
-
-/// Opens a producer channel, in confirm mode when `reliable`.
-async fn open(connection: &Connection, reliable: bool) -> Result<ChannelLease> {
+/// Opens a producer channel on `connection` once it is up, in confirm mode when
+/// `reliable`.
+async fn open(connection: Connection, reliable: bool) -> Result<Arc<ChannelLease>> {
+    connection.wait_reconnected(connection.generation()).await?;
     let channel = connection.lease_channel().await?;
     if reliable {
         channel
@@ -639,5 +609,5 @@ async fn open(connection: &Connection, reliable: bool) -> Result<ChannelLease> {
             .await
             .map_err(Error::amqp("enabling publisher confirms"))?;
     }
-    Ok(channel)
+    Ok(Arc::new(channel))
 }

@@ -121,7 +121,7 @@ impl Producer {
         let channel: &lapin::Channel = match publish.via {
             Some(channel) => channel,
             None => {
-                live = self.live_channel().await?.0;
+                live = self.live_channel().await?;
                 &live
             }
         };
