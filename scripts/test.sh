@@ -11,6 +11,8 @@
 #   4.3  RabbitMQ 4.3.6 (Debian unstable, Erlang 29, Khepri), its own defaults (which
 #        permit transient non-exclusive queues and deny global QoS)
 #
+# Each pass ends with a 90 s chaos soak (scripts/soak.sh) on RabbitMQ nodes of its own.
+#
 #   scripts/test.sh                          all three (what CI runs)
 #   scripts/test.sh --rabbitmq 4.3           one of them (3, 4.0 or 4.3; 4 is 4.0)
 #   scripts/test.sh --rabbitmq "3 4.3"       some of them, in that order
@@ -120,6 +122,9 @@ for version in $versions; do
     --test-threads=4 --skip broker_faults:: "${skip[@]}" || failed+=("RabbitMQ $version")
   env "${broker[@]}" timeout -k 30 600 cargo test -p postage-tests --test suite --locked -- \
     broker_faults:: || failed+=("RabbitMQ $version faults")
+  # A short chaos soak (scripts/soak.sh: faults drawn at random on nodes of its own, a
+  # ledger of every message and call); its seed is printed to repeat it.
+  env "${broker[@]}" timeout -k 30 420 scripts/soak.sh --seconds 90 || failed+=("RabbitMQ $version soak")
   times+=("RabbitMQ $version: $((SECONDS - started)) s")
   echo "=== RabbitMQ $version: $((SECONDS - started)) s" >&2
   first=0

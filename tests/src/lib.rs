@@ -11,6 +11,7 @@ use postage_core::{Config, Connection, Consumer, Delivery, Exchange, ExchangeKin
 
 pub mod bench;
 pub mod net;
+pub mod soak;
 
 /// A name no other test (or earlier run) uses: `prefix-pid-n`.
 pub fn unique(prefix: &str) -> String {
