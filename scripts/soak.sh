@@ -16,7 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-nice -n 10 cargo build -p postage-tests --bin soak --bin fault_component --locked -q
+# scripts/test.sh built every program already (with the tests' features): it says so.
+if [ "${POSTAGE_SOAK_BUILT:-0}" != 1 ]; then
+  nice -n 10 cargo build -p postage-tests --bin soak --bin fault_component --locked -q
+fi
 stop_nodes() {
   for n in 1 2 3; do scripts/node.sh stop "postage-soak-$n"; done
 }

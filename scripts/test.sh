@@ -124,7 +124,8 @@ for version in $versions; do
     broker_faults:: || failed+=("RabbitMQ $version faults")
   # A short chaos soak (scripts/soak.sh: faults drawn at random on nodes of its own, a
   # ledger of every message and call); its seed is printed to repeat it.
-  env "${broker[@]}" timeout -k 30 420 scripts/soak.sh --seconds 90 || failed+=("RabbitMQ $version soak")
+  env "${broker[@]}" POSTAGE_SOAK_BUILT=1 timeout -k 30 420 scripts/soak.sh --seconds 90 ||
+    failed+=("RabbitMQ $version soak")
   times+=("RabbitMQ $version: $((SECONDS - started)) s")
   echo "=== RabbitMQ $version: $((SECONDS - started)) s" >&2
   first=0

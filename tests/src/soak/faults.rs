@@ -158,20 +158,17 @@ impl Draw {
 /// threads, the rest at once.
 type Work = JoinHandle<Result<(), String>>;
 
+/// Work already done.
 fn done() -> Work {
     tokio::spawn(async { Ok(()) })
 }
 
-fn ctl_work(node: &'static str, steps: Vec<Vec<String>>, started: bool) -> Work {
+/// `rabbitmqctl ARGS` on `node`.
+fn ctl_work(node: &'static str, args: &'static [&'static str]) -> Work {
     tokio::task::spawn_blocking(move || {
-        for step in &steps {
-            let args: Vec<&str> = step.iter().map(String::as_str).collect();
-            try_ctl(node, &args).map_err(|error| format!("{node}: {step:?}: {error}"))?;
-        }
-        if started {
-            tick_often(node);
-        }
-        Ok(())
+        try_ctl(node, args)
+            .map(drop)
+            .map_err(|error| format!("{node}: {args:?}: {error}"))
     })
 }
 
@@ -212,8 +209,8 @@ impl Fault {
     ) -> Self {
         let nodes = fleet.nodes();
         let work = match kind {
-            Kind::BrokerRestart => ctl_work(nodes[0], vec![vec!["stop_app".into()]], false),
-            Kind::NodeStopped => ctl_work(nodes[1], vec![vec!["stop_app".into()]], false),
+            Kind::BrokerRestart => ctl_work(nodes[0], &["stop_app"]),
+            Kind::NodeStopped => ctl_work(nodes[1], &["stop_app"]),
             Kind::ClosedConnections => tokio::task::spawn_blocking(move || {
                 // On the first node that answers: the broker closes the cluster's
                 // connections.
@@ -245,14 +242,7 @@ impl Fault {
                 }
                 done()
             }
-            Kind::MemoryAlarm => ctl_work(
-                nodes[0],
-                vec![vec![
-                    "set_vm_memory_high_watermark".into(),
-                    "0.0000001".into(),
-                ]],
-                false,
-            ),
+            Kind::MemoryAlarm => ctl_work(nodes[0], &["set_vm_memory_high_watermark", "0.0000001"]),
             Kind::ConsumerTimeout => fleet.send_held_job(
                 id,
                 CONSUMER_TIMEOUT + Duration::from_secs(3),
@@ -348,11 +338,7 @@ impl Fault {
                 }
                 done()
             }
-            Kind::MemoryAlarm => ctl_work(
-                nodes[0],
-                vec![vec!["set_vm_memory_high_watermark".into(), "0.4".into()]],
-                false,
-            ),
+            Kind::MemoryAlarm => ctl_work(nodes[0], &["set_vm_memory_high_watermark", "0.4"]),
         }
     }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use postage_core::{Config, Connection, Exchange, Host, Producer, Route};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -28,6 +29,22 @@ pub(super) const HEARTBEAT: u64 = 2;
 
 /// The nodes' consumer timeout: a delivery held longer is taken back by the broker.
 pub(super) const CONSUMER_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How a member reaches the nodes.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    /// Straight to them.
+    Direct,
+    /// From inside the namespace, through relays on its host end: its link can be made
+    /// a black hole.
+    Island,
+    /// Through relays on this machine, which can slow its link.
+    Slow,
+}
+
+/// A member to start: its label, role, way, first node, and `fault_component`'s
+/// arguments.
+type Plan = (&'static str, Role, Way, usize, &'static [&'static str]);
 
 /// What a component of the fleet does, which tells what its progress is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,102 +144,43 @@ impl Fleet {
         }
         let addresses = |relays: &[Relay]| relays.iter().map(Relay::address).collect::<Vec<_>>();
         let (island_hosts, slow_hosts) = (addresses(&island_relays), addresses(&slow_relays));
-        let fault_component = crate::binary("fault_component");
-        let plain = || Command::new(&fault_component);
+        let program = crate::binary("fault_component");
+        let start = |(label, role, way, first, args): Plan| {
+            let (command, hosts) = match way {
+                Way::Direct => (Command::new(&program), &nodes),
+                Way::Island => (island.command(&program), &island_hosts),
+                Way::Slow => (Command::new(&program), &slow_hosts),
+            };
+            spawn(label, role, command, hosts, first, args)
+        };
         // RabbitMQ 4.3 times out deliveries of quorum queues only.
-        let held_args: &[&str] = if count == 3 {
+        let held: &[&str] = if count == 3 {
             &["worker", HELD_QUEUE, "quorum"]
         } else {
             &["worker", HELD_QUEUE]
         };
-        // Consumers first: every job published has its queue bound.
-        let serving = vec![
-            spawn("worker-1", Role::Worker, plain(), &nodes, 0, held_args),
-            spawn(
-                "worker-2",
-                Role::Worker,
-                island.command(&fault_component),
-                &island_hosts,
-                0,
-                &["worker", "soak-w2"],
-            ),
-            spawn(
-                "worker-3",
-                Role::Worker,
-                plain(),
-                &slow_hosts,
-                0,
-                &["worker", "soak-w3"],
-            ),
-            spawn(
-                "server",
-                Role::Server,
-                plain(),
-                &nodes,
-                0,
-                &["server", "soak-echo"],
-            ),
-            spawn(
-                "app-1",
-                Role::App,
-                plain(),
-                &nodes,
-                0,
-                &["app", APP.0, APP.1],
-            ),
-            spawn(
-                "app-2",
-                Role::App,
-                plain(),
-                &nodes,
-                1,
-                &["app", APP.0, APP.1],
-            ),
+        // Consumers first: every job published has its queue bound. A member whose
+        // first node is the second (1) fails over when that node stops.
+        #[rustfmt::skip]
+        let serving: [Plan; 6] = [
+            ("worker-1", Role::Worker, Way::Direct, 0, held),
+            ("worker-2", Role::Worker, Way::Island, 0, &["worker", "soak-w2"]),
+            ("worker-3", Role::Worker, Way::Slow, 0, &["worker", "soak-w3"]),
+            ("server", Role::Server, Way::Direct, 0, &["server", "soak-echo"]),
+            ("app-1", Role::App, Way::Direct, 0, &["app", APP.0, APP.1]),
+            ("app-2", Role::App, Way::Direct, 1, &["app", APP.0, APP.1]),
         ];
-        let mut members = futures_util::future::join_all(serving).await;
-        let sending = vec![
-            spawn(
-                "publisher-1",
-                Role::Publisher,
-                plain(),
-                &nodes,
-                1,
-                &["publisher", HELD_QUEUE, "0", "1000000000", "40"],
-            ),
-            spawn(
-                "publisher-2",
-                Role::Publisher,
-                plain(),
-                &nodes,
-                0,
-                &["publisher", "soak-w2", "0", "2000000000", "40"],
-            ),
-            spawn(
-                "publisher-3",
-                Role::Publisher,
-                plain(),
-                &nodes,
-                1,
-                &["publisher", "soak-w3", "0", "3000000000", "40"],
-            ),
-            spawn(
-                "caller-1",
-                Role::Caller,
-                plain(),
-                &nodes,
-                0,
-                &["caller", "soak-echo", "0", "4", "100"],
-            ),
-            spawn(
-                "caller-2",
-                Role::Caller,
-                plain(),
-                &nodes,
-                1,
-                &["caller", "soak-echo", "0", "4", "100"],
-            ),
+        let mut members = join_all(serving.into_iter().map(start)).await;
+        // Jobs 40 ms apart each, from ids of their own; calls 4 in flight, 100 ms apart.
+        #[rustfmt::skip]
+        let sending: [Plan; 5] = [
+            ("publisher-1", Role::Publisher, Way::Direct, 1, &["publisher", HELD_QUEUE, "0", "1000000000", "40"]),
+            ("publisher-2", Role::Publisher, Way::Direct, 0, &["publisher", "soak-w2", "0", "2000000000", "40"]),
+            ("publisher-3", Role::Publisher, Way::Direct, 1, &["publisher", "soak-w3", "0", "3000000000", "40"]),
+            ("caller-1", Role::Caller, Way::Direct, 0, &["caller", "soak-echo", "0", "4", "100"]),
+            ("caller-2", Role::Caller, Way::Direct, 1, &["caller", "soak-echo", "0", "4", "100"]),
         ];
-        members.extend(futures_util::future::join_all(sending).await);
+        members.extend(join_all(sending.into_iter().map(start)).await);
         tokio::spawn(ping_the_group(driver.clone(), events));
         Self {
             members,
@@ -385,17 +343,4 @@ async fn ping_the_group(connection: Connection, events: UnboundedSender<(Instant
         }
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(began.elapsed())).await;
     }
-}
-
-/// The resident memory of process `pid`, in KiB.
-pub(super) fn resident_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }

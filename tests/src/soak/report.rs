@@ -6,23 +6,7 @@ use std::time::Duration;
 
 use super::Settings;
 use super::faults::{Fault, Kind};
-use super::fleet::Fleet;
-use super::ledger::Ledger;
-
-/// The shortest run whose memory is judged: in shorter ones the components are still
-/// warming up (90 s runs measured 28-33 MiB in the second quarter, 37-53 MiB in the last,
-/// no leak behind it).
-const JUDGED_FROM: Duration = Duration::from_secs(10 * 60);
-
-/// How much a component's resident memory may grow from its peak in the second quarter
-/// of the run to its peak in the last and still count as flat: half of it, or 16 MiB,
-/// whichever is more. The first quarter is warming up, and the allocator's arenas move
-/// resident memory up and down in 8 MiB steps without a leak: a component whose
-/// connection is closed 60 times goes from 16 MiB to 45-66 MiB within a minute and stays
-/// there.
-fn flat(early_kib: u64, late_kib: u64) -> bool {
-    late_kib <= early_kib + (early_kib / 2).max(16 * 1024)
-}
+use super::session::Session;
 
 /// The value at percentile `p` (nearest rank) of `sorted`.
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -39,20 +23,20 @@ pub struct Report {
 }
 
 impl Report {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        settings: Settings,
-        took: Duration,
-        ledger: &Ledger,
-        faults: &[Fault],
-        fleet: &Fleet,
-        reconnections: &[u64],
-        memory: &super::Memory,
-        consumers: Result<(usize, Vec<(String, u32)>), String>,
-        stuck: Vec<String>,
-    ) -> Self {
+    /// The report of `session`, a soak of `settings` that took `took` in all.
+    pub(super) fn new(settings: Settings, took: Duration, session: &Session) -> Self {
+        let Session {
+            fleet,
+            ledger,
+            faults,
+            memory,
+            reconnections,
+            stuck,
+            consumers,
+            ..
+        } = session;
         let mut lines = Vec::new();
-        let mut failures = stuck;
+        let mut failures = stuck.clone();
         lines.push(format!(
             "soak report: seed {}, {} s of faults, {} faults injected, {} s in all",
             settings.seed,
@@ -137,11 +121,11 @@ impl Report {
         let reconnected: Vec<String> = fleet
             .members
             .iter()
-            .zip(reconnections)
+            .zip(reconnections.iter())
             .map(|(member, n)| format!("{} {n}", member.label))
             .collect();
         lines.push(format!("  reconnections: {}", reconnected.join(", ")));
-        match consumers {
+        match consumers.clone() {
             Ok((queues, wrong)) if wrong.is_empty() => lines.push(format!(
                 "  consumers: {queues} queues read back, one consumer each (the group's shared queues: its two members)"
             )),
@@ -151,34 +135,11 @@ impl Report {
             }
             Err(error) => failures.push(format!("consumers could not be read: {error}")),
         }
-        let mut figures = Vec::new();
-        let run = settings.duration;
-        for (i, member) in fleet.members.iter().enumerate() {
-            let second = memory.peak(i, run / 4, run / 2);
-            let last = memory.peak(i, run * 3 / 4, Duration::MAX);
-            match (second, last, memory.last(i)) {
-                (Some(second), Some(last), Some(end)) => {
-                    let mib = |kib: u64| kib as f64 / 1024.0;
-                    figures.push(format!(
-                        "{} {:.0}/{:.0}/{:.0}",
-                        member.label,
-                        mib(second),
-                        mib(last),
-                        mib(end)
-                    ));
-                    if run >= JUDGED_FROM && !flat(second, last) {
-                        failures.push(format!(
-                            "{}'s resident memory grew from {second} KiB (peak of the second quarter) to {last} KiB (of the last)",
-                            member.label
-                        ));
-                    }
-                }
-                _ => failures.push(format!("{} was gone before the end", member.label)),
-            }
-        }
+        let (figures, judged, grew) = memory.verdict(fleet, settings.duration);
+        failures.extend(grew);
         lines.push(format!(
             "  resident memory, MiB, peak of the second quarter / peak of the last / at the end{}: {}",
-            if run >= JUDGED_FROM {
+            if judged {
                 ""
             } else {
                 " (not judged under 10 minutes)"
@@ -241,13 +202,5 @@ mod tests {
         assert_eq!(percentile(&times, 50), Duration::from_secs(5));
         assert_eq!(percentile(&times, 90), Duration::from_secs(9));
         assert_eq!(percentile(&times[..1], 90), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn memory_is_flat_within_half_or_16_mib() {
-        assert!(flat(20_000, 36_000));
-        assert!(!flat(20_000, 40_000));
-        assert!(flat(100_000, 150_000));
-        assert!(!flat(100_000, 150_001));
     }
 }
