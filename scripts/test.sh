@@ -135,6 +135,9 @@ for version in $versions; do
     --test-threads=4 --skip broker_faults:: "${skip[@]}" || failed+=("RabbitMQ $version")
   env "${broker[@]}" timeout -k 30 600 cargo test -p postage-tests --test suite --locked -- \
     broker_faults:: || failed+=("RabbitMQ $version faults")
+  # The chaos soak (scripts/soak.sh) is not run here yet: it adds some 110 s a pass, and
+  # a retried message can still be lost when its queue's node is down as its delay ends
+  # (issue 27's open defect). Run it by hand: scripts/soak.sh --seconds 90.
   times+=("RabbitMQ $version: $((SECONDS - started)) s")
   echo "=== RabbitMQ $version: $((SECONDS - started)) s" >&2
   first=0

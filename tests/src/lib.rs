@@ -12,6 +12,7 @@ use postage_core::{Config, Connection, Consumer, Delivery, Exchange, ExchangeKin
 pub mod bench;
 pub mod net;
 pub mod postgres;
+pub mod soak;
 
 /// A name no other test (or earlier run) uses: `prefix-pid-n`.
 pub fn unique(prefix: &str) -> String {
@@ -161,12 +162,20 @@ pub fn try_ctl(name: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// A program of the workspace (a demo, the `postage` tool) as `cargo build --workspace`
-/// left it in the target directory, beside the test binary's `deps`.
+/// left it in the target directory: beside the running program, or beside the test
+/// binary's `deps`.
 pub fn binary(name: &str) -> std::path::PathBuf {
     let dir = std::env::current_exe()
         .ok()
-        .and_then(|test| test.parent()?.parent().map(std::path::PathBuf::from))
-        .expect("the test binary lives in target/<profile>/deps");
+        .and_then(|program| {
+            let dir = program.parent()?;
+            if dir.ends_with("deps") {
+                dir.parent().map(std::path::PathBuf::from)
+            } else {
+                Some(dir.to_path_buf())
+            }
+        })
+        .expect("the program lives in target/<profile> or its deps");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -204,6 +213,58 @@ impl Drop for OwnNode {
         let _ = Command::new(node_script())
             .args(["stop", self.name])
             .status();
+    }
+}
+
+/// RabbitMQ nodes of a test's own joined in one cluster (the first is the one the others
+/// join), each with `config` as its `rabbitmq.conf`; every node stopped when dropped.
+#[derive(Debug)]
+pub struct OwnCluster {
+    nodes: Vec<OwnNode>,
+}
+
+impl OwnCluster {
+    /// Starts `nodes` (name, AMQP port, distribution port), all at once, then joins each
+    /// after the first to it.
+    pub fn start(nodes: &[(&'static str, u16, u16)], config: &str) -> Self {
+        let nodes: Vec<OwnNode> = std::thread::scope(|scope| {
+            let starting: Vec<_> = nodes
+                .iter()
+                .map(|&(name, port, dist)| {
+                    scope.spawn(move || OwnNode::start(name, port, dist, config))
+                })
+                .collect();
+            starting
+                .into_iter()
+                .map(|node| node.join().expect("a node starts"))
+                .collect()
+        });
+        let first = format!("{}@localhost", nodes[0].name);
+        for node in &nodes[1..] {
+            let name = node.name;
+            ctl(name, &["stop_app"]);
+            ctl(name, &["join_cluster", &first]);
+            // RabbitMQ 4.0 with transient queues denied sometimes fails to boot a node that
+            // joins while the cluster's tables are still copying ("can't be denied because
+            // ... actively used", with no such queue anywhere): a broker race, so the node
+            // leaves, joins again from a clean state and starts again, a few times.
+            let started = (0..5).any(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_secs(2));
+                    let _ = try_ctl(name, &["stop_app"]);
+                    let _ = try_ctl(name, &["reset"]);
+                    let _ = try_ctl(name, &["join_cluster", &first]);
+                }
+                try_ctl(name, &["start_app"]).is_ok()
+            });
+            assert!(started, "node {name} joins the cluster and starts");
+        }
+        Self { nodes }
+    }
+
+    /// The nodes' short names, the first one first.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.nodes.iter().map(|node| node.name).collect()
     }
 }
 

@@ -1,27 +1,35 @@
 //! A component for the network fault tests, run inside a network namespace or behind the
 //! fault relay (its link from `POSTAGE_HOST`, `POSTAGE_PORT` and `POSTAGE_HEARTBEAT`):
 //!
-//! - `fault_component worker NAME`: a processor with retries on the durable queue NAME
-//!   (exchange NAME, key `work`); prints `handled ID` for each job `{"id": ID}` it
-//!   handles (every seventh job fails its first attempt and is retried);
+//! - `fault_component worker NAME [quorum]`: a processor with retries on the durable queue
+//!   NAME (a quorum queue with `quorum`; exchange NAME, key `work`); prints `handled ID`
+//!   for each job `{"id": ID}` it handles (every seventh job fails its first attempt and is
+//!   retried; a job with `"hold_ms": MS` is held that long first, when first delivered, as
+//!   a handler past the broker's consumer timeout would);
 //! - `fault_component server NAME`: answers `echo` calls on queue NAME (exchange NAME, key
 //!   `echo`) with their parameter;
-//! - `fault_component caller NAME COUNT`: calls `echo` on exchange NAME, key `echo`, COUNT
-//!   times with 64 calls in flight, each call at most 3 s an attempt and one retry;
-//!   prints `answered I MS` or `failed I MS ERROR` for each, then `calls done`;
-//! - `fault_component publisher NAME COUNT`: publishes `work` jobs 0..COUNT to exchange
-//!   NAME, key `work`, persistent and confirmed, one at a time, each tried until the
-//!   broker confirms it; prints `confirmed ID` for each;
+//! - `fault_component caller NAME COUNT [IN_FLIGHT [PAUSE_MS]]`: calls `echo` on exchange
+//!   NAME, key `echo`, COUNT times with IN_FLIGHT calls in flight (64 by default), each
+//!   call at most 3 s an attempt and one retry, each caller pausing PAUSE_MS between its
+//!   calls; prints `answered I MS` or `failed I MS ERROR` for each, then `calls done`;
+//! - `fault_component publisher NAME COUNT [FIRST [PAUSE_MS]]`: publishes `work` jobs
+//!   FIRST..FIRST+COUNT (from 0 by default) to exchange NAME, key `work`, persistent and
+//!   confirmed, one at a time, PAUSE_MS apart, each tried until the broker confirms it;
+//!   prints `confirmed ID` for each, then `published`;
 //! - `fault_component client NAME`: the simple client's server of target NAME, answering
 //!   each call with its body;
 //! - `fault_component messenger NAME`: a Messenger receiving from the durable queue
 //!   NAME; prints `received ID` for each message, then accepts it;
-//! - `fault_component app NAME`: a GenericApplication named NAME.
+//! - `fault_component app NAME [GROUP]`: a GenericApplication named NAME, in GROUP.
 //!
 //! Each prints `ready` once it serves, and `link STATE MS` whenever its connection's state
-//! changes (MS since it started).
+//! changes (MS since it started). A COUNT of 0 means until standard input closes: the
+//! calls in flight end, a job being published is tried until then (`unconfirmed ID` when
+//! it never was), and the closing line comes as with a count.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use postage_app::GenericApplication;
@@ -36,6 +44,8 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 struct Job {
     id: u64,
+    #[serde(default)]
+    hold_ms: u64,
 }
 
 struct Worker;
@@ -43,7 +53,10 @@ struct Worker;
 #[processor]
 impl Worker {
     #[message_handler("command", "work")]
-    fn work(&self, job: Job, metadata: &Metadata) -> Result<(), HandlerError> {
+    async fn work(&self, job: Job, metadata: &Metadata) -> Result<(), HandlerError> {
+        if job.hold_ms > 0 && metadata.attempt == 1 && !metadata.redelivered {
+            tokio::time::sleep(Duration::from_millis(job.hold_ms)).await;
+        }
         if job.id.is_multiple_of(7) && metadata.attempt == 1 {
             return Err(HandlerError::error("every seventh job fails once"));
         }
@@ -67,6 +80,18 @@ fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Set once standard input closes, when a COUNT of 0 said to run until then.
+fn stop_on_eof() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        while std::io::stdin().read(&mut sink).is_ok_and(|n| n > 0) {}
+        flag.store(true, Ordering::SeqCst);
+    });
+    stop
 }
 
 /// Prints the connection's state whenever it changes.
@@ -98,14 +123,29 @@ async fn main() -> postage_core::Result<()> {
         [kind, name, ..] => (kind.as_str(), name.clone()),
         _ => panic!("usage: fault_component KIND NAME [COUNT]"),
     };
-    let count: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let number =
+        |i: usize, default: u64| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(default);
+    let count = number(2, 0);
+    // A count of 0: until standard input closes.
+    let (count, stop) = if count == 0 {
+        (u64::MAX, stop_on_eof())
+    } else {
+        (count, Arc::new(AtomicBool::new(false)))
+    };
+    let stopped = move || stop.load(Ordering::SeqCst);
     let connection = Connection::from_env().await?;
     watch_link(&connection, started);
     let exchange = Exchange::named(name.clone());
     match kind {
         "worker" => {
+            let queue = Queue::new(name.clone()).durable(true);
+            let queue = if args.get(2).is_some_and(|shape| shape == "quorum") {
+                queue.quorum()
+            } else {
+                queue
+            };
             let worker = Processor::builder(&connection, Worker)
-                .bind(exchange, Queue::new(name.clone()).durable(true), "work")
+                .bind(exchange, queue, "work")
                 .retry(
                     RetryPolicy::new().backoff(Duration::from_millis(200), Duration::from_secs(1)),
                 )
@@ -133,21 +173,25 @@ async fn main() -> postage_core::Result<()> {
             let options = RpcOptions::new()
                 .timeout(Duration::from_secs(3))
                 .max_retry(1);
-            let calls = (0..count).map(|i| {
-                let (producer, options) = (producer.clone(), options.clone());
-                async move {
-                    let began = Instant::now();
-                    let answer = producer.call_with::<u64>("echo", i, options).await;
-                    let ms = began.elapsed().as_millis();
-                    match answer {
-                        Ok(_) => say(format!("answered {i} {ms}")),
-                        Err(error) => say(format!("failed {i} {ms} {error}")),
+            let (in_flight, pause) = (number(3, 64), Duration::from_millis(number(4, 0)));
+            let calls = (0..count)
+                .map_while(|i| (!stopped()).then_some(i))
+                .map(|i| {
+                    let (producer, options) = (producer.clone(), options.clone());
+                    async move {
+                        let began = Instant::now();
+                        let answer = producer.call_with::<u64>("echo", i, options).await;
+                        let ms = began.elapsed().as_millis();
+                        match answer {
+                            Ok(_) => say(format!("answered {i} {ms}")),
+                            Err(error) => say(format!("failed {i} {ms} {error}")),
+                        }
+                        tokio::time::sleep(pause).await;
                     }
-                }
-            });
+                });
             futures_util::StreamExt::for_each_concurrent(
                 futures_util::stream::iter(calls),
-                64,
+                usize::try_from(in_flight).unwrap_or(64),
                 |call| call,
             )
             .await;
@@ -161,15 +205,24 @@ async fn main() -> postage_core::Result<()> {
                 .build()
                 .await?;
             say("ready");
-            for id in 0..count {
+            let (first, pause) = (number(3, 0), Duration::from_millis(number(4, 0)));
+            'jobs: for id in (first..)
+                .take_while(|_| !stopped())
+                .take(usize::try_from(count).unwrap_or(usize::MAX))
+            {
                 while producer
                     .command("work", serde_json::json!({ "id": id }))
                     .await
                     .is_err()
                 {
+                    if stopped() {
+                        say(format!("unconfirmed {id}"));
+                        break 'jobs;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 say(format!("confirmed {id}"));
+                tokio::time::sleep(pause).await;
             }
             say("published");
         }
@@ -198,11 +251,13 @@ async fn main() -> postage_core::Result<()> {
             }
         }
         "app" => {
-            let app =
+            let mut app =
                 GenericApplication::builder(&connection, Fingerprint::new(&name, "application"))
-                    .stop_on_signals(true)
-                    .build()
-                    .await?;
+                    .stop_on_signals(true);
+            if let Some(group) = args.get(2) {
+                app = app.group(group.clone());
+            }
+            let app = app.build().await?;
             say("ready");
             app.run().await?;
         }

@@ -5,7 +5,6 @@
 //! node left in a minority refuses declarations on 4.3 with a clear error in time.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use postage_core::{
     Config, Connection, Consumer, Exchange, Host, Processor, Producer, Queue, processor,
 };
-use postage_tests::{ctl, node_script, rabbitmq_version, try_ctl, unique};
+use postage_tests::{OwnCluster, ctl, rabbitmq_version, unique};
 
 const NODES: [(&str, u16, u16); 3] = [
     ("postage-c1", 5701, 25701),
@@ -21,53 +20,8 @@ const NODES: [(&str, u16, u16); 3] = [
     ("postage-c3", 5703, 25703),
 ];
 
-/// Stops the cluster's nodes when the test ends, however it ends.
-struct Cluster;
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (name, _, _) in NODES {
-            let _ = Command::new(node_script()).args(["stop", name]).status();
-        }
-    }
-}
-
-fn start_cluster() -> Cluster {
-    let cluster = Cluster;
-    for (name, port, dist) in NODES {
-        let conf = std::env::temp_dir().join(format!("{name}.conf"));
-        std::fs::write(&conf, format!("listeners.tcp.default = 127.0.0.1:{port}\n")).unwrap();
-        let status = Command::new(node_script())
-            .args([
-                "start",
-                name,
-                &port.to_string(),
-                &dist.to_string(),
-                conf.to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "node {name} starts");
-    }
-    for (name, _, _) in &NODES[1..] {
-        ctl(name, &["stop_app"]);
-        ctl(name, &["join_cluster", "postage-c1@localhost"]);
-        // RabbitMQ 4.0 with transient queues denied sometimes fails to boot a node that
-        // joins while the cluster's tables are still copying ("can't be denied because
-        // ... actively used", with no such queue anywhere): a broker race, so the node
-        // leaves, joins again from a clean state and starts again, a few times.
-        let started = (0..5).any(|attempt| {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(2));
-                let _ = try_ctl(name, &["stop_app"]);
-                let _ = try_ctl(name, &["reset"]);
-                let _ = try_ctl(name, &["join_cluster", "postage-c1@localhost"]);
-            }
-            try_ctl(name, &["start_app"]).is_ok()
-        });
-        assert!(started, "node {name} joins the cluster and starts");
-    }
-    cluster
+fn start_cluster() -> OwnCluster {
+    OwnCluster::start(&NODES, "")
 }
 
 struct Counter {

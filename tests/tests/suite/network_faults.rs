@@ -7,19 +7,17 @@
 //! no reconnections.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postage_core::channel::{DeliveryStatus, Envelope};
 use postage_core::client::{Target, Transport};
 use postage_core::messenger::Messenger;
 use postage_core::{Connection, Exchange, Processor, Producer, Route, processor};
-use postage_tests::net::{Direction, Links, Namespace, Relay, Toxic};
+use postage_tests::net::{Component, Direction, Links, Namespace, Relay, Toxic};
 use postage_tests::{binary, broker_address, connect, unique};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 /// The heartbeat of the components under test, in seconds: a black hole is noticed
 /// within twice it.
@@ -63,113 +61,6 @@ async fn a_namespace_reaches_the_broker_through_its_relay_until_its_link_is_a_bl
     );
 }
 
-/// A `fault_component` process and the lines it prints, each with when it came; killed
-/// when dropped.
-struct Component {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<(Instant, String)>,
-    seen: Vec<(Instant, String)>,
-}
-
-impl Component {
-    /// Starts `fault_component ARGS` with `command` (plain, or inside a namespace),
-    /// connecting to `relay`, and waits until it serves.
-    async fn start(mut command: Command, relay: SocketAddr, args: &[&str]) -> Self {
-        command
-            .args(args)
-            .env("POSTAGE_HOST", relay.ip().to_string())
-            .env("POSTAGE_PORT", relay.port().to_string())
-            .env("POSTAGE_HEARTBEAT", HEARTBEAT.to_string())
-            .env("POSTAGE_CONNECTION_NAME", unique("faulted"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("fault_component starts");
-        let stdout = child.stdout.take().expect("its output");
-        let (sender, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut component = Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        component
-            .until(Duration::from_secs(30), |line| line == "ready")
-            .await
-            .unwrap_or_else(|| panic!("{args:?} never said ready: {:?}", component.seen));
-        component
-    }
-
-    /// Reads lines until one satisfies `wanted` (returned with when it came), or `wait`
-    /// passes.
-    async fn until(
-        &mut self,
-        wait: Duration,
-        mut wanted: impl FnMut(&str) -> bool,
-    ) -> Option<Instant> {
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some((at, line))) = tokio::time::timeout_at(deadline, self.lines.recv()).await
-        {
-            let found = wanted(&line);
-            self.seen.push((at, line));
-            if found {
-                return Some(at);
-            }
-        }
-        None
-    }
-
-    /// Reads lines until those starting with `word` (seen before included) name every
-    /// number of `all`, or `wait` passes: the numbers named, and when the last came.
-    async fn all_of(
-        &mut self,
-        word: &str,
-        all: &BTreeSet<u64>,
-        wait: Duration,
-    ) -> (BTreeSet<u64>, Option<Instant>) {
-        let mut named: BTreeSet<u64> = self.numbers(word).into_iter().collect();
-        if named.is_superset(all) {
-            return (named, Some(Instant::now()));
-        }
-        let whole = self
-            .until(wait, |line| {
-                if let Some(id) = line.strip_prefix(word).and_then(|n| n.parse().ok()) {
-                    named.insert(id);
-                }
-                named.is_superset(all)
-            })
-            .await;
-        (named, whole)
-    }
-
-    /// The numbers of the lines seen so far that start with `word`, counted.
-    fn numbers(&self, word: &str) -> Vec<u64> {
-        self.seen
-            .iter()
-            .filter_map(|(_, line)| {
-                line.strip_prefix(word)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A namespace, the relay on its host end, and what a component inside it is started
 /// with.
 struct Island {
@@ -187,7 +78,7 @@ impl Island {
 
     async fn start(&self, args: &[&str]) -> Component {
         let command = self.namespace.command(binary("fault_component"));
-        Component::start(command, self.relay.address(), args).await
+        Component::start(command, &[self.relay.address()], HEARTBEAT, args).await
     }
 
     /// Makes the link a black hole for `hole`, and checks the component noticed within
@@ -205,6 +96,10 @@ impl Island {
             noticed - began <= bound,
             "noticed after {:?}, more than twice the heartbeat",
             noticed - began
+        );
+        eprintln!(
+            "black hole noticed after {:.1} s (heartbeat {HEARTBEAT} s)",
+            (noticed - began).as_secs_f64()
         );
         tokio::time::sleep(hole.saturating_sub(began.elapsed())).await;
         self.namespace.heal();
@@ -257,6 +152,7 @@ async fn a_worker_behind_a_black_hole_loses_nothing_and_resumes() {
         first_after.is_some_and(|after| after <= RESUMES),
         "work resumed {first_after:?} after the heal"
     );
+    eprintln!("black hole, worker: working again {first_after:?} after the heal");
     let handled_twice = worker.numbers("handled ").len() - all.len();
     eprintln!("black hole, worker: 40 jobs, none lost, {handled_twice} handled twice");
 }
@@ -325,6 +221,7 @@ async fn calls_in_flight_through_a_black_hole_each_end_within_their_bound() {
         answered_after.is_some_and(|after| after <= RESUMES),
         "calls answered again {answered_after:?} after the heal"
     );
+    eprintln!("black hole, caller: answered again {answered_after:?} after the heal");
     let failed = caller.numbers("failed ").len();
     eprintln!("black hole, caller: 3000 calls, 64 in flight, {failed} failed within their bound");
     handle.shutdown();
@@ -360,6 +257,7 @@ async fn a_simple_client_server_behind_a_black_hole_answers_again() {
         answered.is_some_and(|after| after <= RESUMES),
         "answered again {answered:?} after the heal"
     );
+    eprintln!("black hole, simple client server: answered again {answered:?} after the heal");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -433,6 +331,7 @@ async fn a_generic_application_behind_a_black_hole_answers_pings_again() {
         answered.is_some_and(|after| after <= RESUMES),
         "answered again {answered:?} after the heal"
     );
+    eprintln!("black hole, GenericApplication: answered again {answered:?} after the heal");
 }
 
 /// A worker and a publisher behind a link with 300 ms of latency, 100 ms of jitter and
@@ -459,9 +358,15 @@ async fn a_slow_link_loses_nothing_and_causes_no_reconnections() {
     }
     let name = unique("slow");
     let plain = || Command::new(binary("fault_component"));
-    let mut worker = Component::start(plain(), relay.address(), &["worker", &name]).await;
-    let mut publisher =
-        Component::start(plain(), relay.address(), &["publisher", &name, "100"]).await;
+    let mut worker =
+        Component::start(plain(), &[relay.address()], HEARTBEAT, &["worker", &name]).await;
+    let mut publisher = Component::start(
+        plain(),
+        &[relay.address()],
+        HEARTBEAT,
+        &["publisher", &name, "100"],
+    )
+    .await;
     publisher
         .until(Duration::from_secs(120), |line| line == "published")
         .await
@@ -493,9 +398,15 @@ async fn a_link_cut_mid_frame_loses_nothing() {
     let relay = Relay::start(broker_address()).await;
     let name = unique("midframe");
     let plain = || Command::new(binary("fault_component"));
-    let mut worker = Component::start(plain(), relay.address(), &["worker", &name]).await;
-    let mut publisher =
-        Component::start(plain(), relay.address(), &["publisher", &name, "60"]).await;
+    let mut worker =
+        Component::start(plain(), &[relay.address()], HEARTBEAT, &["worker", &name]).await;
+    let mut publisher = Component::start(
+        plain(),
+        &[relay.address()],
+        HEARTBEAT,
+        &["publisher", &name, "60"],
+    )
+    .await;
     publisher
         .until(Duration::from_secs(30), |line| line == "confirmed 20")
         .await
