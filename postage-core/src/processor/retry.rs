@@ -35,9 +35,13 @@ const COPY_FAILED_PAUSE: Duration = Duration::from_secs(1);
 /// a policy makes retry the default for a failure, and keeps for each queue `Q` that
 /// the processor reads:
 ///
-/// - delay queues `Q.retry.<delay>` (`Q.retry.1s`, `Q.retry.2s`...), durable, each with
-///   that message TTL, dead-lettering back to `Q`; declared when first needed, and gone
-///   a minute after their last use;
+/// - delay queues `Q.delay.<delay>` (`Q.delay.1s`, `Q.delay.2s`...), each with that
+///   message TTL, dead-lettering back to `Q`; declared when first needed, and gone a
+///   minute after their last use. They are quorum queues that dead-letter at least once:
+///   a message whose delay ends while `Q` cannot take it (its node down, a policy
+///   refusing it) stays in its delay queue, and RabbitMQ offers it again every
+///   `dead_letter_worker_publisher_confirm_timeout` (3 minutes by default) until `Q`
+///   takes it;
 /// - a dead-letter queue `Q.dead`, durable, for the messages whose attempts are spent,
 ///   that a handler rejects, or that do not decode, each with its reason in the
 ///   `x-postage-error` header and its attempts in `x-postage-attempt`.
@@ -358,10 +362,15 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let queue = delivery.queue();
         let (name, declared, next_attempt, expiration) = match target {
             Target::Delay { tier, delay } => {
-                let name = format!("{queue}.retry.{}", delay_name(*tier));
+                let name = format!("{queue}.delay.{}", delay_name(*tier));
                 let ttl = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+                // A quorum queue dead-letters at least once (it keeps a message until
+                // `queue` confirms it); a classic one drops what `queue` cannot take at
+                // that moment (its node down, a policy refusing it).
                 let declared = Queue::new(name.as_str())
-                    .durable(true)
+                    .quorum()
+                    .argument("x-dead-letter-strategy", LongString::from("at-least-once"))
+                    .argument("x-overflow", LongString::from("reject-publish"))
                     .argument("x-message-ttl", ttl)
                     .argument("x-dead-letter-exchange", LongString::from(""))
                     .argument("x-dead-letter-routing-key", LongString::from(queue))

@@ -353,7 +353,7 @@ async fn requeue_and_a_delay_of_its_own() {
     assert!(delayed[1].1 >= Duration::from_millis(680), "{delayed:?}");
     let queues = postage_tests::rabbitmqctl(&["list_queues", "name"]);
     assert!(
-        queues.contains(&format!("{name}.retry.700ms")),
+        queues.contains(&format!("{name}.delay.700ms")),
         "a delay of its own waits in a queue of its own: {queues}"
     );
     worker.stop().await;
@@ -615,4 +615,80 @@ async fn a_copy_lost_with_its_publishing_connection_leaves_the_original_on_its_q
     );
     worker.stop().await;
     let _ = connection.close().await;
+}
+
+/// A retried message whose queue refuses it as its delay ends (a policy: `max-length` 0,
+/// `overflow` `reject-publish` on the work queue, the way a queue whose node is down
+/// cannot take it) is not dropped: its delay queue dead-letters at least once, keeps it
+/// and offers it again until the queue takes it. RabbitMQ offers it again every
+/// `dead_letter_worker_publisher_confirm_timeout` (3 minutes by default; 1 s here, set
+/// on the broker before the delay queue exists).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_message_its_queue_refuses_as_its_delay_ends_comes_back_later() {
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&[
+            "eval",
+            "application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 1000).",
+        ])
+    })
+    .await
+    .unwrap();
+    let connection = connect().await;
+    let ex = exchange("refusedback");
+    let name = unique("refusedback-q");
+    let delay = Duration::from_secs(5);
+    let policy = RetryPolicy::new()
+        .attempts(3)
+        .backoff(delay, delay)
+        .jitter(0.0);
+    let mut worker = run_worker(
+        &connection,
+        &ex,
+        Queue::new(name.as_str()).durable(true),
+        Some(1),
+        policy,
+    )
+    .await;
+    let producer = producer(&connection, &ex).await;
+    producer.command("work", json!({"id": 1})).await.unwrap();
+    let (_, attempt, first) = tokio::time::timeout(Duration::from_secs(5), worker.seen.recv())
+        .await
+        .expect("the first attempt within 5 s")
+        .unwrap();
+    assert_eq!(attempt, 1);
+
+    let refusal = unique("refuse");
+    let pattern = format!("^{}$", name.replace('.', "\\."));
+    tokio::task::spawn_blocking({
+        let (refusal, pattern) = (refusal.clone(), pattern.clone());
+        move || {
+            rabbitmqctl(&[
+                "set_policy",
+                &refusal,
+                &pattern,
+                r#"{"max-length": 0, "overflow": "reject-publish"}"#,
+                "--apply-to",
+                "queues",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.elapsed() < delay - Duration::from_millis(500),
+        "the refusing policy must be in place before the delay ends (it took {:?})",
+        first.elapsed()
+    );
+    // The delay ends while the queue refuses; it takes the message again 2 s later.
+    tokio::time::sleep_until((first + delay + Duration::from_secs(2)).into()).await;
+    tokio::task::spawn_blocking(move || rabbitmqctl(&["clear_policy", &refusal]))
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(15), worker.seen.recv()).await;
+    assert!(
+        matches!(back, Ok(Some((1, 2, _)))),
+        "the retried message comes back once its queue takes it again: {back:?}"
+    );
+    worker.stop().await;
+    let _ = tokio::task::spawn_blocking(move || rabbitmqctl(&["delete_queue", &name])).await;
 }
