@@ -15,8 +15,7 @@ use super::table::Entry;
 use crate::connection::ChannelLease;
 use crate::consumer::Delivery;
 use crate::handler::{
-    Disposition, HandlerCall, HandlerError, HandlerRegistration, Metadata, Outcome, Reply,
-    ReplySender,
+    Disposition, HandlerCall, HandlerError, Metadata, Outcome, Reply, ReplySender,
 };
 use crate::inbox::Unit;
 use crate::rpc::ReturnAddress;
@@ -106,8 +105,9 @@ impl<P: Send + Sync + 'static> Shared<P> {
             telemetry.metrics.delivery(queue, None, disposition);
         }
         for entry in ran {
-            let name = label(entry.registration);
-            telemetry.metrics.delivery(queue, Some(&name), disposition);
+            telemetry
+                .metrics
+                .delivery(queue, Some(&entry.label), disposition);
         }
     }
 
@@ -151,7 +151,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         metadata: Metadata,
     ) -> Verdict {
         let handler = entry.registration;
-        let unit = match self.open_unit(handler, &metadata).await {
+        let unit = match self.open_unit(entry, &metadata).await {
             Opened::Run(unit) => unit,
             Opened::HandledBefore => return Verdict::Ack,
             Opened::Failed(verdict) => return verdict,
@@ -197,12 +197,13 @@ impl<P: Send + Sync + 'static> Shared<P> {
     }
 
     /// The inbox's unit of work for `handler` on the message (none without an inbox).
-    async fn open_unit(&self, handler: &HandlerRegistration, metadata: &Metadata) -> Opened {
+    async fn open_unit(&self, entry: &Entry, metadata: &Metadata) -> Opened {
         let Some(inbox) = &self.inbox else {
             return Opened::Run(None);
         };
+        let handler = entry.registration;
         let id = metadata.message_id.clone().unwrap_or_default();
-        match inbox.begin(id, label(handler)).await {
+        match inbox.begin(id, entry.label.clone()).await {
             Ok(Some(unit)) => Opened::Run(Some(unit)),
             Ok(None) => {
                 tracing::debug!(handler = handler.method, message_id = metadata.message_id.as_deref().unwrap_or(""), queue = %metadata.queue, "handled before (inbox); acknowledging");
@@ -322,7 +323,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
         if let Some(telemetry) = &self.telemetry {
             telemetry
                 .metrics
-                .handler_run(&label(handler), started.elapsed());
+                .handler_run(&entry.label, started.elapsed());
         }
         if !span.is_disabled() {
             span.record(
@@ -377,11 +378,6 @@ enum Opened {
     HandledBefore,
     /// The inbox failed: settle so.
     Failed(Verdict),
-}
-
-/// A handler as the metrics name it: `Processor::method`.
-fn label(handler: &HandlerRegistration) -> String {
-    format!("{}::{}", handler.processor_name, handler.method)
 }
 
 /// One delivery in flight, counted in the metrics until it is dropped.

@@ -30,6 +30,9 @@ impl HandlerSet {
 pub(super) struct Entry {
     pub(super) registration: &'static HandlerRegistration,
     pub(super) state: Arc<dyn Any + Send + Sync>,
+    /// The handler as metrics and the inbox name it, `Processor::method`: formatted once
+    /// here, not per delivery.
+    pub(super) label: String,
 }
 
 /// The handlers a processor serves, by message.
@@ -62,6 +65,7 @@ impl HandlerTable {
             let entry = Entry {
                 registration,
                 state: Arc::clone(&set.state),
+                label: format!("{}::{}", registration.processor_name, registration.method),
             };
             match registration.category {
                 Category::Message => table
