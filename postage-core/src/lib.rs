@@ -38,6 +38,7 @@ mod config;
 mod connection;
 mod consumer;
 mod deadline;
+mod delay;
 mod error;
 mod handler;
 mod processor;

@@ -23,6 +23,7 @@ mod call;
 mod publish;
 mod recording;
 mod route;
+mod schedule;
 
 pub use self::call::{PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};

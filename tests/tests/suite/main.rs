@@ -34,6 +34,7 @@ mod producer_consumer;
 mod python_postage;
 mod reply_queue;
 mod retries;
+mod scheduled;
 mod shutdown;
 mod supervision;
 mod timers;
