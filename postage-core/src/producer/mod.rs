@@ -25,7 +25,7 @@ mod recording;
 mod route;
 mod schedule;
 
-pub use self::call::{PendingCall, RpcOptions};
+pub use self::call::{DEFAULT_ANSWER_WITHIN, PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};
 pub(crate) use self::publish::Publish;
 pub use self::recording::{RECORDING_LIMIT, Recording, Sent};

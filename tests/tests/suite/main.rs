@@ -31,6 +31,7 @@ mod network_faults;
 mod outbox;
 mod processor;
 mod producer_consumer;
+mod progress;
 mod python_postage;
 mod reply_queue;
 mod retries;
