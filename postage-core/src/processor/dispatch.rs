@@ -274,7 +274,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
             unit: None,
         };
         // A caller that asked for beats gets one every interval while the handler runs.
-        let _beating = beats.map(|every| Beating::start(every, Arc::clone(&sender), Arc::clone(&sent)));
+        let _beating =
+            beats.map(|every| Beating::start(every, Arc::clone(&sender), Arc::clone(&sent)));
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
             // Filtered out: no answer (as Python Postage's filters).

@@ -219,7 +219,10 @@ impl RpcOptions {
     /// comes: the value the handler gave [`Reply::progress`](crate::Reply::progress), or
     /// `null` for a plain beat. It runs on the task awaiting the answer: keep it short.
     #[must_use]
-    pub fn on_progress(mut self, on_progress: impl Fn(serde_json::Value) + Send + Sync + 'static) -> Self {
+    pub fn on_progress(
+        mut self,
+        on_progress: impl Fn(serde_json::Value) + Send + Sync + 'static,
+    ) -> Self {
         self.on_progress = Some(OnProgress(Arc::new(on_progress)));
         self
     }

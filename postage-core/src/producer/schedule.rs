@@ -56,8 +56,8 @@ impl Producer {
         let body = if self.plain_json() {
             self.command_body(name, Category::Message, &parameters)?
         } else {
-            let message = Message::command(name, parameters)?
-                .with_fingerprint(self.fingerprint().clone());
+            let message =
+                Message::command(name, parameters)?.with_fingerprint(self.fingerprint().clone());
             self.encoder().encode(&message)?
         };
         self.send_later(&body, &Route::Default, delay).await

@@ -211,7 +211,8 @@ impl<W: Waiter> Replies<W> {
         };
         if super::progress::is_beat(&delivery.properties) {
             let data = delivery.data;
-            self.waiters.with(id.as_str(), |waiter| waiter.progress(data));
+            self.waiters
+                .with(id.as_str(), |waiter| waiter.progress(data));
             return;
         }
         if !self.hand(id.as_str(), delivery.data) {

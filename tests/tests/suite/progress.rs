@@ -102,7 +102,10 @@ async fn a_call_with_beats_outlives_its_timeout_and_sees_the_handlers_progress()
         assert!(plain >= 10, "{how}: {plain} plain beats in 6 s");
         let told: Vec<&Value> = beats.iter().filter(|b| !b.is_null()).collect();
         assert_eq!(told, [&json!({"third": 1}), &json!({"third": 2})], "{how}");
-        eprintln!("{how} reply queue: {plain} plain beats, {} values", told.len());
+        eprintln!(
+            "{how} reply queue: {plain} plain beats, {} values",
+            told.len()
+        );
     }
 
     // Without beats the same call is cut off by its timeout.
@@ -258,9 +261,14 @@ async fn a_server_killed_mid_call_is_noticed_a_beat_later() {
     let _ = worker.wait();
 
     let (answer, ended) = calling.await.unwrap();
-    assert!(matches!(answer, Err(Error::RpcTimeout { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Err(Error::RpcTimeout { .. })),
+        "{answer:?}"
+    );
     let noticed = ended.duration_since(killed);
-    eprintln!("server SIGKILLed mid-call: noticed after {noticed:?} (beat 200 ms, timeout {timeout:?})");
+    eprintln!(
+        "server SIGKILLed mid-call: noticed after {noticed:?} (beat 200 ms, timeout {timeout:?})"
+    );
     assert!(
         noticed < timeout / 2,
         "noticed after {noticed:?}, not a beat or two after the kill"

@@ -20,9 +20,16 @@ const RESTART_NODE: (&str, u16, u16) = ("postage-sched-1", 5851, 25851);
 /// and their fanout exchanges `postage.scheduled.<exchange>.*`, which stay when unused.
 async fn delete_scheduled(connection: &Connection, node: &str, exchange: &Exchange) {
     let prefix = format!("postage.scheduled.{}.", exchange.name());
-    let queues = ctl(node, &["list_queues", "name", "--no-table-headers", "--silent"]);
+    let queues = ctl(
+        node,
+        &["list_queues", "name", "--no-table-headers", "--silent"],
+    );
     let channel = connection.open_channel().await.unwrap();
-    for queue in queues.lines().map(str::trim).filter(|q| q.starts_with(&prefix)) {
+    for queue in queues
+        .lines()
+        .map(str::trim)
+        .filter(|q| q.starts_with(&prefix))
+    {
         channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await
@@ -175,7 +182,10 @@ async fn an_hour_waits_in_a_durable_delay_queue_that_dead_letters_to_its_exchang
     assert!(line.contains("\ttrue\t"), "durable: {line}");
     assert!(line.contains("quorum"), "a quorum queue: {line}");
     assert!(line.contains("4000000"), "its TTL is its tier: {line}");
-    assert!(line.contains(exchange.name()), "dead-letters to the exchange: {line}");
+    assert!(
+        line.contains(exchange.name()),
+        "dead-letters to the exchange: {line}"
+    );
     assert!(line.contains("at-least-once"), "at least once: {line}");
     assert!(
         !line.contains("x-dead-letter-routing-key"),
@@ -218,7 +228,10 @@ async fn an_hour_waits_in_a_durable_delay_queue_that_dead_letters_to_its_exchang
     let refused = producer
         .command_after(Duration::from_secs(50 * 86_400), "echo", "too late")
         .await;
-    assert!(matches!(refused, Err(Error::InvalidConfig { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::InvalidConfig { .. })),
+        "{refused:?}"
+    );
     delete_scheduled(&connection, &test_node(), &exchange).await;
 }
 

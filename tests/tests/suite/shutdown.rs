@@ -176,7 +176,9 @@ async fn a_sigterm_drains_not_ready_first_and_a_stop_with_sigkill_after_loses_no
     // One handler finishes within the drain bound, one would not.
     producer.command("slow", 3000_u64).await.unwrap();
     producer.command("slow", 60_000_u64).await.unwrap();
-    assert!(waited(&|| seen("started slow 3000") && seen("started slow 60000")));
+    assert!(waited(
+        &|| seen("started slow 3000") && seen("started slow 60000")
+    ));
 
     let terminated = Instant::now();
     kill("-TERM", &worker);
@@ -190,7 +192,10 @@ async fn a_sigterm_drains_not_ready_first_and_a_stop_with_sigkill_after_loses_no
     };
     assert_eq!(status, 503, "not ready while draining: {body}");
     assert!(body.contains("draining"), "{body}");
-    assert!(!seen("handled slow 3000"), "answered before the handler finished");
+    assert!(
+        !seen("handled slow 3000"),
+        "answered before the handler finished"
+    );
     // Its consumer is cancelled first, while the handlers go on.
     assert!(
         waited(&|| consumers_of(&queue) == Some(0)),
@@ -216,7 +221,10 @@ async fn a_sigterm_drains_not_ready_first_and_a_stop_with_sigkill_after_loses_no
     let exit = exit.expect("the worker exits within its drain bound, before SIGKILL");
     assert!(exit.success(), "the worker exits 0: {exit}");
     eprintln!("SIGTERM to exit: {:?}", terminated.elapsed());
-    assert!(seen("handled slow 3000"), "the handler within the bound finished");
+    assert!(
+        seen("handled slow 3000"),
+        "the handler within the bound finished"
+    );
     assert!(seen("stopped Shutdown"));
     assert!(!seen("handled slow 60000"));
 
