@@ -326,3 +326,50 @@ async fn a_scheduled_message_outlives_its_sender_and_a_broker_restart() {
     assert!(arrived[0].1 >= Duration::from_secs(12), "{arrived:?}");
     receiver.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn postage_send_after_and_at_schedule_from_a_shell() {
+    let connection = connect().await;
+    let exchange = Exchange::named(unique("sched-cli"));
+    let mut addressed = consumer(&connection, &exchange, "cli").await;
+    let name = exchange.name().to_owned();
+    let sent = Instant::now();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = |when: &[&str], text: &str| {
+            std::process::Command::new(postage_tests::binary("postage"))
+                .args(["--exchange", &name, "send", "cli", "echo", "--params", text])
+                .args(when)
+                .output()
+                .unwrap()
+        };
+        [
+            run(&["--after", "700ms"], "\"after\""),
+            run(&["--at", "2020-01-01T00:00:00Z"], "\"at a time past\""),
+        ]
+    })
+    .await
+    .unwrap();
+    for output in &outputs {
+        assert!(output.status.success(), "{output:?}");
+    }
+    let said = String::from_utf8_lossy(&outputs[0].stdout);
+    assert!(said.contains("scheduled echo to cli in 700ms"), "{said}");
+    let (first, _) = next_text(&mut addressed, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (second, came) = next_text(&mut addressed, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        [first.as_str(), second.as_str()],
+        ["at a time past", "after"]
+    );
+    assert!(came.duration_since(sent) >= Duration::from_millis(700));
+    delete_scheduled(&connection, &test_node(), &exchange).await;
+    // Durable, as the tool declares it.
+    let channel = connection.open_channel().await.unwrap();
+    channel
+        .exchange_delete(exchange.name().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+}
