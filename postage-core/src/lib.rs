@@ -38,6 +38,7 @@ mod config;
 mod connection;
 mod consumer;
 mod deadline;
+mod delay;
 mod error;
 mod handler;
 mod processor;
@@ -68,9 +69,11 @@ pub use processor::{
     ProcessorBuilder, ProcessorHandle, RetryPolicy,
 };
 pub use producer::{
-    DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route, RpcOptions,
+    DEFAULT_ANSWER_WITHIN, DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route,
+    RpcOptions,
 };
 pub use rpc::ReplyQueue;
+pub use rpc::progress::PROGRESS_HEADER;
 pub use topology::{Binding, Exchange, ExchangeKind, Queue, QueueShape};
 pub use wire::{
     COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,

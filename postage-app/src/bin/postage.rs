@@ -11,7 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use postage_app::{Description, GENERIC_APPLICATION_EXCHANGE, components};
 use postage_core::asyncapi::{Document, breaking_changes};
-use postage_core::{Config, Connection, Error, Exchange, Fingerprint, Producer, Route, RpcResult};
+use postage_core::{
+    Config, Connection, Error, Exchange, Fingerprint, Producer, Route, RpcOptions, RpcResult,
+};
 use serde_json::{Value, json};
 
 /// Talk to postage components: send commands, call them, ping, list, control.
@@ -43,6 +45,14 @@ enum Command {
         /// Parameters as JSON (default `{}`).
         #[arg(long)]
         params: Option<String>,
+        /// Delivered this long from now (`100ms`, `2s`, `5m`, `1h 30m`), held by the
+        /// broker meanwhile.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "at")]
+        after: Option<Duration>,
+        /// Delivered at this time (RFC 3339, such as `2026-12-05T10:00:00Z`), held by
+        /// the broker until then.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        at: Option<std::time::SystemTime>,
     },
     /// Calls an RPC command and prints its result (the first, and how many answered when
     /// the key reached more than one component).
@@ -54,9 +64,17 @@ enum Command {
         /// Parameters as JSON (default `{}`).
         #[arg(long)]
         params: Option<String>,
-        /// Seconds to wait for the answer.
+        /// Seconds to wait for the answer (with `--progress`: for the first beat).
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// Asks the component for a progress beat this often (`1s`, `500ms`) and prints
+        /// each as it comes; the call then waits as long as beats come (at most
+        /// `--answer-within`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        progress: Option<Duration>,
+        /// With `--progress`, how long to wait for the answer in all (`20m`, `2h`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h", requires = "progress")]
+        answer_within: Duration,
     },
     /// Pings every application a key reaches and prints each fingerprint.
     Ping {
@@ -327,12 +345,44 @@ async fn execute(
             key,
             command,
             params,
+            after,
+            at,
         } => {
-            send(connection, &key, &command, parameters(params)?, exchange).await?;
+            let params = parameters(params)?;
+            let delay = match (after, at) {
+                (Some(after), _) => Some(after),
+                (None, Some(at)) => Some(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or(Duration::ZERO),
+                ),
+                (None, None) => None,
+            };
+            let Some(delay) = delay else {
+                send(connection, &key, &command, params, exchange).await?;
+                report(
+                    json,
+                    json!({"sent": command, "key": key}),
+                    format!("sent {command} to {key}"),
+                );
+                return Ok(());
+            };
+            producer(
+                connection,
+                exchange,
+                &key,
+                postage_core::DEFAULT_PUBLISH_TIMEOUT,
+            )
+            .await?
+            .command_after(delay, &command, params)
+            .await?;
+            let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             report(
                 json,
-                json!({"sent": command, "key": key}),
-                format!("sent {command} to {key}"),
+                json!({"scheduled": command, "key": key, "after_ms": ms}),
+                format!(
+                    "scheduled {command} to {key} in {}",
+                    humantime::format_duration(Duration::from_millis(ms))
+                ),
             );
         }
         Command::Quit { key } => {
@@ -386,9 +436,34 @@ async fn execute(
             command,
             params,
             timeout,
+            progress,
+            answer_within,
         } => {
             let timeout = seconds(timeout, "--timeout")?;
             let producer = producer(connection, exchange, &key, timeout).await?;
+            if let Some(interval) = progress {
+                let options = RpcOptions::new()
+                    .timeout(timeout)
+                    .max_retry(0)
+                    .progress(interval)
+                    .answer_within(answer_within)
+                    .on_progress(move |value| {
+                        if json {
+                            println!("{}", json!({"progress": value}));
+                        } else if value.is_null() {
+                            println!("... working");
+                        } else {
+                            println!("... {value}");
+                        }
+                    });
+                // No answer in time (the beats stopped) is exit code 3, as for any call.
+                let answer = producer
+                    .rpc_deferred(&command, parameters(params)?, options)
+                    .await?
+                    .result()
+                    .await?;
+                return answered(&command, answer, json);
+            }
             let answers = producer
                 .gather(
                     &command,
@@ -413,30 +488,7 @@ async fn execute(
                     answers.len()
                 );
             }
-            let (object, failure) = match first.clone() {
-                RpcResult::Success { value, .. } => {
-                    let text = value
-                        .as_str()
-                        .map_or_else(|| value.to_string(), str::to_owned);
-                    report(json, json!({"type": "success", "value": value}), text);
-                    return Ok(());
-                }
-                RpcResult::Error { message } => (
-                    json!({"type": "error", "message": message}),
-                    format!("{command} answered an error: {message}"),
-                ),
-                RpcResult::Exception { kind, message } => (
-                    json!({"type": "exception", "kind": kind, "message": message}),
-                    format!("{command} raised {kind}: {message}"),
-                ),
-            };
-            if json {
-                println!("{object}");
-            }
-            return Err(Failure {
-                code: 1,
-                text: failure,
-            });
+            return answered(&command, first.clone(), json);
         }
         Command::Ping { key, wait } => {
             let wait_for = seconds(wait, "--wait")?;
@@ -622,4 +674,33 @@ fn report(json: bool, object: Value, text: String) {
     } else {
         println!("{text}");
     }
+}
+
+/// Prints an RPC answer: a success as its value; an error or exception as a failure
+/// (exit code 1).
+fn answered(command: &str, answer: RpcResult, json: bool) -> Result<(), Failure> {
+    let (object, failure) = match answer {
+        RpcResult::Success { value, .. } => {
+            let text = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            report(json, json!({"type": "success", "value": value}), text);
+            return Ok(());
+        }
+        RpcResult::Error { message } => (
+            json!({"type": "error", "message": message}),
+            format!("{command} answered an error: {message}"),
+        ),
+        RpcResult::Exception { kind, message } => (
+            json!({"type": "exception", "kind": kind, "message": message}),
+            format!("{command} raised {kind}: {message}"),
+        ),
+    };
+    if json {
+        println!("{object}");
+    }
+    Err(Failure {
+        code: 1,
+        text: failure,
+    })
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lapin::types::FieldTable;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wire::{Category, Message, RpcResult};
 
 /// A boxed future, as handler wrappers return.
@@ -81,11 +81,51 @@ impl Reply {
         let result = RpcResult::success(value)?;
         self.send(result).await
     }
+
+    /// Tells the caller how the work goes, with `value` (a percentage, a stage, any JSON
+    /// value), before the answer. Only a caller that asked for progress (see
+    /// [`RpcOptions::progress`](crate::RpcOptions::progress)) is sent anything: for any
+    /// other, a Python Postage caller included, this does nothing. Also counts as a beat:
+    /// while the handler runs the processor sends the caller a plain beat every interval
+    /// the caller asked for, whether the handler calls this or not.
+    ///
+    /// ```
+    /// use postage_core::{HandlerError, Reply, RpcResult, processor};
+    ///
+    /// struct Reports;
+    ///
+    /// #[processor]
+    /// impl Reports {
+    ///     #[rpc_handler("command", "build_report")]
+    ///     async fn build_report(&self, pages: u32, reply: Reply) -> Result<(), HandlerError> {
+    ///         for page in 1..=pages {
+    ///             // ... a page's work ...
+    ///             reply.progress(serde_json::json!({"page": page, "of": pages})).await?;
+    ///         }
+    ///         reply.success("done").await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub async fn progress(&self, value: impl Serialize) -> Result<()> {
+        if self.sent.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let value = serde_json::to_value(value).map_err(|source| Error::Payload {
+            what: "a progress value".into(),
+            source,
+        })?;
+        self.sender.progress(value).await
+    }
 }
 
-/// Publishes an RPC answer; implemented by the processor runtime.
+/// Publishes an RPC answer, and the caller's progress beats; implemented by the
+/// processor runtime.
 pub(crate) trait ReplySender: fmt::Debug + Send + Sync {
     fn send(&self, result: RpcResult) -> BoxFuture<Result<()>>;
+
+    /// Sends the caller a beat carrying `value`, when it asked for beats.
+    fn progress(&self, value: serde_json::Value) -> BoxFuture<Result<()>>;
 }
 
 /// One handler call: the message (a copy of its own), its metadata and, for RPC, the

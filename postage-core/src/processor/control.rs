@@ -46,6 +46,8 @@ pub(super) fn watch_signals(handle: ProcessorHandle) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+        // The process is ending: never ready again, whatever else still runs in it.
+        crate::telemetry::terminating();
         handle.shutdown();
     });
     Ok(())

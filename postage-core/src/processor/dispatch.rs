@@ -4,6 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -18,7 +19,7 @@ use crate::handler::{
     Disposition, HandlerCall, HandlerError, Metadata, Outcome, Reply, ReplySender,
 };
 use crate::inbox::Unit;
-use crate::rpc::ReturnAddress;
+use crate::rpc::{ReturnAddress, progress};
 use crate::telemetry::{Scope, Telemetry, current_deadline, span};
 use crate::wire::{COMMAND, Category, Message, RpcResult};
 
@@ -241,12 +242,14 @@ impl<P: Send + Sync + 'static> Shared<P> {
             return Verdict::Reject(format!("RPC call {:?} without reply_to", message.name));
         };
         let to = ReturnAddress::new(reply_to, metadata.correlation_id.as_deref());
+        let beats = progress::requested(&metadata.headers);
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
             answers: self.answers.clone(),
             via: via.cloned(),
             to,
             encoder: (!self.encoder.is_postage_json()).then(|| Arc::clone(&self.encoder)),
             fingerprint: Arc::clone(&self.fingerprint),
+            beats,
         });
         let Some(entry) = entry else {
             let text = format!("no RPC handler for command {:?} here", message.name);
@@ -271,6 +274,9 @@ impl<P: Send + Sync + 'static> Shared<P> {
             states: Arc::clone(&self.states),
             unit: None,
         };
+        // A caller that asked for beats gets one every interval while the handler runs.
+        let _beating =
+            beats.map(|every| Beating::start(every, Arc::clone(&sender), Arc::clone(&sent)));
         let answer = match self.call(entry, call).await {
             Outcome::Answer(result) => result,
             // Filtered out: no answer (as Python Postage's filters).
@@ -411,5 +417,33 @@ fn failed(rpc: bool, error: HandlerError) -> Outcome {
         Outcome::Answer(error.to_result())
     } else {
         Outcome::Failed(error)
+    }
+}
+
+/// The beats of a call whose caller asked for them: a task that sends a plain beat every
+/// interval until the answer is sent; stopped when dropped, with the handler's run.
+struct Beating(tokio::task::JoinHandle<()>);
+
+impl Beating {
+    fn start(every: Duration, sender: Arc<dyn ReplySender>, sent: Arc<AtomicBool>) -> Self {
+        Self(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if sent.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(error) = sender.progress(serde_json::Value::Null).await {
+                    tracing::debug!(%error, "could not send a progress beat");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

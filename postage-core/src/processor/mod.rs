@@ -30,7 +30,7 @@ use crate::connection::Connection;
 use crate::consumer::Consumer;
 use crate::handler::{Disposition, States};
 use crate::producer::Producer;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, Watched};
 use crate::wire::{Encoder, Fingerprint};
 
 /// Why [`Processor::run`] returned.
@@ -76,6 +76,17 @@ struct Stop {
     requested: AtomicBool,
     wake: Notify,
     tracked: Arc<AtomicUsize>,
+}
+
+/// A processor asked to stop is draining: the health endpoint's `/health/ready` answers
+/// 503 from that moment (before its consumers are cancelled), so an orchestrator sends it
+/// no more work while the handlers in flight finish.
+impl Watched for Stop {
+    fn readiness(&self) -> Option<Result<(), String>> {
+        self.requested
+            .load(Ordering::SeqCst)
+            .then(|| Err("draining: stopping, finishing the handlers in flight".to_owned()))
+    }
 }
 
 /// Who may send the control commands, how big a body may be, and how a stop goes.

@@ -1,12 +1,15 @@
 //! Answering an RPC call: the answer goes to the caller's return address.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::BasicProperties;
 
 use crate::connection::ChannelLease;
 use crate::error::Result;
 use crate::handler::{BoxFuture, ReplySender};
 use crate::producer::{Producer, Publish};
-use crate::rpc::ReturnAddress;
+use crate::rpc::{ReturnAddress, progress};
 use crate::wire::Fingerprint;
 use crate::wire::json;
 use crate::wire::{Encoder, JsonEncoder};
@@ -27,9 +30,49 @@ pub(super) struct ChannelReply {
     /// `None` for the default JSON encoder.
     pub(super) encoder: Option<Arc<dyn Encoder>>,
     pub(super) fingerprint: Arc<Fingerprint>,
+    /// The beat interval the caller asked for, `None` when it asked for no beats.
+    pub(super) beats: Option<Duration>,
+}
+
+impl ChannelReply {
+    /// Publishes `body` with `properties` to the caller's reply queue, on the request's
+    /// channel when there is one.
+    fn publish(&self, body: Vec<u8>, properties: BasicProperties) -> BoxFuture<Result<()>> {
+        let (answers, via) = (self.answers.clone(), self.via.clone());
+        let reply_to = self.to.reply_to().to_owned();
+        Box::pin(async move {
+            let publish = Publish::new("", &reply_to, &body, properties);
+            match via {
+                Some(channel) => answers.send(publish.via(&channel)).await,
+                None => {
+                    let mandatory = answers.reliable();
+                    answers.send(publish.mandatory(mandatory)).await
+                }
+            }
+        })
+    }
 }
 
 impl ReplySender for ChannelReply {
+    fn progress(&self, value: serde_json::Value) -> BoxFuture<Result<()>> {
+        if self.beats.is_none() {
+            return Box::pin(async { Ok(()) });
+        }
+        let body = match serde_json::to_vec(&value) {
+            Ok(body) => body,
+            Err(source) => {
+                return Box::pin(async move {
+                    Err(crate::error::Error::Payload {
+                        what: "a progress value".into(),
+                        source,
+                    })
+                });
+            }
+        };
+        let properties = progress::beat(self.to.properties(JsonEncoder.content_type()));
+        self.publish(body, properties)
+    }
+
     fn send(&self, result: RpcResult) -> BoxFuture<Result<()>> {
         let (body, content_type) = match &self.encoder {
             None => (
@@ -43,20 +86,9 @@ impl ReplySender for ChannelReply {
             }
         };
         let properties = self.to.properties(content_type);
-        let (answers, via) = (self.answers.clone(), self.via.clone());
-        let reply_to = self.to.reply_to().to_owned();
-        Box::pin(async move {
-            let body = body?;
-            match via {
-                Some(channel) => {
-                    let publish = Publish::new("", &reply_to, &body, properties);
-                    answers.send(publish.via(&channel)).await
-                }
-                None => {
-                    let publish = Publish::new("", &reply_to, &body, properties);
-                    answers.send(publish.mandatory(answers.reliable())).await
-                }
-            }
-        })
+        match body {
+            Ok(body) => self.publish(body, properties),
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
     }
 }

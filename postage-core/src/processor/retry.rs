@@ -1,10 +1,11 @@
 //! Retries with backoff, on the broker: a failed message waits in a delay queue of its
-//! queue, whose message TTL dead-letters it back to that queue (through the default
-//! exchange, so it reaches no other queue), one delay queue per delay tier so a long delay
-//! never holds up a short one; once its attempts are spent it goes to the queue's
-//! dead-letter queue with the last error in its headers. No plugin, any RabbitMQ from
-//! 3.10 on, classic and quorum work queues alike; the body is left as it was, so a Python
-//! Postage component on the same queue reads a retried message as any other.
+//! queue (the mechanism of [`crate::delay`], shared with scheduled messages), whose
+//! message TTL dead-letters it back to that queue (through the default exchange, so it
+//! reaches no other queue), one delay queue per delay tier so a long delay never holds up
+//! a short one; once its attempts are spent it goes to the queue's dead-letter queue with
+//! the last error in its headers. No plugin, any RabbitMQ from 3.10 on, classic and
+//! quorum work queues alike; the body is left as it was, so a Python Postage component on
+//! the same queue reads a retried message as any other.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use lapin::types::{AMQPValue, LongString, ShortString};
 
 use super::Shared;
 use crate::consumer::Delivery;
+use crate::delay;
 use crate::error::Result;
 use crate::handler::Disposition;
 use crate::producer::Publish;
@@ -252,18 +254,6 @@ pub(super) fn attempt_of(properties: &BasicProperties) -> u32 {
     u32::try_from(attempt).unwrap_or(1).max(1)
 }
 
-/// A delay as it appears in a delay queue's name: `1s`, `1500ms`, `2m`.
-fn delay_name(delay: Duration) -> String {
-    let ms = delay.as_millis();
-    if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
 impl<P: Send + Sync + 'static> Shared<P> {
     /// Carries out `verdict` for `delivery`: a retry or a dead-lettering publishes a copy
     /// (and waits for the broker's confirm) before the original is acknowledged; when
@@ -365,26 +355,10 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let queue = delivery.queue();
         let (name, declared, next_attempt, expiration) = match target {
             Target::Delay { tier, delay } => {
-                let name = format!("{queue}.delay.{}", delay_name(*tier));
-                let ttl = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
-                // A quorum queue dead-letters at least once (it keeps a message until
-                // `queue` confirms it); a classic one drops what `queue` cannot take at
-                // that moment (its node down, a policy refusing it). No `x-expires`: a
-                // quorum queue's TTL is renewed by consumers only, not by declaring
-                // (rabbitmq-server#5894), and takes the queue's messages with it.
-                let declared = Queue::new(name.as_str())
-                    .quorum()
-                    .argument("x-dead-letter-strategy", LongString::from("at-least-once"))
-                    .argument("x-overflow", LongString::from("reject-publish"))
-                    .argument("x-message-ttl", ttl)
-                    .argument("x-dead-letter-exchange", LongString::from(""))
-                    .argument("x-dead-letter-routing-key", LongString::from(queue));
-                (
-                    name,
-                    declared,
-                    attempt + 1,
-                    Some(delay.as_millis().to_string()),
-                )
+                let name = format!("{queue}.delay.{}", delay::tier_name(*tier));
+                // Back through the default exchange, so it reaches no other queue.
+                let declared = delay::queue(&name, *tier, "", Some(queue));
+                (name, declared, attempt + 1, Some(delay::expiration(*delay)))
             }
             Target::Dead => {
                 let name = format!("{queue}.dead");
@@ -421,8 +395,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
             );
             properties = properties.with_message_id(id.into());
         }
-        if let Some(ms) = expiration {
-            properties = properties.with_expiration(ShortString::from(ms));
+        if let Some(expiration) = expiration {
+            properties = properties.with_expiration(expiration);
         }
         let publish = Publish::new("", &name, delivery.body(), properties);
         copies.send(publish.mandatory(true)).await
@@ -462,27 +436,7 @@ fn delay_tier(delay: Duration, policy: &RetryPolicy) -> Duration {
         .map(|attempt| policy.delay(attempt))
         .find(|tier| *tier >= delay)
         .filter(|tier| tier.mul_f64(1.0 - policy.jitter) <= delay)
-        .unwrap_or_else(|| ladder_step(delay))
-}
-
-/// The steps of a decade of delay tiers, in hundredths of a power of ten: each at most a
-/// third above the one before.
-const LADDER: [u64; 10] = [100, 120, 150, 200, 250, 300, 400, 500, 600, 800];
-
-/// The step of the delay ladder at or above `delay` (10 ms at least).
-fn ladder_step(delay: Duration) -> Duration {
-    let wanted = delay.as_millis();
-    let mut decade: u128 = 10;
-    loop {
-        let step = LADDER
-            .iter()
-            .map(|step| u128::from(*step) * decade / 100)
-            .find(|step| *step >= wanted);
-        match step {
-            Some(ms) => return Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
-            None => decade *= 10,
-        }
-    }
+        .unwrap_or_else(|| delay::ladder_step(delay))
 }
 
 /// The properties of `original` but its expiration and headers, and its `user_id` only
@@ -549,8 +503,6 @@ mod tests {
         assert_eq!(tier(3), 10);
         assert_eq!(tier(37_000), 40_000);
         assert_eq!(tier(86_400_000), 100_000_000);
-        assert_eq!(delay_name(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(delay_name(Duration::from_secs(120)), "2m");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::timers::Timers;
 use super::{Control, Exit, Processor};
 use crate::consumer::Delivery;
 use crate::error::Result;
-use crate::telemetry::{Scope, span};
+use crate::telemetry::{Scope, Watched, span};
 use crate::wire::Message;
 
 impl<P: Send + Sync + 'static> Processor<P> {
@@ -25,6 +25,10 @@ impl<P: Send + Sync + 'static> Processor<P> {
     /// same executable and arguments (same pid) and so never returns.
     pub async fn run(mut self) -> Result<Exit> {
         self.consumer.start().await?;
+        if let Some(telemetry) = &self.shared.telemetry {
+            let stop: Arc<dyn Watched> = self.stop.clone();
+            telemetry.watch(Arc::downgrade(&stop));
+        }
         if self.limits.stop_on_signals {
             watch_signals(self.handle())?;
         }

@@ -10,14 +10,14 @@ use futures_util::StreamExt;
 use lapin::types::ShortString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::connection::ChannelLease;
 use crate::deadline::instant_after;
 use crate::error::{Error, Result};
 use crate::producer::{Producer, Publish, Route};
-use crate::rpc::{Destination, Heard, Replies, ReplyQueue, start_reply_consumer};
+use crate::rpc::{Destination, Heard, Replies, ReplyQueue, progress, start_reply_consumer};
 use crate::telemetry::{current_deadline, span, with_deadline};
 use crate::topology::Exchange;
 use crate::wire::json;
@@ -54,6 +54,8 @@ struct Waiter {
     /// Where the call went.
     destination: Destination,
     answer: oneshot::Sender<Heard>,
+    /// Where its progress beats go, when it asked for them.
+    beats: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 impl crate::rpc::Waiter for Waiter {
@@ -67,6 +69,13 @@ impl crate::rpc::Waiter for Waiter {
 
     fn hear(self, heard: Heard) {
         let _ = self.answer.send(heard);
+    }
+
+    fn progress(&self, body: Vec<u8>) {
+        // A beat the call has no room for tells nothing the ones waiting do not.
+        if let Some(beats) = &self.beats {
+            let _ = beats.try_send(body);
+        }
     }
 }
 
@@ -87,13 +96,34 @@ impl RpcState {
     }
 }
 
-/// Per-call RPC settings: route, timeout and retries, each defaulting to the producer's.
+/// Per-call RPC settings: route, timeout and retries, each defaulting to the producer's;
+/// progress beats for a long call.
 #[derive(Debug, Clone, Default)]
 pub struct RpcOptions {
     route: Option<Route>,
     timeout: Option<Duration>,
     max_retry: Option<u32>,
     reply_queue: Option<ReplyQueue>,
+    progress: Option<Duration>,
+    answer_within: Option<Duration>,
+    on_progress: Option<OnProgress>,
+}
+
+/// How long a call that asked for progress beats waits for its answer at most, unless
+/// [`RpcOptions::answer_within`] says.
+pub const DEFAULT_ANSWER_WITHIN: Duration = Duration::from_secs(3600);
+
+/// How many progress beats a call keeps unread; more are dropped until it reads them.
+const BEATS_KEPT: usize = 64;
+
+/// What a call does with each progress value.
+#[derive(Clone)]
+struct OnProgress(Arc<dyn Fn(serde_json::Value) + Send + Sync>);
+
+impl std::fmt::Debug for OnProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnProgress(..)")
+    }
 }
 
 impl RpcOptions {
@@ -136,6 +166,64 @@ impl RpcOptions {
     #[must_use]
     pub fn max_retry(mut self, max_retry: u32) -> Self {
         self.max_retry = Some(max_retry);
+        self
+    }
+
+    /// A long call that shows it is alive: the call asks its server (in the header
+    /// [`PROGRESS_HEADER`](crate::PROGRESS_HEADER); nothing changes for a caller that
+    /// does not ask, a Python Postage one included) for a progress beat every `interval`
+    /// while the handler runs. The call's timeout then bounds the wait for the first beat
+    /// (or the answer); after each beat the call waits at most two intervals for the
+    /// next, and for the answer at most [`RpcOptions::answer_within`] in all (default
+    /// [`DEFAULT_ANSWER_WITHIN`], an hour), which is also the handler's deadline. So a
+    /// ten-minute handler is not cut off by a 30 s timeout, and a server killed mid-call
+    /// is noticed an interval after its last beat was due, not at the end of the timeout:
+    /// the call is then sent again as after a timeout, up to its retries. A server that
+    /// does not know beats (Python Postage) sends none: the call times out as any other.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use postage_core::{Connection, Exchange, Producer, RpcOptions};
+    ///
+    /// const REPORTS: Exchange = Exchange::new("reports-exchange");
+    ///
+    /// # async fn demo() -> postage_core::Result<()> {
+    /// let connection = Connection::from_env().await?;
+    /// let producer = Producer::builder(&connection)
+    ///     .destination(REPORTS, "reports")
+    ///     .build()
+    ///     .await?;
+    /// let options = RpcOptions::new()
+    ///     .timeout(Duration::from_secs(30))
+    ///     .progress(Duration::from_secs(5))
+    ///     .answer_within(Duration::from_secs(20 * 60))
+    ///     .on_progress(|value| println!("progress: {value}"));
+    /// let report: String = producer.call_with("build_report", 300, options).await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn progress(mut self, interval: Duration) -> Self {
+        self.progress = Some(interval.max(crate::rpc::progress::MIN_BEAT));
+        self
+    }
+
+    /// How long a call with [`RpcOptions::progress`] waits for its answer in all,
+    /// however long its beats keep coming.
+    #[must_use]
+    pub fn answer_within(mut self, limit: Duration) -> Self {
+        self.answer_within = Some(limit);
+        self
+    }
+
+    /// Runs `on_progress` with each beat of a call with [`RpcOptions::progress`], as it
+    /// comes: the value the handler gave [`Reply::progress`](crate::Reply::progress), or
+    /// `null` for a plain beat. It runs on the task awaiting the answer: keep it short.
+    #[must_use]
+    pub fn on_progress(
+        mut self,
+        on_progress: impl Fn(serde_json::Value) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_progress = Some(OnProgress(Arc::new(on_progress)));
         self
     }
 }
@@ -212,6 +300,16 @@ impl Producer {
         let (_, receiver) = oneshot::channel();
         let timeout = options.timeout.unwrap_or(state.settings.timeout);
         let span = span::call(name, &exchange, &routing_key);
+        let progress = options.progress.map(|interval| {
+            let (sender, receiver) = mpsc::channel(BEATS_KEPT);
+            Box::new(Beats {
+                interval,
+                limit: instant_after(options.answer_within.unwrap_or(DEFAULT_ANSWER_WITHIN)),
+                sender,
+                receiver: Some(receiver),
+                on_progress: options.on_progress.clone(),
+            })
+        });
         let mut call = PendingCall {
             producer: self.clone(),
             names: Names::new(name, &exchange, &routing_key),
@@ -227,6 +325,7 @@ impl Producer {
             started: tokio::time::Instant::now(),
             epoch: 0,
             destination,
+            progress,
             replies: if self.recording().is_none()
                 && (options.reply_queue.unwrap_or(state.settings.reply_queue)
                     == ReplyQueue::PerCall
@@ -360,8 +459,25 @@ pub struct PendingCall {
     epoch: u64,
     /// Where the call went, as the caller remembers destinations.
     destination: Destination,
+    /// Its progress beats, when it asked for them (boxed: a call that has none, the
+    /// usual, stays small).
+    progress: Option<Box<Beats>>,
     /// Where its answers come back.
     replies: CallReplies,
+}
+
+/// The progress beats of a call that asked for them.
+#[derive(Debug)]
+struct Beats {
+    /// How often the server beats.
+    interval: Duration,
+    /// When the call stops waiting for its answer, however its beats come.
+    limit: tokio::time::Instant,
+    /// Given to the call's waiter on the shared reply queue.
+    sender: mpsc::Sender<Vec<u8>>,
+    /// `None` while the call waits on it.
+    receiver: Option<mpsc::Receiver<Vec<u8>>>,
+    on_progress: Option<OnProgress>,
 }
 
 /// Where a call's answers come back.
@@ -486,7 +602,14 @@ impl PendingCall {
             .properties()
             .with_reply_to(reply_to)
             .with_correlation_id(self.correlation_id.as_ref().into());
-        let properties = with_deadline(properties, self.deadline);
+        let properties = match &self.progress {
+            // The handler's deadline is the answer's, not the next beat's.
+            Some(beats) => progress::ask(
+                with_deadline(properties, self.capped(beats.limit)),
+                beats.interval,
+            ),
+            None => with_deadline(properties, self.deadline),
+        };
         // Bounded by `send`'s deadline.
         let publish = Publish::new(
             self.names.exchange(),
@@ -590,8 +713,24 @@ impl PendingCall {
     async fn next_body(&mut self) -> Result<Vec<u8>> {
         loop {
             let deadline = self.deadline;
-            match tokio::time::timeout_at(deadline, self.answer()).await {
+            let mut beats = self.progress.as_mut().and_then(|p| p.receiver.take());
+            let heard = tokio::time::timeout_at(deadline, async {
+                match beats.as_mut() {
+                    Some(beats) => tokio::select! {
+                        biased;
+                        heard = self.answer() => heard,
+                        Some(body) = beats.recv() => Heard::Progress(body),
+                    },
+                    None => self.answer().await,
+                }
+            })
+            .await;
+            if let Some(progress) = self.progress.as_mut() {
+                progress.receiver = beats;
+            }
+            match heard {
                 Ok(Heard::Answer(body)) => return Ok(body),
+                Ok(Heard::Progress(body)) => self.beat(&body),
                 Ok(Heard::SendAlone) => {
                     tracing::debug!(command = %self.names.command(), "RPC sent again on a reply queue of its own");
                     self.replies = CallReplies::Own(None);
@@ -622,6 +761,25 @@ impl PendingCall {
         }
     }
 
+    /// A beat came: the call waits two intervals more for the next (within its answer's
+    /// limit), and hands its value on.
+    fn beat(&mut self, body: &[u8]) {
+        let Some(beats) = &self.progress else {
+            return;
+        };
+        let next = instant_after(beats.interval * 2).min(beats.limit);
+        self.deadline = self.capped(next);
+        if let Some(on_progress) = &beats.on_progress {
+            let value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+            (on_progress.0)(value);
+        }
+    }
+
+    /// `at`, or the deadline of the handler run the call was made in if that is sooner.
+    fn capped(&self, at: tokio::time::Instant) -> tokio::time::Instant {
+        self.inherited.map_or(at, |inherited| inherited.min(at))
+    }
+
     /// True once the deadline of the handler run the call was made in has passed.
     fn inherited_passed(&self) -> bool {
         self.inherited
@@ -636,6 +794,9 @@ impl PendingCall {
             let Some(Ok(delivery)) = own.answers.next().await else {
                 return Heard::Lost;
             };
+            if progress::is_beat(&delivery.properties) {
+                return Heard::Progress(delivery.data);
+            }
             let destinations = &self.producer.rpc_state().replies.destinations;
             if delivery.properties.correlation_id().is_some() {
                 destinations.answered_correlated(self.destination);
@@ -679,12 +840,18 @@ impl PendingCall {
             epoch: self.epoch,
             destination: self.destination,
             answer,
+            beats: self.progress.as_ref().map(|p| p.sender.clone()),
+        };
+        // A call with beats waits for its answer until its limit, past many deadlines.
+        let until = match &self.progress {
+            Some(beats) => self.capped(beats.limit),
+            None => self.deadline,
         };
         self.producer
             .rpc_state()
             .replies
             .waiters
-            .wait(&self.correlation_id, self.deadline, waiter);
+            .wait(&self.correlation_id, until, waiter);
         self.receiver = receiver;
     }
 }

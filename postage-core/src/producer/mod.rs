@@ -23,8 +23,9 @@ mod call;
 mod publish;
 mod recording;
 mod route;
+mod schedule;
 
-pub use self::call::{PendingCall, RpcOptions};
+pub use self::call::{DEFAULT_ANSWER_WITHIN, PendingCall, RpcOptions};
 pub(crate) use self::call::{RpcSettings, RpcState};
 pub(crate) use self::publish::Publish;
 pub use self::recording::{RECORDING_LIMIT, Recording, Sent};

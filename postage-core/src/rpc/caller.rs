@@ -30,6 +30,8 @@ pub(crate) enum Heard {
     SendAlone,
     /// The reply consumer ended with its channel: no answer can come.
     Lost,
+    /// A progress beat's body (see [`super::progress`]): the call goes on.
+    Progress(Vec<u8>),
 }
 
 /// One call (or request) waiting in a [`Replies`] table.
@@ -41,6 +43,9 @@ pub(crate) trait Waiter: Send {
     fn destination(&self) -> Option<Destination>;
     /// Tells the caller what came.
     fn hear(self, heard: Heard);
+    /// Hands the caller a progress beat's body, the waiter staying in place for the
+    /// answer; dropped by a caller that asks for no beats.
+    fn progress(&self, _body: Vec<u8>) {}
 }
 
 /// A caller's answers: where they come back, the calls waiting for them, and which
@@ -204,6 +209,12 @@ impl<W: Waiter> Replies<W> {
             }
             return;
         };
+        if super::progress::is_beat(&delivery.properties) {
+            let data = delivery.data;
+            self.waiters
+                .with(id.as_str(), |waiter| waiter.progress(data));
+            return;
+        }
         if !self.hand(id.as_str(), delivery.data) {
             tracing::debug!(correlation_id = %id, "dropping an RPC answer nobody waits for");
         }

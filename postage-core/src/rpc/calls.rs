@@ -70,6 +70,14 @@ impl<W> Calls<W> {
         (until > Instant::now()).then_some(waiter)
     }
 
+    /// What `look` makes of the waiter of `id`, left in place, unless it expired.
+    pub(crate) fn with<R>(&self, id: &str, look: impl FnOnce(&W) -> R) -> Option<R> {
+        self.waiting.with(|table| {
+            let (until, waiter) = table.waiters.get(id)?;
+            (*until > Instant::now()).then(|| look(waiter))
+        })
+    }
+
     /// Forgets the waiter of `id`.
     pub(crate) fn forget(&self, id: &str) {
         self.waiting.with(|table| table.waiters.remove(id));

@@ -40,6 +40,7 @@ mod answer;
 mod caller;
 mod calls;
 mod destinations;
+pub(crate) mod progress;
 mod reply;
 
 pub(crate) use self::answer::ReturnAddress;

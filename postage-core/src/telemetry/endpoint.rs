@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -51,6 +52,15 @@ impl std::fmt::Debug for Telemetry {
 
 /// The endpoints this process serves, by the address they listen on.
 static ENDPOINTS: Locked<Vec<Weak<Telemetry>>> = Locked::new(Vec::new());
+
+/// Set once the process was told to stop (SIGTERM or SIGINT): from then on every endpoint
+/// of the process answers `/health/ready` with 503, whatever still runs in it.
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the process as stopping: not ready, for good.
+pub(crate) fn terminating() {
+    TERMINATING.store(true, Ordering::SeqCst);
+}
 
 impl Telemetry {
     /// The endpoint at `address`, started if this process has none there yet (port 0:
@@ -114,6 +124,9 @@ impl Telemetry {
         let live = self.live();
         let mut connections = 0;
         let mut why = Vec::new();
+        if TERMINATING.load(Ordering::SeqCst) {
+            why.push("draining: the process is stopping".to_owned());
+        }
         for watched in &live {
             connections += usize::from(watched.link_state().is_some());
             if let Some(Err(reason)) = watched.readiness() {

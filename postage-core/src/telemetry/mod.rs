@@ -33,4 +33,4 @@ pub mod otel;
 pub use self::context::{DEADLINE_HEADER, TRACEPARENT, TRACESTATE};
 
 pub(crate) use self::context::{Scope, current_deadline, stamp, with_deadline};
-pub(crate) use self::endpoint::{Telemetry, Watched};
+pub(crate) use self::endpoint::{Telemetry, Watched, terminating};
