@@ -34,6 +34,7 @@
 
 mod addresses;
 mod application;
+pub mod dashboard;
 mod discovery;
 
 pub use addresses::{Addresses, DISCOVERY_EXCHANGE, GENERIC_APPLICATION_EXCHANGE};

@@ -1,0 +1,346 @@
+//! What the dashboard knows of the fleet: the components discovery found, their rates from
+//! their `/metrics`, and the ones gone; one [`Fleet::poll`] a period.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use postage_core::Connection;
+use serde::Serialize;
+
+use crate::application::Description;
+use crate::discovery::components;
+
+/// Points of rate history kept per component (one a poll: five minutes at one a second).
+const HISTORY: usize = 300;
+/// How long a component that stopped answering stays on the page, shown as gone.
+const GONE_KEPT: Duration = Duration::from_secs(60);
+/// At most this many components are watched; more are counted, not shown.
+const MAX_COMPONENTS: usize = 2000;
+/// Bound of one scrape of a component's `/metrics`.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(800);
+/// At most this many bytes of a `/metrics` answer are read.
+const SCRAPE_LIMIT: usize = 1 << 20;
+
+/// Counts of one handler's deliveries, by what became of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(super) struct Counts {
+    /// Every delivery it ran on.
+    pub(super) handled: f64,
+    /// Rejected or handed back to the queue.
+    pub(super) failed: f64,
+    /// Sent to its retry queue.
+    pub(super) retried: f64,
+    /// Sent to its dead-letter queue.
+    pub(super) dead_lettered: f64,
+}
+
+impl Counts {
+    fn add(&mut self, disposition: &str, value: f64) {
+        self.handled += value;
+        match disposition {
+            "reject" | "requeue" => self.failed += value,
+            "retry" => self.retried += value,
+            "dead-letter" => self.dead_lettered += value,
+            _ => {}
+        }
+    }
+
+    /// The change per second from `before` to `self` over `seconds` (never negative: a
+    /// restarted component counts from zero again).
+    fn rate_since(&self, before: &Counts, seconds: f64) -> Counts {
+        let per = |now: f64, then: f64| ((now - then).max(0.0) / seconds * 100.0).round() / 100.0;
+        Counts {
+            handled: per(self.handled, before.handled),
+            failed: per(self.failed, before.failed),
+            retried: per(self.retried, before.retried),
+            dead_lettered: per(self.dead_lettered, before.dead_lettered),
+        }
+    }
+}
+
+/// The deliveries counted in a `/metrics` text, by handler.
+pub(super) fn deliveries(text: &str) -> BTreeMap<String, Counts> {
+    let mut found: BTreeMap<String, Counts> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("postage_deliveries_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = labels[start..].find('"')? + start;
+            Some(&labels[start..end])
+        };
+        let (Some(handler), Some(disposition)) = (label("handler"), label("disposition")) else {
+            continue;
+        };
+        found
+            .entry(handler.to_owned())
+            .or_default()
+            .add(disposition, value);
+    }
+    found
+}
+
+/// One component as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Shown {
+    /// `pid@host`: its own routing key, and its id on the page.
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) kind: String,
+    pub(super) host: String,
+    pub(super) pid: String,
+    pub(super) user: String,
+    pub(super) groups: Vec<String>,
+    pub(super) handlers: Vec<serde_json::Value>,
+    /// Seconds since it started, as it last said.
+    pub(super) uptime: Option<f64>,
+    /// Whether it answered the last discovery.
+    pub(super) live: bool,
+    /// Seconds since it last answered.
+    pub(super) silent_for: f64,
+    /// Whether it serves metrics (else it has no rates).
+    pub(super) metrics: bool,
+    /// Per handler, deliveries per second over the last period.
+    pub(super) rates: BTreeMap<String, Counts>,
+    /// All its handlers' deliveries per second, the last minutes, oldest first.
+    pub(super) history: VecDeque<f64>,
+    /// Whether it describes its API (the page links to it).
+    pub(super) api: bool,
+}
+
+/// A watched component: what is shown and what the next rates are computed from.
+#[derive(Debug)]
+struct Watched {
+    shown: Shown,
+    description: Description,
+    last_seen: Instant,
+    counted: Option<(Instant, BTreeMap<String, Counts>)>,
+}
+
+/// What the page shows of the whole fleet.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Snapshot {
+    /// Whether the last discovery reached the broker.
+    pub(super) broker: bool,
+    /// Whether the page may send controls.
+    pub(super) control: bool,
+    /// The login controls are sent as (`user_id`).
+    pub(super) user: String,
+    pub(super) components: Vec<Shown>,
+    /// Components found beyond the ones watched.
+    pub(super) unwatched: usize,
+}
+
+/// The fleet as the last polls found it.
+#[derive(Debug)]
+pub(super) struct Fleet {
+    watched: BTreeMap<String, Watched>,
+    client: reqwest::Client,
+    broker: bool,
+    unwatched: usize,
+}
+
+impl Fleet {
+    pub(super) fn new() -> Self {
+        Self {
+            watched: BTreeMap::new(),
+            client: reqwest::Client::builder()
+                .timeout(SCRAPE_TIMEOUT)
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
+            broker: false,
+            unwatched: 0,
+        }
+    }
+
+    /// Asks who is there (answers collected for `wait`), scrapes the metrics of those
+    /// that serve them, and marks the silent ones gone.
+    pub(super) async fn poll(&mut self, connection: &Connection, wait: Duration) {
+        let found = match components(connection, wait).await {
+            Ok(found) => found,
+            Err(error) => {
+                // The error's text is not shown: it may name the broker's address.
+                tracing::debug!(%error, "discovery failed");
+                self.broker = false;
+                self.age();
+                return;
+            }
+        };
+        self.broker = true;
+        let now = Instant::now();
+        self.unwatched = found.len().saturating_sub(MAX_COMPONENTS);
+        let scrapes = found.into_iter().take(MAX_COMPONENTS).map(|description| {
+            let client = self.client.clone();
+            async move {
+                let counts = match description.metrics {
+                    Some(address) => scrape(&client, address, &description.fingerprint.host).await,
+                    None => None,
+                };
+                (description, counts)
+            }
+        });
+        let answers = futures_util::future::join_all(scrapes).await;
+        for (description, counts) in answers {
+            let fingerprint = &description.fingerprint;
+            let id = format!("{}@{}", fingerprint.pid, fingerprint.host);
+            let watched = self.watched.entry(id.clone()).or_insert_with(|| Watched {
+                shown: Shown {
+                    id,
+                    name: String::new(),
+                    kind: String::new(),
+                    host: String::new(),
+                    pid: String::new(),
+                    user: String::new(),
+                    groups: Vec::new(),
+                    handlers: Vec::new(),
+                    uptime: None,
+                    live: true,
+                    silent_for: 0.0,
+                    metrics: false,
+                    rates: BTreeMap::new(),
+                    history: VecDeque::new(),
+                    api: false,
+                },
+                description: description.clone(),
+                last_seen: now,
+                counted: None,
+            });
+            watched.update(description, counts, now);
+        }
+        self.age();
+    }
+
+    /// Marks the components that did not answer lately gone, and forgets the long gone.
+    fn age(&mut self) {
+        let now = Instant::now();
+        self.watched
+            .retain(|_, w| now.duration_since(w.last_seen) < GONE_KEPT);
+        for watched in self.watched.values_mut() {
+            let silent = now.duration_since(watched.last_seen);
+            watched.shown.silent_for = (silent.as_secs_f64() * 10.0).round() / 10.0;
+            watched.shown.live = silent < Duration::from_millis(500);
+            if !watched.shown.live {
+                watched.shown.rates.clear();
+            }
+        }
+    }
+
+    /// What the page shows now.
+    pub(super) fn snapshot(&self, control: bool, user: &str) -> Snapshot {
+        let mut components: Vec<Shown> = self.watched.values().map(|w| w.shown.clone()).collect();
+        components.sort_by(|a, b| (&a.name, &a.host, &a.pid).cmp(&(&b.name, &b.host, &b.pid)));
+        Snapshot {
+            broker: self.broker,
+            control,
+            user: user.to_owned(),
+            components,
+            unwatched: self.unwatched,
+        }
+    }
+
+    /// The description of the component `id` (`pid@host`), if it is watched.
+    pub(super) fn description(&self, id: &str) -> Option<&Description> {
+        self.watched.get(id).map(|w| &w.description)
+    }
+}
+
+impl Watched {
+    fn update(
+        &mut self,
+        description: Description,
+        counts: Option<BTreeMap<String, Counts>>,
+        now: Instant,
+    ) {
+        let fingerprint = &description.fingerprint;
+        let shown = &mut self.shown;
+        shown.name.clone_from(&fingerprint.name);
+        shown.kind.clone_from(&fingerprint.kind);
+        shown.host.clone_from(&fingerprint.host);
+        shown.pid.clone_from(&fingerprint.pid);
+        shown.user.clone_from(&fingerprint.user);
+        shown.groups.clone_from(&description.groups);
+        shown.handlers.clone_from(&description.handlers);
+        shown.uptime = description.uptime.map(|u| u.round());
+        shown.metrics = counts.is_some();
+        shown.api = description.api.is_some();
+        shown.rates.clear();
+        if let Some(counts) = counts {
+            if let Some((then, before)) = &self.counted {
+                let seconds = now.duration_since(*then).as_secs_f64().max(0.001);
+                let empty = Counts::default();
+                for (handler, now_counts) in &counts {
+                    let before = before.get(handler).unwrap_or(&empty);
+                    shown
+                        .rates
+                        .insert(handler.clone(), now_counts.rate_since(before, seconds));
+                }
+                let total = shown.rates.values().map(|r| r.handled).sum::<f64>();
+                if shown.history.len() == HISTORY {
+                    shown.history.pop_front();
+                }
+                shown.history.push_back((total * 100.0).round() / 100.0);
+            }
+            self.counted = Some((now, counts));
+        }
+        self.description = description;
+        self.last_seen = now;
+    }
+}
+
+/// The deliveries a component's `/metrics` counts, or `None` when it does not answer in
+/// time. An address on every interface is asked for on the component's host.
+async fn scrape(
+    client: &reqwest::Client,
+    address: SocketAddr,
+    host: &str,
+) -> Option<BTreeMap<String, Counts>> {
+    let url = if address.ip().is_unspecified() {
+        format!("http://{host}:{}/metrics", address.port())
+    } else {
+        format!("http://{address}/metrics")
+    };
+    let answer = client.get(url).send().await.ok()?;
+    if !answer.status().is_success() || answer.content_length().unwrap_or(0) > SCRAPE_LIMIT as u64 {
+        return None;
+    }
+    let body = answer.bytes().await.ok()?;
+    if body.len() > SCRAPE_LIMIT {
+        return None;
+    }
+    Some(deliveries(&String::from_utf8_lossy(&body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_are_summed_by_handler_and_disposition() {
+        let text = "# TYPE postage_deliveries counter\n\
+            postage_deliveries_total{queue=\"a\",handler=\"W::work\",disposition=\"ack\"} 5\n\
+            postage_deliveries_total{queue=\"b\",handler=\"W::work\",disposition=\"retry\"} 2\n\
+            postage_deliveries_total{queue=\"a\",handler=\"W::work\",disposition=\"dead-letter\"} 1\n\
+            postage_deliveries_total{queue=\"a\",handler=\"none\",disposition=\"reject\"} 3\n\
+            postage_reconnects_total 0\n";
+        let found = deliveries(text);
+        assert_eq!(
+            found["W::work"],
+            Counts {
+                handled: 8.0,
+                failed: 0.0,
+                retried: 2.0,
+                dead_lettered: 1.0
+            }
+        );
+        assert_eq!(found["none"].failed, 3.0);
+    }
+}
