@@ -39,4 +39,4 @@ mod discovery;
 
 pub use addresses::{Addresses, DISCOVERY_EXCHANGE, GENERIC_APPLICATION_EXCHANGE};
 pub use application::{Description, GenericApplication, GenericApplicationBuilder};
-pub use discovery::components;
+pub use discovery::{components, pings};

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use postage_core::Connection;
+use postage_core::{Connection, Fingerprint};
 use serde::Serialize;
 
 use crate::application::Description;
-use crate::discovery::components;
+use crate::discovery::{components, pings};
 
 /// Points of rate history kept per component (one a poll: five minutes at one a second).
 const HISTORY: usize = 300;
@@ -165,7 +165,19 @@ impl Fleet {
     /// Asks who is there (answers collected for `wait`), scrapes the metrics of those
     /// that serve them, and marks the silent ones gone.
     pub(super) async fn poll(&mut self, connection: &Connection, wait: Duration) {
-        let found = match components(connection, wait).await {
+        let mut hosts: Vec<String> = self
+            .watched
+            .values()
+            .map(|w| w.shown.host.clone())
+            .collect();
+        hosts.push(Fingerprint::default().host);
+        hosts.sort();
+        hosts.dedup();
+        let (described, pinged) = tokio::join!(
+            components(connection, wait),
+            pings(connection, &hosts, wait)
+        );
+        let mut found = match described {
             Ok(found) => found,
             Err(error) => {
                 // The error's text is not shown: it may name the broker's address.
@@ -175,6 +187,23 @@ impl Fleet {
                 return;
             }
         };
+        // Applications that answer ping but not describe (Python Postage's) are shown
+        // with their fingerprint only.
+        for fingerprint in pinged.unwrap_or_default() {
+            let known = found.iter().any(|d| {
+                d.fingerprint.pid == fingerprint.pid && d.fingerprint.host == fingerprint.host
+            });
+            if !known {
+                found.push(Description {
+                    fingerprint,
+                    groups: Vec::new(),
+                    handlers: Vec::new(),
+                    api: None,
+                    metrics: None,
+                    uptime: None,
+                });
+            }
+        }
         self.broker = true;
         let now = Instant::now();
         self.unwatched = found.len().saturating_sub(MAX_COMPONENTS);
