@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use postage_core::channel::{Channel, QueueState};
 use postage_core::{Connection, Fingerprint};
 use serde::Serialize;
 
+use crate::addresses::Addresses;
 use crate::application::Description;
 use crate::discovery::{components, pings};
 
@@ -17,6 +19,8 @@ const HISTORY: usize = 300;
 const GONE_KEPT: Duration = Duration::from_secs(60);
 /// At most this many components are watched; more are counted, not shown.
 const MAX_COMPONENTS: usize = 2000;
+/// At most this many of a component's group queues are read.
+const MAX_GROUP_QUEUES: usize = 8;
 /// Bound of one scrape of a component's `/metrics`.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(800);
 /// At most this many bytes of a `/metrics` answer are read.
@@ -114,6 +118,16 @@ pub(super) struct Shown {
     pub(super) history: VecDeque<f64>,
     /// Whether it describes its API (the page links to it).
     pub(super) api: bool,
+    /// Its queues (system-wide, host-wide, unique, groups') as the broker tells.
+    pub(super) queues: Vec<QueueShown>,
+}
+
+/// One of a component's queues.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct QueueShown {
+    pub(super) name: String,
+    pub(super) messages: u32,
+    pub(super) consumers: u32,
 }
 
 /// A watched component: what is shown and what the next rates are computed from.
@@ -238,6 +252,7 @@ impl Fleet {
                     rates: BTreeMap::new(),
                     history: VecDeque::new(),
                     api: false,
+                    queues: Vec::new(),
                 },
                 description: description.clone(),
                 last_seen: now,
@@ -246,6 +261,57 @@ impl Fleet {
             watched.update(description, counts, now);
         }
         self.age();
+        self.read_queues(connection).await;
+    }
+
+    /// Reads the depth and consumers of every live component's queues from the broker,
+    /// with passive declares (a missing queue closes the channel: the next gets another).
+    async fn read_queues(&mut self, connection: &Connection) {
+        let mut channel: Option<Channel> = None;
+        let mut known: BTreeMap<String, Option<QueueState>> = BTreeMap::new();
+        for watched in self.watched.values_mut().filter(|w| w.shown.live) {
+            let addresses = Addresses::of(&watched.description.fingerprint);
+            let mut names = vec![
+                addresses.sid().name().to_owned(),
+                addresses.hid().name().to_owned(),
+                addresses.uid().name().to_owned(),
+            ];
+            names.extend(
+                watched
+                    .description
+                    .groups
+                    .iter()
+                    .take(MAX_GROUP_QUEUES)
+                    .map(|g| addresses.group_queue(g).name().to_owned()),
+            );
+            watched.shown.queues.clear();
+            for name in names {
+                if !known.contains_key(&name) {
+                    if channel.is_none() {
+                        channel = Channel::open(connection).await.ok();
+                    }
+                    let Some(open) = &channel else { return };
+                    let state = match open.queue_state(&name).await {
+                        Ok(state) => state,
+                        Err(_) => None,
+                    };
+                    if state.is_none() {
+                        channel = None;
+                    }
+                    known.insert(name.clone(), state);
+                }
+                if let Some(Some(state)) = known.get(&name) {
+                    watched.shown.queues.push(QueueShown {
+                        name,
+                        messages: state.messages,
+                        consumers: state.consumers,
+                    });
+                }
+            }
+        }
+        if let Some(channel) = channel {
+            let _ = channel.close().await;
+        }
     }
 
     /// Marks the components that did not answer lately gone, and forgets the long gone.

@@ -140,9 +140,18 @@ async fn text_of(client: &Client, css: &str) -> String {
 async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
     let test = "the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component";
     let Some(python) = peer(test) else { return };
-    if let Some(why) = tokio::task::block_in_place(|| refusal(python)) {
-        return skip_for_refusal(test, why);
-    }
+    // A broker that refuses Python Postage's queues (4.0 as the suite sets it) still
+    // tests the page with the postage component alone.
+    let python = match tokio::task::block_in_place(|| refusal(python)) {
+        Some(why) => {
+            eprintln!(
+                "dashboard::{test}: without a Python component on this broker, which \
+                 refuses Python Postage's queues: {why}"
+            );
+            None
+        }
+        None => Some(python),
+    };
     let Some(browser) = Browser::start(test).await else {
         return;
     };
@@ -163,12 +172,15 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
         .expect("the application starts");
     let running = tokio::spawn(app.run());
     let py = unique("dashpy");
-    let mut python_app = Running::start("Python generic_app.py", {
-        let mut command = python.command("generic_app.py", &vhost);
-        command.arg(&py);
-        command
+    let _python_app = python.map(|python| {
+        let mut app = Running::start("Python generic_app.py", {
+            let mut command = python.command("generic_app.py", &vhost);
+            command.arg(&py);
+            command
+        });
+        tokio::task::block_in_place(|| app.expect_line("waiting for messages"));
+        app
     });
-    tokio::task::block_in_place(|| python_app.expect_line("waiting for messages"));
     let (_dashboard, url) = tokio::task::block_in_place(|| dashboard(&vhost));
 
     let client = browser.client();
@@ -180,8 +192,14 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
         listed.contains("Worker::work") || listed.contains("work"),
         "{listed}"
     );
-    let listed = text_of(client, &row(&py)).await;
-    assert!(listed.contains(&py), "{listed}");
+    if python.is_some() {
+        let listed = text_of(client, &row(&py)).await;
+        assert!(listed.contains(&py), "{listed}");
+    }
+
+    // Its queues' depth and consumers, from the broker.
+    let queue = text_of(client, &format!("{} div.queue", row(&rust))).await;
+    assert!(queue.ends_with(" / 1"), "one consumer on {queue}");
 
     // Traffic raises the postage component's rate.
     let producer = Producer::builder(&connection)
@@ -228,7 +246,9 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
     assert_eq!(exit, Exit::Quit);
     // The page shows it gone; the Python component stays live.
     text_of(client, &format!("tr.component.gone[data-name='{rust}']")).await;
-    text_of(client, &row(&py)).await;
+    if python.is_some() {
+        text_of(client, &row(&py)).await;
+    }
     if let Some(client) = browser.client.clone() {
         let _ = client.close().await;
     }
