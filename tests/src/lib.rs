@@ -114,6 +114,19 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     ctl(&test_node(), args)
 }
 
+/// Deletes queue `name` and the queues a retry policy keeps for it: its delay queues
+/// (`name.delay.*`, which stay when unused) and its dead-letter queue (`name.dead`).
+pub fn delete_queue_and_retries(name: &str) {
+    let queues = rabbitmqctl(&["list_queues", "name", "--no-table-headers", "--silent"]);
+    let delays = format!("{name}.delay.");
+    let dead = format!("{name}.dead");
+    for queue in queues.lines().map(str::trim) {
+        if queue == name || queue == dead || queue.starts_with(&delays) {
+            rabbitmqctl(&["delete_queue", queue]);
+        }
+    }
+}
+
 /// Runs `rabbitmqctl` with `args` against the node `name@localhost` of the RabbitMQ the
 /// tests run on (`POSTAGE_RABBITMQ`: 3, 4.0 or 4.3; `scripts/node.sh` knows where each
 /// lives)

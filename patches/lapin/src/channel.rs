@@ -529,11 +529,11 @@ impl Channel {
 
         trace!(channel=%self.id, "send_frames");
         let (promise, resolver) = Promise::new(ctx);
-        let backlog = self.frames.push_frames(self.id, frames, resolver);
+        let queued = self.frames.push_frames(self.id, frames, resolver).is_some();
         self.wake();
-        if let Some(backlog) = backlog {
-            // Queued publishes: don't wait for the write, only for a backlog above its mark.
-            backlog.below_mark().await;
+        if queued {
+            // Queued publishes: don't wait for the write (the room was waited for before
+            // the publish registered anything, in `wait_for_publish_room`).
             return Ok(publisher_confirms_result
                 .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone()))
                 .after_write(promise));
@@ -634,6 +634,15 @@ impl Channel {
             exchanges: self.local_registry.exchanges_topology(),
             queues: self.local_registry.queues_topology(),
             consumers: self.consumers.topology(),
+        }
+    }
+
+    /// With queued publishes, waits until the connection's backlog is at or below its
+    /// high-water mark. A publish waits here, before it registers a delivery tag or
+    /// queues a frame, so one given up while it waits (a timeout) leaves nothing behind.
+    async fn wait_for_publish_room(&self) {
+        if let Some(backlog) = self.frames.backlog() {
+            backlog.below_mark().await;
         }
     }
 

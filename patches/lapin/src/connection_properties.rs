@@ -152,7 +152,8 @@ impl ConnectionProperties {
 
     /// Let [`Channel::basic_publish`] return once its frames are queued rather than written,
     /// with at most `high_water_mark` bytes queued per connection: above it, a publish
-    /// waits, once queued, until the I/O loop has written the backlog down to the mark.
+    /// waits, before anything of it is queued, until the I/O loop has written the backlog
+    /// down to the mark (so a publish given up while it waits is never sent).
     ///
     /// Frames of a channel still leave in the order they were issued: a `channel.close`,
     /// `basic.cancel` or acknowledgement issued after a publish never overtakes it, and a

@@ -54,7 +54,12 @@ impl Frames {
             .push(channel_id, frame, canceler, expected_reply, resolver);
     }
 
-    /// Returns the backlog to wait on when publishes are queued rather than waited for.
+    /// The backlog of queued publishes, when publishes are queued rather than waited for.
+    pub(crate) fn backlog(&self) -> Option<Backlog> {
+        self.lock_inner().backlog.clone()
+    }
+
+    /// Returns the backlog when publishes are queued rather than waited for.
     pub(crate) fn push_frames(
         &self,
         channel_id: ChannelId,

@@ -228,7 +228,8 @@ fn resident_bytes() -> usize {
 /// - publishes queued while the connection is blocked go out, and are confirmed, once the
 ///   alarm clears;
 /// - a publisher offering 1 GB queues no more than the high-water mark (and a message):
-///   its next publish waits, and times out;
+///   its next publish waits, and times out, and so do the ones after it, none of them
+///   queued (what times out never goes out);
 /// - the confirms of publishes never written, their connection closed by the broker, are
 ///   errors, with or without publisher confirms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +297,14 @@ async fn under_a_memory_alarm() {
             }
             queued += MESSAGE;
         }
+        // Given up while they wait for room, these leave nothing queued.
+        for _ in 0..5 {
+            let publish = tokio::time::timeout(
+                Duration::from_millis(300),
+                publish(&bounded_channel, &bound_queue, &payload),
+            );
+            assert!(publish.await.is_err(), "a publish past the mark waits");
+        }
         let grown = resident_bytes().saturating_sub(before);
 
         let mut unwritten = Vec::new();
@@ -337,14 +346,17 @@ async fn under_a_memory_alarm() {
         assert!(confirmation.is_ack());
     }
     assert_eq!(wait_for_ready(&checker, &queue, 3).await, 3);
-    // The bounded publisher's backlog goes out once the alarm clears: what it queued, the
-    // publish that timed out waiting (queued before it waited), and the first, empty
-    // messages of it and of the closed connection, read before they were blocked.
-    let expected = (queued / MESSAGE) as u32 + 1 + 2;
+    // The bounded publisher's backlog goes out once the alarm clears: what it queued (not
+    // the publishes that timed out waiting for room), and the first, empty messages of it
+    // and of the closed connection, read before they were blocked.
+    let expected = (queued / MESSAGE) as u32 + 2;
     assert_eq!(
         wait_for_ready(&checker, &bound_queue, expected).await,
         expected
     );
+    // And nothing more comes after them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ready(&checker, &bound_queue).await, expected);
     delete(&checker, &queue).await;
     delete(&checker, &bound_queue).await;
     bounded.close(200, "OK".into()).await.expect("close");

@@ -428,7 +428,7 @@ impl Transport {
     /// connection if [`connect`](Self::connect) opened it.
     pub async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.producer.close_channel().await?;
+        self.inner.producer.close().await?;
         // The end of the answers: a `Responses` stream ends.
         self.inner.sink.with(|sink| sink.sender = None);
         if self.inner.owns_connection {

@@ -50,13 +50,24 @@ pub(super) enum Refusal {
     Next(String),
 }
 
+/// The bytes of publishes a connection may have queued, not yet written, before a
+/// publish waits for the socket: 8 MiB, a frame's worth at RabbitMQ's frame size.
+const PUBLISH_BACKLOG: usize = 8 << 20;
+
 /// Opens one AMQP connection to `host`, within [`Config::connection_timeout`].
 pub(super) async fn open(
     config: &Config,
     host: &Host,
     name: &str,
 ) -> Result<lapin::Connection, Refusal> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    // The patched lapin's two opt-ins (patches/README.md): the I/O loop a task on the
+    // runtime below instead of a thread per connection, and a publish that returns once
+    // its frames are queued (in issue order with the channel's other frames), waiting only
+    // while more than PUBLISH_BACKLOG bytes are queued on the connection.
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_io_loop_task(true)
+        .with_queued_publishes(PUBLISH_BACKLOG);
     let tls = if config.tls {
         config.tls_config().map_err(Refusal::Final)?
     } else {

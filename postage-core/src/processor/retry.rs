@@ -1,6 +1,6 @@
 //! Retries with backoff, on the broker: a failed message waits in a delay queue of its
 //! queue, whose message TTL dead-letters it back to that queue (through the default
-//! exchange, so it reaches no other queue), one delay queue per delay so a long delay
+//! exchange, so it reaches no other queue), one delay queue per delay tier so a long delay
 //! never holds up a short one; once its attempts are spent it goes to the queue's
 //! dead-letter queue with the last error in its headers. No plugin, any RabbitMQ from
 //! 3.10 on, classic and quorum work queues alike; the body is left as it was, so a Python
@@ -35,9 +35,16 @@ const COPY_FAILED_PAUSE: Duration = Duration::from_secs(1);
 /// a policy makes retry the default for a failure, and keeps for each queue `Q` that
 /// the processor reads:
 ///
-/// - delay queues `Q.retry.<delay>` (`Q.retry.1s`, `Q.retry.2s`...), durable, each with
-///   that message TTL, dead-lettering back to `Q`; declared when first needed, and gone
-///   a minute after their last use;
+/// - delay queues `Q.delay.<delay>` (`Q.delay.1s`, `Q.delay.2s`...), each with that
+///   message TTL, dead-lettering back to `Q`; declared when first needed. They are
+///   quorum queues that dead-letter at least once: a message whose delay ends while `Q`
+///   cannot take it (its node down, a policy refusing it) stays in its delay queue, and
+///   RabbitMQ offers it again every `dead_letter_worker_publisher_confirm_timeout`
+///   (3 minutes by default) until `Q` takes it. They stay when unused (a queue TTL would
+///   delete a quorum queue, messages and all, however recently it was declared), and
+///   they are few: one per delay of the policy, and one per step of a fixed ladder
+///   (10, 12, 15, 20, 25, 30, 40, 50, 60, 80 ms times a power of ten) for the delays
+///   handlers ask for;
 /// - a dead-letter queue `Q.dead`, durable, for the messages whose attempts are spent,
 ///   that a handler rejects, or that do not decode, each with its reason in the
 ///   `x-postage-error` header and its attempts in `x-postage-attempt`.
@@ -358,14 +365,20 @@ impl<P: Send + Sync + 'static> Shared<P> {
         let queue = delivery.queue();
         let (name, declared, next_attempt, expiration) = match target {
             Target::Delay { tier, delay } => {
-                let name = format!("{queue}.retry.{}", delay_name(*tier));
+                let name = format!("{queue}.delay.{}", delay_name(*tier));
                 let ttl = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+                // A quorum queue dead-letters at least once (it keeps a message until
+                // `queue` confirms it); a classic one drops what `queue` cannot take at
+                // that moment (its node down, a policy refusing it). No `x-expires`: a
+                // quorum queue's TTL is renewed by consumers only, not by declaring
+                // (rabbitmq-server#5894), and takes the queue's messages with it.
                 let declared = Queue::new(name.as_str())
-                    .durable(true)
+                    .quorum()
+                    .argument("x-dead-letter-strategy", LongString::from("at-least-once"))
+                    .argument("x-overflow", LongString::from("reject-publish"))
                     .argument("x-message-ttl", ttl)
                     .argument("x-dead-letter-exchange", LongString::from(""))
-                    .argument("x-dead-letter-routing-key", LongString::from(queue))
-                    .argument("x-expires", ttl.saturating_add(60_000));
+                    .argument("x-dead-letter-routing-key", LongString::from(queue));
                 (
                     name,
                     declared,
@@ -441,13 +454,35 @@ pub(super) enum Target {
 }
 
 /// The delay queue a delay waits in: the policy's delay at or above it, so jittered
-/// delays of one attempt share a queue; a delay of its own (from `retry_after`), its own.
+/// delays of one attempt share a queue; a delay of its own (from `retry_after`), the
+/// [`LADDER`] step at or above it, so however many delays handlers ask for, their
+/// queues are few.
 fn delay_tier(delay: Duration, policy: &RetryPolicy) -> Duration {
     (1..=64)
         .map(|attempt| policy.delay(attempt))
         .find(|tier| *tier >= delay)
         .filter(|tier| tier.mul_f64(1.0 - policy.jitter) <= delay)
-        .unwrap_or(delay)
+        .unwrap_or_else(|| ladder_step(delay))
+}
+
+/// The steps of a decade of delay tiers, in hundredths of a power of ten: each at most a
+/// third above the one before.
+const LADDER: [u64; 10] = [100, 120, 150, 200, 250, 300, 400, 500, 600, 800];
+
+/// The step of the delay ladder at or above `delay` (10 ms at least).
+fn ladder_step(delay: Duration) -> Duration {
+    let wanted = delay.as_millis();
+    let mut decade: u128 = 10;
+    loop {
+        let step = LADDER
+            .iter()
+            .map(|step| u128::from(*step) * decade / 100)
+            .find(|step| *step >= wanted);
+        match step {
+            Some(ms) => return Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
+            None => decade *= 10,
+        }
+    }
 }
 
 /// The properties of `original` but its expiration and headers, and its `user_id` only
@@ -506,11 +541,14 @@ mod tests {
             delay_tier(Duration::from_millis(1700), &policy),
             Duration::from_secs(2)
         );
-        // A delay of a handler's own has a queue of its own.
-        assert_eq!(
-            delay_tier(Duration::from_millis(1500), &policy),
-            Duration::from_millis(1500)
-        );
+        // A delay of a handler's own waits in the ladder's queue at or above it.
+        let tier = |ms| delay_tier(Duration::from_millis(ms), &policy).as_millis();
+        assert_eq!(tier(1500), 1500);
+        assert_eq!(tier(1501), 2000);
+        assert_eq!(tier(700), 800);
+        assert_eq!(tier(3), 10);
+        assert_eq!(tier(37_000), 40_000);
+        assert_eq!(tier(86_400_000), 100_000_000);
         assert_eq!(delay_name(Duration::from_millis(1500)), "1500ms");
         assert_eq!(delay_name(Duration::from_secs(120)), "2m");
     }

@@ -448,8 +448,12 @@ impl Producer {
         Ok(channel)
     }
 
-    /// Closes the producer's channel now (a clone's next publish opens another).
-    pub(crate) async fn close_channel(&self) -> Result<()> {
+    /// Closes the producer's channel once the broker has taken every message published on
+    /// it before the call: a publish returns once queued on its connection, and the
+    /// channel's close leaves after what was queued before it, so when this returns every
+    /// such message is in its queues. A later publish (of this producer or a clone) opens
+    /// another channel.
+    pub async fn close(&self) -> Result<()> {
         let Some(broker) = self.inner.broker() else {
             return Ok(());
         };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
-use super::fleet::{CONSUMER_TIMEOUT, Fleet, Role, tick_often};
+use super::fleet::{CONSUMER_TIMEOUT, Fleet, Role, short_broker_timers};
 use crate::net::{Direction, Links, Toxic};
 use crate::try_ctl;
 
@@ -320,7 +320,7 @@ impl Fault {
         let start = |node: &'static str| {
             tokio::task::spawn_blocking(move || {
                 crate::start_app(node);
-                tick_often(node);
+                short_broker_timers(node);
                 Ok(())
             })
         };

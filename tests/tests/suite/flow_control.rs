@@ -45,6 +45,9 @@ fn config_for(port: u16) -> Config {
     }
 }
 
+/// The node of the test whose publisher offers far more than its connection's backlog.
+const BACKLOG_NODE: (&str, u16, u16) = ("postage-alarm-backlog", 5733, 25733);
+
 /// Handles `work` messages and, as a component in a pipeline does, publishes a note of
 /// each downstream, on the same connection; a publish the alarm holds back fails after
 /// its bound and the work counts as done all the same.
@@ -252,5 +255,119 @@ async fn consumers_keep_acknowledging_through_a_memory_alarm() {
     stop.shutdown();
     running.await.unwrap().unwrap();
     server.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Under a memory alarm a fire-and-forget producer's publishes queue on its connection
+/// up to the backlog bound (8 MiB) and return; past it they wait, and end with
+/// `Error::Blocked` within their timeout, leaving nothing queued: 64 tasks offering 1 MiB
+/// messages for 4 s (some 800 MiB) leave resident memory within the bound plus a message
+/// a task and a constant. Once the alarm clears, exactly what returned `Ok` goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_an_alarm_publishes_queue_up_to_the_backlog_bound_and_the_rest_fail_unsent() {
+    let (name, port, dist) = BACKLOG_NODE;
+    let _node = OwnNode::start(name, port, dist, "");
+    let exchange = Exchange::named(unique("alarm-backlog"));
+    let queue = unique("alarm-backlog");
+    let client = Connection::connect(&config_for(port)).await.unwrap();
+    let declaring = postage_core::Consumer::builder(&client)
+        .bind(exchange.clone(), Queue::new(queue.as_str()), "big")
+        .build()
+        .await
+        .unwrap();
+    declaring.close().await.unwrap();
+    let timeout = Duration::from_millis(300);
+    let producer = Producer::builder(&client)
+        .destination(exchange.clone(), "big")
+        .publish_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    producer
+        .publish_encoded(exchange.name(), "big", b"before", "m0")
+        .await
+        .unwrap();
+
+    ctl(name, &["set_vm_memory_high_watermark", "0.0000001"]);
+    let before = resident_bytes();
+    let payload: Arc<[u8]> = vec![b'x'; 1 << 20].into();
+    let until = Instant::now() + Duration::from_secs(4);
+    let offering: Vec<JoinHandle<(u32, u32, Duration)>> = (0..64)
+        .map(|task| {
+            let (producer, payload, exchange) =
+                (producer.clone(), Arc::clone(&payload), exchange.clone());
+            tokio::spawn(async move {
+                let (mut queued, mut refused, mut longest) = (0, 0, Duration::ZERO);
+                let mut n = 0;
+                while Instant::now() < until {
+                    n += 1;
+                    let began = Instant::now();
+                    let id = format!("m{task}-{n}");
+                    match producer
+                        .publish_encoded(exchange.name(), "big", &payload, &id)
+                        .await
+                    {
+                        Ok(()) => queued += 1,
+                        Err(Error::Blocked { .. }) => refused += 1,
+                        Err(other) => panic!("a publish under the alarm failed otherwise: {other}"),
+                    }
+                    longest = longest.max(began.elapsed());
+                }
+                (queued, refused, longest)
+            })
+        })
+        .collect();
+    let (mut queued, mut refused, mut longest) = (0, 0, Duration::ZERO);
+    for task in offering {
+        let (q, r, l) = task.await.unwrap();
+        queued += q;
+        refused += r;
+        longest = longest.max(l);
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    eprintln!(
+        "under the alarm: {queued} MiB queued, {refused} publishes refused, the longest \
+         {longest:?}, resident memory grew {} MiB",
+        grown >> 20
+    );
+    assert!(
+        (8..=8 + 64 + 1).contains(&queued),
+        "publishes queued under the alarm up to the bound: {queued}"
+    );
+    assert!(refused > 200, "the rest wait and fail: {refused}");
+    assert!(
+        longest < timeout + Duration::from_secs(1),
+        "each ends within its timeout: {longest:?}"
+    );
+    assert!(
+        grown < 200 << 20,
+        "resident memory grew {} MiB for {} MiB offered",
+        grown >> 20,
+        queued + refused
+    );
+
+    ctl(name, &["set_vm_memory_high_watermark", "0.4"]);
+    let expected = u64::from(queued) + 1;
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = message_counts(name, &queue).0;
+        if ready >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ready = ready.max(message_counts(name, &queue).0);
+    assert_eq!(
+        ready, expected,
+        "what returned Ok goes out once the alarm clears, and nothing else"
+    );
     client.close().await.unwrap();
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use postage_core::channel::Channel;
 use postage_core::{Consumer, Error, Fingerprint, Message, Producer, Queue, Route};
 use postage_tests::{binding_keys, connect, drain, exchange, next_within, unique};
 use serde_json::json;
@@ -468,4 +469,58 @@ async fn a_poison_message_stops_at_the_delivery_limit_and_is_dead_lettered() {
         .queue_delete(queue.name().into(), Default::default())
         .await
         .unwrap();
+}
+
+/// What ends the publishing in [`ten_thousand_publishes_then`].
+enum Closing {
+    Producer,
+    Connection,
+}
+
+/// Ten thousand fire-and-forget publishes (each returns once queued on its connection),
+/// then at once `closing`: every one of them reaches the queue, the close leaving after
+/// them. lapin made a publish wait for its write (0.19, lapin #142) because queued
+/// messages were lost on close; the queued path must flush.
+async fn ten_thousand_publishes_then(closing: Closing) {
+    let reader = connect().await;
+    let queue = unique("flushed");
+    let channel = Channel::open(&reader).await.unwrap();
+    channel
+        .declare_queue(&Queue::new(queue.as_str()))
+        .await
+        .unwrap();
+    channel.close().await.unwrap();
+    let connection = connect().await;
+    let producer = Producer::builder(&connection).build().await.unwrap();
+    for n in 0..10_000 {
+        producer
+            .publish_encoded("", &queue, n.to_string().as_bytes(), &n.to_string())
+            .await
+            .unwrap();
+    }
+    match closing {
+        Closing::Producer => producer.close().await.unwrap(),
+        Closing::Connection => connection.close().await.unwrap(),
+    }
+    let node = postage_tests::test_node();
+    let ready = tokio::task::spawn_blocking(move || {
+        let ready = postage_tests::message_counts(&node, &queue).0;
+        postage_tests::rabbitmqctl(&["delete_queue", &queue]);
+        ready
+    })
+    .await
+    .unwrap();
+    assert_eq!(ready, 10_000, "every message queued before the close");
+    let _ = connection.close().await;
+    reader.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_producer_close_flushes_ten_thousand_publishes() {
+    ten_thousand_publishes_then(Closing::Producer).await;
+}
+
+#[tokio::test]
+async fn a_connection_close_flushes_ten_thousand_publishes() {
+    ten_thousand_publishes_then(Closing::Connection).await;
 }

@@ -265,7 +265,7 @@ async fn a_failing_message_is_retried_with_backoff_on_classic_and_quorum_queues(
         let (ready, _) = postage_tests::message_counts(&postage_tests::test_node(), &name);
         assert_eq!(ready, 0, "nothing left in the work queue");
         worker.stop().await;
-        postage_tests::rabbitmqctl(&["delete_queue", &name]);
+        postage_tests::delete_queue_and_retries(&name);
     }
 }
 
@@ -329,8 +329,7 @@ async fn spent_rejected_and_undecodable_messages_end_in_the_dead_letter_queue() 
         "{dead:?}"
     );
     worker.stop().await;
-    postage_tests::rabbitmqctl(&["delete_queue", &format!("{name}.dead")]);
-    postage_tests::rabbitmqctl(&["delete_queue", &name]);
+    postage_tests::delete_queue_and_retries(&name);
 }
 
 #[tokio::test]
@@ -353,11 +352,11 @@ async fn requeue_and_a_delay_of_its_own() {
     assert!(delayed[1].1 >= Duration::from_millis(680), "{delayed:?}");
     let queues = postage_tests::rabbitmqctl(&["list_queues", "name"]);
     assert!(
-        queues.contains(&format!("{name}.retry.700ms")),
-        "a delay of its own waits in a queue of its own: {queues}"
+        queues.contains(&format!("{name}.delay.800ms")),
+        "a delay of its own waits in the ladder's queue at or above it: {queues}"
     );
     worker.stop().await;
-    postage_tests::rabbitmqctl(&["delete_queue", &name]);
+    postage_tests::delete_queue_and_retries(&name);
 }
 
 #[tokio::test]
@@ -381,7 +380,7 @@ async fn a_retry_waiting_in_its_delay_queue_outlives_its_processor() {
     let numbers: Vec<u32> = attempts_of(&seen, 7).iter().map(|(a, _)| *a).collect();
     assert_eq!(numbers, [2], "{seen:?}");
     second.stop().await;
-    postage_tests::rabbitmqctl(&["delete_queue", &name]);
+    postage_tests::delete_queue_and_retries(&name);
 }
 
 #[tokio::test]
@@ -402,7 +401,7 @@ async fn a_handler_past_its_timeout_is_cancelled_and_retried() {
     assert!(attempts[1].1 < Duration::from_secs(20), "{attempts:?}");
     assert_eq!(worker.handle.tracked_deliveries(), 0);
     worker.stop().await;
-    postage_tests::rabbitmqctl(&["delete_queue", &name]);
+    postage_tests::delete_queue_and_retries(&name);
 }
 
 #[tokio::test]
@@ -615,4 +614,85 @@ async fn a_copy_lost_with_its_publishing_connection_leaves_the_original_on_its_q
     );
     worker.stop().await;
     let _ = connection.close().await;
+}
+
+/// A retried message whose queue refuses it as its delay ends (a policy: `max-length` 0,
+/// `overflow` `reject-publish` on the work queue, the way a queue whose node is down
+/// cannot take it) is not dropped: its delay queue dead-letters at least once, keeps it
+/// and offers it again until the queue takes it, however long that is: here past the
+/// minute after which a queue TTL would have deleted the delay queue, message and all
+/// (a quorum queue's TTL is not renewed by declaring it). RabbitMQ offers it again every
+/// `dead_letter_worker_publisher_confirm_timeout` (3 minutes by default; 1 s here, set
+/// on the broker before the delay queue exists).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_message_its_queue_refuses_as_its_delay_ends_comes_back_later() {
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&[
+            "eval",
+            "application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 1000).",
+        ])
+    })
+    .await
+    .unwrap();
+    let connection = connect().await;
+    let ex = exchange("refusedback");
+    let name = unique("refusedback-q");
+    let delay = Duration::from_secs(5);
+    let policy = RetryPolicy::new()
+        .attempts(3)
+        .backoff(delay, delay)
+        .jitter(0.0);
+    let mut worker = run_worker(
+        &connection,
+        &ex,
+        Queue::new(name.as_str()).durable(true),
+        Some(1),
+        policy,
+    )
+    .await;
+    let producer = producer(&connection, &ex).await;
+    producer.command("work", json!({"id": 1})).await.unwrap();
+    let (_, attempt, first) = tokio::time::timeout(Duration::from_secs(5), worker.seen.recv())
+        .await
+        .expect("the first attempt within 5 s")
+        .unwrap();
+    assert_eq!(attempt, 1);
+
+    let refusal = unique("refuse");
+    let pattern = format!("^{}$", name.replace('.', "\\."));
+    tokio::task::spawn_blocking({
+        let (refusal, pattern) = (refusal.clone(), pattern.clone());
+        move || {
+            rabbitmqctl(&[
+                "set_policy",
+                &refusal,
+                &pattern,
+                r#"{"max-length": 0, "overflow": "reject-publish"}"#,
+                "--apply-to",
+                "queues",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.elapsed() < delay - Duration::from_millis(500),
+        "the refusing policy must be in place before the delay ends (it took {:?})",
+        first.elapsed()
+    );
+    // The delay ends while the queue refuses; it takes the message again 62 s later,
+    // past the 65 s after the delay queue was declared that a queue TTL of its delay
+    // and a minute would have allowed it.
+    tokio::time::sleep_until((first + delay + Duration::from_secs(62)).into()).await;
+    tokio::task::spawn_blocking(move || rabbitmqctl(&["clear_policy", &refusal]))
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(15), worker.seen.recv()).await;
+    assert!(
+        matches!(back, Ok(Some((1, 2, _)))),
+        "the retried message comes back once its queue takes it again: {back:?}"
+    );
+    worker.stop().await;
+    let _ =
+        tokio::task::spawn_blocking(move || postage_tests::delete_queue_and_retries(&name)).await;
 }

@@ -669,6 +669,8 @@ impl Channel {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<PublisherConfirm> {
+        self.wait_for_publish_room().await;
+
         if !self.status.connected() {
             return Err(self.status.state_error("basic.publish"));
         }
