@@ -1,8 +1,8 @@
 //! What the dashboard knows of the fleet: the components discovery found, their rates from
-//! their `/metrics`, and the ones gone; one [`Fleet::poll`] a period.
+//! their `/metrics`, their queues as the broker tells, and the ones gone; one
+//! [`Fleet::poll`] a period.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use postage_core::channel::{Channel, QueueState};
@@ -13,6 +13,8 @@ use crate::addresses::Addresses;
 use crate::application::Description;
 use crate::discovery::{components, pings};
 
+use super::scrape::{Buckets, Counts, SCRAPE_TIMEOUT, Scraped, per_second, scrape};
+
 /// Points of rate history kept per component (one a poll: five minutes at one a second).
 const HISTORY: usize = 300;
 /// How long a component that stopped answering stays on the page, shown as gone.
@@ -21,75 +23,35 @@ const GONE_KEPT: Duration = Duration::from_secs(60);
 const MAX_COMPONENTS: usize = 2000;
 /// At most this many of a component's group queues are read.
 const MAX_GROUP_QUEUES: usize = 8;
-/// Bound of one scrape of a component's `/metrics`.
-const SCRAPE_TIMEOUT: Duration = Duration::from_millis(800);
-/// At most this many bytes of a `/metrics` answer are read.
-const SCRAPE_LIMIT: usize = 1 << 20;
+/// How far back latency percentiles look.
+const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+/// At most one histogram kept for the latency window every this often.
+const LATENCY_STEP: Duration = Duration::from_secs(5);
 
-/// Counts of one handler's deliveries, by what became of them.
+/// Percentiles of a duration, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(super) struct Percentiles {
+    pub(super) p50: f64,
+    pub(super) p95: f64,
+    pub(super) p99: f64,
+}
+
+impl Percentiles {
+    fn of(buckets: &Buckets) -> Option<Self> {
+        Some(Self {
+            p50: buckets.quantile_ms(0.5)?,
+            p95: buckets.quantile_ms(0.95)?,
+            p99: buckets.quantile_ms(0.99)?,
+        })
+    }
+}
+
+/// The RPC calls a component makes, per second over the last period.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub(super) struct Counts {
-    /// Every delivery it ran on.
-    pub(super) handled: f64,
-    /// Rejected or handed back to the queue.
+pub(super) struct Calls {
+    pub(super) made: f64,
+    /// Those that ended in an error, exception, timeout or failure.
     pub(super) failed: f64,
-    /// Sent to its retry queue.
-    pub(super) retried: f64,
-    /// Sent to its dead-letter queue.
-    pub(super) dead_lettered: f64,
-}
-
-impl Counts {
-    fn add(&mut self, disposition: &str, value: f64) {
-        self.handled += value;
-        match disposition {
-            "reject" | "requeue" => self.failed += value,
-            "retry" => self.retried += value,
-            "dead-letter" => self.dead_lettered += value,
-            _ => {}
-        }
-    }
-
-    /// The change per second from `before` to `self` over `seconds` (never negative: a
-    /// restarted component counts from zero again).
-    fn rate_since(&self, before: &Counts, seconds: f64) -> Counts {
-        let per = |now: f64, then: f64| ((now - then).max(0.0) / seconds * 100.0).round() / 100.0;
-        Counts {
-            handled: per(self.handled, before.handled),
-            failed: per(self.failed, before.failed),
-            retried: per(self.retried, before.retried),
-            dead_lettered: per(self.dead_lettered, before.dead_lettered),
-        }
-    }
-}
-
-/// The deliveries counted in a `/metrics` text, by handler.
-pub(super) fn deliveries(text: &str) -> BTreeMap<String, Counts> {
-    let mut found: BTreeMap<String, Counts> = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("postage_deliveries_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let Ok(value) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let label = |name: &str| {
-            let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-            let end = labels[start..].find('"')? + start;
-            Some(&labels[start..end])
-        };
-        let (Some(handler), Some(disposition)) = (label("handler"), label("disposition")) else {
-            continue;
-        };
-        found
-            .entry(handler.to_owned())
-            .or_default()
-            .add(disposition, value);
-    }
-    found
 }
 
 /// One component as the page shows it.
@@ -116,6 +78,12 @@ pub(super) struct Shown {
     pub(super) rates: BTreeMap<String, Counts>,
     /// All its handlers' deliveries per second, the last minutes, oldest first.
     pub(super) history: VecDeque<f64>,
+    /// The RPC calls it made, per second over the last period.
+    pub(super) calls: Option<Calls>,
+    /// Over about the last minute: how long its handlers ran (the latency of the RPCs
+    /// it serves) and how long the RPC calls it made took.
+    pub(super) handler_latency: Option<Percentiles>,
+    pub(super) call_latency: Option<Percentiles>,
     /// Whether it describes its API (the page links to it).
     pub(super) api: bool,
     /// Its queues (system-wide, host-wide, unique, groups') as the broker tells.
@@ -136,7 +104,10 @@ struct Watched {
     shown: Shown,
     description: Description,
     last_seen: Instant,
-    counted: Option<(Instant, BTreeMap<String, Counts>)>,
+    counted: Option<(Instant, Scraped)>,
+    /// Its handler and call histograms, one every [`LATENCY_STEP`] over the last
+    /// [`LATENCY_WINDOW`], oldest first.
+    window: VecDeque<(Instant, Buckets, Buckets)>,
 }
 
 /// What the page shows of the whole fleet.
@@ -156,6 +127,8 @@ pub(super) struct Snapshot {
 /// The fleet as the last polls found it.
 #[derive(Debug)]
 pub(super) struct Fleet {
+    /// Silent this long, a component is shown gone: two polls missed.
+    gone_after: Duration,
     watched: BTreeMap<String, Watched>,
     client: reqwest::Client,
     broker: bool,
@@ -163,8 +136,10 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    pub(super) fn new() -> Self {
+    /// A fleet polled every `period`.
+    pub(super) fn new(period: Duration) -> Self {
         Self {
+            gone_after: period.mul_f64(1.5) + Duration::from_millis(200),
             watched: BTreeMap::new(),
             client: reqwest::Client::builder()
                 .timeout(SCRAPE_TIMEOUT)
@@ -195,9 +170,9 @@ impl Fleet {
             Ok(found) => found,
             Err(error) => {
                 // The error's text is not shown: it may name the broker's address.
+                // Nor are components marked gone: nobody could answer.
                 tracing::debug!(%error, "discovery failed");
                 self.broker = false;
-                self.age();
                 return;
             }
         };
@@ -251,12 +226,16 @@ impl Fleet {
                     metrics: false,
                     rates: BTreeMap::new(),
                     history: VecDeque::new(),
+                    calls: None,
+                    handler_latency: None,
+                    call_latency: None,
                     api: false,
                     queues: Vec::new(),
                 },
                 description: description.clone(),
                 last_seen: now,
                 counted: None,
+                window: VecDeque::new(),
             });
             watched.update(description, counts, now);
         }
@@ -322,7 +301,7 @@ impl Fleet {
         for watched in self.watched.values_mut() {
             let silent = now.duration_since(watched.last_seen);
             watched.shown.silent_for = (silent.as_secs_f64() * 10.0).round() / 10.0;
-            watched.shown.live = silent < Duration::from_millis(500);
+            watched.shown.live = silent < self.gone_after;
             if !watched.shown.live {
                 watched.shown.rates.clear();
             }
@@ -349,12 +328,7 @@ impl Fleet {
 }
 
 impl Watched {
-    fn update(
-        &mut self,
-        description: Description,
-        counts: Option<BTreeMap<String, Counts>>,
-        now: Instant,
-    ) {
+    fn update(&mut self, description: Description, scraped: Option<Scraped>, now: Instant) {
         let fingerprint = &description.fingerprint;
         let shown = &mut self.shown;
         shown.name.clone_from(&fingerprint.name);
@@ -365,77 +339,60 @@ impl Watched {
         shown.groups.clone_from(&description.groups);
         shown.handlers.clone_from(&description.handlers);
         shown.uptime = description.uptime.map(|u| u.round());
-        shown.metrics = counts.is_some();
+        shown.metrics = scraped.is_some();
         shown.api = description.api.is_some();
         shown.rates.clear();
-        if let Some(counts) = counts {
+        shown.calls = None;
+        if let Some(scraped) = scraped {
             if let Some((then, before)) = &self.counted {
                 let seconds = now.duration_since(*then).as_secs_f64().max(0.001);
                 let empty = Counts::default();
-                for (handler, now_counts) in &counts {
-                    let before = before.get(handler).unwrap_or(&empty);
+                for (handler, counts) in &scraped.deliveries {
+                    let before = before.deliveries.get(handler).unwrap_or(&empty);
                     shown
                         .rates
-                        .insert(handler.clone(), now_counts.rate_since(before, seconds));
+                        .insert(handler.clone(), counts.rate_since(before, seconds));
                 }
+                shown.calls = Some(Calls {
+                    made: per_second(scraped.calls, before.calls, seconds),
+                    failed: per_second(scraped.calls_failed, before.calls_failed, seconds),
+                });
                 let total = shown.rates.values().map(|r| r.handled).sum::<f64>();
                 if shown.history.len() == HISTORY {
                     shown.history.pop_front();
                 }
                 shown.history.push_back((total * 100.0).round() / 100.0);
             }
-            self.counted = Some((now, counts));
+            while self
+                .window
+                .front()
+                .is_some_and(|(at, ..)| now.duration_since(*at) > LATENCY_WINDOW)
+            {
+                self.window.pop_front();
+            }
+            let (handlers, calls) = match self.window.front() {
+                Some((_, handlers, calls)) => (
+                    scraped.handler_time.since(handlers),
+                    scraped.call_time.since(calls),
+                ),
+                None => (scraped.handler_time.clone(), scraped.call_time.clone()),
+            };
+            shown.handler_latency = Percentiles::of(&handlers);
+            shown.call_latency = Percentiles::of(&calls);
+            if self
+                .window
+                .back()
+                .is_none_or(|(at, ..)| now.duration_since(*at) >= LATENCY_STEP)
+            {
+                self.window.push_back((
+                    now,
+                    scraped.handler_time.clone(),
+                    scraped.call_time.clone(),
+                ));
+            }
+            self.counted = Some((now, scraped));
         }
         self.description = description;
         self.last_seen = now;
-    }
-}
-
-/// The deliveries a component's `/metrics` counts, or `None` when it does not answer in
-/// time. An address on every interface is asked for on the component's host.
-async fn scrape(
-    client: &reqwest::Client,
-    address: SocketAddr,
-    host: &str,
-) -> Option<BTreeMap<String, Counts>> {
-    let url = if address.ip().is_unspecified() {
-        format!("http://{host}:{}/metrics", address.port())
-    } else {
-        format!("http://{address}/metrics")
-    };
-    let answer = client.get(url).send().await.ok()?;
-    if !answer.status().is_success() || answer.content_length().unwrap_or(0) > SCRAPE_LIMIT as u64 {
-        return None;
-    }
-    let body = answer.bytes().await.ok()?;
-    if body.len() > SCRAPE_LIMIT {
-        return None;
-    }
-    Some(deliveries(&String::from_utf8_lossy(&body)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deliveries_are_summed_by_handler_and_disposition() {
-        let text = "# TYPE postage_deliveries counter\n\
-            postage_deliveries_total{queue=\"a\",handler=\"W::work\",disposition=\"ack\"} 5\n\
-            postage_deliveries_total{queue=\"b\",handler=\"W::work\",disposition=\"retry\"} 2\n\
-            postage_deliveries_total{queue=\"a\",handler=\"W::work\",disposition=\"dead-letter\"} 1\n\
-            postage_deliveries_total{queue=\"a\",handler=\"none\",disposition=\"reject\"} 3\n\
-            postage_reconnects_total 0\n";
-        let found = deliveries(text);
-        assert_eq!(
-            found["W::work"],
-            Counts {
-                handled: 8.0,
-                failed: 0.0,
-                retried: 2.0,
-                dead_lettered: 1.0
-            }
-        );
-        assert_eq!(found["none"].failed, 3.0);
     }
 }

@@ -9,6 +9,7 @@
 //! URL, password or any error text that could hold them.
 
 mod fleet;
+mod scrape;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,7 +80,7 @@ pub async fn serve(
         connection,
         options,
         user,
-        fleet: Mutex::new(Fleet::new()),
+        fleet: Mutex::new(Fleet::new(period)),
         snapshot,
     });
     let poller = tokio::spawn(poll(shared.clone(), publish, period));

@@ -1,7 +1,8 @@
 //! `postage dashboard` in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, installed by `scripts/chromium.sh`) driven through WebDriver against
-//! a fleet the test starts in a virtual host of its own: a postage GenericApplication
-//! serving metrics and a Python Postage GenericApplication.
+//! a fleet the test starts in a virtual host of its own (a postage GenericApplication
+//! serving metrics and a Python Postage GenericApplication), and on a broker node of the
+//! test's own that it restarts.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -10,12 +11,10 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use postage_app::GenericApplication;
-use postage_core::{Config, Connection, Exit, Fingerprint, Producer, processor};
-use postage_tests::{unique, with_metrics};
+use postage_core::{Config, Connection, Exit, Fingerprint, Host, Password, Producer, processor};
+use postage_tests::{OwnNode, binary, ctl, get, start_app, unique, with_metrics};
 
-use crate::python_postage::{
-    Running, Vhost, in_ci, peer, postage_program, refusal, skip_for_refusal,
-};
+use crate::python_postage::{Running, Vhost, in_ci, peer, postage_program, refusal};
 
 /// Bound of every wait on the page.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -103,17 +102,8 @@ impl Drop for Browser {
     }
 }
 
-/// The dashboard's address, as it prints it first.
-fn dashboard(vhost: &Vhost) -> (Running, String) {
-    let mut command = postage_program("postage", vhost);
-    command.args([
-        "dashboard",
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-control",
-        "--period",
-        "0.5",
-    ]);
+/// The dashboard `command` starts, and its address, as it prints it first.
+fn dashboard(command: Command) -> (Running, String) {
     let mut running = Running::start("postage dashboard", command);
     let line = running.next_line();
     let url = line
@@ -181,7 +171,16 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
         tokio::task::block_in_place(|| app.expect_line("waiting for messages"));
         app
     });
-    let (_dashboard, url) = tokio::task::block_in_place(|| dashboard(&vhost));
+    let mut command = postage_program("postage", &vhost);
+    command.args([
+        "dashboard",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-control",
+        "--period",
+        "0.5",
+    ]);
+    let (_dashboard, url) = tokio::task::block_in_place(|| dashboard(command));
 
     let client = browser.client();
     client.goto(&url).await.expect("the page loads");
@@ -226,6 +225,68 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
             .unwrap_or(0.0);
     }
 
+    // Its handlers' latency, from its handler duration histogram.
+    let latency = text_of(client, &format!("{} div.handler-latency", row(&rust))).await;
+    assert!(latency.contains(" ms"), "{latency}");
+
+    // Join group, confirmed, with the group asked for: the page then lists the group.
+    let group = unique("dashgroup");
+    client
+        .find(Locator::Css(&format!("{} button.join_group", row(&rust))))
+        .await
+        .expect("a join group button")
+        .click()
+        .await
+        .expect("clicked");
+    client
+        .send_alert_text(&group)
+        .await
+        .expect("the group is typed");
+    client.accept_alert().await.expect("the group is given");
+    client
+        .accept_alert()
+        .await
+        .expect("the confirmation is accepted");
+    let listed = text_of(client, &row(&rust)).await;
+    let deadline = Instant::now() + PATIENCE;
+    let mut listed = listed;
+    while !listed.contains(&group) {
+        assert!(
+            Instant::now() < deadline,
+            "the page shows no {group}: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        listed = text_of(client, &row(&rust)).await;
+    }
+
+    // Its API on a page of its own: the command it handles, with its parameter.
+    let api = client
+        .find(Locator::Css(&format!("{} a", row(&rust))))
+        .await
+        .expect("a link to its API")
+        .attr("href")
+        .await
+        .expect("its address")
+        .expect("an address");
+    client
+        .goto(&format!("{}{}", url.trim_end_matches('/'), api))
+        .await
+        .expect("the API page loads");
+    text_of(client, "#operations h2").await;
+    let mut operations = Vec::new();
+    for heading in client
+        .find_all(Locator::Css("#operations h2"))
+        .await
+        .expect("its operations")
+    {
+        operations.push(heading.text().await.expect("an operation's name"));
+    }
+    assert!(
+        operations.iter().any(|o| o.contains(".work.")),
+        "{operations:?}"
+    );
+    client.goto(&url).await.expect("the page loads again");
+
     // The quit button, confirmed, stops the component it names.
     client
         .find(Locator::Css(&format!("{} button.quit", row(&rust))))
@@ -249,6 +310,149 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
     if python.is_some() {
         text_of(client, &row(&py)).await;
     }
+    if let Some(client) = browser.client.clone() {
+        let _ = client.close().await;
+    }
+}
+
+/// The broker node of the restart test's own.
+const NODE: (&str, u16, u16) = ("postage-dash-restart", 5861, 25861);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_no_secret_keeps_controls_off_and_recovers_after_a_broker_restart() {
+    let test = "the_page_shows_no_secret_keeps_controls_off_and_recovers_after_a_broker_restart";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let (node, port, dist) = NODE;
+    let _node = tokio::task::block_in_place(|| OwnNode::start(node, port, dist, ""));
+    // A login whose password the page must never show.
+    let (user, secret) = ("dashboard-user", unique("Secret-Pw"));
+    tokio::task::block_in_place(|| {
+        ctl(node, &["add_user", user, secret.as_str()]);
+        ctl(
+            node,
+            &["set_permissions", "-p", "/", user, ".*", ".*", ".*"],
+        );
+    });
+    let config = with_metrics(Config {
+        hosts: vec![Host {
+            name: "127.0.0.1".into(),
+            port,
+        }],
+        user: user.into(),
+        password: Password::new(secret.clone()),
+        ..Config::default()
+    });
+    let connection = Connection::connect(&config)
+        .await
+        .expect("the node answers");
+    let name = unique("dashrestart");
+    let app = GenericApplication::builder(&connection, Fingerprint::new(&name, "application"))
+        .stop_on_signals(false)
+        .handlers(Worker)
+        .build()
+        .await
+        .expect("the application starts");
+    let stop = app.handle();
+    let running = tokio::spawn(app.run());
+
+    // The dashboard without --allow-control, given the password in its URL.
+    let mut command = Command::new(binary("postage"));
+    command.args([
+        "--url",
+        &format!("amqp://{user}:{secret}@127.0.0.1:{port}/%2f"),
+        "dashboard",
+        "--listen",
+        "127.0.0.1:0",
+        "--period",
+        "0.5",
+    ]);
+    let (_dashboard, url) = tokio::task::block_in_place(|| dashboard(command));
+    let client = browser.client();
+    client.goto(&url).await.expect("the page loads");
+    let row = format!("tr.component.live[data-name='{name}']");
+    text_of(client, &row).await;
+    text_of(client, "#broker.up").await;
+
+    // No secret anywhere: not on the page, its data or the component's API.
+    let address: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the dashboard's address");
+    let id = client
+        .find(Locator::Css(&row))
+        .await
+        .expect("the row")
+        .attr("data-id")
+        .await
+        .expect("its id")
+        .expect("an id");
+    let mut seen = vec![client.source().await.expect("the page's source")];
+    for path in ["/", "/api/fleet", &format!("/api/asyncapi/{id}")] {
+        let (status, body) = tokio::task::block_in_place(|| get(address, path));
+        assert_eq!(status, 200, "{path}: {body}");
+        seen.push(body);
+    }
+    for text in &seen {
+        assert!(!text.contains(&secret), "the password shows: {text}");
+    }
+    // The login controls would be sent as is shown, but controls are off: no buttons,
+    // and the dashboard refuses one asked for directly.
+    assert!(seen[2].contains(user), "{}", seen[2]);
+    assert!(
+        client
+            .find_all(Locator::Css("button.quit"))
+            .await
+            .expect("a search")
+            .is_empty()
+    );
+    let refused = client
+        .execute(
+            "return fetch('/api/control', {method: 'POST', headers: {'content-type': \
+             'application/json'}, body: JSON.stringify({id: arguments[0], command: 'quit'})})\
+             .then((answer) => answer.status)",
+            vec![serde_json::json!(id)],
+        )
+        .await
+        .expect("the request is made");
+    assert_eq!(refused, serde_json::json!(403));
+
+    // The broker stops: the page says so and keeps the last known fleet; it starts
+    // again: the page shows the component live again, found through the broker.
+    tokio::task::block_in_place(|| ctl(node, &["stop_app"]));
+    text_of(client, "#broker.down").await;
+    text_of(client, &row).await;
+    tokio::task::block_in_place(|| start_app(node));
+    text_of(client, "#broker.up").await;
+    let fleet = |body: &str| -> serde_json::Value { serde_json::from_str(body).expect("JSON") };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // Live in a discovery after the restart: answered within the last second.
+        let (_, body) = tokio::task::block_in_place(|| get(address, "/api/fleet"));
+        let fleet = fleet(&body);
+        let answered = fleet["broker"] == true
+            && fleet["components"].as_array().is_some_and(|all| {
+                all.iter().any(|c| {
+                    c["name"] == name.as_str()
+                        && c["live"] == true
+                        && c["silent_for"].as_f64().is_some_and(|s| s < 1.0)
+                })
+            });
+        if answered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the component is not found again within {PATIENCE:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    text_of(client, &row).await;
+
+    stop.shutdown();
+    let _ = tokio::time::timeout(PATIENCE, running).await;
     if let Some(client) = browser.client.clone() {
         let _ = client.close().await;
     }
