@@ -44,19 +44,24 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-# Some traffic for the rates and their charts: a few seconds of sends to each.
-for round in $(seq 1 12); do
-  for _ in 1 2 3; do
-    "$bin/postage" send billing hello --params "\"invoice $round\"" >/dev/null &
+# Traffic for the rates and their charts, going on while the page is shot: sends to
+# the billing pair (round robin between them) and to the inventory component.
+(
+  round=0
+  while true; do
+    round=$((round + 1))
+    "$bin/postage" send billing/rr hello --params "\"invoice $round\"" >/dev/null 2>&1 || true
+    "$bin/postage" send billing/rr hello --params "\"invoice $round\"" >/dev/null 2>&1 || true
+    if [ $((round % 3)) = 0 ]; then
+      "$bin/postage" send inventory hello --params "\"item $round\"" >/dev/null 2>&1 || true
+    fi
   done
-  "$bin/postage" send inventory hello --params "\"item $round\"" >/dev/null &
-  wait_for=$(jobs -p | grep -v -x -F "$(printf '%s\n' "${pids[@]}")" || true)
-  for pid in $wait_for; do wait "$pid" 2>/dev/null || true; done
-  sleep 0.3
-done
+) &
+pids+=($!)
+sleep 12
 
 mkdir -p "$(dirname "$out")"
-chromium --headless --no-sandbox --disable-background-networking --disable-dev-shm-usage \
-  --hide-scrollbars --window-size=1500,420 --virtual-time-budget=3000 \
+timeout -k 5 60 chromium --headless --no-sandbox --disable-background-networking --disable-dev-shm-usage \
+  --hide-scrollbars --window-size=1700,640 --timeout=5000 \
   --screenshot="$PWD/$out" "http://127.0.0.1:$port/" >/dev/null 2>&1
 echo "dashboard-shot: wrote $out" >&2

@@ -85,7 +85,7 @@ pub async fn serve(
     });
     let poller = tokio::spawn(poll(shared.clone(), publish, period));
     let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
+        .route("/", get(page))
         .route("/component/{id}", get(|| async { Html(API_PAGE) }))
         .route("/events", get(events))
         .route("/api/fleet", get(fleet_json))
@@ -112,6 +112,14 @@ async fn poll(shared: Arc<Shared>, publish: watch::Sender<Arc<str>>, period: Dur
             publish.send_replace(json.into());
         }
     }
+}
+
+/// The page, with the current snapshot in it (shown before the first event comes).
+async fn page(State(shared): State<Arc<Shared>>) -> Html<String> {
+    // In a script element: no `<` may close it, so every one is escaped (JSON has `<`
+    // only in strings, where `\u003c` reads the same).
+    let json = shared.snapshot.borrow().replace('<', "\\u003c");
+    Html(PAGE.replacen("/*FLEET*/null", &json, 1))
 }
 
 /// The snapshots as server-sent events, the current one first.

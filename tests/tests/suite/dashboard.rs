@@ -5,11 +5,14 @@
 //! test's own that it restarts.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use postage_app::GenericApplication;
 use postage_core::{Config, Connection, Exit, Fingerprint, Host, Password, Producer, processor};
 use postage_tests::{OwnNode, binary, ctl, get, start_app, unique, with_metrics};
@@ -51,7 +54,9 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        // In a process group of its own with the browser it starts, all killed when done.
         let driver = Command::new(driver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -97,6 +102,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        if let Ok(id) = i32::try_from(self.driver.id()) {
+            let _ = killpg(Pid::from_raw(id), Signal::SIGKILL);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -455,5 +463,96 @@ async fn the_page_shows_no_secret_keeps_controls_off_and_recovers_after_a_broker
     let _ = tokio::time::timeout(PATIENCE, running).await;
     if let Some(client) = browser.client.clone() {
         let _ = client.close().await;
+    }
+}
+
+/// What watching costs: a hundred postage GenericApplications (one connection serving
+/// metrics) and a dashboard polling them every second; prints the dashboard's resident
+/// memory and the `describe` and `ping` calls one component handled a second. A
+/// measurement run by hand (README, "Looking at a fleet"):
+/// `cargo test -p postage-tests --test suite dashboard::what_watching_a_hundred_components_costs -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn what_watching_a_hundred_components_costs() {
+    const COMPONENTS: usize = 100;
+    let vhost = tokio::task::block_in_place(|| Vhost::new("dash100"));
+    let mut config = with_metrics(Config::from_env().expect("POSTAGE_* settings"));
+    config.vhost.clone_from(&vhost.name);
+    let connection = Connection::connect(&config)
+        .await
+        .expect("the broker answers");
+    let metrics = connection.metrics_address().expect("a metrics address");
+    let prefix = unique("dash100");
+    let mut stops = Vec::new();
+    for i in 0..COMPONENTS {
+        let app = GenericApplication::builder(
+            &connection,
+            Fingerprint::new(format!("{prefix}-{i}"), "application"),
+        )
+        .stop_on_signals(false)
+        .handlers(Worker)
+        .build()
+        .await
+        .expect("the application starts");
+        stops.push(app.handle());
+        tokio::spawn(app.run());
+    }
+    let mut command = postage_program("postage", &vhost);
+    command.args(["dashboard", "--listen", "127.0.0.1:0"]);
+    let (dashboard, url) = tokio::task::block_in_place(|| dashboard(command));
+    let address: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the dashboard's address");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = tokio::task::block_in_place(|| get(address, "/api/fleet"));
+        let fleet: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let live = fleet["components"]
+            .as_array()
+            .map_or(0, |all| all.iter().filter(|c| c["live"] == true).count());
+        if live >= COMPONENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{live} of {COMPONENTS} shown live"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The builtins' deliveries over 20 s of watching, per component.
+    let builtins = || {
+        let (_, text) = tokio::task::block_in_place(|| get(metrics, "/metrics"));
+        ["describe", "ping"].map(|builtin| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("postage_deliveries_total{")
+                        && l.contains(&format!("::{builtin}\","))
+                })
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+    };
+    let before = builtins();
+    let seconds = 20.0;
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let after = builtins();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", dashboard.id()))
+        .expect("the dashboard's /proc status");
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let per = |i: usize| (after[i] - before[i]) / seconds / COMPONENTS as f64;
+    println!(
+        "dashboard watching {COMPONENTS} components every 1 s: {rss}; per component: \
+         {:.2} describe/s, {:.2} ping/s, 1 /metrics scrape a poll",
+        per(0),
+        per(1)
+    );
+    assert!(per(0) > 0.0, "the components answered describe");
+    for stop in stops {
+        stop.shutdown();
     }
 }

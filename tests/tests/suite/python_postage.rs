@@ -295,6 +295,11 @@ impl Running {
         }
     }
 
+    /// Its process id.
+    pub(super) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The next line, within [`PATIENCE`].
     pub(super) fn next_line(&mut self) -> String {
         let line = self.lines.recv_timeout(PATIENCE).unwrap_or_else(|_| {
