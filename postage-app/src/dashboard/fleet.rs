@@ -3,6 +3,7 @@
 //! [`Fleet::poll`] a period.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use postage_core::channel::{Channel, QueueState};
@@ -196,17 +197,35 @@ impl Fleet {
         self.broker = true;
         let now = Instant::now();
         self.unwatched = found.len().saturating_sub(MAX_COMPONENTS);
-        let scrapes = found.into_iter().take(MAX_COMPONENTS).map(|description| {
+        found.truncate(MAX_COMPONENTS);
+        // Each metrics endpoint once, however many components share it.
+        let mut endpoints: Vec<(SocketAddr, String)> = found
+            .iter()
+            .filter_map(|d| Some((d.metrics?, d.fingerprint.host.clone())))
+            .collect();
+        endpoints.sort();
+        endpoints.dedup();
+        let scrapes = endpoints.into_iter().map(|(address, host)| {
             let client = self.client.clone();
             async move {
-                let counts = match description.metrics {
-                    Some(address) => scrape(&client, address, &description.fingerprint.host).await,
-                    None => None,
-                };
-                (description, counts)
+                let scraped = scrape(&client, address, &host).await;
+                ((address, host), scraped)
             }
         });
-        let answers = futures_util::future::join_all(scrapes).await;
+        let scraped: BTreeMap<(SocketAddr, String), Option<Scraped>> =
+            futures_util::future::join_all(scrapes)
+                .await
+                .into_iter()
+                .collect();
+        let answers = found.into_iter().map(|description| {
+            let counts = description.metrics.and_then(|address| {
+                scraped
+                    .get(&(address, description.fingerprint.host.clone()))
+                    .cloned()
+                    .flatten()
+            });
+            (description, counts)
+        });
         for (description, counts) in answers {
             let fingerprint = &description.fingerprint;
             let id = format!("{}@{}", fingerprint.pid, fingerprint.host);

@@ -4,6 +4,7 @@
 //! serving metrics and a Python Postage GenericApplication), and on a broker node of the
 //! test's own that it restarts.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -466,12 +467,12 @@ async fn the_page_shows_no_secret_keeps_controls_off_and_recovers_after_a_broker
     }
 }
 
-/// What watching costs: a hundred postage GenericApplications (one connection serving
-/// metrics) and a dashboard polling them every second; prints the dashboard's resident
+/// What watching costs: a hundred postage GenericApplications (in this process, with a
+/// pid each of their own, on one connection serving metrics) and a dashboard polling them every second; prints the dashboard's resident
 /// memory and the `describe` and `ping` calls one component handled a second. A
 /// measurement run by hand (README, "Looking at a fleet"):
 /// `cargo test -p postage-tests --test suite dashboard::what_watching_a_hundred_components_costs -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement, run by hand"]
 async fn what_watching_a_hundred_components_costs() {
     const COMPONENTS: usize = 100;
@@ -485,15 +486,15 @@ async fn what_watching_a_hundred_components_costs() {
     let prefix = unique("dash100");
     let mut stops = Vec::new();
     for i in 0..COMPONENTS {
-        let app = GenericApplication::builder(
-            &connection,
-            Fingerprint::new(format!("{prefix}-{i}"), "application"),
-        )
-        .stop_on_signals(false)
-        .handlers(Worker)
-        .build()
-        .await
-        .expect("the application starts");
+        // Each as if in a process of its own: the page knows a component by `pid@host`.
+        let mut fingerprint = Fingerprint::new(format!("{prefix}-{i}"), "application");
+        fingerprint.pid = format!("{}{i:03}", std::process::id());
+        let app = GenericApplication::builder(&connection, fingerprint)
+            .stop_on_signals(false)
+            .handlers(Worker)
+            .build()
+            .await
+            .expect("the application starts");
         stops.push(app.handle());
         tokio::spawn(app.run());
     }
@@ -522,8 +523,19 @@ async fn what_watching_a_hundred_components_costs() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The builtins' deliveries over 20 s of watching, per component.
-    let builtins = || {
-        let (_, text) = tokio::task::block_in_place(|| get(metrics, "/metrics"));
+    let builtins = async || {
+        let text = tokio::task::spawn_blocking(move || {
+            let mut response = std::net::TcpStream::connect(metrics).expect("metrics answer");
+            response
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .expect("a read timeout");
+            write!(response, "GET /metrics HTTP/1.0\r\n\r\n").expect("asked");
+            let mut text = String::new();
+            response.read_to_string(&mut text).expect("read");
+            text
+        })
+        .await
+        .expect("the scrape ends");
         ["describe", "ping"].map(|builtin| {
             text.lines()
                 .filter(|l| {
@@ -534,10 +546,10 @@ async fn what_watching_a_hundred_components_costs() {
                 .sum::<f64>()
         })
     };
-    let before = builtins();
+    let before = builtins().await;
     let seconds = 20.0;
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    let after = builtins();
+    let after = builtins().await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", dashboard.id()))
         .expect("the dashboard's /proc status");
     let rss = status
