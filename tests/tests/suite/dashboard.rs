@@ -122,17 +122,59 @@ fn dashboard(command: Command) -> (Running, String) {
     (running, url)
 }
 
-/// The text of the first element `css` finds, once one is there within [`PATIENCE`].
+/// The text of the first element `css` finds, once one is there within [`PATIENCE`]
+/// (found again when the page redraws it as it is read).
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("the page shows {css} within {PATIENCE:?}: {e}"))
-        .text()
-        .await
-        .expect("its text")
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let read = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await,
+            Err(error) => Err(error),
+        };
+        match read {
+            Ok(text) => return text,
+            Err(error) if Instant::now() > deadline => {
+                panic!("the page shows {css} within {PATIENCE:?}: {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The attribute `name` of the first element `css` finds, as [`text_of`] reads a text.
+async fn attr_of(client: &Client, css: &str, name: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let read = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.attr(name).await,
+            Err(error) => Err(error),
+        };
+        match read {
+            Ok(Some(value)) => return value,
+            Ok(None) if Instant::now() > deadline => panic!("{css} has no {name}"),
+            Err(error) if Instant::now() > deadline => {
+                panic!("the page shows {css} within {PATIENCE:?}: {error}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Clicks the element `css` finds, found again while the page redraws it under the click
+/// (it redraws the fleet at each event).
+async fn click(client: &Client, css: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let clicked = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.map(drop),
+            Err(error) => Err(error),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(error) if Instant::now() > deadline => panic!("{css} is not clicked: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,13 +282,7 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
 
     // Join group, confirmed, with the group asked for: the page then lists the group.
     let group = unique("dashgroup");
-    client
-        .find(Locator::Css(&format!("{} button.join_group", row(&rust))))
-        .await
-        .expect("a join group button")
-        .click()
-        .await
-        .expect("clicked");
+    click(client, &format!("{} button.join_group", row(&rust))).await;
     client
         .send_alert_text(&group)
         .await
@@ -269,14 +305,7 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
     }
 
     // Its API on a page of its own: the command it handles, with its parameter.
-    let api = client
-        .find(Locator::Css(&format!("{} a", row(&rust))))
-        .await
-        .expect("a link to its API")
-        .attr("href")
-        .await
-        .expect("its address")
-        .expect("an address");
+    let api = attr_of(client, &format!("{} a", row(&rust)), "href").await;
     client
         .goto(&format!("{}{}", url.trim_end_matches('/'), api))
         .await
@@ -297,13 +326,7 @@ async fn the_page_lists_the_fleet_shows_a_rate_rising_and_quits_a_component() {
     client.goto(&url).await.expect("the page loads again");
 
     // The quit button, confirmed, stops the component it names.
-    client
-        .find(Locator::Css(&format!("{} button.quit", row(&rust))))
-        .await
-        .expect("a quit button")
-        .click()
-        .await
-        .expect("clicked");
+    click(client, &format!("{} button.quit", row(&rust))).await;
     client
         .accept_alert()
         .await
@@ -390,14 +413,7 @@ async fn the_page_shows_no_secret_keeps_controls_off_and_recovers_after_a_broker
         .trim_end_matches('/')
         .parse()
         .expect("the dashboard's address");
-    let id = client
-        .find(Locator::Css(&row))
-        .await
-        .expect("the row")
-        .attr("data-id")
-        .await
-        .expect("its id")
-        .expect("an id");
+    let id = attr_of(client, &row, "data-id").await;
     let mut seen = vec![client.source().await.expect("the page's source")];
     for path in ["/", "/api/fleet", &format!("/api/asyncapi/{id}")] {
         let (status, body) = tokio::task::block_in_place(|| get(address, path));
