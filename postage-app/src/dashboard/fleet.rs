@@ -289,10 +289,8 @@ impl Fleet {
                         channel = Channel::open(connection).await.ok();
                     }
                     let Some(open) = &channel else { return };
-                    let state = match open.queue_state(&name).await {
-                        Ok(state) => state,
-                        Err(_) => None,
-                    };
+                    let state: Option<QueueState> =
+                        open.queue_state(&name).await.unwrap_or_default();
                     if state.is_none() {
                         channel = None;
                     }

@@ -60,10 +60,22 @@ pub(super) fn per_second(now: f64, then: f64, seconds: f64) -> f64 {
 pub(super) struct Buckets(BTreeMap<Bound, f64>);
 
 /// A bucket's upper bound, ordered (`+Inf` last).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Bound(f64);
 
+impl PartialEq for Bound {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
 impl Eq for Bound {}
+
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for Bound {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
