@@ -448,6 +448,12 @@ async fn the_page_shows_no_secret_keeps_controls_off_and_recovers_after_a_broker
     // again: the page shows the component live again, found through the broker.
     tokio::task::block_in_place(|| ctl(node, &["stop_app"]));
     text_of(client, "#broker.down").await;
+    // Polls fail meanwhile: nothing is marked gone on their account (two polls missed
+    // would mark it so).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, body) = tokio::task::block_in_place(|| get(address, "/api/fleet"));
+    assert!(body.contains("\"broker\":false"), "{body}");
+    assert!(!body.contains("\"live\":false"), "{body}");
     text_of(client, &row).await;
     tokio::task::block_in_place(|| start_app(node));
     text_of(client, "#broker.up").await;
