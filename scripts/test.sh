@@ -74,6 +74,10 @@ lapin_build=$!
 # tests/tests/suite/python_postage.rs; without a Python 2.7 this says so loudly, and under
 # CI those tests fail rather than pass unrun.
 scripts/python-postage.sh >/dev/null || echo "test: Python Postage could not be installed (see above)" >&2
+# Headless Chromium and chromedriver (Debian's chromium and chromium-driver) for the
+# dashboard's browser tests (tests/tests/suite/dashboard.rs); under CI those tests fail
+# rather than pass unrun without them.
+scripts/chromium.sh || echo "test: Chromium could not be installed (see above)" >&2
 
 i=0
 for version in $versions; do

@@ -29,6 +29,13 @@ pub struct Description {
     /// (`postage asyncapi`); absent from applications that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<Component>,
+    /// Where its connection serves `/metrics` ([`postage_core::Config::metrics`]), for
+    /// `postage dashboard`'s rates; absent when it serves none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Seconds since it started; absent from applications that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime: Option<f64>,
 }
 
 /// The parameters of `join_group` and `leave_group`.
@@ -49,6 +56,9 @@ struct Builtins {
     api: OnceLock<Component>,
     logger: OnceLock<Producer>,
     control: OnceLock<ControlPolicy>,
+    /// Where its connection serves metrics, if it does.
+    metrics: Option<std::net::SocketAddr>,
+    started: std::time::Instant,
 }
 
 impl Builtins {
@@ -126,6 +136,8 @@ impl Builtins {
                 let bindings = self.consumer().map(|c| c.bindings()).unwrap_or_default();
                 api.clone().with_bindings(&bindings)
             }),
+            metrics: self.metrics,
+            uptime: Some(self.started.elapsed().as_secs_f64()),
         })
     }
 
@@ -298,6 +310,8 @@ impl GenericApplication {
             api: OnceLock::new(),
             logger: OnceLock::new(),
             control: OnceLock::new(),
+            metrics: connection.metrics_address(),
+            started: std::time::Instant::now(),
         };
         GenericApplicationBuilder {
             processor: Processor::builder(connection, builtins)

@@ -34,8 +34,9 @@
 
 mod addresses;
 mod application;
+pub mod dashboard;
 mod discovery;
 
 pub use addresses::{Addresses, DISCOVERY_EXCHANGE, GENERIC_APPLICATION_EXCHANGE};
 pub use application::{Description, GenericApplication, GenericApplicationBuilder};
-pub use discovery::components;
+pub use discovery::{components, pings};

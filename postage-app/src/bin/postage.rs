@@ -138,6 +138,20 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         wait: f64,
     },
+    /// Serves a live web page of the fleet until stopped: every component with its
+    /// groups, handlers and rates, and (with `--allow-control`) buttons to quit,
+    /// restart and regroup them, sent as the connection's login.
+    Dashboard {
+        /// Address to serve the page on (loopback by default: the page has no login).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Let the page send quit, restart, join_group and leave_group.
+        #[arg(long)]
+        allow_control: bool,
+        /// Seconds between two looks at the fleet.
+        #[arg(long, default_value_t = 1.0)]
+        period: f64,
+    },
     /// A component's outbox (`postage-outbox`): what it holds, or a relay for it.
     Outbox {
         #[command(subcommand)]
@@ -292,10 +306,47 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         None => Config::from_env()?,
     };
     let connection = Connection::connect(&config).await?;
+    if let Command::Dashboard {
+        listen,
+        allow_control,
+        period,
+    } = command
+    {
+        let options = postage_app::dashboard::Options {
+            allow_control,
+            period: seconds(period, "--period")?,
+        };
+        return dashboard(connection, config.user.clone(), listen, options).await;
+    }
     let exchange = exchange(cli.exchange);
     let result = execute(&connection, command, cli.json, exchange).await;
     let _ = connection.close().await;
     result
+}
+
+/// Serves the dashboard on `listen` until Ctrl-C, printing its address first.
+async fn dashboard(
+    connection: Connection,
+    user: String,
+    listen: std::net::SocketAddr,
+    options: postage_app::dashboard::Options,
+) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    println!("postage dashboard on http://{address}/");
+    let served = tokio::select! {
+        served = postage_app::dashboard::serve(connection.clone(), user, listener, options) => served,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let _ = connection.close().await;
+    served.map_err(|e| Failure {
+        code: 1,
+        text: format!("the dashboard stopped: {e}"),
+    })
 }
 
 /// A reliable producer: an unroutable key is an error, not a silent loss. Opening it and
@@ -552,6 +603,8 @@ async fn execute(
         Command::Outbox {
             command: OutboxCommand::Status { database },
         } => outbox_status(&database.open().await?, json).await?,
+        // Served by `run` before it gets here.
+        Command::Dashboard { .. } => return Err(usage("the dashboard runs on its own".to_owned())),
         Command::Outbox {
             command: OutboxCommand::Relay { database },
         } => {

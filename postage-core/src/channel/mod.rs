@@ -16,8 +16,9 @@ use std::task::{Context, Poll};
 use futures_util::{Stream, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, RwLock};
 
@@ -25,6 +26,15 @@ use crate::connection::{ChannelLease, Connection};
 use crate::error::{Error, Result};
 use crate::topology::Exchange;
 use crate::topology::Queue;
+
+/// What a passive declare tells of a queue ([`Channel::queue_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueState {
+    /// Messages ready for delivery (not those delivered and not yet acknowledged).
+    pub messages: u32,
+    /// Consumers reading it.
+    pub consumers: u32,
+}
 
 /// An AMQP channel on a [`Connection`], in publisher-confirm mode, for everything
 /// [`Producer`](crate::Producer) and [`Consumer`](crate::Consumer) do not wrap. Clones
@@ -125,6 +135,37 @@ impl Channel {
                 self.inner.connection.shape_for(queue).await,
             )
             .await
+    }
+
+    /// How many messages queue `name` holds ready and how many consumers read it, asked
+    /// with a passive declare: `None` when there is no such queue (the broker closes the
+    /// channel then, so a later call needs a new one).
+    pub async fn queue_state(&self, name: &str) -> Result<Option<QueueState>> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match self
+            .inner
+            .amqp
+            .queue_declare(name.into(), options, FieldTable::default())
+            .await
+        {
+            Ok(queue) => Ok(Some(QueueState {
+                messages: queue.message_count(),
+                consumers: queue.consumer_count(),
+            })),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    lapin::ErrorKind::ProtocolError(amqp)
+                        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(Error::amqp(format!("asking about queue {name:?}"))(error)),
+        }
     }
 
     /// Deletes `queue` and returns how many messages it held.

@@ -17,6 +17,7 @@ mod client;
 mod client_recovery;
 mod cluster;
 mod config;
+mod dashboard;
 mod deadlines;
 mod flow_control;
 mod fuzz;

@@ -36,7 +36,7 @@ const ONE_SHOT: Duration = Duration::from_secs(40);
 
 /// What `scripts/python-postage.sh` provided.
 #[derive(Debug)]
-struct PythonPostage {
+pub(super) struct PythonPostage {
     python: PathBuf,
     pythonpath: String,
 }
@@ -44,7 +44,7 @@ struct PythonPostage {
 impl PythonPostage {
     /// `tests/python/<program>` run by Python 2.7 with the library on its path, unbuffered,
     /// writing no `.pyc` beside the sources, in virtual host `vhost`.
-    fn command(&self, program: &str, vhost: &Vhost) -> Command {
+    pub(super) fn command(&self, program: &str, vhost: &Vhost) -> Command {
         let mut command = Command::new(&self.python);
         command
             .arg("-u")
@@ -66,13 +66,13 @@ fn announce(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn in_ci() -> bool {
+pub(super) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// The Python peer, installed once per run; `None` (after saying so loudly) where it
 /// cannot be had, which fails the test instead when `CI` is set.
-fn peer(test: &str) -> Option<&'static PythonPostage> {
+pub(super) fn peer(test: &str) -> Option<&'static PythonPostage> {
     static PEER: OnceLock<Result<PythonPostage, String>> = OnceLock::new();
     let found = PEER.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-postage.sh");
@@ -130,7 +130,7 @@ fn peer(test: &str) -> Option<&'static PythonPostage> {
 
 /// What the broker says when Python Postage declares a queue its way (neither durable nor
 /// exclusive), asked once per run by `declare_probe.py`; `None` where it takes them.
-fn refusal(peer: &PythonPostage) -> Option<&'static str> {
+pub(super) fn refusal(peer: &PythonPostage) -> Option<&'static str> {
     static REFUSAL: OnceLock<Option<String>> = OnceLock::new();
     REFUSAL
         .get_or_init(|| {
@@ -159,7 +159,7 @@ fn refusal(peer: &PythonPostage) -> Option<&'static str> {
 }
 
 /// Says that `test` is skipped on this broker and why, in the broker's words.
-fn skip_for_refusal(test: &str, why: &str) {
+pub(super) fn skip_for_refusal(test: &str, why: &str) {
     announce(&format!(
         "python_postage::{test}: SKIPPED on this broker (port {}, node {}): it refuses the \
          queues Python Postage declares (neither durable nor exclusive), so no Python \
@@ -171,12 +171,12 @@ fn skip_for_refusal(test: &str, why: &str) {
 
 /// A virtual host of a test's own, with the suite's user allowed everything in it; deleted
 /// (with all its queues and exchanges) when dropped.
-struct Vhost {
-    name: String,
+pub(super) struct Vhost {
+    pub(super) name: String,
 }
 
 impl Vhost {
-    fn new(prefix: &str) -> Self {
+    pub(super) fn new(prefix: &str) -> Self {
         let name = unique(prefix);
         let user = Config::from_env().expect("POSTAGE_* settings").user;
         rabbitmqctl(&["add_vhost", &name]);
@@ -185,7 +185,7 @@ impl Vhost {
     }
 
     /// A connection of the test process to this virtual host.
-    async fn connect(&self) -> Connection {
+    pub(super) async fn connect(&self) -> Connection {
         postage_tests::init_tracing();
         let mut config = Config::from_env().expect("POSTAGE_* settings");
         config.vhost.clone_from(&self.name);
@@ -202,7 +202,7 @@ impl Drop for Vhost {
 }
 
 /// A program a test started; killed when dropped, however the test ends.
-struct Running {
+pub(super) struct Running {
     name: String,
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -226,7 +226,7 @@ impl Finished {
 }
 
 impl Running {
-    fn start(name: &str, mut command: Command) -> Self {
+    pub(super) fn start(name: &str, mut command: Command) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -268,7 +268,7 @@ impl Running {
 
     /// Reads lines until one equals `wanted` and returns those before it; fails the test
     /// on end of output or after [`PATIENCE`], with what the program printed.
-    fn expect_line(&mut self, wanted: &str) -> Vec<String> {
+    pub(super) fn expect_line(&mut self, wanted: &str) -> Vec<String> {
         let mut seen = Vec::new();
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -295,8 +295,13 @@ impl Running {
         }
     }
 
+    /// Its process id.
+    pub(super) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The next line, within [`PATIENCE`].
-    fn next_line(&mut self) -> String {
+    pub(super) fn next_line(&mut self) -> String {
         let line = self.lines.recv_timeout(PATIENCE).unwrap_or_else(|_| {
             panic!(
                 "{} printed nothing more; it printed {:?}, and on stderr:\n{}",
@@ -365,7 +370,7 @@ impl Drop for Running {
 }
 
 /// A workspace program (a demo, the `postage` tool) in virtual host `vhost`.
-fn postage_program(name: &str, vhost: &Vhost) -> Command {
+pub(super) fn postage_program(name: &str, vhost: &Vhost) -> Command {
     let mut command = Command::new(binary(name));
     command.env("POSTAGE_VHOST", &vhost.name);
     command
