@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prometheus_parse::Value;
 use serde::Serialize;
 
 /// Bound of one scrape of a component's `/metrics`.
@@ -140,41 +141,34 @@ pub(super) struct Scraped {
     pub(super) call_time: Buckets,
 }
 
-/// One sample line of the text format: its name, its labels' text and its value.
-fn sample(line: &str) -> Option<(&str, &str, f64)> {
-    let (name_labels, value) = line.rsplit_once(' ')?;
-    let value = value.trim().parse::<f64>().ok()?;
-    match name_labels.split_once('{') {
-        Some((name, labels)) => Some((name, labels.strip_suffix('}')?, value)),
-        None => Some((name_labels, "", value)),
-    }
-}
-
-/// The value of label `name` in a sample's labels' text.
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-    let end = labels[start..].find('"')? + start;
-    Some(&labels[start..end])
-}
-
-/// What a `/metrics` text counts.
+/// What a `/metrics` text counts, as `prometheus-parse` reads the text format.
 pub(super) fn read(text: &str) -> Scraped {
     let mut found = Scraped::default();
-    for (name, labels, value) in text.lines().filter_map(sample) {
-        let bucket = |buckets: &mut Buckets| {
-            let le = match label(labels, "le") {
-                Some("+Inf") => f64::INFINITY,
-                Some(le) => le.parse().unwrap_or(f64::NAN),
-                None => f64::NAN,
-            };
-            if !le.is_nan() {
-                *buckets.0.entry(Bound(le)).or_default() += value;
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
+        return found;
+    };
+    for sample in scrape.samples {
+        let labels = &sample.labels;
+        let value = match &sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(counts) => {
+                let buckets = match sample.metric.as_str() {
+                    "postage_handler_duration_seconds" => &mut found.handler_time,
+                    "postage_rpc_call_duration_seconds" => &mut found.call_time,
+                    _ => continue,
+                };
+                for count in counts {
+                    *buckets.0.entry(Bound(count.less_than)).or_default() += count.count;
+                }
+                continue;
             }
+            Value::Summary(_) => continue,
         };
-        match name {
+        match sample.metric.as_str() {
             "postage_deliveries_total" => {
                 if let (Some(handler), Some(disposition)) =
-                    (label(labels, "handler"), label(labels, "disposition"))
+                    (labels.get("handler"), labels.get("disposition"))
                 {
                     found
                         .deliveries
@@ -185,12 +179,10 @@ pub(super) fn read(text: &str) -> Scraped {
             }
             "postage_rpc_calls_total" => {
                 found.calls += value;
-                if label(labels, "outcome") != Some("success") {
+                if labels.get("outcome") != Some("success") {
                     found.calls_failed += value;
                 }
             }
-            "postage_handler_duration_seconds_bucket" => bucket(&mut found.handler_time),
-            "postage_rpc_call_duration_seconds_bucket" => bucket(&mut found.call_time),
             _ => {}
         }
     }
@@ -249,8 +241,10 @@ mod tests {
     fn call_percentiles_come_from_the_buckets_observed_since_the_last_look() {
         let at = |fast: u32, slow: u32, failed: u32| {
             format!(
-                "postage_rpc_calls_total{{command=\"a\",outcome=\"success\"}} {}\n\
+                "# TYPE postage_rpc_calls counter\n\
+                 postage_rpc_calls_total{{command=\"a\",outcome=\"success\"}} {}\n\
                  postage_rpc_calls_total{{command=\"a\",outcome=\"timeout\"}} {failed}\n\
+                 # TYPE postage_rpc_call_duration_seconds histogram\n\
                  postage_rpc_call_duration_seconds_bucket{{command=\"a\",le=\"0.001\"}} {fast}\n\
                  postage_rpc_call_duration_seconds_bucket{{command=\"a\",le=\"0.01\"}} {}\n\
                  postage_rpc_call_duration_seconds_bucket{{command=\"a\",le=\"+Inf\"}} {}\n",
