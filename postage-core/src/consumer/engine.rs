@@ -277,6 +277,12 @@ impl Engine {
         }
     }
 
+    /// Forgets the consumers without cancelling them (their channel is about to close):
+    /// nothing restores them.
+    pub(super) fn forget_consumers(&self) {
+        self.consuming.with(Option::take);
+    }
+
     /// Stops reading every queue.
     pub(super) async fn stop(&self) -> Result<()> {
         let _changing = self.changing.lock().await;

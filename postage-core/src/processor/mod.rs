@@ -6,6 +6,7 @@ mod builder;
 mod control;
 mod copies;
 mod dispatch;
+mod ordered;
 mod reply;
 mod retry;
 mod run;
@@ -15,6 +16,7 @@ mod timers;
 
 pub use self::builder::{DEFAULT_MAX_BODY, ProcessorBuilder};
 pub use self::control::ControlPolicy;
+pub use self::ordered::ORDERED_BACKLOG;
 pub use self::retry::{ATTEMPT_HEADER, ERROR_HEADER, RetryPolicy};
 pub use self::table::HandlerInfo;
 
@@ -137,6 +139,8 @@ pub struct Processor<P> {
     consumer: Consumer,
     prefetch: u16,
     concurrency: usize,
+    /// The key deliveries run in order by, if any.
+    ordered: Option<ordered::KeyOf>,
     limits: Limits,
     stop: Arc<Stop>,
 }
