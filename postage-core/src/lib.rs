@@ -72,7 +72,7 @@ pub use producer::{
     DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route, RpcOptions,
 };
 pub use rpc::ReplyQueue;
-pub use topology::{Binding, Exchange, ExchangeKind, Queue, QueueShape};
+pub use topology::{Binding, Exchange, ExchangeKind, Partitions, Queue, QueueShape};
 pub use wire::{
     COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,
     VERSION,

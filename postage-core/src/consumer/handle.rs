@@ -68,6 +68,12 @@ impl ConsumerHandle {
         self.engine.stop().await
     }
 
+    /// How many deliveries of `queue` the consumer still holds (received and not yet
+    /// dropped, or waiting in its stream): 0 once a queue no longer read is done with.
+    pub(crate) fn held(&self, queue: &str) -> usize {
+        self.engine.held(queue)
+    }
+
     /// Closes the consumer's channel without cancelling its consumers first: the broker
     /// puts every delivery not acknowledged back in its queue, in its place, before it
     /// hands the queue to another consumer (a single-active-consumer queue's next one),

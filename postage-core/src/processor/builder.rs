@@ -17,7 +17,7 @@ use crate::inbox::Inbox;
 use crate::producer::Producer;
 use crate::telemetry::Telemetry;
 use crate::topology::Exchange;
-use crate::topology::Queue;
+use crate::topology::{Partitions, Queue};
 use crate::wire::{Fingerprint, Message};
 use crate::wire::{Encoder, JsonEncoder};
 
@@ -30,6 +30,7 @@ pub struct ProcessorBuilder<P> {
     prefetch: u16,
     concurrency: usize,
     ordered: Option<KeyOf>,
+    partitions: Option<Partitions>,
     limits: Limits,
 }
 
@@ -311,6 +312,49 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
         self
     }
 
+    /// Reads this instance's share of `partitions` (see [`Partitions`]): the processor
+    /// declares the consistent-hash exchange and the partition queues, counts the
+    /// instances of its fleet, claims free partitions up to its share (the partitions
+    /// divided by the instances, rounded up) and gives up what is above it in order, so
+    /// each key's messages keep their order as instances join and leave. With
+    /// [`ordered_by`](Self::ordered_by) and a [`concurrency`](Self::concurrency) above 1,
+    /// keys of one partition also run side by side, each in order.
+    ///
+    /// ```no_run
+    /// use postage_core::{processor, Connection, Partitions, Processor, Producer, Route};
+    ///
+    /// struct Steps;
+    ///
+    /// #[processor]
+    /// impl Steps {
+    ///     #[message_handler("command", "step")]
+    ///     fn step(&self, step: serde_json::Value) {
+    ///         println!("{step}");
+    ///     }
+    /// }
+    ///
+    /// # async fn demo() -> postage_core::Result<()> {
+    /// let connection = Connection::from_env().await?;
+    /// let steps = Partitions::new("steps-partitioned", 8);
+    /// let worker = Processor::builder(&connection, Steps)
+    ///     .partitions(steps.clone())
+    ///     .concurrency(8)
+    ///     .ordered_by(|_message, metadata| metadata.routing_key.clone())
+    ///     .build()
+    ///     .await?;
+    /// let running = tokio::spawn(worker.run());
+    ///
+    /// // Senders publish with the message's key as routing key.
+    /// let producer = Producer::builder(&connection).destination(steps.exchange(), "").build().await?;
+    /// producer.command_to(Route::key("order-42"), "step", serde_json::json!({"seq": 1})).await?;
+    /// # drop(running); Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn partitions(mut self, partitions: Partitions) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
     /// Also serves the handlers of `other`'s `#[processor]` impls on this processor's
     /// queues, with `other` as their `&self`: how a component adds its own handlers to a
     /// ready-made one (a GenericApplication, say) without copying its code.
@@ -443,6 +487,9 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
                 .delivery_timeout(hold + DELIVERY_TIMEOUT_MARGIN),
             None => self.consumer,
         };
+        if let Some(partitions) = &self.partitions {
+            super::claims::Claims::declare(&self.connection, partitions).await?;
+        }
         let consumer = consumer.build().await?;
         warn_past_consumer_timeout(hold, self.connection.config().consumer_timeout);
         let answers = Producer::builder(&self.connection).build().await?;
@@ -455,6 +502,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
             prefetch: self.prefetch,
             concurrency: self.concurrency,
             ordered: self.ordered,
+            partitions: self.partitions,
             limits: self.limits,
             stop: Arc::default(),
         })
@@ -471,6 +519,7 @@ impl<P: Send + Sync + 'static> Processor<P> {
             prefetch: DEFAULT_PREFETCH,
             concurrency: 1,
             ordered: None,
+            partitions: None,
             limits: Limits::default(),
         }
     }

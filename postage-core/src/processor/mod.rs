@@ -3,6 +3,7 @@
 
 mod acks;
 mod builder;
+mod claims;
 mod control;
 mod copies;
 mod dispatch;
@@ -141,6 +142,8 @@ pub struct Processor<P> {
     concurrency: usize,
     /// The key deliveries run in order by, if any.
     ordered: Option<ordered::KeyOf>,
+    /// The partitions whose share this processor reads, if any.
+    partitions: Option<crate::topology::Partitions>,
     limits: Limits,
     stop: Arc<Stop>,
 }

@@ -6,9 +6,11 @@ use std::sync::atomic::Ordering;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::acks::{Acks, Ticket};
+use super::claims::Claims;
 use super::control::ControlPolicy;
 use super::control::{control_command, restart, watch_signals};
 use super::dispatch::metadata;
@@ -33,6 +35,16 @@ impl<P: Send + Sync + 'static> Processor<P> {
             watch_signals(self.handle())?;
         }
         let timers = Timers::start(&self.shared.table);
+        let claims = self.partitions.clone().map(|partitions| {
+            let stop = Arc::new(Notify::new());
+            let claims = Claims::new(
+                partitions,
+                self.connection.clone(),
+                self.consumer.handle(),
+                self.limits.shutdown_timeout,
+            );
+            (Arc::clone(&stop), tokio::spawn(claims.keep(stop)))
+        });
         let (shared, stop) = (Arc::clone(&self.shared), Arc::clone(&self.stop));
         // With prefetch 0 (no limit) acknowledgements wait for a quiet queue or 100 more.
         let mut acks = Acks::new(
@@ -166,6 +178,14 @@ impl<P: Send + Sync + 'static> Processor<P> {
             timers.stop(self.limits.shutdown_timeout).await;
             acks.flush(true).await;
             self.consumer.close().await?;
+        }
+        if let Some((stop, keeping)) = claims {
+            // After the channel closed: what it had not acknowledged is back in place.
+            stop.notify_one();
+            match keeping.await {
+                Ok(claims) => claims.drop_all().await,
+                Err(error) => tracing::warn!(%error, "the partitions' keeper failed"),
+            }
         }
         if let Some(Control::Restart) = control {
             restart(&self.connection).await;

@@ -25,6 +25,7 @@ mod heartbeat;
 mod lowlevel;
 mod macro_pass;
 mod macro_ui;
+mod ordered;
 mod messenger;
 mod metrics;
 mod network_faults;
