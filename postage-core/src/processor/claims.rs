@@ -28,8 +28,9 @@ pub(super) struct Claims {
     owned: BTreeSet<u16>,
     /// Owned partitions no longer read: being given up, their deliveries still running.
     stopped: BTreeSet<u16>,
-    /// Reads the roster: this instance counted in the fleet while it is open.
-    roster: Option<lapin::Channel>,
+    /// Reads the roster: this instance counted in the fleet while its consumer lives
+    /// (dropping it cancels it).
+    roster: Option<(lapin::Channel, lapin::Consumer)>,
     /// Declares the claims; a refused claim closes it, and the next opens another.
     claiming: Option<lapin::Channel>,
     /// The longest a partition given up waits for its deliveries to be handled.
@@ -97,6 +98,7 @@ impl Claims {
     async fn rebalance(&mut self) -> Result<()> {
         let instances = self.count_instances().await?;
         let share = usize::from(self.partitions.count()).div_ceil(instances.max(1));
+        tracing::debug!(partitions = self.partitions.name(), instances, share, owned = ?self.owned, "rebalancing");
         if self.owned.len() > share {
             let extra: Vec<u16> = self.owned.iter().rev().take(self.owned.len() - share).copied().collect();
             self.give_up(&extra).await?;
@@ -136,12 +138,12 @@ impl Claims {
     /// How many instances read the roster, this one included (counted from now on).
     async fn count_instances(&mut self) -> Result<usize> {
         let roster = self.partitions.roster();
-        let channel = match self.roster.take().filter(|c| c.status().connected()) {
-            Some(channel) => channel,
+        let (channel, reading) = match self.roster.take().filter(|(c, _)| c.status().connected()) {
+            Some(kept) => kept,
             None => {
                 let channel = self.connection.open_channel().await?;
                 roster.declare(&channel, QueueShape::Transient).await?;
-                channel
+                let reading = channel
                     .basic_consume(
                         roster.name().into(),
                         "".into(),
@@ -157,7 +159,7 @@ impl Claims {
                 // the old one. Claim what is owned again; what another instance claimed
                 // meanwhile is no longer read here.
                 self.reclaim().await?;
-                channel
+                (channel, reading)
             }
         };
         let declared = channel
@@ -171,7 +173,7 @@ impl Claims {
             )
             .await
             .map_err(Error::amqp(format!("counting the roster {:?}", roster.name())))?;
-        self.roster = Some(channel);
+        self.roster = Some((channel, reading));
         Ok(usize::try_from(declared.consumer_count()).unwrap_or(1))
     }
 
@@ -222,6 +224,7 @@ impl Claims {
         self.stopped.extend(partitions);
         let drained = tokio::time::timeout(self.drain_bound, async {
             while queues.iter().any(|queue| self.consumer.held(queue) > 0) {
+                tracing::trace!(held = ?queues.iter().map(|q| self.consumer.held(q)).collect::<Vec<_>>(), "waiting for partitions given up to drain");
                 tokio::time::sleep(DRAIN_POLL).await;
             }
         })
@@ -265,7 +268,7 @@ impl Claims {
                 tracing::warn!(%error, partition, "could not drop a partition's claim; it goes with the connection");
             }
         }
-        if let Some(roster) = self.roster.take() {
+        if let Some((roster, _reading)) = self.roster.take() {
             let _ = roster.close(200, "postage: processor stopped".into()).await;
         }
         if let Some(claiming) = self.claiming.take() {

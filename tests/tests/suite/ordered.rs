@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postage_core::{
-    Connection, Exchange, HandlerError, Metadata, Processor, ProcessorBuilder, ProcessorHandle,
-    Producer, Queue, RetryPolicy, processor,
+    Connection, Exchange, HandlerError, Metadata, Partitions, Processor, ProcessorBuilder,
+    ProcessorHandle, Producer, Queue, RetryPolicy, Route, processor,
 };
-use postage_tests::{binary, connect, delete_queue_and_retries, exchange, rabbitmqctl, unique};
+use postage_tests::{binary, connect, delete_queue_and_retries, exchange, unique};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -180,8 +180,8 @@ fn overlapping_keys(events: &[Event]) -> Vec<u64> {
     overlapping.into_iter().collect()
 }
 
-const KEYS: u64 = 16;
-const SEQS: u64 = 25;
+const KEYS: u64 = 4;
+const SEQS: u64 = 60;
 
 /// Sends `SEQS` steps of each of `KEYS` keys, interleaved, and returns what ran.
 async fn run_interleaved(harness: &Harness) -> Vec<Event> {
@@ -422,9 +422,138 @@ async fn a_standby_takes_over_in_order_when_the_active_instance_is_killed() {
     assert!(standby.count() > 0, "the standby took over");
     check_handover(&[active.handled(), standby.handled()], keys, seqs);
     drop(standby);
-    rabbitmqctl(&["delete_queue", &name]);
+    remove(&connection, &[name.clone()], &name).await;
+}
+
+/// Deletes `queues` and `exchange`.
+async fn remove(connection: &Connection, queues: &[String], exchange: &str) {
     let channel = connection.open_channel().await.unwrap();
-    let _ = channel
-        .exchange_delete(name.as_str().into(), Default::default())
-        .await;
+    for queue in queues {
+        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    }
+    let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
+}
+
+/// An instance of a partitioned fleet: records `(instance, key, seq)` in one log shared by
+/// the instances, in the order they handle them.
+struct Member {
+    instance: usize,
+    log: Arc<Mutex<Vec<(usize, u64, u64)>>>,
+}
+
+#[processor]
+impl Member {
+    #[message_handler("command", "step")]
+    async fn step(&self, step: Step) {
+        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=5_000))).await;
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.instance, step.key, step.seq));
+    }
+}
+
+/// Starts instance `instance` of the fleet reading `partitions`, on a connection of its
+/// own (claims are held per connection).
+async fn member(
+    partitions: &Partitions,
+    instance: usize,
+    log: &Arc<Mutex<Vec<(usize, u64, u64)>>>,
+) -> (ProcessorHandle, tokio::task::JoinHandle<postage_core::Result<postage_core::Exit>>) {
+    let connection = connect().await;
+    let processor = Processor::builder(
+        &connection,
+        Member {
+            instance,
+            log: Arc::clone(log),
+        },
+    )
+    .partitions(partitions.clone())
+    .concurrency(4)
+    .ordered_by(|_, metadata| metadata.routing_key.clone())
+    .build()
+    .await
+    .unwrap();
+    (processor.handle(), tokio::spawn(processor.run()))
+}
+
+fn handled_by(log: &Mutex<Vec<(usize, u64, u64)>>, instance: usize) -> usize {
+    log.lock().unwrap().iter().filter(|e| e.0 == instance).count()
+}
+
+async fn until(patience: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_are_shared_and_keep_each_keys_order_as_instances_join_and_leave() {
+    let partitions =
+        Partitions::new(unique("parts"), 6).rebalance_every(Duration::from_millis(100));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (first, first_run) = member(&partitions, 0, &log).await;
+    let connection = connect().await;
+    let producer = Producer::builder(&connection)
+        .destination(partitions.exchange(), "")
+        .reliable(true)
+        .persistent(true)
+        .build()
+        .await
+        .unwrap();
+    let (keys, seqs) = (12u64, 80u64);
+    let publishing = tokio::spawn(async move {
+        for seq in 0..seqs {
+            for key in 0..keys {
+                producer
+                    .command_to(
+                        Route::key(format!("key-{key}")),
+                        "step",
+                        json!({"key": key, "seq": seq}),
+                    )
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    assert!(until(Duration::from_secs(10), || handled_by(&log, 0) > 100).await);
+    // A second instance joins: the first gives half the partitions up, in order.
+    let (second, second_run) = member(&partitions, 1, &log).await;
+    assert!(
+        until(Duration::from_secs(10), || handled_by(&log, 1) > 50).await,
+        "the second instance took a share"
+    );
+    let first_after_join = handled_by(&log, 0);
+    assert!(
+        until(Duration::from_secs(5), || handled_by(&log, 0) > first_after_join).await,
+        "the first instance kept a share"
+    );
+    // The first leaves: the second takes every partition.
+    first.shutdown();
+    first_run.await.unwrap().unwrap();
+    publishing.await.unwrap();
+    let total = usize::try_from(keys * seqs).unwrap();
+    until(Duration::from_secs(20), || log.lock().unwrap().len() >= total).await;
+    second.shutdown();
+    second_run.await.unwrap().unwrap();
+    let log = log.lock().unwrap().clone();
+    for key in 0..keys {
+        let seen: Vec<u64> = log.iter().filter(|e| e.1 == key).map(|e| e.2).collect();
+        assert_eq!(
+            seen,
+            (0..seqs).collect::<Vec<_>>(),
+            "key {key}: every step once, in order, across both instances"
+        );
+    }
+    let mut queues: Vec<String> = (0..partitions.count())
+        .map(|p| partitions.queue(p).name().to_owned())
+        .collect();
+    queues.push(format!("{}.members", partitions.name()));
+    remove(&connection, &queues, partitions.name()).await;
 }
