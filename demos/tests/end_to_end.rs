@@ -400,7 +400,10 @@ fn send_steps(commands: Vec<(&'static str, serde_json::Value)>) {
 #[test]
 fn ordered_worker_keeps_each_keys_order() {
     // Its own queue (`steps`): no need to wait for the echo demos' turn.
-    let mut worker = Receiver::start_with(env!("CARGO_BIN_EXE_ordered_worker"), &["--concurrency", "8"]);
+    let mut worker = Receiver::start_with(
+        env!("CARGO_BIN_EXE_ordered_worker"),
+        &["--concurrency", "8"],
+    );
     let run = std::process::id();
     let keys: Vec<String> = (0..4).map(|k| format!("{run}-{k}")).collect();
     let mut steps = Vec::new();
@@ -426,7 +429,11 @@ fn ordered_worker_keeps_each_keys_order() {
             .filter_map(|line| line.strip_prefix(&format!("key={key} seq=")))
             .map(|seq| seq.parse().expect("a number"))
             .collect();
-        assert_eq!(seqs, (0..30).collect::<Vec<_>>(), "key {key} in order: {lines:?}");
+        assert_eq!(
+            seqs,
+            (0..30).collect::<Vec<_>>(),
+            "key {key} in order: {lines:?}"
+        );
     }
     worker.wait_exit(Duration::from_secs(10));
 }

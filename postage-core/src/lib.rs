@@ -64,9 +64,8 @@ pub use handler::{
 };
 pub use postage_macros::{message_handler, processor, rpc_handler, timer};
 pub use processor::{
-    ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo, ORDERED_BACKLOG,
-    Processor,
-    ProcessorBuilder, ProcessorHandle, RetryPolicy,
+    ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo,
+    ORDERED_BACKLOG, Processor, ProcessorBuilder, ProcessorHandle, RetryPolicy,
 };
 pub use producer::{
     DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route, RpcOptions,

@@ -18,8 +18,8 @@ use crate::producer::Producer;
 use crate::telemetry::Telemetry;
 use crate::topology::Exchange;
 use crate::topology::{Partitions, Queue};
-use crate::wire::{Fingerprint, Message};
 use crate::wire::{Encoder, JsonEncoder};
+use crate::wire::{Fingerprint, Message};
 
 /// Configures a [`Processor`]; made by [`Processor::builder`].
 #[derive(Debug)]

@@ -100,7 +100,13 @@ impl Claims {
         let share = usize::from(self.partitions.count()).div_ceil(instances.max(1));
         tracing::debug!(partitions = self.partitions.name(), instances, share, owned = ?self.owned, "rebalancing");
         if self.owned.len() > share {
-            let extra: Vec<u16> = self.owned.iter().rev().take(self.owned.len() - share).copied().collect();
+            let extra: Vec<u16> = self
+                .owned
+                .iter()
+                .rev()
+                .take(self.owned.len() - share)
+                .copied()
+                .collect();
             self.give_up(&extra).await?;
         }
         if self.owned.len() <= share && !self.stopped.is_empty() {
@@ -128,7 +134,11 @@ impl Claims {
                         .bind(&self.partitions.exchange(), &queue, Partitions::WEIGHT)
                         .await?;
                     self.owned.insert(partition);
-                    tracing::info!(partitions = self.partitions.name(), partition, "claimed a partition");
+                    tracing::info!(
+                        partitions = self.partitions.name(),
+                        partition,
+                        "claimed a partition"
+                    );
                 }
             }
         }
@@ -154,7 +164,10 @@ impl Claims {
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(Error::amqp(format!("reading the roster {:?}", roster.name())))?;
+                    .map_err(Error::amqp(format!(
+                        "reading the roster {:?}",
+                        roster.name()
+                    )))?;
                 // A new channel: the connection may be new too, and the claims gone with
                 // the old one. Claim what is owned again; what another instance claimed
                 // meanwhile is no longer read here.
@@ -172,7 +185,10 @@ impl Claims {
                 FieldTable::default(),
             )
             .await
-            .map_err(Error::amqp(format!("counting the roster {:?}", roster.name())))?;
+            .map_err(Error::amqp(format!(
+                "counting the roster {:?}",
+                roster.name()
+            )))?;
         self.roster = Some((channel, reading));
         Ok(usize::try_from(declared.consumer_count()).unwrap_or(1))
     }
@@ -186,7 +202,11 @@ impl Claims {
                 let queue = self.partitions.queue(partition);
                 self.consumer.stop_consuming(queue.name()).await?;
                 self.owned.remove(&partition);
-                tracing::info!(partitions = self.partitions.name(), partition, "a partition claimed elsewhere meanwhile; no longer read here");
+                tracing::info!(
+                    partitions = self.partitions.name(),
+                    partition,
+                    "a partition claimed elsewhere meanwhile; no longer read here"
+                );
             }
         }
         Ok(())
@@ -232,14 +252,21 @@ impl Claims {
         if drained.is_err() {
             // Still handling: keep the claims (and the order), read no more, and try
             // again next round.
-            tracing::warn!(partitions = self.partitions.name(), "deliveries of partitions being given up still run; keeping their claims for now");
+            tracing::warn!(
+                partitions = self.partitions.name(),
+                "deliveries of partitions being given up still run; keeping their claims for now"
+            );
             return Ok(());
         }
         for partition in partitions {
             self.drop_claim(*partition).await?;
             self.owned.remove(partition);
             self.stopped.remove(partition);
-            tracing::info!(partitions = self.partitions.name(), partition, "gave a partition up");
+            tracing::info!(
+                partitions = self.partitions.name(),
+                partition,
+                "gave a partition up"
+            );
         }
         Ok(())
     }
@@ -254,7 +281,10 @@ impl Claims {
         channel
             .queue_delete(claim.name().into(), QueueDeleteOptions::default())
             .await
-            .map_err(Error::amqp(format!("dropping the claim {:?}", claim.name())))?;
+            .map_err(Error::amqp(format!(
+                "dropping the claim {:?}",
+                claim.name()
+            )))?;
         self.claiming = Some(channel);
         Ok(())
     }
@@ -272,7 +302,9 @@ impl Claims {
             let _ = roster.close(200, "postage: processor stopped".into()).await;
         }
         if let Some(claiming) = self.claiming.take() {
-            let _ = claiming.close(200, "postage: processor stopped".into()).await;
+            let _ = claiming
+                .close(200, "postage: processor stopped".into())
+                .await;
         }
     }
 }

@@ -136,7 +136,11 @@ mod tests {
         let mut lanes = Lanes::new(10);
         assert_eq!(lanes.enter(1, "a1"), Some("a1"));
         assert_eq!(lanes.enter(1, "a2"), None);
-        assert_eq!(lanes.enter(2, "b1"), Some("b1"), "another key is not held up");
+        assert_eq!(
+            lanes.enter(2, "b1"),
+            Some("b1"),
+            "another key is not held up"
+        );
         assert_eq!(lanes.enter(1, "a3"), None);
         assert_eq!(lanes.waiting(), 2);
         assert_eq!(lanes.leave(1), Some("a2"));
@@ -146,7 +150,11 @@ mod tests {
         assert_eq!(lanes.leave(1), None);
         assert_eq!(lanes.leave(2), None);
         assert_eq!((lanes.busy(), lanes.waiting()), (0, 0));
-        assert_eq!(lanes.enter(1, "a5"), Some("a5"), "a free key starts at once");
+        assert_eq!(
+            lanes.enter(1, "a5"),
+            Some("a5"),
+            "a free key starts at once"
+        );
     }
 
     #[test]

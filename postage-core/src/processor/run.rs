@@ -9,6 +9,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use super::Shared;
 use super::acks::{Acks, Ticket};
 use super::claims::Claims;
 use super::control::ControlPolicy;
@@ -16,7 +17,6 @@ use super::control::{control_command, restart, watch_signals};
 use super::dispatch::metadata;
 use super::ordered::{Lanes, ORDERED_BACKLOG, REQUEUE_PAUSE};
 use super::retry::{Settle, attempt_of};
-use super::Shared;
 use super::timers::Timers;
 use super::{Control, Exit, Processor};
 use crate::consumer::Delivery;

@@ -136,14 +136,21 @@ impl Bench {
         let size = plan.sizes[0];
         let sides = ["ordered", "unordered"];
         let runs = rounds(plan, &sides, async |side, warm_up| {
-            let n = if warm_up { plan.dispatch / 4 } else { plan.dispatch }.max(1);
+            let n = if warm_up {
+                plan.dispatch / 4
+            } else {
+                plan.dispatch
+            }
+            .max(1);
             self.fill_keyed(&exchange, "reading-0", &queues[0], n, size, KEYS)
                 .await;
             match side {
                 0 => {
                     self.postage_dispatch(&exchange, &queues, n, |builder| {
                         builder.concurrency(CONCURRENCY).ordered_by(|message, _| {
-                            message.raw_parameters()["sensor"].as_str().map(str::to_owned)
+                            message.raw_parameters()["sensor"]
+                                .as_str()
+                                .map(str::to_owned)
                         })
                     })
                     .await
@@ -198,10 +205,7 @@ impl Bench {
             let builder = Processor::builder(&self.postage, sink.clone())
                 .bind(exchange.clone(), queue.clone(), format!("reading-{i}"))
                 .prefetch(PREFETCH);
-            let processor = shape(builder)
-                .build()
-                .await
-                .expect("a processor");
+            let processor = shape(builder).build().await.expect("a processor");
             processors.push(processor);
         }
         let handles: Vec<_> = processors.iter().map(Processor::handle).collect();

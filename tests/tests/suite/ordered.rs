@@ -60,14 +60,13 @@ impl Recorder {
             Some("requeue") if self.requeued.lock().unwrap().insert((step.key, step.seq)) => {
                 Err(HandlerError::error("asks for a requeue").requeue())
             }
-            Some("retry") if metadata.attempt == 1 => Err(HandlerError::error("fails once")
-                .retry_after(Duration::from_millis(200))),
-            Some("hold") => {
-                match self.gate.acquire().await {
-                    Ok(_pass) => Ok(()),
-                    Err(closed) => Err(HandlerError::error(closed.to_string())),
-                }
+            Some("retry") if metadata.attempt == 1 => {
+                Err(HandlerError::error("fails once").retry_after(Duration::from_millis(200)))
             }
+            Some("hold") => match self.gate.acquire().await {
+                Ok(_pass) => Ok(()),
+                Err(closed) => Err(HandlerError::error(closed.to_string())),
+            },
             _ => Ok(()),
         };
         self.note((step.key, step.seq, metadata.attempt, false));
@@ -85,7 +84,9 @@ struct Harness {
 }
 
 /// A recorder at concurrency 8 on a queue of its own, adjusted by `adjust`.
-async fn start(adjust: impl FnOnce(ProcessorBuilder<Recorder>) -> ProcessorBuilder<Recorder>) -> Harness {
+async fn start(
+    adjust: impl FnOnce(ProcessorBuilder<Recorder>) -> ProcessorBuilder<Recorder>,
+) -> Harness {
     let connection = connect().await;
     let ex = exchange("ordered");
     let queue = unique("ordered-q");
@@ -97,7 +98,11 @@ async fn start(adjust: impl FnOnce(ProcessorBuilder<Recorder>) -> ProcessorBuild
         gate: Semaphore::new(0),
     };
     let builder = Processor::builder(&connection, recorder)
-        .bind(ex.clone(), Queue::new(queue.clone()).auto_delete(true), "step")
+        .bind(
+            ex.clone(),
+            Queue::new(queue.clone()).auto_delete(true),
+            "step",
+        )
         .concurrency(8)
         .prefetch(64);
     let processor = adjust(builder).build().await.unwrap();
@@ -190,7 +195,9 @@ async fn run_interleaved(harness: &Harness) -> Vec<Event> {
             harness.send(key, seq, None).await;
         }
     }
-    harness.wait_for(usize::try_from(KEYS * SEQS).unwrap()).await
+    harness
+        .wait_for(usize::try_from(KEYS * SEQS).unwrap())
+        .await
 }
 
 #[tokio::test]
@@ -200,18 +207,31 @@ async fn steps_of_one_key_run_in_arrival_order_at_concurrency_8_and_keys_in_para
     let starts = starts_per_key(&events);
     let wanted: Vec<(u64, u32)> = (0..SEQS).map(|seq| (seq, 1)).collect();
     for key in 0..KEYS {
-        assert_eq!(starts.get(&key), Some(&wanted), "key {key} in order, once each");
+        assert_eq!(
+            starts.get(&key),
+            Some(&wanted),
+            "key {key} in order, once each"
+        );
     }
-    assert_eq!(overlapping_keys(&events), Vec::<u64>::new(), "one run of a key at a time");
+    assert_eq!(
+        overlapping_keys(&events),
+        Vec::<u64>::new(),
+        "one run of a key at a time"
+    );
     let most = ordered.recorder.most_in_flight.load(Ordering::SeqCst);
-    assert!(most > 1 && most <= 8, "keys ran side by side, up to 8: {most} at most");
+    assert!(
+        most > 1 && most <= 8,
+        "keys ran side by side, up to 8: {most} at most"
+    );
     ordered.stop().await;
 
     // The control: the same at plain concurrency 8 reorders, so the check above can fail.
     let plain = start(|builder| builder).await;
     let events = run_interleaved(&plain).await;
     let starts = starts_per_key(&events);
-    let reordered = (0..KEYS).filter(|key| starts.get(key) != Some(&wanted)).count();
+    let reordered = (0..KEYS)
+        .filter(|key| starts.get(key) != Some(&wanted))
+        .count();
     assert!(
         reordered > 0 || !overlapping_keys(&events).is_empty(),
         "plain concurrency 8 kept every key's order: this test could not see a reorder"
@@ -231,7 +251,11 @@ async fn a_held_key_holds_up_only_its_own_later_steps() {
     let events = harness.wait_for(20).await;
     let starts = starts_per_key(&events);
     assert_eq!(starts[&2].len(), 20, "key 2 is not held up: {events:?}");
-    assert_eq!(starts[&1], vec![(0, 1)], "key 1's second waits behind its first");
+    assert_eq!(
+        starts[&1],
+        vec![(0, 1)],
+        "key 1's second waits behind its first"
+    );
     harness.recorder.gate.add_permits(1);
     let events = harness.wait_for(22).await;
     assert_eq!(starts_per_key(&events)[&1], vec![(0, 1), (1, 1)]);
@@ -258,10 +282,11 @@ async fn a_requeued_step_runs_again_before_the_next_of_its_key() {
 #[tokio::test]
 async fn a_retried_step_goes_behind_but_no_later_step_overlaps_its_attempt() {
     let harness = start(|builder| {
-        by_key(builder).retry(RetryPolicy::new().attempts(2).backoff(
-            Duration::from_millis(200),
-            Duration::from_millis(200),
-        ))
+        by_key(builder).retry(
+            RetryPolicy::new()
+                .attempts(2)
+                .backoff(Duration::from_millis(200), Duration::from_millis(200)),
+        )
     })
     .await;
     harness.send(9, 0, Some("retry")).await;
@@ -287,7 +312,7 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(args: &[&str]) -> Self {
+    async fn start(args: &[&str]) -> Self {
         let mut child = Command::new(binary("fault_component"))
             .args(args)
             .stdin(Stdio::piped())
@@ -303,20 +328,24 @@ impl Instance {
             }
         });
         let instance = Self { child, lines };
-        instance.until(Duration::from_secs(20), |lines| {
-            lines.iter().any(|(_, line)| line == "ready")
-        });
+        let ready = instance
+            .until(Duration::from_secs(20), |lines| {
+                lines.iter().any(|(_, line)| line == "ready")
+            })
+            .await;
+        assert!(ready, "fault_component {args:?} serves");
         instance
     }
 
     /// Waits until `done` holds for the lines so far (at most `patience`).
-    fn until(&self, patience: Duration, done: impl Fn(&[(Instant, String)]) -> bool) -> bool {
+    async fn until(&self, patience: Duration, done: impl Fn(&[(Instant, String)]) -> bool) -> bool {
         let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
-            if done(&self.lines.lock().unwrap()) {
+            let lines = self.lines.lock().unwrap().clone();
+            if done(&lines) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
     }
@@ -383,7 +412,10 @@ fn check_handover(turns: &[BTreeMap<u64, Vec<u64>>], keys: u64, seqs: u64) {
         for (turn, handled) in turns.iter().enumerate() {
             let steps = handled.get(&key).cloned().unwrap_or_default();
             if let Some(&first) = steps.first() {
-                assert!(first <= next, "key {key}: instance {turn} skipped to {first}, from {next}");
+                assert!(
+                    first <= next,
+                    "key {key}: instance {turn} skipped to {first}, from {next}"
+                );
             }
             assert!(
                 steps.windows(2).all(|w| w[0] < w[1]),
@@ -400,8 +432,8 @@ fn check_handover(turns: &[BTreeMap<u64, Vec<u64>>], keys: u64, seqs: u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_takes_over_in_order_when_the_active_instance_is_killed() {
     let name = unique("sac");
-    let mut active = Instance::start(&["ordered", &name]);
-    let standby = Instance::start(&["ordered", &name]);
+    let mut active = Instance::start(&["ordered", &name]).await;
+    let standby = Instance::start(&["ordered", &name]).await;
     let connection = connect().await;
     let (keys, seqs) = (10, 60);
     let publishing = {
@@ -409,14 +441,25 @@ async fn a_standby_takes_over_in_order_when_the_active_instance_is_killed() {
         tokio::spawn(async move { publish_steps(&connection, &name, "step", keys, seqs).await })
     };
     assert!(
-        active.until(Duration::from_secs(20), |lines| lines.len() > 150),
+        active
+            .until(Duration::from_secs(20), |lines| lines.len() > 150)
+            .await,
         "the active instance handles steps"
     );
     active.kill();
-    assert_eq!(standby.count(), 0, "the standby handled nothing while the active one lived");
+    assert_eq!(
+        standby.count(),
+        0,
+        "the standby handled nothing while the active one lived"
+    );
     publishing.await.unwrap();
     let total = usize::try_from(keys * seqs).unwrap();
-    standby.until(Duration::from_secs(30), |_| active.count() + standby.count() >= total);
+    let handled = active.count();
+    standby
+        .until(Duration::from_secs(30), |_| {
+            handled + standby.count() >= total
+        })
+        .await;
     // Let the last redeliveries, if any, come too.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(standby.count() > 0, "the standby took over");
@@ -429,9 +472,13 @@ async fn a_standby_takes_over_in_order_when_the_active_instance_is_killed() {
 async fn remove(connection: &Connection, queues: &[String], exchange: &str) {
     let channel = connection.open_channel().await.unwrap();
     for queue in queues {
-        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
     }
-    let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
+    let _ = channel
+        .exchange_delete(exchange.into(), Default::default())
+        .await;
 }
 
 /// An instance of a partitioned fleet: records `(instance, key, seq)` in one log shared by
@@ -459,7 +506,10 @@ async fn member(
     partitions: &Partitions,
     instance: usize,
     log: &Arc<Mutex<Vec<(usize, u64, u64)>>>,
-) -> (ProcessorHandle, tokio::task::JoinHandle<postage_core::Result<postage_core::Exit>>) {
+) -> (
+    ProcessorHandle,
+    tokio::task::JoinHandle<postage_core::Result<postage_core::Exit>>,
+) {
     let connection = connect().await;
     let processor = Processor::builder(
         &connection,
@@ -478,7 +528,11 @@ async fn member(
 }
 
 fn handled_by(log: &Mutex<Vec<(usize, u64, u64)>>, instance: usize) -> usize {
-    log.lock().unwrap().iter().filter(|e| e.0 == instance).count()
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == instance)
+        .count()
 }
 
 async fn until(patience: Duration, done: impl Fn() -> bool) -> bool {
@@ -531,7 +585,9 @@ async fn partitions_are_shared_and_keep_each_keys_order_as_instances_join_and_le
     );
     let first_after_join = handled_by(&log, 0);
     assert!(
-        until(Duration::from_secs(5), || handled_by(&log, 0) > first_after_join).await,
+        until(Duration::from_secs(5), || handled_by(&log, 0)
+            > first_after_join)
+        .await,
         "the first instance kept a share"
     );
     // The first leaves: the second takes every partition.
@@ -539,7 +595,10 @@ async fn partitions_are_shared_and_keep_each_keys_order_as_instances_join_and_le
     first_run.await.unwrap().unwrap();
     publishing.await.unwrap();
     let total = usize::try_from(keys * seqs).unwrap();
-    until(Duration::from_secs(20), || log.lock().unwrap().len() >= total).await;
+    until(Duration::from_secs(20), || {
+        log.lock().unwrap().len() >= total
+    })
+    .await;
     second.shutdown();
     second_run.await.unwrap().unwrap();
     let log = log.lock().unwrap().clone();
