@@ -27,9 +27,12 @@ pub const ORDERED_BACKLOG: usize = 1_000;
 /// [`Disposition::Requeue`]: crate::Disposition::Requeue
 pub(super) const REQUEUE_PAUSE: Duration = Duration::from_millis(100);
 
+/// What reads a message's key, hashed.
+type HashKey = dyn Fn(&Message, &Metadata) -> u64 + Send + Sync;
+
 /// The key a processor orders its deliveries by, hashed.
 #[derive(Clone)]
-pub(super) struct KeyOf(Arc<dyn Fn(&Message, &Metadata) -> u64 + Send + Sync>);
+pub(super) struct KeyOf(Arc<HashKey>);
 
 impl KeyOf {
     /// Orders by what `key` returns for each message (hashed: two keys whose hashes meet

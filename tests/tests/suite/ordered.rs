@@ -465,7 +465,7 @@ async fn a_standby_takes_over_in_order_when_the_active_instance_is_killed() {
     assert!(standby.count() > 0, "the standby took over");
     check_handover(&[active.handled(), standby.handled()], keys, seqs);
     drop(standby);
-    remove(&connection, &[name.clone()], &name).await;
+    remove(&connection, std::slice::from_ref(&name), &name).await;
 }
 
 /// Deletes `queues` and `exchange`.
@@ -481,11 +481,14 @@ async fn remove(connection: &Connection, queues: &[String], exchange: &str) {
         .await;
 }
 
+/// What the instances of a fleet handled, `(instance, key, seq)`, in order.
+type Log = Arc<Mutex<Vec<(usize, u64, u64)>>>;
+
 /// An instance of a partitioned fleet: records `(instance, key, seq)` in one log shared by
 /// the instances, in the order they handle them.
 struct Member {
     instance: usize,
-    log: Arc<Mutex<Vec<(usize, u64, u64)>>>,
+    log: Log,
 }
 
 #[processor]
@@ -505,7 +508,7 @@ impl Member {
 async fn member(
     partitions: &Partitions,
     instance: usize,
-    log: &Arc<Mutex<Vec<(usize, u64, u64)>>>,
+    log: &Log,
 ) -> (
     ProcessorHandle,
     tokio::task::JoinHandle<postage_core::Result<postage_core::Exit>>,
