@@ -39,6 +39,9 @@ fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
   node ctl "$name" await_startup --timeout 2 >/dev/null 2>&1; then
   echo "broker: RabbitMQ $version already answers on 127.0.0.1:$port" >&2
+  # A broker started by an older script lacks the plugin partitioned queues need:
+  # enabled online (no restart), and a no-op when it runs already.
+  node plugins "$name" enable rabbitmq_consistent_hash_exchange >/dev/null
   exit 0
 fi
 echo "broker: starting RabbitMQ $version ($name@localhost) on 127.0.0.1:$port" >&2

@@ -6,6 +6,7 @@
 #   scripts/node.sh [--rabbitmq 3|4.0|4.3] start NAME AMQP_PORT DIST_PORT [CONFIG_FILE]
 #   scripts/node.sh [--rabbitmq 3|4.0|4.3] stop NAME
 #   scripts/node.sh [--rabbitmq 3|4.0|4.3] ctl NAME ARGS...   (rabbitmqctl -q -n NAME@localhost ARGS)
+#   scripts/node.sh [--rabbitmq 3|4.0|4.3] plugins NAME ARGS...   (rabbitmq-plugins -q -n NAME@localhost ARGS)
 #
 # NAME is the short node name (the node is NAME@localhost). Data and logs live under
 # /tmp/postage-nodes/NAME and are wiped at each start; the node writes its Erlang VM's pid
@@ -22,6 +23,9 @@
 # Both packages need a newer libc than Debian 12's: their roots are made with debootstrap
 # (a minute or two the first time, with the host's /etc/hosts: epmd needs `localhost`)
 # and share the host's loopback, /tmp, /proc and /dev.
+#
+# Plugins: every node runs rabbitmq_consistent_hash_exchange (shipped with the broker),
+# which postage's partitioned queues route through.
 #
 # Deprecated features: every node runs with its version's defaults, except that 4.0 nodes
 # refuse transient non-exclusive queues (deprecated_features.permit.transient_nonexcl_queues
@@ -120,9 +124,14 @@ case $action in
     run rabbitmqctl -q -n "$node" "$@"
     exit
     ;;
+  plugins)
+    shift 2
+    run env RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" rabbitmq-plugins -q -n "$node" "$@"
+    exit
+    ;;
   start) ;;
   *)
-    echo "node: unknown action $action (start, stop, ctl)" >&2
+    echo "node: unknown action $action (start, stop, ctl, plugins)" >&2
     exit 2
     ;;
 esac
@@ -133,7 +142,9 @@ config=${5:-}
 run rabbitmqctl -q -n "$node" stop >/dev/null 2>&1 || true
 as_root rm -rf "$base"
 as_root mkdir -p "$base/mnesia" "$base/log"
-printf '[].\n' | as_root tee "$base/enabled_plugins" >/dev/null
+# The consistent-hash exchange (partitioned queues, postage_core::Partitions) ships with
+# every version's broker; it only needs enabling.
+printf '[rabbitmq_consistent_hash_exchange].\n' | as_root tee "$base/enabled_plugins" >/dev/null
 if [ -n "$config" ]; then
   as_root cp "$config" "$base/rabbitmq.conf"
 else

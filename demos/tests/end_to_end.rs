@@ -382,3 +382,58 @@ fn a_refused_start_is_one_readable_line_without_a_panic_trace() {
         );
     }
 }
+
+/// Sends `ordered_worker` a command, as `postage send --exchange steps-exchange step` does.
+fn send_steps(commands: Vec<(&'static str, serde_json::Value)>) {
+    with_broker(|connection| async move {
+        let producer = postage_core::Producer::builder(&connection)
+            .destination(postage_core::Exchange::new("steps-exchange"), "step")
+            .build()
+            .await
+            .expect("producer");
+        for (name, parameters) in commands {
+            producer.command(name, parameters).await.expect("sent");
+        }
+    });
+}
+
+#[test]
+fn ordered_worker_keeps_each_keys_order() {
+    // Its own queue (`steps`): no need to wait for the echo demos' turn.
+    let mut worker = Receiver::start_with(
+        env!("CARGO_BIN_EXE_ordered_worker"),
+        &["--concurrency", "8"],
+    );
+    let run = std::process::id();
+    let keys: Vec<String> = (0..4).map(|k| format!("{run}-{k}")).collect();
+    let mut steps = Vec::new();
+    for seq in 0..30 {
+        for key in &keys {
+            steps.push(("step", serde_json::json!({"key": key, "seq": seq})));
+        }
+    }
+    send_steps(steps);
+    let mut lines = Vec::new();
+    while lines.len() < keys.len() * 30 {
+        match worker.lines.recv_timeout(PATIENCE) {
+            Ok(line) if line.starts_with("key=") => lines.push(line),
+            Ok(_) => {}
+            Err(_) => panic!("the demo printed only {lines:?}"),
+        }
+    }
+    send_steps(vec![("quit", serde_json::json!({}))]);
+    worker.expect_line("quit");
+    for key in &keys {
+        let seqs: Vec<u32> = lines
+            .iter()
+            .filter_map(|line| line.strip_prefix(&format!("key={key} seq=")))
+            .map(|seq| seq.parse().expect("a number"))
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..30).collect::<Vec<_>>(),
+            "key {key} in order: {lines:?}"
+        );
+    }
+    worker.wait_exit(Duration::from_secs(10));
+}

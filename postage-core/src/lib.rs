@@ -65,8 +65,8 @@ pub use handler::{
 };
 pub use postage_macros::{message_handler, processor, rpc_handler, timer};
 pub use processor::{
-    ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo, Processor,
-    ProcessorBuilder, ProcessorHandle, RetryPolicy,
+    ATTEMPT_HEADER, ControlPolicy, DEFAULT_MAX_BODY, ERROR_HEADER, Exit, HandlerInfo,
+    ORDERED_BACKLOG, Processor, ProcessorBuilder, ProcessorHandle, RetryPolicy,
 };
 pub use producer::{
     DEFAULT_ANSWER_WITHIN, DEFAULT_PUBLISH_TIMEOUT, PendingCall, Producer, ProducerBuilder, Route,
@@ -74,7 +74,7 @@ pub use producer::{
 };
 pub use rpc::ReplyQueue;
 pub use rpc::progress::PROGRESS_HEADER;
-pub use topology::{Binding, Exchange, ExchangeKind, Queue, QueueShape};
+pub use topology::{Binding, Exchange, ExchangeKind, Partitions, Queue, QueueShape};
 pub use wire::{
     COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,
     VERSION,

@@ -16,6 +16,26 @@ pub struct Delivery {
     pub(super) encoder: Arc<dyn Encoder>,
     /// The channel it came on: its delivery tag means something there only.
     pub(super) channel: Arc<ChannelLease>,
+    /// Counts it among its queue's deliveries not yet dropped.
+    pub(super) _held: Held,
+}
+
+/// One of a queue's deliveries (or its stream) still held: counted while it lives, so a
+/// consumer that stopped reading a queue can tell when nothing of it is left.
+#[derive(Debug)]
+pub(super) struct Held(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Held {
+    pub(super) fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Delivery {

@@ -4,6 +4,7 @@
 //! and every loss of its channel or of one of its consumers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 
 use super::Delivery;
+use super::delivery::Held;
 use crate::connection::supervisor::{Member, Reconciling};
 use crate::connection::{ChannelLease, Connection, LiveChannel};
 use crate::error::{Error, Result};
@@ -44,6 +46,8 @@ pub(super) struct Engine {
     changing: tokio::sync::Mutex<()>,
     /// Hands each new queue's stream to the [`Consumer`](super::Consumer).
     streams: mpsc::UnboundedSender<Deliveries>,
+    /// Per queue, its deliveries and streams not yet dropped.
+    held: Locked<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 /// A binding and the name its queue has on the broker (the broker's choice when the
@@ -78,6 +82,7 @@ impl Engine {
             consuming: Locked::new(None),
             changing: tokio::sync::Mutex::new(()),
             streams,
+            held: Locked::new(HashMap::new()),
         });
         LiveChannel::kept(&engine, connection.watch_generation(), |engine: &Self| {
             Some(&engine.live)
@@ -214,6 +219,10 @@ impl Engine {
             }
         });
         let encoder = Arc::clone(&self.encoder);
+        let held = self.held_count(queue);
+        // The stream counts as held until it is dropped: deliveries received before a
+        // cancel may wait in it.
+        let stream_held = Held::new(&held);
         let queue: Arc<str> = Arc::from(queue);
         let queue_name = Arc::clone(&queue);
         let ending = Ending {
@@ -232,11 +241,13 @@ impl Engine {
                 std::future::ready(next.is_ok())
             })
             .filter_map(move |next| {
+                let _stream = &stream_held;
                 std::future::ready(next.ok().map(|inner| Delivery {
                     inner,
                     queue: Arc::clone(&queue),
                     encoder: Arc::clone(&encoder),
                     channel: Arc::clone(&lease),
+                    _held: Held::new(&held),
                 }))
             })
             .chain(
@@ -275,6 +286,24 @@ impl Engine {
             Some(tag) => self.cancel(&tag).await,
             None => Ok(()),
         }
+    }
+
+    /// The count of `queue`'s deliveries and streams not yet dropped.
+    fn held_count(&self, queue: &str) -> Arc<AtomicUsize> {
+        self.held
+            .with(|held| Arc::clone(held.entry(queue.to_owned()).or_default()))
+    }
+
+    /// How many of `queue`'s deliveries (and streams) are not yet dropped: 0 once a queue
+    /// no longer read has nothing left in the consumer.
+    pub(super) fn held(&self, queue: &str) -> usize {
+        self.held_count(queue).load(Ordering::SeqCst)
+    }
+
+    /// Forgets the consumers without cancelling them (their channel is about to close):
+    /// nothing restores them.
+    pub(super) fn forget_consumers(&self) {
+        self.consuming.with(Option::take);
     }
 
     /// Stops reading every queue.

@@ -68,6 +68,28 @@ impl ConsumerHandle {
         self.engine.stop().await
     }
 
+    /// How many deliveries of `queue` the consumer still holds (received and not yet
+    /// dropped, or waiting in its stream): 0 once a queue no longer read is done with.
+    pub(crate) fn held(&self, queue: &str) -> usize {
+        self.engine.held(queue)
+    }
+
+    /// Closes the consumer's channel without cancelling its consumers first: the broker
+    /// puts every delivery not acknowledged back in its queue, in its place, before it
+    /// hands the queue to another consumer (a single-active-consumer queue's next one),
+    /// so a consumer that keeps an order hands over in order.
+    pub(crate) async fn close_in_order(&self) -> Result<()> {
+        self.engine.forget_consumers();
+        let channel = self.live_channel();
+        if channel.status().connected() {
+            channel
+                .close(200, "postage: consumer closed".into())
+                .await
+                .map_err(Error::amqp("closing a consumer channel"))?;
+        }
+        Ok(())
+    }
+
     /// Stops consuming and closes the consumer's channel; deliveries not acknowledged by
     /// then go back to their queues.
     pub async fn close(&self) -> Result<()> {

@@ -234,6 +234,12 @@ impl Consumer {
         self.handle.stop().await
     }
 
+    /// Closes the channel without cancelling first: what was not acknowledged goes back
+    /// to its queue in its place, before another consumer gets the queue.
+    pub(crate) async fn close_in_order(&self) -> Result<()> {
+        self.handle.close_in_order().await
+    }
+
     /// See [`ConsumerHandle::close`].
     pub async fn close(&self) -> Result<()> {
         self.handle.close().await

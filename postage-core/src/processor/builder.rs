@@ -5,20 +5,21 @@ use std::time::Duration;
 
 use super::control::ControlPolicy;
 use super::copies::Copies;
+use super::ordered::KeyOf;
 use super::retry::RetryPolicy;
 use super::table::{HandlerSet, HandlerTable};
 use super::{Limits, Processor, Shared};
 use crate::connection::Connection;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::Result;
-use crate::handler::{Disposition, States};
+use crate::handler::{Disposition, Metadata, States};
 use crate::inbox::Inbox;
 use crate::producer::Producer;
 use crate::telemetry::Telemetry;
 use crate::topology::Exchange;
-use crate::topology::Queue;
-use crate::wire::Fingerprint;
+use crate::topology::{Partitions, Queue};
 use crate::wire::{Encoder, JsonEncoder};
+use crate::wire::{Fingerprint, Message};
 
 /// Configures a [`Processor`]; made by [`Processor::builder`].
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct ProcessorBuilder<P> {
     consumer: ConsumerBuilder,
     prefetch: u16,
     concurrency: usize,
+    ordered: Option<KeyOf>,
+    partitions: Option<Partitions>,
     limits: Limits,
 }
 
@@ -149,8 +152,9 @@ const DELIVERY_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
 
 impl<P> Checked<P> {
     /// The longest a delivery can stay unacknowledged: the longest handler timeout, times
-    /// the deliveries the prefetch lets wait for each of `concurrency` handler slots;
-    /// `None` when a handler has no timeout.
+    /// the deliveries the prefetch lets wait for each of `concurrency` handler slots (for
+    /// one slot, when ordered: every delivery may have one key); `None` when a handler has
+    /// no timeout.
     fn longest_hold(&self, prefetch: u16, concurrency: usize) -> Option<Duration> {
         let mut longest = Duration::ZERO;
         for registration in self.table.registrations() {
@@ -231,6 +235,123 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Runs the messages of one key one after another, in the order they arrived, and
+    /// messages of different keys side by side, up to the [`concurrency`](Self::concurrency):
+    /// `key` reads a message's key (any hashable value) from the message and its delivery.
+    ///
+    /// A message whose key has one in its handlers waits for it, in its key's line,
+    /// without taking a handler slot; the lines hold at most the
+    /// [`prefetch`](Self::prefetch) (the broker hands over no more unacknowledged), or
+    /// [`ORDERED_BACKLOG`](super::ORDERED_BACKLOG) with a prefetch of 0, beyond which the
+    /// processor takes no more deliveries until one is settled. Bad input has no key: it
+    /// is refused at once.
+    ///
+    /// What the order holds through failures:
+    ///
+    /// - No message starts while an earlier one of its key is in its handlers or being
+    ///   settled (a retry's copy confirmed in its delay queue, a dead letter's in `.dead`).
+    /// - A requeue ([`Disposition::Requeue`], a failed inbox commit, a retry copy the
+    ///   broker refused) does not go back to the broker, where a later message of its key
+    ///   would overtake it: it runs again here after 100 ms, its key held.
+    /// - A retry through a delay queue ([`RetryPolicy`](super::RetryPolicy)) takes the
+    ///   message out of its place: it comes back at the tail of its queue when its delay
+    ///   ends, and runs after the messages of its key that reached the queue before that;
+    ///   the messages of its key that were behind it run meanwhile, in their order. Leave
+    ///   retries off (or handle failures in the handler) where a key's order must hold
+    ///   through a failure.
+    /// - A stop lets the handlers in flight finish, then closes the channel without
+    ///   cancelling first: every message not started goes back to its queue, in its
+    ///   place, before the broker hands the queue to another consumer (see
+    ///   [`Queue::single_active_consumer`](crate::Queue::single_active_consumer)). A killed
+    ///   process hands back alike: the broker returns what it had not acknowledged.
+    ///
+    /// Order holds among the deliveries one processor receives: a fleet on one queue
+    /// keeps it with a single active consumer, or by partitions
+    /// ([`Partitions`](crate::Partitions)).
+    ///
+    /// ```no_run
+    /// use postage_core::{processor, Connection, Exchange, Processor, Queue};
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize)]
+    /// struct Step {
+    ///     key: String,
+    ///     seq: u64,
+    /// }
+    ///
+    /// struct Steps;
+    ///
+    /// #[processor]
+    /// impl Steps {
+    ///     #[message_handler("command", "step")]
+    ///     async fn step(&self, step: Step) {
+    ///         println!("key={} seq={}", step.key, step.seq);
+    ///     }
+    /// }
+    ///
+    /// # async fn demo() -> postage_core::Result<()> {
+    /// let connection = Connection::from_env().await?;
+    /// let steps = Processor::builder(&connection, Steps)
+    ///     .bind(Exchange::new("steps-exchange"), Queue::new("steps").durable(true), "step")
+    ///     .concurrency(8)
+    ///     .ordered_by(|message, _metadata| message.raw_parameters()["key"].to_string())
+    ///     .build()
+    ///     .await?;
+    /// steps.run().await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn ordered_by<K: std::hash::Hash>(
+        mut self,
+        key: impl Fn(&Message, &Metadata) -> K + Send + Sync + 'static,
+    ) -> Self {
+        self.ordered = Some(KeyOf::new(key));
+        self
+    }
+
+    /// Reads this instance's share of `partitions` (see [`Partitions`]): the processor
+    /// declares the consistent-hash exchange and the partition queues, counts the
+    /// instances of its fleet, claims free partitions up to its share (the partitions
+    /// divided by the instances, rounded up) and gives up what is above it in order, so
+    /// each key's messages keep their order as instances join and leave. With
+    /// [`ordered_by`](Self::ordered_by) and a [`concurrency`](Self::concurrency) above 1,
+    /// keys of one partition also run side by side, each in order.
+    ///
+    /// ```no_run
+    /// use postage_core::{processor, Connection, Partitions, Processor, Producer, Route};
+    ///
+    /// struct Steps;
+    ///
+    /// #[processor]
+    /// impl Steps {
+    ///     #[message_handler("command", "step")]
+    ///     fn step(&self, step: serde_json::Value) {
+    ///         println!("{step}");
+    ///     }
+    /// }
+    ///
+    /// # async fn demo() -> postage_core::Result<()> {
+    /// let connection = Connection::from_env().await?;
+    /// let steps = Partitions::new("steps-partitioned", 8);
+    /// let worker = Processor::builder(&connection, Steps)
+    ///     .partitions(steps.clone())
+    ///     .concurrency(8)
+    ///     .ordered_by(|_message, metadata| metadata.routing_key.clone())
+    ///     .build()
+    ///     .await?;
+    /// let running = tokio::spawn(worker.run());
+    ///
+    /// // Senders publish with the message's key as routing key.
+    /// let producer = Producer::builder(&connection).destination(steps.exchange(), "").build().await?;
+    /// producer.command_to(Route::key("order-42"), "step", serde_json::json!({"seq": 1})).await?;
+    /// # drop(running); Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn partitions(mut self, partitions: Partitions) -> Self {
+        self.partitions = Some(partitions);
         self
     }
 
@@ -355,13 +476,20 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// handlers for one command), then declares and binds the queues.
     pub async fn build(self) -> Result<Processor<P>> {
         let checked = self.parts.check()?;
-        let hold = checked.longest_hold(self.prefetch, self.concurrency);
+        let slots = match self.ordered {
+            Some(_) => 1,
+            None => self.concurrency,
+        };
+        let hold = checked.longest_hold(self.prefetch, slots);
         let consumer = match hold {
             Some(hold) => self
                 .consumer
                 .delivery_timeout(hold + DELIVERY_TIMEOUT_MARGIN),
             None => self.consumer,
         };
+        if let Some(partitions) = &self.partitions {
+            super::claims::Claims::declare(&self.connection, partitions).await?;
+        }
         let consumer = consumer.build().await?;
         warn_past_consumer_timeout(hold, self.connection.config().consumer_timeout);
         let answers = Producer::builder(&self.connection).build().await?;
@@ -373,6 +501,8 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
             consumer,
             prefetch: self.prefetch,
             concurrency: self.concurrency,
+            ordered: self.ordered,
+            partitions: self.partitions,
             limits: self.limits,
             stop: Arc::default(),
         })
@@ -388,6 +518,8 @@ impl<P: Send + Sync + 'static> Processor<P> {
             consumer: Consumer::builder(connection).prefetch(DEFAULT_PREFETCH),
             prefetch: DEFAULT_PREFETCH,
             concurrency: 1,
+            ordered: None,
+            partitions: None,
             limits: Limits::default(),
         }
     }

@@ -3,9 +3,11 @@
 
 mod acks;
 mod builder;
+mod claims;
 mod control;
 mod copies;
 mod dispatch;
+mod ordered;
 mod reply;
 mod retry;
 mod run;
@@ -15,6 +17,7 @@ mod timers;
 
 pub use self::builder::{DEFAULT_MAX_BODY, ProcessorBuilder};
 pub use self::control::ControlPolicy;
+pub use self::ordered::ORDERED_BACKLOG;
 pub use self::retry::{ATTEMPT_HEADER, ERROR_HEADER, RetryPolicy};
 pub use self::table::HandlerInfo;
 
@@ -148,6 +151,10 @@ pub struct Processor<P> {
     consumer: Consumer,
     prefetch: u16,
     concurrency: usize,
+    /// The key deliveries run in order by, if any.
+    ordered: Option<ordered::KeyOf>,
+    /// The partitions whose share this processor reads, if any.
+    partitions: Option<crate::topology::Partitions>,
     limits: Limits,
     stop: Arc<Stop>,
 }

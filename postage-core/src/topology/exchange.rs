@@ -18,7 +18,15 @@ pub enum ExchangeKind {
     Topic,
     /// By message headers.
     Headers,
+    /// By a hash of the routing key, each queue taking a share of the hash space as its
+    /// binding key (a number) weighs: RabbitMQ's `x-consistent-hash`, of the
+    /// `rabbitmq_consistent_hash_exchange` plugin shipped with the broker (the project's
+    /// scripts enable it). [`Partitions`](crate::Partitions) is built on it.
+    ConsistentHash,
 }
+
+/// The consistent-hash exchange's type name.
+const CONSISTENT_HASH: &str = "x-consistent-hash";
 
 impl ExchangeKind {
     fn to_lapin(self) -> lapin::ExchangeKind {
@@ -27,6 +35,7 @@ impl ExchangeKind {
             Self::Fanout => lapin::ExchangeKind::Fanout,
             Self::Topic => lapin::ExchangeKind::Topic,
             Self::Headers => lapin::ExchangeKind::Headers,
+            Self::ConsistentHash => lapin::ExchangeKind::Custom(CONSISTENT_HASH.to_owned()),
         }
     }
 }

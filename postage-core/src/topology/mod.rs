@@ -4,8 +4,10 @@
 
 mod binding;
 mod exchange;
+mod partitions;
 mod queue;
 
 pub use self::binding::Binding;
 pub use self::exchange::{Exchange, ExchangeKind};
+pub use self::partitions::Partitions;
 pub use self::queue::{Queue, QueueShape};

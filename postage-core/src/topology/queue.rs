@@ -133,6 +133,29 @@ impl Queue {
             .argument("x-queue-type", LongString::from("quorum"))
     }
 
+    /// Lets one consumer at a time read the queue (`x-single-active-consumer`): the broker
+    /// delivers to the first consumer only, and keeps the others waiting as hot standbys;
+    /// when the active one goes (its process killed, its connection lost, its channel
+    /// closed), what it had not acknowledged goes back to the queue, in its place, and
+    /// the next consumer reads on from there. A fleet of instances on one queue so
+    /// keeps the queue's order, with a processor's [`ordered_by`] keeping the order per
+    /// key within the active one. Classic and quorum queues, every RabbitMQ postage
+    /// supports; the flag is part of the declaration, so every component declares the
+    /// queue alike.
+    ///
+    /// [`ordered_by`]: crate::ProcessorBuilder::ordered_by
+    ///
+    /// ```
+    /// use postage_core::Queue;
+    ///
+    /// let steps = Queue::new("steps").durable(true).single_active_consumer();
+    /// assert_eq!(steps.name(), "steps");
+    /// ```
+    #[must_use]
+    pub fn single_active_consumer(self) -> Self {
+        self.argument("x-single-active-consumer", AMQPValue::Boolean(true))
+    }
+
     /// Dead-letters (or drops) a message after it was delivered this many times, so a
     /// message that always fails cannot loop forever. Quorum queues only; RabbitMQ 3.10
     /// sets no limit by default.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::join_all;
-use postage_core::{Exchange, Processor, Queue, processor};
+use postage_core::{Exchange, Processor, ProcessorBuilder, Queue, processor};
 use postage_tests::bench::Reading;
 use tokio::sync::Notify;
 
@@ -52,7 +52,7 @@ impl Bench {
             let n = if warm_up { count / 4 } else { count }.max(1);
             self.fill_all(&exchange, &queues, n, size).await;
             match side {
-                0 => self.postage_dispatch(&exchange, &queues, n).await,
+                0 => self.postage_dispatch(&exchange, &queues, n, |b| b).await,
                 1 => raw_lapin::dispatch(&self.lapin, &queues, n, Acks::Batch).await,
                 2 => self.amqprs.dispatch(&queues, n, Acks::Batch).await,
                 3 => raw_lapin::dispatch(&self.lapin, &queues, n, Acks::Each).await,
@@ -108,7 +108,7 @@ impl Bench {
             let n = if warm_up { each / 4 } else { each }.max(1);
             self.fill_all(&exchange, &queues, n, size).await;
             match side {
-                0 => self.postage_dispatch(&exchange, &queues, n).await,
+                0 => self.postage_dispatch(&exchange, &queues, n, |b| b).await,
                 1 => raw_lapin::dispatch(&self.lapin, &queues, n, Acks::Batch).await,
                 _ => self.amqprs.dispatch(&queues, n, Acks::Batch).await,
             }
@@ -124,6 +124,59 @@ impl Bench {
         }
     }
 
+    /// One queue of readings from 64 sensors, at concurrency 8: a processor ordered by
+    /// sensor (each sensor's readings one after another, in order) against the same
+    /// processor unordered; the handler only decodes, so the figure is what the ordering
+    /// itself costs.
+    pub(crate) async fn dispatch_ordered(&self, plan: Plan) {
+        const KEYS: usize = 64;
+        const CONCURRENCY: usize = 8;
+        let (exchange, queue) = self.topology("ordered", "reading-0").await;
+        let queues = [queue];
+        let size = plan.sizes[0];
+        let sides = ["ordered", "unordered"];
+        let runs = rounds(plan, &sides, async |side, warm_up| {
+            let n = if warm_up {
+                plan.dispatch / 4
+            } else {
+                plan.dispatch
+            }
+            .max(1);
+            self.fill_keyed(&exchange, "reading-0", &queues[0], n, size, KEYS)
+                .await;
+            match side {
+                0 => {
+                    self.postage_dispatch(&exchange, &queues, n, |builder| {
+                        builder.concurrency(CONCURRENCY).ordered_by(|message, _| {
+                            message.raw_parameters()["sensor"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
+                    })
+                    .await
+                }
+                _ => {
+                    self.postage_dispatch(&exchange, &queues, n, |builder| {
+                        builder.concurrency(CONCURRENCY)
+                    })
+                    .await
+                }
+            }
+        })
+        .await;
+        rate_figure(
+            plan,
+            &format!(
+                "dispatch {}, {KEYS} keys at concurrency {CONCURRENCY}: ordered by key vs unordered",
+                size_name(size)
+            ),
+            "msg/s",
+            &sides,
+            &runs,
+        );
+        self.delete(&queues[0]).await;
+    }
+
     /// Fills every queue (bound with `reading-<i>`) with `n` readings.
     async fn fill_all(&self, exchange: &Exchange, queues: &[Queue], n: usize, size: usize) {
         for (i, queue) in queues.iter().enumerate() {
@@ -132,9 +185,16 @@ impl Bench {
         }
     }
 
-    /// A processor on each queue, all run on this task (as a component's `main` runs
-    /// them), until they have handled `each` messages apiece.
-    async fn postage_dispatch(&self, exchange: &Exchange, queues: &[Queue], each: usize) -> Sample {
+    /// A processor on each queue (its builder adjusted by `shape`), all run on this task
+    /// (as a component's `main` runs them), until they have handled `each` messages
+    /// apiece.
+    async fn postage_dispatch(
+        &self,
+        exchange: &Exchange,
+        queues: &[Queue],
+        each: usize,
+        shape: impl Fn(ProcessorBuilder<Sink>) -> ProcessorBuilder<Sink>,
+    ) -> Sample {
         let sink = Sink {
             seen: Arc::default(),
             target: each * queues.len(),
@@ -142,12 +202,10 @@ impl Bench {
         };
         let mut processors = Vec::new();
         for (i, queue) in queues.iter().enumerate() {
-            let processor = Processor::builder(&self.postage, sink.clone())
+            let builder = Processor::builder(&self.postage, sink.clone())
                 .bind(exchange.clone(), queue.clone(), format!("reading-{i}"))
-                .prefetch(PREFETCH)
-                .build()
-                .await
-                .expect("a processor");
+                .prefetch(PREFETCH);
+            let processor = shape(builder).build().await.expect("a processor");
             processors.push(processor);
         }
         let handles: Vec<_> = processors.iter().map(Processor::handle).collect();

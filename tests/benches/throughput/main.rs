@@ -19,13 +19,16 @@
 //! SQLite and on PostgreSQL (`scripts/postgres.sh`) against the same handler without
 //! them, and the relay's lag at that rate.
 //!
+//! Order per key: a processor ordered by key (64 keys, concurrency 8) against the same
+//! processor unordered.
+//!
 //! The cost as work grows: payloads of 100 B, 10 KB and 1 MB (publish, dispatch, RPC at
 //! 64 in flight); 1, 10 and 100 processors in one process (dispatch, and the memory of
 //! 100 idle); 1, 64 and 1000 RPC calls in flight.
 //!
 //! `POSTAGE_BENCH_QUICK=1` makes a smoke run: a few hundred messages, one run.
 //! `POSTAGE_URL` names another broker. While working on a figure:
-//! `POSTAGE_BENCH_ONLY=publish,dispatch,many,rpc,outbox,process` runs some groups only;
+//! `POSTAGE_BENCH_ONLY=publish,dispatch,ordered,many,rpc,outbox,process` runs some groups only;
 //! `POSTAGE_BENCH_SIDE=postage` (or `lapin`, `amqprs`...) one side only, for a profiler;
 //! `POSTAGE_BENCH_DIAG=1` adds `#` lines: CPU time per operation, each RPC client
 //! against the other side's server, and a ladder of hand-written consumers from raw lapin
@@ -176,6 +179,9 @@ fn main() {
             for &size in plan.sizes {
                 bench.dispatch(plan, size).await;
             }
+        }
+        if wanted("ordered") {
+            bench.dispatch_ordered(plan).await;
         }
         if wanted("many") {
             for &processors in &plan.processors[1..] {

@@ -166,9 +166,25 @@ impl Bench {
         count: usize,
         size: usize,
     ) {
+        self.fill_keyed(exchange, key, queue, count, size, 1).await;
+    }
+
+    /// Like [`fill`](Self::fill), the readings from `sensors` sensors in turn.
+    pub(crate) async fn fill_keyed(
+        &self,
+        exchange: &Exchange,
+        key: &str,
+        queue: &Queue,
+        count: usize,
+        size: usize,
+        sensors: usize,
+    ) {
         let mut reading = Reading::sized(0, size);
         for seq in 0..count {
             reading.seq = seq as u64;
+            if sensors > 1 {
+                reading.sensor = format!("sensor-{}", seq % sensors);
+            }
             let body = command_body(&self.fingerprint, "message", "reading", &reading);
             self.admin
                 .basic_publish(

@@ -20,7 +20,10 @@
 //!   each call with its body;
 //! - `fault_component messenger NAME`: a Messenger receiving from the durable queue
 //!   NAME; prints `received ID` for each message, then accepts it;
-//! - `fault_component app NAME [GROUP]`: a GenericApplication named NAME, in GROUP.
+//! - `fault_component app NAME [GROUP]`: a GenericApplication named NAME, in GROUP;
+//! - `fault_component ordered NAME`: a processor on the durable single-active-consumer
+//!   queue NAME (exchange NAME, key `step`), 8 steps at once in order per key; for each
+//!   `step` `{"key": K, "seq": S}` it sleeps 0-5 ms at random and prints `handled K S`.
 //!
 //! Each prints `ready` once it serves, and `link STATE MS` whenever its connection's state
 //! changes (MS since it started). A COUNT of 0 means until standard input closes: the
@@ -62,6 +65,23 @@ impl Worker {
         }
         say(format!("handled {}", job.id));
         Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct Step {
+    key: u64,
+    seq: u64,
+}
+
+struct Steps;
+
+#[processor]
+impl Steps {
+    #[message_handler("command", "step")]
+    async fn step(&self, step: Step) {
+        tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=5_000))).await;
+        say(format!("handled {} {}", step.key, step.seq));
     }
 }
 
@@ -154,6 +174,20 @@ async fn main() -> postage_core::Result<()> {
                 .await?;
             say("ready");
             worker.run().await?;
+        }
+        "ordered" => {
+            let queue = Queue::new(name.clone())
+                .durable(true)
+                .single_active_consumer();
+            let steps = Processor::builder(&connection, Steps)
+                .bind(exchange, queue, "step")
+                .concurrency(8)
+                .prefetch(32)
+                .ordered_by(|message, _| message.raw_parameters()["key"].as_u64())
+                .build()
+                .await?;
+            say("ready");
+            steps.run().await?;
         }
         "server" => {
             let server = Processor::builder(&connection, Echo)

@@ -51,6 +51,7 @@ fn the_demos_documents_parse() {
         "advanced_echo_receive",
         "rpc_echo_receive",
         "flaky_worker",
+        "ordered_worker",
     ] {
         let output = Command::new(binary(demo))
             .arg("--asyncapi")
@@ -65,7 +66,7 @@ fn the_demos_documents_parse() {
     assert!(valid, "{report}");
     assert_eq!(
         report.matches("valid AsyncAPI 3.0.0").count(),
-        4,
+        5,
         "{report}"
     );
 }

@@ -29,6 +29,7 @@ mod macro_ui;
 mod messenger;
 mod metrics;
 mod network_faults;
+mod ordered;
 mod outbox;
 mod processor;
 mod producer_consumer;
