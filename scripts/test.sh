@@ -36,6 +36,15 @@ done
 # PostgreSQL for the outbox tests (tests/tests/suite/outbox.rs), started meanwhile too.
 scripts/postgres.sh >target/postgres.url 2>target/postgres.log &
 postgres=$!
+# The patched lapin's tests build in a target directory of their own, in the background
+# (niced) while the gates and the workspace build run and the brokers start: not during
+# the passes, whose tests time bounds (a black hole noticed within twice the heartbeat).
+(
+  cd patches/lapin
+  CARGO_TARGET_DIR=../../target/lapin nice -n 10 cargo test --locked --features tokio --no-run \
+    --lib --test queued_publishes --test consumer_dropped_as_channel_closes -q
+) >target/lapin-build.log 2>&1 &
+lapin_build=$!
 started_build=$SECONDS
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -60,15 +69,6 @@ rm -rf "$user_crate"
 echo "test: a crate depending on postage-core gets lapin from patches/lapin" >&2
 # The AsyncAPI project's own parser, which the tests validate postage's documents with.
 npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
-
-# The patched lapin's tests build in a target directory of their own, in the background
-# (niced) while the first pass runs: that pass mostly waits on the broker.
-(
-  cd patches/lapin
-  CARGO_TARGET_DIR=../../target/lapin nice -n 10 cargo test --locked --features tokio --no-run \
-    --lib --test queued_publishes --test consumer_dropped_as_channel_closes -q
-) >target/lapin-build.log 2>&1 &
-lapin_build=$!
 
 # The original Python Postage 1.2.1 (Python 2.7, from PyPI) for the interop tests of
 # tests/tests/suite/python_postage.rs; without a Python 2.7 this says so loudly, and under
@@ -96,7 +96,14 @@ if ! wait "$postgres"; then
 fi
 POSTAGE_POSTGRES_URL=$(cat target/postgres.url)
 export POSTAGE_POSTGRES_URL
+wait "$lapin_build" || lapin_built=no
 echo "=== gates, build and brokers: $((SECONDS - started_build)) s" >&2
+
+# The integration suite's test program, which the outage test runs from directly.
+suite=$(cargo test -p postage-tests --test suite --locked --no-run 2>&1 |
+  sed -n 's|.*Executable tests/suite/main.rs (\(.*\))$|\1|p')
+suite="$PWD/$suite"
+outage=supervision::a_two_minute_outage_is_served_through
 
 failed=()
 times=()
@@ -132,11 +139,17 @@ for version in $versions; do
     tests=(--workspace --lib --bins --tests)
     skip=(--skip macro_ui:: --skip outbox::)
   fi
+  # The two-minute outage, on a node of its own, runs beside the rest of the pass rather
+  # than at its tail (it alone would add some 90 s a pass).
+  (cd tests && env "${broker[@]}" timeout -k 30 600 "$suite" --exact "$outage") \
+    >"target/outage-$version.log" 2>&1 &
+  outage_pid=$!
   # broker_faults closes every connection of the broker and restarts it: on its own, after.
   # A hung test fails its pass (the harness names tests running for over 60 s) instead
   # of eating CI's time.
   env "${broker[@]}" timeout -k 30 1200 cargo test "${tests[@]}" --locked --no-fail-fast -- \
-    --test-threads=4 --skip broker_faults:: "${skip[@]}" || failed+=("RabbitMQ $version")
+    --test-threads=4 --skip broker_faults:: --skip "$outage" "${skip[@]}" ||
+    failed+=("RabbitMQ $version")
   env "${broker[@]}" timeout -k 30 600 cargo test -p postage-tests --test suite --locked -- \
     broker_faults:: || failed+=("RabbitMQ $version faults")
   # A short chaos soak (scripts/soak.sh: faults drawn at random on nodes of its own, a
@@ -144,6 +157,10 @@ for version in $versions; do
   # a broker (about a minute in all) keeps CI within its time; longer ones by hand.
   env "${broker[@]}" POSTAGE_SOAK_BUILT=1 timeout -k 30 300 scripts/soak.sh --seconds 45 ||
     failed+=("RabbitMQ $version soak")
+  if ! wait "$outage_pid"; then
+    cat "target/outage-$version.log" >&2
+    failed+=("RabbitMQ $version outage")
+  fi
   times+=("RabbitMQ $version: $((SECONDS - started)) s")
   echo "=== RabbitMQ $version: $((SECONDS - started)) s" >&2
   first=0
@@ -156,7 +173,7 @@ first_broker=(${versions})
 case ${first_broker[0]} in 3) lapin_port=5672 ;; 4.0) lapin_port=5682 ;; 4.3) lapin_port=5683 ;; esac
 echo "=== the patched lapin's tests" >&2
 started=$SECONDS
-wait "$lapin_build" || cat target/lapin-build.log >&2
+[ "${lapin_built:-}" != no ] || cat target/lapin-build.log >&2
 scripts/node.sh --rabbitmq "${first_broker[0]}" start lapin-alarm 5771 25771
 (
   cd patches/lapin
