@@ -67,6 +67,9 @@ if ! cargo tree --manifest-path "$user_crate/Cargo.toml" -i lapin --prefix none 
 fi
 rm -rf "$user_crate"
 echo "test: a crate depending on postage-core gets lapin from patches/lapin" >&2
+# The macro UI tests (trybuild) compile programs against the workspace, which checks its
+# dependencies once more: here, before the passes, not beside the tests that time bounds.
+cargo test -p postage-tests --test suite --locked -q -- macro_ui::
 # The AsyncAPI project's own parser, which the tests validate postage's documents with.
 npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error
 
@@ -129,13 +132,13 @@ for version in $versions; do
   esac
   echo "=== the test suite against $what" >&2
   started=$SECONDS
+  # The macro UI tests ran before the passes.
   if [ $first = 1 ]; then
     tests=(--workspace)
-    skip=()
+    skip=(--skip macro_ui::)
   else
-    # Doc tests and the macro UI tests do not talk to a broker: once is enough. Nor do
-    # the outbox tests (SQLite and PostgreSQL, durable queues) depend on its version:
-    # the first pass runs them.
+    # Doc tests do not talk to a broker: once is enough. Nor do the outbox tests (SQLite
+    # and PostgreSQL, durable queues) depend on its version: the first pass runs them.
     tests=(--workspace --lib --bins --tests)
     skip=(--skip macro_ui:: --skip outbox::)
   fi
