@@ -59,6 +59,23 @@ pub(crate) fn tier_name(tier: Duration) -> String {
     }
 }
 
+/// The prefix of the fanout exchanges and delay queues holding messages scheduled for
+/// `exchange` (`amq.default` stands for the default exchange): `postage.scheduled.<exchange>`.
+pub(crate) fn scheduled_prefix(exchange: &str) -> String {
+    let exchange = if exchange.is_empty() {
+        "amq.default"
+    } else {
+        exchange
+    };
+    format!("postage.scheduled.{exchange}")
+}
+
+/// The name of the fanout exchange and delay queue holding messages for `exchange` for
+/// `tier`: `postage.scheduled.<exchange>.<tier>`.
+pub(crate) fn scheduled_name(exchange: &str, tier: Duration) -> String {
+    format!("{}.{}", scheduled_prefix(exchange), tier_name(tier))
+}
+
 /// `delay` as a message's `expiration` property: whole milliseconds.
 pub(crate) fn expiration(delay: Duration) -> ShortString {
     ShortString::from(delay.as_millis().to_string())

@@ -244,9 +244,11 @@ fn message_id(handler: &ApiHandler) -> String {
 }
 
 fn channel(binding: &ApiBinding) -> Value {
+    let scheduled = format!("{}.*", crate::delay::scheduled_prefix(&binding.exchange));
     json!({
         "address": binding.routing_key,
-        "description": format!("Routing key {:?} of exchange {:?}, read from queue {:?}.", binding.routing_key, binding.exchange, binding.queue),
+        "description": format!("Routing key {:?} of exchange {:?}, read from queue {:?}. A message scheduled for later (Producer::command_after or command_at, postage send --after or --at) waits in a delay queue {scheduled} and reaches the exchange with this routing key when due.", binding.routing_key, binding.exchange, binding.queue),
+        "x-postage-scheduled": scheduled,
         "messages": {},
         "bindings": {
             "amqp": {
@@ -360,4 +362,35 @@ fn reply_message(handler: &ApiHandler, answer: &Value) -> Value {
             }),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_channel_names_where_its_scheduled_messages_wait() {
+        let component = Component {
+            name: "worker".to_owned(),
+            bindings: Vec::new(),
+            handlers: Vec::new(),
+            schemas: BTreeMap::new(),
+        }
+        .bind(Exchange::new("jobs-exchange"), "jobs", "job")
+        .bind(Exchange::DEFAULT, "direct", "direct");
+        let document = Document::new("t", "1").component(component).to_json();
+        let channels = &document["channels"];
+        assert_eq!(
+            channels["jobs-exchange.job"]["x-postage-scheduled"],
+            "postage.scheduled.jobs-exchange.*"
+        );
+        assert_eq!(
+            channels[".direct"]["x-postage-scheduled"],
+            "postage.scheduled.amq.default.*"
+        );
+        let description = channels["jobs-exchange.job"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(description.contains("command_after"), "{description}");
+    }
 }

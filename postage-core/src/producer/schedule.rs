@@ -121,7 +121,7 @@ impl Producer {
     /// Declares (once per channel) the fanout exchange and delay queue that hold messages
     /// for `exchange` for `tier`, and returns their name.
     async fn ensure_delay_queue(&self, exchange: &Exchange, tier: Duration) -> Result<String> {
-        let name = scheduled_name(exchange.name(), tier);
+        let name = delay::scheduled_name(exchange.name(), tier);
         let known = self.inner.declared.with(|set| set.contains(&name));
         if known {
             return Ok(name);
@@ -139,15 +139,4 @@ impl Producer {
         });
         Ok(name)
     }
-}
-
-/// The name of the fanout exchange and delay queue holding messages for `exchange` for
-/// `tier`: `postage.scheduled.<exchange>.<tier>`.
-pub(crate) fn scheduled_name(exchange: &str, tier: Duration) -> String {
-    let exchange = if exchange.is_empty() {
-        "amq.default"
-    } else {
-        exchange
-    };
-    format!("postage.scheduled.{exchange}.{}", delay::tier_name(tier))
 }
