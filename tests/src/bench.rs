@@ -211,6 +211,22 @@ pub fn broker_url() -> String {
         .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// The raw lapin side's connection properties: stock lapin's behaviour unless
+/// `POSTAGE_BENCH_LAPIN` asks for the patched lapin's opt-ins (patches/README.md):
+/// `queued` (publishes return once queued, 8 MiB backlog, as postage's) or `task`
+/// (that and the I/O loop as a task on the runtime, as postage's connections have both).
+pub fn raw_lapin_properties() -> postage_core::lapin::ConnectionProperties {
+    let properties = postage_core::lapin::ConnectionProperties::default();
+    match std::env::var("POSTAGE_BENCH_LAPIN").as_deref() {
+        Ok("queued") => properties.with_queued_publishes(8 << 20),
+        Ok("task") => properties
+            .with_queued_publishes(8 << 20)
+            .with_io_loop_task(true),
+        Ok("" | "stock") | Err(_) => properties,
+        Ok(other) => panic!("POSTAGE_BENCH_LAPIN is stock, queued or task, not {other}"),
+    }
+}
+
 /// Amqprs's connection arguments for `url`, read by postage's own URL parser (amqprs's
 /// leaves a percent-encoded virtual host such as `%2f` encoded).
 pub fn amqprs_arguments(url: &str) -> amqprs::connection::OpenConnectionArguments {

@@ -30,6 +30,8 @@
 //! `POSTAGE_URL` names another broker. While working on a figure:
 //! `POSTAGE_BENCH_ONLY=publish,dispatch,ordered,many,rpc,outbox,process` runs some groups only;
 //! `POSTAGE_BENCH_SIDE=postage` (or `lapin`, `amqprs`...) one side only, for a profiler;
+//! `POSTAGE_BENCH_LAPIN=queued` (or `task`) gives the raw lapin side the patched lapin's
+//! opt-ins that postage's connections have (stock lapin's behaviour by default);
 //! `POSTAGE_BENCH_DIAG=1` adds `#` lines: CPU time per operation, each RPC client
 //! against the other side's server, and a ladder of hand-written consumers from raw lapin
 //! to the processor.

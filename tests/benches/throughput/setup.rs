@@ -10,9 +10,11 @@ use postage_core::lapin::options::{
     QueueDeleteOptions, QueuePurgeOptions,
 };
 use postage_core::lapin::types::{AMQPValue, FieldTable};
-use postage_core::lapin::{self, BasicProperties, ConnectionProperties, ExchangeKind};
+use postage_core::lapin::{self, BasicProperties, ExchangeKind};
 use postage_core::{Config, Connection, Exchange, Queue};
-use postage_tests::bench::{RawFingerprint, Reading, broker_url, command_body};
+use postage_tests::bench::{
+    RawFingerprint, Reading, broker_url, command_body, raw_lapin_properties,
+};
 
 use crate::raw_amqprs::Amqprs;
 
@@ -54,10 +56,10 @@ impl Bench {
             .await
             .expect("the broker from scripts/broker.sh answers");
         let postage_callers = Connection::connect(&config).await.expect("a connection");
-        let lapin = lapin::Connection::connect(&url, ConnectionProperties::default())
+        let lapin = lapin::Connection::connect(&url, raw_lapin_properties())
             .await
             .expect("a lapin connection");
-        let lapin_callers = lapin::Connection::connect(&url, ConnectionProperties::default())
+        let lapin_callers = lapin::Connection::connect(&url, raw_lapin_properties())
             .await
             .expect("a lapin connection");
         let admin = lapin.create_channel().await.expect("a channel");

@@ -14,9 +14,10 @@ use postage_core::lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use postage_core::lapin::types::FieldTable;
-use postage_core::lapin::{self, BasicProperties, ConnectionProperties, ExchangeKind};
+use postage_core::lapin::{self, BasicProperties, ExchangeKind};
 use postage_tests::bench::{
-    RawFingerprint, Reading, Receipt, broker_url, command_body, read_command, success_body,
+    RawFingerprint, Reading, Receipt, broker_url, command_body, raw_lapin_properties, read_command,
+    success_body,
 };
 use tokio::sync::oneshot;
 
@@ -108,8 +109,7 @@ async fn main() -> Result<(), lapin::Error> {
     let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
     let fingerprint = Arc::new(RawFingerprint::new("bench"));
 
-    let connection =
-        lapin::Connection::connect(&broker_url(), ConnectionProperties::default()).await?;
+    let connection = lapin::Connection::connect(&broker_url(), raw_lapin_properties()).await?;
     let admin = connection.create_channel().await?;
     let exchange_options = ExchangeDeclareOptions {
         auto_delete: true,
