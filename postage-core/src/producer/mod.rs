@@ -20,13 +20,17 @@ use crate::sync::Locked;
 
 mod api;
 mod call;
+mod options;
+mod pending;
 mod publish;
 mod recording;
 mod route;
 mod schedule;
 
-pub use self::call::{DEFAULT_ANSWER_WITHIN, PendingCall, RpcOptions};
-pub(crate) use self::call::{RpcSettings, RpcState};
+pub(crate) use self::call::RpcState;
+pub(crate) use self::options::RpcSettings;
+pub use self::options::{DEFAULT_ANSWER_WITHIN, RpcOptions};
+pub use self::pending::PendingCall;
 pub(crate) use self::publish::Publish;
 pub use self::recording::{RECORDING_LIMIT, Recording, Sent};
 pub use self::route::Route;
