@@ -64,7 +64,7 @@ struct Builtins {
 impl Builtins {
     /// Whether the sender of a group command may send it; logs a refusal.
     fn allowed(&self, command: &str, metadata: &Metadata) -> bool {
-        let user = metadata.user_id.as_deref();
+        let user = metadata.user_id();
         let allowed = self.control.get().is_none_or(|policy| policy.allows(user));
         if !allowed {
             tracing::warn!(

@@ -76,8 +76,8 @@ pub use rpc::ReplyQueue;
 pub use rpc::progress::PROGRESS_HEADER;
 pub use topology::{Binding, Exchange, ExchangeKind, Partitions, Queue, QueueShape};
 pub use wire::{
-    COMMAND, Category, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT, RpcResult, STATUS,
-    VERSION,
+    COMMAND, Category, Content, Encoder, Fingerprint, JsonEncoder, Message, NONE, RESULT,
+    RpcResult, STATUS, VERSION,
 };
 
 /// The README's examples, compiled as doc tests.

@@ -17,7 +17,7 @@
 //! impl Calculator {
 //!     #[message_handler("command", "log")]
 //!     async fn log(&self, text: String, metadata: &Metadata) {
-//!         println!("{text} (from {})", metadata.routing_key);
+//!         println!("{text} (from {})", metadata.routing_key());
 //!     }
 //!
 //!     #[rpc_handler("command", "sum")]

@@ -49,11 +49,12 @@ struct FlakyWorker {
 impl FlakyWorker {
     #[message_handler("command", "work")]
     fn work(&self, job: Job, metadata: &Metadata) -> Result<(), HandlerError> {
-        say(format!("attempt {} id={}", metadata.attempt, job.id));
-        if self.always_fail || metadata.attempt < 3 {
+        say(format!("attempt {} id={}", metadata.attempt(), job.id));
+        if self.always_fail || metadata.attempt() < 3 {
             return Err(HandlerError::error(format!(
                 "job {} failed at attempt {} on purpose",
-                job.id, metadata.attempt
+                job.id,
+                metadata.attempt()
             )));
         }
         say(format!("done id={}", job.id));

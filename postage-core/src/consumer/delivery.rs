@@ -11,7 +11,8 @@ use crate::wire::{Encoder, Message};
 /// A message handed to a consumer, to be acknowledged or rejected once handled.
 #[derive(Debug)]
 pub struct Delivery {
-    pub(super) inner: lapin::message::Delivery,
+    /// Shared, so a handler's [`Metadata`](crate::Metadata) reads it without copies.
+    pub(super) inner: Arc<lapin::message::Delivery>,
     pub(super) queue: Arc<str>,
     pub(super) encoder: Arc<dyn Encoder>,
     /// The channel it came on: its delivery tag means something there only.
@@ -42,6 +43,11 @@ impl Delivery {
     /// The channel it came on, which settles it by its tag.
     pub(crate) fn channel(&self) -> &Arc<ChannelLease> {
         &self.channel
+    }
+
+    /// The lapin delivery and the queue's name, to share.
+    pub(crate) fn shared(&self) -> (&Arc<lapin::message::Delivery>, &Arc<str>) {
+        (&self.inner, &self.queue)
     }
 
     /// Decodes the body as a Postage message.

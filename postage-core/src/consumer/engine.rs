@@ -243,7 +243,7 @@ impl Engine {
             .filter_map(move |next| {
                 let _stream = &stream_held;
                 std::future::ready(next.ok().map(|inner| Delivery {
-                    inner,
+                    inner: Arc::new(inner),
                     queue: Arc::clone(&queue),
                     encoder: Arc::clone(&encoder),
                     channel: Arc::clone(&lease),

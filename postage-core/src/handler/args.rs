@@ -169,12 +169,8 @@ impl<'a, T: Deserialize<'a>> FromCall<'a> for T {
     const PAYLOAD: bool = true;
 
     fn from_call(call: &'a CallParts) -> Result<Self, Outcome> {
-        let value = if call.message.kind == COMMAND {
-            call.message.raw_parameters()
-        } else {
-            &call.message.content
-        };
-        T::deserialize(value).map_err(|e| {
+        let field = (call.message.kind == COMMAND).then_some("parameters");
+        call.message.content.decode(field).map_err(|e| {
             Outcome::undecodable(format!(
                 "payload does not decode into {}: {e}",
                 std::any::type_name::<T>()
@@ -199,7 +195,7 @@ impl<'a> FromCall<'a> for Reply {
 
 impl<'a> FromCall<'a> for UserId {
     fn from_call(call: &'a CallParts) -> Result<Self, Outcome> {
-        Ok(Self(call.metadata.user_id.clone()))
+        Ok(Self(call.metadata.user_id().map(str::to_owned)))
     }
 }
 

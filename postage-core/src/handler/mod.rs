@@ -5,11 +5,13 @@
 mod args;
 mod failure;
 mod filter;
+mod metadata;
 mod outcome;
 
 pub use self::args::{CallParts, Deadline, FromCall, State, States, UserId};
 pub use self::failure::{Disposition, HandlerError};
 pub use self::filter::{FilterFn, FilterResult, Filtered, FreeFilter, run_filter};
+pub use self::metadata::Metadata;
 pub use self::outcome::{
     MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind, ValueKind, replied,
 };
@@ -21,7 +23,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use lapin::types::FieldTable;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -29,36 +30,6 @@ use crate::wire::{Category, Message, RpcResult};
 
 /// A boxed future, as handler wrappers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Where a message came from: everything about its delivery except the body.
-#[derive(Debug, Clone, Default)]
-pub struct Metadata {
-    /// The queue it was read from.
-    pub queue: String,
-    /// The exchange it was published to (`""` for the default exchange).
-    pub exchange: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// True when the broker delivered it before without an acknowledgement.
-    pub redelivered: bool,
-    /// The AMQP application headers.
-    pub headers: FieldTable,
-    /// The queue the sender waits for an answer on, for RPC.
-    pub reply_to: Option<String>,
-    /// The sender's correlation id, copied into the answer.
-    pub correlation_id: Option<String>,
-    /// The AMQP `user_id` of the sender, when it set one; RabbitMQ checks that it is the
-    /// user the sender logged in as, so it can be trusted.
-    pub user_id: Option<String>,
-    /// Which attempt at this message this is: 1 at first, then one more for each retry of
-    /// the processor's [`RetryPolicy`](crate::RetryPolicy) (counted in the message's
-    /// `x-postage-attempt` header).
-    pub attempt: u32,
-    /// The AMQP `message_id` its sender set (every postage producer sets one). A
-    /// processor with an [inbox](crate::inbox) fills in, for a message without one, the
-    /// id [`message_id::derive`](crate::message_id::derive) gives it.
-    pub message_id: Option<String>,
-}
 
 /// The handle an RPC handler answers through, so it can reply first and keep working.
 #[derive(Debug)]

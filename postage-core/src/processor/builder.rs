@@ -339,7 +339,7 @@ impl<P: Send + Sync + 'static> ProcessorBuilder<P> {
     /// let worker = Processor::builder(&connection, Steps)
     ///     .partitions(steps.clone())
     ///     .concurrency(8)
-    ///     .ordered_by(|_message, metadata| metadata.routing_key.clone())
+    ///     .ordered_by(|_message, metadata| metadata.routing_key().to_owned())
     ///     .build()
     ///     .await?;
     /// let running = tokio::spawn(worker.run());

@@ -24,22 +24,9 @@ use crate::telemetry::{Scope, Telemetry, current_deadline, span};
 use crate::wire::{COMMAND, Category, Message, RpcResult};
 
 pub(super) fn metadata(delivery: &Delivery) -> Metadata {
-    let properties = delivery.properties();
-    Metadata {
-        queue: delivery.queue().to_owned(),
-        exchange: delivery.exchange().to_owned(),
-        routing_key: delivery.routing_key().to_owned(),
-        redelivered: delivery.redelivered(),
-        headers: properties.headers().clone().unwrap_or_default(),
-        reply_to: properties.reply_to().as_ref().map(ToString::to_string),
-        correlation_id: properties
-            .correlation_id()
-            .as_ref()
-            .map(ToString::to_string),
-        user_id: properties.user_id().as_ref().map(ToString::to_string),
-        attempt: attempt_of(properties),
-        message_id: properties.message_id().as_ref().map(ToString::to_string),
-    }
+    let (shared, queue) = delivery.shared();
+    let attempt = attempt_of(delivery.properties());
+    Metadata::new(Arc::clone(shared), Arc::clone(queue), attempt)
 }
 
 impl<P: Send + Sync + 'static> Shared<P> {
@@ -57,7 +44,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             Err(reason) => (Verdict::Reject(reason), &[][..]),
         };
         let (settle, disposition) = self.settle(delivery, verdict).await;
-        self.count(delivery.queue(), ran, disposition);
+        self.count(delivery.shared().1, ran, disposition);
         settle
     }
 
@@ -86,8 +73,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
         };
         let via = Some(delivery.channel());
         let mut metadata = metadata(delivery);
-        if self.inbox.is_some() && metadata.message_id.is_none() {
-            metadata.message_id = Some(crate::message_id::derive(
+        if self.inbox.is_some() && metadata.message_id().is_none() {
+            metadata = metadata.with_message_id(&crate::message_id::derive(
                 delivery.body(),
                 delivery.exchange(),
                 delivery.routing_key(),
@@ -98,7 +85,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
 
     /// Counts a delivery `ran` handled (none: bad input, no handler, expired) and what
     /// became of it.
-    fn count(&self, queue: &str, ran: &[Entry], disposition: &'static str) {
+    fn count(&self, queue: &Arc<str>, ran: &[Entry], disposition: &'static str) {
         let Some(telemetry) = &self.telemetry else {
             return;
         };
@@ -203,11 +190,16 @@ impl<P: Send + Sync + 'static> Shared<P> {
             return Opened::Run(None);
         };
         let handler = entry.registration;
-        let id = metadata.message_id.clone().unwrap_or_default();
-        match inbox.begin(id, entry.label.clone()).await {
+        let id = metadata.message_id().unwrap_or_default().to_owned();
+        match inbox.begin(id, entry.label.to_string()).await {
             Ok(Some(unit)) => Opened::Run(Some(unit)),
             Ok(None) => {
-                tracing::debug!(handler = handler.method, message_id = metadata.message_id.as_deref().unwrap_or(""), queue = %metadata.queue, "handled before (inbox); acknowledging");
+                tracing::debug!(
+                    handler = handler.method,
+                    message_id = metadata.message_id().unwrap_or(""),
+                    queue = metadata.queue(),
+                    "handled before (inbox); acknowledging"
+                );
                 Opened::HandledBefore
             }
             Err(error) => {
@@ -233,7 +225,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             return Verdict::Ack;
         }
         let entry = self.table.rpc_handler(&message.name);
-        let Some(reply_to) = metadata.reply_to.clone() else {
+        let Some(reply_to) = metadata.reply_to() else {
             if entry.is_none() {
                 tracing::debug!(name = %message.name, "no RPC handler, nor anyone to tell; acknowledging");
                 return Verdict::Ack;
@@ -241,8 +233,8 @@ impl<P: Send + Sync + 'static> Shared<P> {
             tracing::warn!(name = %message.name, "rejecting an RPC call without reply_to");
             return Verdict::Reject(format!("RPC call {:?} without reply_to", message.name));
         };
-        let to = ReturnAddress::new(reply_to, metadata.correlation_id.as_deref());
-        let beats = progress::requested(&metadata.headers);
+        let to = ReturnAddress::new(reply_to.to_owned(), metadata.correlation_id());
+        let beats = progress::requested(metadata.headers());
         let sender: Arc<dyn ReplySender> = Arc::new(ChannelReply {
             answers: self.answers.clone(),
             via: via.cloned(),
@@ -253,14 +245,14 @@ impl<P: Send + Sync + 'static> Shared<P> {
         });
         let Some(entry) = entry else {
             let text = format!("no RPC handler for command {:?} here", message.name);
-            tracing::warn!(name = %message.name, correlation_id = metadata.correlation_id.as_deref().unwrap_or("<none>"), "answering an RPC call no handler serves with an error");
+            tracing::warn!(name = %message.name, correlation_id = metadata.correlation_id().unwrap_or("<none>"), "answering an RPC call no handler serves with an error");
             if let Err(error) = sender.send(RpcResult::error(text)).await {
                 tracing::warn!(%error, name = %message.name, "could not send the RPC answer");
             }
             return Verdict::Ack;
         };
         let handler = entry.registration;
-        let correlation_id = metadata.correlation_id.clone();
+        let correlation_id = metadata.correlation_id().map(str::to_owned);
         let sent = Arc::new(AtomicBool::new(false));
         let reply = Reply {
             sender: Arc::clone(&sender),

@@ -31,8 +31,8 @@ pub(super) struct Entry {
     pub(super) registration: &'static HandlerRegistration,
     pub(super) state: Arc<dyn Any + Send + Sync>,
     /// The handler as metrics and the inbox name it, `Processor::method`: formatted once
-    /// here, not per delivery.
-    pub(super) label: String,
+    /// here, and shared by every delivery's metrics.
+    pub(super) label: Arc<str>,
 }
 
 /// The handlers a processor serves, by message.
@@ -65,7 +65,7 @@ impl HandlerTable {
             let entry = Entry {
                 registration,
                 state: Arc::clone(&set.state),
-                label: format!("{}::{}", registration.processor_name, registration.method),
+                label: format!("{}::{}", registration.processor_name, registration.method).into(),
             };
             match registration.category {
                 Category::Message => table

@@ -105,11 +105,11 @@ impl<P: Send + Sync + 'static> TestProcessor<P> {
     /// Handles `message` delivered with `metadata` (its `attempt`, `user_id`, headers...;
     /// an RPC call without `reply_to` gets one).
     pub async fn send_with(&self, message: Message, mut metadata: Metadata) -> Handled {
-        metadata.attempt = metadata.attempt.max(1);
-        if message.category == crate::wire::Category::Rpc && metadata.reply_to.is_none() {
-            metadata.reply_to = Some("test-reply".to_owned());
+        let attempt = metadata.attempt().max(1);
+        metadata = metadata.with_attempt(attempt);
+        if message.category == crate::wire::Category::Rpc && metadata.reply_to().is_none() {
+            metadata = metadata.with_reply_to("test-reply");
         }
-        let attempt = metadata.attempt;
         let _turn = self.turn.lock().await;
         let verdict = self.shared.dispatch_with(message, metadata, None).await;
         self.handled(verdict, attempt)

@@ -12,6 +12,7 @@
 //! | `postage_connections` | `state` | connections by state: `connected`, `blocked`, `reconnecting` |
 
 use std::fmt;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,17 +25,22 @@ use prometheus_client::registry::Registry;
 use crate::connection::LinkState;
 use crate::sync::Locked;
 
+/// Labels a processor formats once and shares (a queue's name, a handler's), so a
+/// delivery's metrics cost no copies.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
-    queue: String,
-    handler: String,
+    queue: Arc<str>,
+    handler: Arc<str>,
     disposition: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandlerLabels {
-    handler: String,
+    handler: Arc<str>,
 }
+
+/// The `handler` label of a delivery no handler ran on.
+static NO_HANDLER: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("none"));
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -137,21 +143,26 @@ impl Metrics {
     }
 
     /// Counts a delivery `handler` ran on (`None`: none did) and what became of it.
-    pub(crate) fn delivery(&self, queue: &str, handler: Option<&str>, disposition: &'static str) {
+    pub(crate) fn delivery(
+        &self,
+        queue: &Arc<str>,
+        handler: Option<&Arc<str>>,
+        disposition: &'static str,
+    ) {
         self.deliveries
             .get_or_create(&DeliveryLabels {
-                queue: queue.to_owned(),
-                handler: handler.unwrap_or("none").to_owned(),
+                queue: Arc::clone(queue),
+                handler: Arc::clone(handler.unwrap_or(&NO_HANDLER)),
                 disposition,
             })
             .inc();
     }
 
     /// Records how long a run of `handler` took.
-    pub(crate) fn handler_run(&self, handler: &str, took: Duration) {
+    pub(crate) fn handler_run(&self, handler: &Arc<str>, took: Duration) {
         self.handler_duration
             .get_or_create(&HandlerLabels {
-                handler: handler.to_owned(),
+                handler: Arc::clone(handler),
             })
             .observe(took.as_secs_f64());
     }

@@ -1,17 +1,19 @@
-//! Postage's JSON bodies written straight from borrowed parts, and RPC answers read
-//! straight into the caller's type: what [`Message::to_json`](crate::Message::to_json)
-//! and [`Message::from_json`](crate::Message::from_json) give, without a
-//! `serde_json::Value` tree, a copied fingerprint or a second decoding pass in between.
-//! Used only with the default [`JsonEncoder`](crate::JsonEncoder).
+//! Postage's JSON bodies written straight from borrowed parts, RPC answers read straight
+//! into the caller's type, and messages read with their content kept as text: what
+//! [`Message::to_json`](crate::Message::to_json) and
+//! [`Message::from_json`](crate::Message::from_json) give, without a `serde_json::Value`
+//! tree, a copied fingerprint or a second decoding pass in between. Used only with the
+//! default [`JsonEncoder`](crate::JsonEncoder).
 
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-use serde_json::Value;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::wire::Fingerprint;
-use crate::wire::{COMMAND, Category, NONE, RESULT, RpcResult, VERSION};
+use crate::wire::{COMMAND, Category, Message, NONE, RESULT, RpcResult, VERSION};
+use crate::wire::{Content, Fingerprint};
 
 /// A command as [`Message::command`](crate::Message::command) builds it, borrowed.
 #[derive(Serialize)]
@@ -189,6 +191,53 @@ pub(crate) fn success<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
     serde_json::from_slice::<Answer<T>>(body)
         .ok()
         .map(|answer| answer.content.value)
+}
+
+/// A [`Message`] as it arrives, its content borrowed as text: the same keys and
+/// defaults as `Message`'s own.
+#[derive(Deserialize)]
+struct Received<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    category: Category,
+    #[serde(default = "version")]
+    version: String,
+    #[serde(default = "Fingerprint::blank")]
+    fingerprint: Fingerprint,
+    /// `Some` whenever the key is there, `null` included (which is not an object).
+    #[serde(borrow, default, deserialize_with = "some")]
+    content: Option<&'a RawValue>,
+    #[serde(rename = "_reserved", default)]
+    reserved: Map<String, Value>,
+}
+
+/// Reads `text` as a message whose content is kept as its text; the body must be one
+/// that [`fits`](super::content::fits), so the content reads into a `Value` when asked.
+pub(crate) fn received(text: &str) -> serde_json::Result<Message> {
+    let received: Received<'_> = serde_json::from_str(text)?;
+    Ok(Message {
+        kind: received.kind,
+        name: received.name,
+        category: received.category,
+        version: received.version,
+        fingerprint: received.fingerprint,
+        content: match received.content {
+            Some(content) => Content::received(content.get()),
+            None => Value::Object(Map::new()).into(),
+        },
+        reserved: received.reserved,
+    })
+}
+
+fn version() -> String {
+    VERSION.to_owned()
+}
+
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::wire::Fingerprint;
+use crate::wire::{Content, Fingerprint, content, json};
 
 /// The message format version Postage 1.x writes.
 pub const VERSION: &str = "2";
@@ -48,7 +48,8 @@ pub const NONE: &str = "none";
 /// Build one with [`Message::command`], [`Message::rpc_command`], [`Message::status`],
 /// [`Message::result`] or [`Message::generic`]; read its payload with
 /// [`Message::parameters`] or [`Message::content_as`]. Unknown keys a sender adds are
-/// ignored.
+/// ignored. A message read from a body keeps its content as the JSON text it came in
+/// (see [`Content`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// The message type: `command`, `status`, `result`, `none`, or one of your own.
@@ -64,9 +65,10 @@ pub struct Message {
     /// Who sent the message.
     #[serde(default = "Fingerprint::blank")]
     pub fingerprint: Fingerprint,
-    /// The payload; its shape depends on the kind of message.
-    #[serde(default = "empty_object")]
-    pub content: Value,
+    /// The payload; its shape depends on the kind of message. Reads as a
+    /// `serde_json::Value`.
+    #[serde(default = "empty_content")]
+    pub content: Content,
     /// Reserved for future use; Postage 1.x sends it empty.
     #[serde(rename = "_reserved", default)]
     pub reserved: Map<String, Value>,
@@ -78,6 +80,10 @@ fn version() -> String {
 
 fn empty_object() -> Value {
     Value::Object(Map::new())
+}
+
+fn empty_content() -> Content {
+    empty_object().into()
 }
 
 impl Message {
@@ -95,7 +101,7 @@ impl Message {
             category,
             version: version(),
             fingerprint: Fingerprint::blank(),
-            content,
+            content: content.into(),
             reserved: Map::new(),
         }
     }
@@ -164,15 +170,17 @@ impl Message {
 
     /// The `parameters` of a command decoded into `T`.
     pub fn parameters<T: DeserializeOwned>(&self) -> Result<T> {
-        T::deserialize(self.raw_parameters()).map_err(|source| Error::Payload {
-            what: format!("parameters of {} {:?}", self.kind, self.name),
-            source,
-        })
+        self.content
+            .decode(Some("parameters"))
+            .map_err(|source| Error::Payload {
+                what: format!("parameters of {} {:?}", self.kind, self.name),
+                source,
+            })
     }
 
     /// The whole `content` decoded into `T`.
     pub fn content_as<T: DeserializeOwned>(&self) -> Result<T> {
-        T::deserialize(&self.content).map_err(|source| Error::Payload {
+        self.content.decode(None).map_err(|source| Error::Payload {
             what: format!("content of {} {:?}", self.kind, self.name),
             source,
         })
@@ -186,15 +194,19 @@ impl Message {
 
     /// Reads a body as a Postage message. Anything that is not a JSON object with string
     /// `type` and `name`, a known `category` and an object `content` is refused with a
-    /// reason.
+    /// reason. The content is kept as its text, unless the body holds a value a
+    /// `serde_json::Value` might not (nested very deep, a number past an `f64`): such a
+    /// body is read into a `Value` at once, and refused if it does not read.
     pub fn from_json(body: &[u8]) -> Result<Self> {
-        if let Err(e) = std::str::from_utf8(body) {
-            return Err(Error::MalformedMessage(format!(
-                "body is not UTF-8 text: {e}"
-            )));
-        }
-        let message: Self = serde_json::from_slice(body)
-            .map_err(|e| Error::MalformedMessage(format!("not a Postage message: {e}")))?;
+        let text = std::str::from_utf8(body)
+            .map_err(|e| Error::MalformedMessage(format!("body is not UTF-8 text: {e}")))?;
+        let read = if content::fits(body) {
+            json::received(text)
+        } else {
+            serde_json::from_str(text)
+        };
+        let message: Self =
+            read.map_err(|e| Error::MalformedMessage(format!("not a Postage message: {e}")))?;
         if !message.content.is_object() {
             return Err(Error::MalformedMessage(format!(
                 "content of {} {:?} is not an object",

@@ -4,11 +4,13 @@
 //! Everything here is plain data and pure functions, with no broker in sight; the
 //! contract it follows is `postage-wire.md`.
 
+pub(crate) mod content;
 mod encoder;
 mod fingerprint;
 pub(crate) mod json;
 mod message;
 
+pub use self::content::Content;
 pub use self::encoder::{Encoder, JsonEncoder};
 pub use self::fingerprint::Fingerprint;
 pub use self::message::{COMMAND, Category, Message, NONE, RESULT, RpcResult, STATUS, VERSION};

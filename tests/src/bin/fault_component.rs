@@ -57,10 +57,10 @@ struct Worker;
 impl Worker {
     #[message_handler("command", "work")]
     async fn work(&self, job: Job, metadata: &Metadata) -> Result<(), HandlerError> {
-        if job.hold_ms > 0 && metadata.attempt == 1 && !metadata.redelivered {
+        if job.hold_ms > 0 && metadata.attempt() == 1 && !metadata.redelivered() {
             tokio::time::sleep(Duration::from_millis(job.hold_ms)).await;
         }
-        if job.id.is_multiple_of(7) && metadata.attempt == 1 {
+        if job.id.is_multiple_of(7) && metadata.attempt() == 1 {
             return Err(HandlerError::error("every seventh job fails once"));
         }
         say(format!("handled {}", job.id));

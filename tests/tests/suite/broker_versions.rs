@@ -237,7 +237,7 @@ impl Slow {
             .iter()
             .any(|(seen, _)| *seen == id);
         let slow = first && id == "slow";
-        self.seen.lock().unwrap().push((id, metadata.redelivered));
+        self.seen.lock().unwrap().push((id, metadata.redelivered()));
         if slow {
             tokio::time::sleep(self.pause).await;
         }
@@ -448,7 +448,7 @@ async fn direct_reply_to_answers_and_an_answer_to_a_caller_gone_harms_nothing() 
 /// An integer header the broker sets on a delivery, as a number.
 fn count_header(metadata: &Metadata, key: &str) -> Option<i64> {
     use postage_core::lapin::types::AMQPValue;
-    match metadata.headers.inner().get(key)? {
+    match metadata.header(key)? {
         AMQPValue::LongLongInt(n) => Some(*n),
         AMQPValue::LongInt(n) => Some(i64::from(*n)),
         AMQPValue::LongUInt(n) => Some(i64::from(*n)),

@@ -31,10 +31,13 @@ struct Notes {
 impl Notes {
     #[message_handler("command", "note")]
     async fn note(&self, text: String, metadata: &Metadata) {
-        if text.starts_with("slow") && !metadata.redelivered {
+        if text.starts_with("slow") && !metadata.redelivered() {
             tokio::time::sleep(Duration::from_secs(4)).await;
         }
-        self.seen.lock().unwrap().push((text, metadata.redelivered));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((text, metadata.redelivered()));
     }
 
     #[rpc_handler("command", "echo")]

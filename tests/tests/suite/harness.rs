@@ -20,7 +20,7 @@ struct Restock {
 }
 
 fn needs_user(message: Message, metadata: &Metadata) -> Filtered {
-    match metadata.user_id {
+    match metadata.user_id() {
         Some(_) => Filtered::Pass(message),
         None => Filtered::Reject("no user_id".into()),
     }
@@ -67,10 +67,7 @@ impl Clerk {
 }
 
 fn with_user() -> Metadata {
-    Metadata {
-        user_id: Some("guest".into()),
-        ..Metadata::default()
-    }
+    Metadata::default().with_user_id("guest")
 }
 
 #[tokio::test]
@@ -108,13 +105,7 @@ async fn a_test_processor_settles_and_answers_without_a_broker() {
         Disposition::Retry(Some(Duration::from_secs(1)))
     );
     let last = shop
-        .send_with(
-            restock(0),
-            Metadata {
-                attempt: 3,
-                ..with_user()
-            },
-        )
+        .send_with(restock(0), with_user().with_attempt(3))
         .await;
     assert_eq!(last.disposition, Disposition::Reject);
     assert_eq!(
@@ -202,10 +193,7 @@ async fn a_test_processor_answers_as_the_processor_on_the_broker() {
     // The metadata a test gives is what a handler would see.
     let mut headers = FieldTable::default();
     headers.insert("x-trace".into(), AMQPValue::LongString("t".into()));
-    let traced = Metadata {
-        headers,
-        ..with_user()
-    };
+    let traced = with_user().with_headers(headers);
     let handled = shop
         .send_with(
             Message::command("restock", json!({"sku": "apple", "n": 1})).unwrap(),

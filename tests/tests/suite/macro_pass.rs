@@ -42,7 +42,7 @@ impl Calculator {
     #[message_handler("command", "greet")]
     async fn greet(&self, greeting: Greeting, metadata: &Metadata) -> Result<(), String> {
         if greeting.text.is_empty() {
-            return Err(format!("empty greeting on {}", metadata.routing_key));
+            return Err(format!("empty greeting on {}", metadata.routing_key()));
         }
         Ok(())
     }
@@ -78,7 +78,7 @@ mod more_handlers {
             n: i64,
             reply: Reply,
         ) -> Result<(), postage_core::HandlerError> {
-            let _ = &metadata.queue;
+            let _ = metadata.queue();
             reply.success(n * n).await?;
             Ok(())
         }
@@ -153,10 +153,7 @@ fn registration(name: &str) -> &'static HandlerRegistration {
 }
 
 fn call(message: Message) -> HandlerCall {
-    let metadata = Metadata {
-        routing_key: "calc-rk".to_owned(),
-        ..Metadata::default()
-    };
+    let metadata = Metadata::default().with_routing_key("calc-rk");
     HandlerCall {
         message,
         metadata,
@@ -387,7 +384,7 @@ impl Inventory {
             return Err(format!(
                 "{} may not restock {sku} via {}",
                 user.get().unwrap_or("nobody"),
-                metadata.routing_key
+                metadata.routing_key()
             ));
         }
         assert_eq!(deadline.remaining(), None, "no timeout here");
@@ -448,7 +445,7 @@ async fn arguments_are_recognised_by_type_in_any_order() {
         other => panic!("expected a failure, got {other:?}"),
     }
     let mut by_ops = call(message());
-    by_ops.metadata.user_id = Some("ops".into());
+    by_ops.metadata = by_ops.metadata.with_user_id("ops");
     assert!(matches!(
         (restock.call)(Arc::new(Inventory), by_ops).await,
         Outcome::Done

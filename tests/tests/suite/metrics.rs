@@ -38,7 +38,7 @@ impl Counted {
     #[message_handler("command", "flaky")]
     fn flaky(&self, metadata: &Metadata) -> Result<(), String> {
         self.flaky.fetch_add(1, Ordering::SeqCst);
-        if metadata.attempt == 1 {
+        if metadata.attempt() == 1 {
             return Err("the first attempt fails".into());
         }
         Ok(())

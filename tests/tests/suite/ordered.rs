@@ -54,13 +54,13 @@ impl Recorder {
     async fn step(&self, step: Step, metadata: &Metadata) -> Result<(), HandlerError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.note((step.key, step.seq, metadata.attempt, true));
+        self.note((step.key, step.seq, metadata.attempt(), true));
         tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=5_000))).await;
         let outcome = match step.then.as_deref() {
             Some("requeue") if self.requeued.lock().unwrap().insert((step.key, step.seq)) => {
                 Err(HandlerError::error("asks for a requeue").requeue())
             }
-            Some("retry") if metadata.attempt == 1 => {
+            Some("retry") if metadata.attempt() == 1 => {
                 Err(HandlerError::error("fails once").retry_after(Duration::from_millis(200)))
             }
             Some("hold") => match self.gate.acquire().await {
@@ -69,7 +69,7 @@ impl Recorder {
             },
             _ => Ok(()),
         };
-        self.note((step.key, step.seq, metadata.attempt, false));
+        self.note((step.key, step.seq, metadata.attempt(), false));
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         outcome
     }
@@ -523,7 +523,7 @@ async fn member(
     )
     .partitions(partitions.clone())
     .concurrency(4)
-    .ordered_by(|_, metadata| metadata.routing_key.clone())
+    .ordered_by(|_, metadata| metadata.routing_key().to_owned())
     .build()
     .await
     .unwrap();

@@ -66,7 +66,7 @@ fn reject_bad(message: Message) -> Filtered {
 
 /// A filter of the message and its metadata: only senders that say who they are.
 fn needs_user(message: Message, metadata: &Metadata) -> Filtered {
-    match metadata.user_id {
+    match metadata.user_id() {
         Some(_) => Filtered::Pass(message),
         None => Filtered::Reject("no user_id".into()),
     }
@@ -83,7 +83,7 @@ impl Probe {
         self.note(format!(
             "audit {} user={}",
             message.name,
-            metadata.user_id.as_deref().unwrap_or("<none>")
+            metadata.user_id().unwrap_or("<none>")
         ));
         Filtered::Pass(message)
     }
@@ -108,7 +108,7 @@ impl Probe {
 
     #[message_handler("command", "twice")]
     async fn second(&self, text: String, metadata: &Metadata) {
-        self.note(format!("second {text} via {}", metadata.routing_key));
+        self.note(format!("second {text} via {}", metadata.routing_key()));
     }
 
     #[message_handler("command", "body", full_body)]
@@ -137,7 +137,7 @@ impl Probe {
 
     #[message_handler("status", "online")]
     fn online(&self, _content: Value, metadata: &Metadata) {
-        self.note(format!("online redelivered={}", metadata.redelivered));
+        self.note(format!("online redelivered={}", metadata.redelivered()));
     }
 
     #[message_handler("command", "slow")]

@@ -44,7 +44,7 @@ struct Worker {
 impl Worker {
     #[message_handler("command", "work")]
     fn work(&self, job: Job, metadata: &Metadata) -> Result<Disposition, HandlerError> {
-        let _ = self.seen.send((job.id, metadata.attempt, Instant::now()));
+        let _ = self.seen.send((job.id, metadata.attempt(), Instant::now()));
         if job.id == 3 {
             return Err(HandlerError::error("no such job").reject());
         }
@@ -56,22 +56,23 @@ impl Worker {
             }
             return Ok(Disposition::Ack);
         }
-        if job.id == 5 && metadata.attempt == 1 {
+        if job.id == 5 && metadata.attempt() == 1 {
             return Err(HandlerError::error("busy").retry_after(Duration::from_millis(700)));
         }
         match self.fails {
-            Some(fails) if metadata.attempt > fails => Ok(Disposition::Ack),
+            Some(fails) if metadata.attempt() > fails => Ok(Disposition::Ack),
             _ => Err(HandlerError::error(format!(
                 "job {} failed at attempt {}",
-                job.id, metadata.attempt
+                job.id,
+                metadata.attempt()
             ))),
         }
     }
 
     #[message_handler("command", "sleepy", timeout = "300ms")]
     async fn sleepy(&self, job: Job, metadata: &Metadata) {
-        let _ = self.seen.send((job.id, metadata.attempt, Instant::now()));
-        if metadata.attempt == 1 {
+        let _ = self.seen.send((job.id, metadata.attempt(), Instant::now()));
+        if metadata.attempt() == 1 {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     }
