@@ -265,16 +265,20 @@ pub(crate) fn fits(body: &[u8]) -> bool {
     true
 }
 
-/// Where the string whose text starts at `at` ends: its closing quote.
+/// Where the string whose text starts at `at` ends: its closing quote (found with
+/// memchr: a payload's long strings are most of its bytes).
 fn string_end(body: &[u8], mut at: usize) -> usize {
-    while let Some(&byte) = body.get(at) {
-        match byte {
-            b'\\' => at += 2,
+    while let Some(found) = body
+        .get(at..)
+        .and_then(|rest| memchr::memchr2(b'\\', b'"', rest))
+    {
+        at += found;
+        match body[at] {
             b'"' => return at,
-            _ => at += 1,
+            _ => at += 2,
         }
     }
-    at
+    body.len()
 }
 
 /// The end of the number starting at `at`, and its magnitude: digits before the point
