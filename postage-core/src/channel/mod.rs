@@ -42,7 +42,7 @@ pub struct QueueState {
 ///
 /// Every [`publish`](Channel::publish) returns once the message is queued on its
 /// connection, in order with the channel's other frames (waiting only while more than
-/// 1 MiB is queued there), with a [`Tracker`] for the broker's confirm. [`close`](Channel::close) waits for the
+/// 256 KiB is queued there), with a [`Tracker`] for the broker's confirm. [`close`](Channel::close) waits for the
 /// confirm of every publish that started before it, so that when it returns every message
 /// is in its queues: lapin's own close does not promise that (see the method).
 ///
@@ -224,7 +224,7 @@ impl Channel {
     /// Publishes `envelope` to `exchange` (`""`: the default exchange, which routes to
     /// the queue named `routing_key`; `amq.direct`, `amq.fanout`, `amq.topic`... need no
     /// declaration). Returns once the message is queued on the connection (waiting only
-    /// while more than 1 MiB is queued there, as under a memory alarm), with a
+    /// while more than 256 KiB is queued there, as under a memory alarm), with a
     /// [`Tracker`] of the broker's confirm; a publish after [`close`](Self::close)
     /// began is [`Error::Closed`].
     pub async fn publish(

@@ -16,12 +16,13 @@ use crate::wire::{Encoder, JsonEncoder};
 use crate::wire::{Message, RpcResult};
 
 /// Publishes an RPC answer to the caller's `reply_to` queue through the default exchange,
-/// on the channel its request came on, as a raw server does: one connection (and lapin
-/// I/O thread) fewer on every call's way than the publishing connection, which measured
-/// 10-20% of RPC throughput here. A resource alarm that holds an answer back so holds
-/// that channel's acknowledgements until it clears; the messages a handler sends itself
-/// still go on the publishing connection. Without a channel (a test's harness), the
-/// processor's producer sends it (a recording one in a test).
+/// on the channel its request came on, as a raw server does: one connection fewer on
+/// every call's way than the publishing connection, which measured 10-20% of RPC
+/// throughput here (with lapin's I/O then on a thread a connection). A resource alarm
+/// that holds an answer back so holds that channel's acknowledgements until it clears;
+/// the messages a handler sends itself still go on the publishing connection. Without a
+/// channel (a test's harness), the processor's producer sends it (a recording one in a
+/// test).
 #[derive(Debug)]
 pub(super) struct ChannelReply {
     pub(super) answers: Producer,
