@@ -98,6 +98,9 @@ pub use schemars;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::asyncapi::schema::{OpenSchema, ResultSchema, SchemaProbe, TypedSchema};
+    /// The bytes of publishes a connection queues before a publish waits: the benchmark
+    /// gives its raw lapin side the same.
+    pub use crate::connection::dial::PUBLISH_BACKLOG;
     pub use crate::handler::{
         BoxFuture, CallParts, FilterResult, Filtered, FreeFilter, FromCall, HandlerCall,
         HandlerRegistration, MessageOutcome, Outcome, Probe, RawKind, RepliedOutcome, ResultKind,

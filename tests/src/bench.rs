@@ -2,6 +2,7 @@
 //! the Postage wire format written and read by hand with serde, as a raw lapin program
 //! would, so the baselines send and read the very bodies postage does.
 
+use postage_core::__private::PUBLISH_BACKLOG;
 use serde::{Deserialize, Serialize};
 
 /// The payload every benchmark message carries.
@@ -213,14 +214,14 @@ pub fn broker_url() -> String {
 
 /// The raw lapin side's connection properties: stock lapin's behaviour unless
 /// `POSTAGE_BENCH_LAPIN` asks for the patched lapin's opt-ins (patches/README.md):
-/// `queued` (publishes return once queued, 256 KiB backlog, as postage's) or `task`
+/// `queued` (publishes return once queued, with postage's backlog) or `task`
 /// (that and the I/O loop as a task on the runtime, as postage's connections have both).
 pub fn raw_lapin_properties() -> postage_core::lapin::ConnectionProperties {
     let properties = postage_core::lapin::ConnectionProperties::default();
     match std::env::var("POSTAGE_BENCH_LAPIN").as_deref() {
-        Ok("queued") => properties.with_queued_publishes(256 << 10),
+        Ok("queued") => properties.with_queued_publishes(PUBLISH_BACKLOG),
         Ok("task") => properties
-            .with_queued_publishes(256 << 10)
+            .with_queued_publishes(PUBLISH_BACKLOG)
             .with_io_loop_task(true),
         Ok("" | "stock") | Err(_) => properties,
         Ok(other) => panic!("POSTAGE_BENCH_LAPIN is stock, queued or task, not {other}"),

@@ -55,7 +55,7 @@ pub(super) enum Refusal {
 /// A larger backlog published no faster here and held more with 10,000 RPC calls in
 /// flight, their requests waiting as frames (the benchmark's memory figure: 8 MiB 24.3
 /// MiB, 1 MiB 21.7, 256 KiB 17.1).
-const PUBLISH_BACKLOG: usize = 256 << 10;
+pub const PUBLISH_BACKLOG: usize = 256 << 10;
 
 /// Opens one AMQP connection to `host`, within [`Config::connection_timeout`].
 pub(super) async fn open(

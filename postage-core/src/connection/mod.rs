@@ -1,7 +1,7 @@
 //! One connection to RabbitMQ, shared by every producer and consumer of a process.
 
 mod declare;
-mod dial;
+pub(crate) mod dial;
 mod lease;
 mod live;
 mod runtime;

@@ -266,8 +266,8 @@ fn resident_bytes() -> u64 {
 }
 
 /// Under a memory alarm a fire-and-forget producer's publishes queue on its connection
-/// up to the backlog bound (256 KiB, `connection/dial.rs`) and return; past it they wait, and end with
-/// `Error::Blocked` within their timeout, leaving nothing queued: 64 tasks offering 1 MiB
+/// up to the backlog bound (256 KiB, `connection/dial.rs`) and return; past it they
+/// wait, and end with `Error::Blocked` within their timeout, leaving nothing queued: 64 tasks offering 1 MiB
 /// messages for 4 s (some 800 MiB) leave resident memory within the bound plus a message
 /// a task and a constant. Once the alarm clears, exactly what returned `Ok` goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
