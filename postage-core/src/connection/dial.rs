@@ -3,7 +3,12 @@
 
 use std::sync::Arc;
 
+use async_rs::traits::Reactor;
+use async_rs::util::SocketAddrs;
+use async_rs::{Tokio, TokioRuntime};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::{AsyncTcpStream, OwnedTLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{ConnectionProperties, ErrorKind};
 
 use super::Link;
@@ -74,14 +79,18 @@ pub(super) async fn open(
     let tls = if config.tls {
         config.tls_config().map_err(Refusal::Final)?
     } else {
-        lapin::tcp::OwnedTLSConfig::default()
+        OwnedTLSConfig::default()
     };
     let runtime = lapin_runtime().map_err(Refusal::Final)?;
     // lapin bounds neither the TCP connect nor the AMQP handshake: a frozen broker (its
     // kernel still accepts connections) would hold the dial, and every host after it,
     // forever.
-    let connect =
-        lapin::Connection::connect_uri_with_config(config.amqp_uri(host), properties, tls, runtime);
+    let connect = lapin::Connection::task_connector(
+        config.amqp_uri(host),
+        runtime,
+        move |uri, runtime| stream(uri, runtime, tls.clone()),
+        properties,
+    );
     match tokio::time::timeout(config.connection_timeout, connect).await {
         Err(_) => Err(Refusal::Next(format!(
             "no answer within {:?}",
@@ -90,6 +99,28 @@ pub(super) async fn open(
         Ok(Ok(amqp)) => Ok(amqp),
         Ok(Err(error)) => Err(refusal(config, host, &error)),
     }
+}
+
+/// Opens the socket of a connection to `uri`, TLS on it when the scheme asks, as lapin's
+/// own connector does, but with the host resolved by tokio: when the runtime ends during
+/// a resolution (an application stopping while a connection is being dialled, as after a
+/// refused start with the publishing connection on its way), tokio's resolver fails
+/// with an error where lapin's (async-rs's) panicked on the runtime's thread, its trace
+/// on the user's terminal.
+async fn stream(
+    uri: AMQPUri,
+    runtime: TokioRuntime,
+    tls: OwnedTLSConfig,
+) -> lapin::Result<AsyncTcpStream<<Tokio as Reactor>::TcpStream>> {
+    let host = &uri.authority.host;
+    let addresses: Vec<_> = tokio::net::lookup_host((host.as_str(), uri.authority.port))
+        .await?
+        .collect();
+    let stream = AsyncTcpStream::connect(&runtime, SocketAddrs(addresses)).await?;
+    Ok(match uri.scheme {
+        AMQPScheme::AMQP => stream,
+        AMQPScheme::AMQPS => stream.into_tls(host, tls.as_ref()).await?,
+    })
 }
 
 /// Sorts a failed connection attempt: a refused login or virtual host is final.

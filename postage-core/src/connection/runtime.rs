@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 /// a close that must outlive its caller. (With lapin's I/O on threads of its own, postage
 /// ran every connection here: an I/O thread (re)connecting or closing as the
 /// application's runtime shut down found its task cancelled and panicked. An I/O loop
-/// that is a task just ends with its runtime.)
+/// that is a task ends with its runtime, its host resolved by tokio: see `dial::stream`.)
 pub(super) fn own_runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| {

@@ -21,6 +21,9 @@
 //! - `fault_component messenger NAME`: a Messenger receiving from the durable queue
 //!   NAME; prints `received ID` for each message, then accepts it;
 //! - `fault_component app NAME [GROUP]`: a GenericApplication named NAME, in GROUP;
+//! - `fault_component dialling NAME US`: four connections named NAME dialled on tasks of
+//!   their own, the program ending US microseconds later, most likely while they are
+//!   being opened; prints nothing;
 //! - `fault_component ordered NAME`: a processor on the durable single-active-consumer
 //!   queue NAME (exchange NAME, key `step`), 8 steps at once in order per key; for each
 //!   `step` `{"key": K, "seq": S}` it sleeps 0-5 ms at random and prints `handled K S`.
@@ -146,6 +149,16 @@ async fn main() -> postage_core::Result<()> {
     let number =
         |i: usize, default: u64| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(default);
     let count = number(2, 0);
+    if kind == "dialling" {
+        let mut config = postage_core::Config::from_env()?;
+        config.connection_name = Some(name);
+        for _ in 0..4 {
+            let config = config.clone();
+            tokio::spawn(async move { Connection::connect(&config).await });
+        }
+        tokio::time::sleep(Duration::from_micros(count)).await;
+        return Ok(());
+    }
     // A count of 0: until standard input closes.
     let (count, stop) = if count == 0 {
         (u64::MAX, stop_on_eof())

@@ -255,3 +255,21 @@ fn kill(signal: &str, child: &std::process::Child) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A program that ends while its connections are being dialled (a refused start, with the
+/// publishing connection on its way) ends quietly. lapin's resolver panicked on the
+/// runtime's thread when the runtime ended during a resolution, its trace on the
+/// terminal, about one run in ten here.
+#[test]
+fn a_program_ending_while_it_dials_prints_nothing() {
+    for delay_us in [0, 300, 1_000, 3_000].repeat(15) {
+        let output = Command::new(env!("CARGO_BIN_EXE_fault_component"))
+            .args(["dialling", &unique("dialling"), &delay_us.to_string()])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("fault_component runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "ended {delay_us} µs in: {stderr}");
+        assert_eq!(stderr, "", "ended {delay_us} µs in");
+    }
+}
