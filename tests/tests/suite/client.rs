@@ -181,8 +181,11 @@ async fn the_simple_client_calls_a_bare_lapin_server() {
         .await
         .unwrap();
     // A server as any AMQP tutorial writes it: answer to reply_to, copy correlation_id.
+    // It serves the test's two requests and ends, so that its last acknowledgement is
+    // written before the test closes its connection.
     let server = tokio::spawn(async move {
-        while let Some(Ok(delivery)) = requests.next().await {
+        for _ in 0..2 {
+            let delivery = requests.next().await.unwrap().unwrap();
             let body: Value = serde_json::from_slice(&delivery.data).unwrap();
             let sum = body["a"].as_i64().unwrap() + body["b"].as_i64().unwrap();
             let reply_to = delivery.properties.reply_to().clone().unwrap();
@@ -218,9 +221,9 @@ async fn the_simple_client_calls_a_bare_lapin_server() {
         .unwrap();
     assert_eq!(answer, Some(json!({"sum": 42})));
 
+    server.await.unwrap();
     transport.close().await.unwrap();
     bare.close(200, "done".into()).await.unwrap();
-    server.await.unwrap();
 }
 
 #[tokio::test]
