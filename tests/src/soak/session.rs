@@ -64,8 +64,10 @@ impl Session {
         }
     }
 
-    /// Faults drawn from `draw` for `duration` under the fleet's traffic, then each healed
-    /// and recovered from (or given up on after [`RECOVERY_BOUND`]).
+    /// Faults drawn from `draw` for `duration` under the fleet's traffic (longer while a
+    /// kind has yet to be injected, by at most a minute: long faults on a node can fill a
+    /// short soak), then each healed and recovered from (or given up on after
+    /// [`RECOVERY_BOUND`]).
     pub(super) async fn faults(&mut self, draw: &mut Draw, duration: Duration) {
         self.began = Instant::now();
         let end = self.began + duration;
@@ -74,7 +76,8 @@ impl Session {
         loop {
             let now = Instant::now();
             self.read();
-            let ending = now >= end;
+            let ending =
+                now >= end && (self.every_kind_injected() || now >= end + Duration::from_secs(60));
             self.step_faults(ending).await;
             self.memory.sample(&self.fleet, now - self.began, false);
             if !ending && now >= next_fault {
@@ -263,6 +266,13 @@ impl Session {
                 ),
             }
         }
+    }
+
+    /// Whether every kind of fault has been injected at least once.
+    fn every_kind_injected(&self) -> bool {
+        Kind::ALL
+            .iter()
+            .all(|kind| self.faults.iter().any(|fault| fault.kind == *kind))
     }
 
     /// Injects the next fault the draw allows beside those not over yet.
