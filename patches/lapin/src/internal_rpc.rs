@@ -488,7 +488,17 @@ impl<RK: RuntimeKit + Clone + Send + 'static> InternalRPC<RK> {
                     }
                     let channel = get_channel(channel_id);
                     self.register_internal_future(async move {
-                        channel?.close(reply_code, reply_text).await
+                        match channel?.close(reply_code, reply_text).await {
+                            // The channel began closing meanwhile (its connection is
+                            // closing): it ends without this close, and the connection
+                            // is fine.
+                            Err(err)
+                                if matches!(err.kind(), ErrorKind::InvalidChannelState(..)) =>
+                            {
+                                Ok(())
+                            }
+                            closed => closed,
+                        }
                     })
                 }
                 CloseConnection(reply_code, reply_text, class_id, method_id, resolver) => {
