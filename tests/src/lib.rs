@@ -138,8 +138,10 @@ pub fn ctl(name: &str, args: &[&str]) -> String {
 
 /// Starts the RabbitMQ application of node `name` again after a `stop_app`. RabbitMQ 4.0
 /// with transient queues denied sometimes fails to boot (`failed_to_deny_deprecated_features`,
-/// with no such queue anywhere): a broker race, so it is stopped and started again, a
-/// few times.
+/// with no such queue anywhere): a broker race on a loaded machine, whose check of the
+/// queues runs before its metadata tables are up (its log: "Mnesia->Khepri fallback
+/// handling: Mnesia function failed 99 times"), so it is stopped and started again, a
+/// few times. Every restart of a test goes through here.
 pub fn start_app(name: &str) {
     let started = (0..5).any(|attempt| {
         if attempt > 0 {

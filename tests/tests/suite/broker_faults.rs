@@ -15,7 +15,7 @@ use postage_core::{
     Connection, Exchange, Exit, Fingerprint, Processor, ProcessorHandle, Producer, Queue, Route,
     RpcOptions, processor,
 };
-use postage_tests::{connect, consumers_of, rabbitmqctl, unique};
+use postage_tests::{connect, consumers_of, rabbitmqctl, start_app, test_node, unique};
 use serde_json::{Value, json};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -286,7 +286,7 @@ async fn broker_restart_during_ten_thousand_confirmed_messages_loses_nothing() {
     }
     tokio::task::spawn_blocking(|| {
         rabbitmqctl(&["stop_app"]);
-        rabbitmqctl(&["start_app"]);
+        start_app(&test_node());
     })
     .await
     .unwrap();
