@@ -73,11 +73,13 @@ pub enum Toxic {
     /// Bytes wait in the relay until the fault is healed (then they go) or the
     /// connection is cut (then they are lost).
     Hold,
-    /// `bytes` more go through, then the connection is cut: a frame half written or
-    /// half read.
+    /// `bytes` more go through, then the connection is cut (both sides see it end), or
+    /// reset (both get a TCP reset): a frame half written or half read.
     LimitData {
         /// How many.
         bytes: u64,
+        /// A reset rather than a cut.
+        reset: bool,
     },
 }
 
@@ -254,8 +256,8 @@ enum Stop {
     Read,
     /// A writer is done: its reader's side closed, or a socket failed.
     Closed,
-    /// A [`Toxic::LimitData`] ran out.
-    Limit,
+    /// A [`Toxic::LimitData`] ran out: whether it resets.
+    Limit(bool),
 }
 
 /// Relays one connection until either side ends it, a cut or reset names it, or a
@@ -304,6 +306,7 @@ async fn relay(client: TcpStream, broker: TcpStream, faults: watch::Receiver<Fau
         tokio::select! {
             stopped = parts.join_next() => match stopped {
                 Some(Ok(Stop::Read)) => {}
+                Some(Ok(Stop::Limit(reset))) => break reset,
                 // A writer ended: that direction is over, and so is the link.
                 Some(_) | None => break false,
             },
@@ -381,7 +384,7 @@ async fn write(
         };
         let toxics = shared.toxics(direction);
         let mut bytes = &chunk.bytes[..];
-        let mut limited = false;
+        let mut limited = None;
         let mut pause = Duration::ZERO;
         for (id, toxic) in &toxics {
             match *toxic {
@@ -396,12 +399,15 @@ async fn write(
                         bytes.len() as f64 / bytes_per_second.max(1) as f64,
                     );
                 }
-                Toxic::LimitData { bytes: allowed } => {
+                Toxic::LimitData {
+                    bytes: allowed,
+                    reset,
+                } => {
                     let (_, went) = limit.get_or_insert((*id, 0));
                     let left = allowed.saturating_sub(*went);
                     if (bytes.len() as u64) >= left {
                         bytes = &bytes[..usize::try_from(left).unwrap_or(usize::MAX)];
-                        limited = true;
+                        limited = Some(reset);
                     }
                     *went += bytes.len() as u64;
                 }
@@ -417,8 +423,8 @@ async fn write(
         if to.write_all(bytes).await.is_err() {
             return Stop::Closed;
         }
-        if limited {
-            return Stop::Limit;
+        if let Some(reset) = limited {
+            return Stop::Limit(reset);
         }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;

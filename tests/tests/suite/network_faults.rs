@@ -122,6 +122,33 @@ async fn jobs(connection: &Connection, name: &str) -> Producer {
         .unwrap()
 }
 
+/// A worker and a publisher of `count` jobs for exchange `name`, both behind `relay`.
+async fn worker_and_publisher(relay: &Relay, name: &str, count: &str) -> (Component, Component) {
+    let addresses = [relay.address()];
+    let command = || Command::new(binary("fault_component"));
+    let worker = Component::start(command(), &addresses, HEARTBEAT, &["worker", name]).await;
+    let publisher = Component::start(
+        command(),
+        &addresses,
+        HEARTBEAT,
+        &["publisher", name, count],
+    )
+    .await;
+    (worker, publisher)
+}
+
+/// Waits (at most `patience`) until `component` has printed `PREFIX N` for every `N` in
+/// `0..count`, and says which are missing if not.
+async fn names_all(component: &mut Component, prefix: &str, count: u64, patience: Duration) {
+    let all: BTreeSet<u64> = (0..count).collect();
+    let (named, whole) = component.all_of(prefix, &all, patience).await;
+    assert!(
+        whole.is_some(),
+        "missing: {:?}",
+        all.difference(&named).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_behind_a_black_hole_loses_nothing_and_resumes() {
     let island = Island::new().await;
@@ -137,12 +164,7 @@ async fn a_worker_behind_a_black_hole_loses_nothing_and_resumes() {
     for id in 20..40 {
         producer.command("work", json!({ "id": id })).await.unwrap();
     }
-    let all: BTreeSet<u64> = (0..40).collect();
-    let (handled, resumed) = worker
-        .all_of("handled ", &all, Duration::from_secs(30))
-        .await;
-    let missing: Vec<_> = all.difference(&handled).collect();
-    assert!(resumed.is_some(), "jobs never handled: {missing:?}");
+    names_all(&mut worker, "handled ", 40, Duration::from_secs(30)).await;
     let first_after = worker
         .seen
         .iter()
@@ -153,7 +175,7 @@ async fn a_worker_behind_a_black_hole_loses_nothing_and_resumes() {
         "work resumed {first_after:?} after the heal"
     );
     eprintln!("black hole, worker: working again {first_after:?} after the heal");
-    let handled_twice = worker.numbers("handled ").len() - all.len();
+    let handled_twice = worker.numbers("handled ").len() - 40;
     eprintln!("black hole, worker: 40 jobs, none lost, {handled_twice} handled twice");
 }
 
@@ -287,15 +309,7 @@ async fn a_messenger_subscription_behind_a_black_hole_loses_nothing() {
     for id in 10..20 {
         put(id).await;
     }
-    let all: BTreeSet<u64> = (0..20).collect();
-    let (received, whole) = receiver
-        .all_of("received ", &all, Duration::from_secs(30))
-        .await;
-    assert!(
-        whole.is_some(),
-        "missing: {:?}",
-        all.difference(&received).collect::<Vec<_>>()
-    );
+    names_all(&mut receiver, "received ", 20, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -356,30 +370,12 @@ async fn a_slow_link_loses_nothing_and_causes_no_reconnections() {
             },
         );
     }
-    let name = unique("slow");
-    let plain = || Command::new(binary("fault_component"));
-    let mut worker =
-        Component::start(plain(), &[relay.address()], HEARTBEAT, &["worker", &name]).await;
-    let mut publisher = Component::start(
-        plain(),
-        &[relay.address()],
-        HEARTBEAT,
-        &["publisher", &name, "100"],
-    )
-    .await;
+    let (mut worker, mut publisher) = worker_and_publisher(&relay, &unique("slow"), "100").await;
     publisher
         .until(Duration::from_secs(120), |line| line == "published")
         .await
         .expect("every job is confirmed");
-    let all: BTreeSet<u64> = (0..100).collect();
-    let (handled, whole) = worker
-        .all_of("handled ", &all, Duration::from_secs(60))
-        .await;
-    assert!(
-        whole.is_some(),
-        "missing: {:?}",
-        all.difference(&handled).collect::<Vec<_>>()
-    );
+    names_all(&mut worker, "handled ", 100, Duration::from_secs(60)).await;
     // Each component opens a connection and a publishing connection; none more.
     assert_eq!(relay.connections(), 4, "no reconnection on a slow link");
     let reconnected = worker
@@ -391,37 +387,33 @@ async fn a_slow_link_loses_nothing_and_causes_no_reconnections() {
 }
 
 /// A publisher's link cut in the middle of a publish (a few hundred bytes into it), and a
-/// worker's link reset in the middle of a delivery: every confirmed job is handled, and
+/// worker's link reset (a TCP reset) in the middle of a delivery: every confirmed job is handled, and
 /// at most the one unconfirmed publish comes twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_cut_mid_frame_loses_nothing() {
     let relay = Relay::start(broker_address()).await;
-    let name = unique("midframe");
-    let plain = || Command::new(binary("fault_component"));
-    let mut worker =
-        Component::start(plain(), &[relay.address()], HEARTBEAT, &["worker", &name]).await;
-    let mut publisher = Component::start(
-        plain(),
-        &[relay.address()],
-        HEARTBEAT,
-        &["publisher", &name, "60"],
-    )
-    .await;
+    let (mut worker, mut publisher) = worker_and_publisher(&relay, &unique("midframe"), "60").await;
     publisher
         .until(Duration::from_secs(30), |line| line == "confirmed 20")
         .await
         .expect("jobs are confirmed");
     // The publishing connections' next 200 bytes go, then they are cut: a frame half
-    // written. Deliveries to the worker get 300 bytes more, then a reset.
+    // written. Deliveries to the worker get 300 bytes more, then a TCP reset.
     relay.add(
         Links::marked("publishing"),
         Direction::Upstream,
-        Toxic::LimitData { bytes: 200 },
+        Toxic::LimitData {
+            bytes: 200,
+            reset: false,
+        },
     );
     relay.add(
         Links::All,
         Direction::Downstream,
-        Toxic::LimitData { bytes: 300 },
+        Toxic::LimitData {
+            bytes: 300,
+            reset: true,
+        },
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     relay.heal();
@@ -429,19 +421,79 @@ async fn a_link_cut_mid_frame_loses_nothing() {
         .until(Duration::from_secs(60), |line| line == "published")
         .await
         .expect("every job is confirmed in the end");
-    let all: BTreeSet<u64> = (0..60).collect();
-    let (handled, whole) = worker
-        .all_of("handled ", &all, Duration::from_secs(60))
-        .await;
-    assert!(
-        whole.is_some(),
-        "missing: {:?}",
-        all.difference(&handled).collect::<Vec<_>>()
-    );
+    names_all(&mut worker, "handled ", 60, Duration::from_secs(60)).await;
     assert!(
         relay.connections() > 4,
         "the cuts made the components reconnect"
     );
-    let twice = worker.numbers("handled ").len() - all.len();
+    let twice = worker.numbers("handled ").len() - 60;
     eprintln!("cut mid-frame: 60 jobs, none lost, {twice} handled twice");
+}
+
+/// One-way silence, each way in turn (the relay drops a direction's bytes and keeps the
+/// connection open, a half-open link): the worker hears nothing from the broker, and its
+/// own heartbeat check notices within twice the heartbeat; then the broker hears nothing
+/// from the worker, and the broker's check notices and closes the connection, which the
+/// worker hears, within four times. Either way the jobs sent meanwhile wait on the
+/// durable queue, and work resumes within [`RESUMES`] of the heal.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_way_silence_either_way_is_noticed_and_loses_nothing() {
+    let relay = Relay::start(broker_address()).await;
+    let name = unique("silence");
+    let command = Command::new(binary("fault_component"));
+    let mut worker =
+        Component::start(command, &[relay.address()], HEARTBEAT, &["worker", &name]).await;
+    let connection = connect().await;
+    let producer = jobs(&connection, &name).await;
+    let mut sent = 0;
+    for direction in [Direction::Downstream, Direction::Upstream] {
+        for id in sent..sent + 10 {
+            producer.command("work", json!({ "id": id })).await.unwrap();
+        }
+        sent += 10;
+        names_all(&mut worker, "handled ", sent, Duration::from_secs(30)).await;
+        let began = Instant::now();
+        relay.add(Links::All, direction, Toxic::Silence);
+        let noticed = worker
+            .until(Duration::from_secs(10), |line| {
+                line.starts_with("link reconnecting")
+            })
+            .await
+            .unwrap_or_else(|| panic!("{direction:?} silence went unnoticed: {:?}", worker.seen));
+        eprintln!(
+            "{direction:?} silence noticed after {:.1} s (heartbeat {HEARTBEAT} s)",
+            (noticed - began).as_secs_f64()
+        );
+        // The worker's own check misses the broker's heartbeats within twice the
+        // heartbeat. The broker checks once a heartbeat and gives up after two silent
+        // checks (2-3 heartbeats), then its close reaches the worker: within four.
+        let bound = match direction {
+            Direction::Downstream => Duration::from_secs(2 * HEARTBEAT),
+            Direction::Upstream => Duration::from_secs(4 * HEARTBEAT),
+        } + Duration::from_millis(500);
+        assert!(
+            noticed - began <= bound,
+            "{direction:?} silence noticed after {:?}, more than {bound:?}",
+            noticed - began
+        );
+        // Sent while the worker's link is silent: they wait on its durable queue.
+        for id in sent..sent + 10 {
+            producer.command("work", json!({ "id": id })).await.unwrap();
+        }
+        sent += 10;
+        tokio::time::sleep(Duration::from_secs(8).saturating_sub(began.elapsed())).await;
+        relay.heal();
+        let healed = Instant::now();
+        names_all(&mut worker, "handled ", sent, Duration::from_secs(30)).await;
+        let resumed = worker
+            .seen
+            .iter()
+            .find(|(at, line)| *at > healed && line.starts_with("handled"))
+            .map(|(at, _)| *at - healed);
+        eprintln!("{direction:?} silence: working again {resumed:?} after the heal");
+        assert!(
+            resumed.is_some_and(|after| after <= RESUMES),
+            "work resumed {resumed:?} after the heal"
+        );
+    }
 }
