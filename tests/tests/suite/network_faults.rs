@@ -1,7 +1,7 @@
 //! Faults at the network, against the real broker: components (`fault_component`
 //! processes) inside a network namespace of the test's own, whose link is made a black
-//! hole, or behind the fault relay, which slows, caps, cuts and resets their
-//! connections. What is asserted is what the README's failure section states: a black
+//! hole, or behind the fault relay, which slows, caps, silences, cuts and resets
+//! their connections. What is asserted is what the README's failure section states: a black
 //! hole is noticed within twice the heartbeat and work resumes soon after the link heals,
 //! no confirmed message is lost, a call ends within its own bound, and slow links cause
 //! no reconnections.
@@ -387,8 +387,8 @@ async fn a_slow_link_loses_nothing_and_causes_no_reconnections() {
 }
 
 /// A publisher's link cut in the middle of a publish (a few hundred bytes into it), and a
-/// worker's link reset (a TCP reset) in the middle of a delivery: every confirmed job is handled, and
-/// at most the one unconfirmed publish comes twice.
+/// worker's link reset (a TCP reset) in the middle of a delivery: every confirmed job is
+/// handled, and at most the one unconfirmed publish comes twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_cut_mid_frame_loses_nothing() {
     let relay = Relay::start(broker_address()).await;
