@@ -1,10 +1,10 @@
 //! Faults at the network, against the real broker: components (`fault_component`
 //! processes) inside a network namespace of the test's own, whose link is made a black
-//! hole, or behind the fault relay, which slows, caps, silences, cuts and resets
-//! their connections. What is asserted is what the README's failure section states: a black
-//! hole is noticed within twice the heartbeat and work resumes soon after the link heals,
-//! no confirmed message is lost, a call ends within its own bound, and slow links cause
-//! no reconnections.
+//! hole, or behind the fault relay, which slows, caps, silences, cuts and resets their
+//! connections. What is asserted is what the README's failure section states: a black
+//! hole or a silence is noticed within a bound of heartbeats and work resumes soon after
+//! the link heals, no confirmed message is lost, a call ends within its own bound, and
+//! slow links cause no reconnections.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
