@@ -39,11 +39,12 @@ postgres=$!
 # The patched lapin's tests build in a target directory of their own, in the background
 # (niced) while the gates and the workspace build run and the brokers start: not during
 # the passes, whose tests time bounds (a black hole noticed within twice the heartbeat).
+lapin_tests=(--lib --test queued_publishes --test consumer_dropped_as_channel_closes
+  --test channel_dropped_as_connection_closes)
 (
   cd patches/lapin
   CARGO_TARGET_DIR=../../target/lapin nice -n 10 cargo test --locked --features tokio --no-run \
-    --lib --test queued_publishes --test consumer_dropped_as_channel_closes \
-    --test channel_dropped_as_connection_closes -q
+    "${lapin_tests[@]}" -q
 ) >target/lapin-build.log 2>&1 &
 lapin_build=$!
 started_build=$SECONDS
@@ -185,8 +186,7 @@ scripts/node.sh --rabbitmq "${first_broker[0]}" start lapin-alarm 5771 25771
     LAPIN_ALARM_AMQP_ADDR="amqp://127.0.0.1:5771/%2f" \
     LAPIN_ALARM_CTL="$PWD/../../scripts/node.sh --rabbitmq ${first_broker[0]} ctl lapin-alarm" \
     CARGO_TARGET_DIR=../../target/lapin timeout -k 30 900 cargo test --locked --features tokio \
-    --lib --test queued_publishes --test consumer_dropped_as_channel_closes \
-    --test channel_dropped_as_connection_closes
+    "${lapin_tests[@]}"
 ) || failed+=("lapin's patch")
 scripts/node.sh --rabbitmq "${first_broker[0]}" stop lapin-alarm
 times+=("the patched lapin: $((SECONDS - started)) s")

@@ -331,6 +331,16 @@ impl Drop for DeliveryResolver {
     }
 }
 
+/// The result of something the loop did on a dropped consumer's or channel's behalf: if the
+/// channel began closing meanwhile, what was asked ends with the channel anyway, and is no
+/// error (reported as the connection's, it would tear the whole connection down).
+fn ended_with_channel(result: Result<()>) -> Result<()> {
+    match result {
+        Err(err) if matches!(err.kind(), ErrorKind::InvalidChannelState(..)) => Ok(()),
+        other => other,
+    }
+}
+
 /// Runs the ack, nack or reject in `settle`, unless `poison` already holds the error that ended
 /// the delivery's channel. When `settle` fails after the channel ended, returns that error instead
 /// of the one `settle` hit, since the channel ending is what made `settle` fail.
@@ -463,20 +473,12 @@ impl<RK: RuntimeKit + Clone + Send + 'static> InternalRPC<RK> {
                     self.register_internal_future(async move {
                         let channel = channel?;
                         if channel.status().connected() && consumer_status.state().is_active() {
-                            match channel
-                                .basic_cancel(consumer_tag, BasicCancelOptions::default())
-                                .await
-                            {
-                                // The channel began closing meanwhile: its consumers end
-                                // with it, so nothing is left to cancel, and the
-                                // connection is fine.
-                                Err(err)
-                                    if matches!(err.kind(), ErrorKind::InvalidChannelState(..)) =>
-                                {
-                                    Ok(())
-                                }
-                                cancelled => cancelled,
-                            }
+                            // Its consumers end with a channel that began closing.
+                            ended_with_channel(
+                                channel
+                                    .basic_cancel(consumer_tag, BasicCancelOptions::default())
+                                    .await,
+                            )
                         } else {
                             Ok(())
                         }
@@ -488,17 +490,9 @@ impl<RK: RuntimeKit + Clone + Send + 'static> InternalRPC<RK> {
                     }
                     let channel = get_channel(channel_id);
                     self.register_internal_future(async move {
-                        match channel?.close(reply_code, reply_text).await {
-                            // The channel began closing meanwhile (its connection is
-                            // closing): it ends without this close, and the connection
-                            // is fine.
-                            Err(err)
-                                if matches!(err.kind(), ErrorKind::InvalidChannelState(..)) =>
-                            {
-                                Ok(())
-                            }
-                            closed => closed,
-                        }
+                        // A channel that began closing (its connection closing) ends
+                        // without this close.
+                        ended_with_channel(channel?.close(reply_code, reply_text).await)
                     })
                 }
                 CloseConnection(reply_code, reply_text, class_id, method_id, resolver) => {

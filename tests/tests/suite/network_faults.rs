@@ -122,18 +122,16 @@ async fn jobs(connection: &Connection, name: &str) -> Producer {
         .unwrap()
 }
 
+/// `fault_component ARGS`, plain, behind `relay`.
+async fn behind(relay: &Relay, args: &[&str]) -> Component {
+    let command = Command::new(binary("fault_component"));
+    Component::start(command, &[relay.address()], HEARTBEAT, args).await
+}
+
 /// A worker and a publisher of `count` jobs for exchange `name`, both behind `relay`.
 async fn worker_and_publisher(relay: &Relay, name: &str, count: &str) -> (Component, Component) {
-    let addresses = [relay.address()];
-    let command = || Command::new(binary("fault_component"));
-    let worker = Component::start(command(), &addresses, HEARTBEAT, &["worker", name]).await;
-    let publisher = Component::start(
-        command(),
-        &addresses,
-        HEARTBEAT,
-        &["publisher", name, count],
-    )
-    .await;
+    let worker = behind(relay, &["worker", name]).await;
+    let publisher = behind(relay, &["publisher", name, count]).await;
     (worker, publisher)
 }
 
@@ -440,9 +438,7 @@ async fn a_link_cut_mid_frame_loses_nothing() {
 async fn one_way_silence_either_way_is_noticed_and_loses_nothing() {
     let relay = Relay::start(broker_address()).await;
     let name = unique("silence");
-    let command = Command::new(binary("fault_component"));
-    let mut worker =
-        Component::start(command, &[relay.address()], HEARTBEAT, &["worker", &name]).await;
+    let mut worker = behind(&relay, &["worker", &name]).await;
     let connection = connect().await;
     let producer = jobs(&connection, &name).await;
     let mut sent = 0;
